@@ -1,0 +1,195 @@
+"""Settings, read once from the environment and validated.
+
+Every variable uses the ``ATOMIC_`` prefix, except ``SKIP_PERSISTENCE`` and
+``LOG_LEVEL``, which keep the names of the first description. A bad value
+raises :class:`~atomic_usage.errors.ConfigError` naming the variable.
+Precedence is CLI flag > environment > default.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any, Final, TypeVar
+
+from .errors import ConfigError
+
+__all__ = [
+    "DEFAULT_BATCH_MAX_SIZE",
+    "DEFAULT_BATCH_MAX_WAIT_S",
+    "DEFAULT_HORIZON",
+    "DEFAULT_THRESHOLDS",
+    "Settings",
+    "default_data_dir",
+]
+
+DEFAULT_HORIZON: Final = 12
+"""Steps forecast by ``process()`` when the caller names none (12 × 5 min = 1 h)."""
+
+DEFAULT_THRESHOLDS: Final = (90.0, 100.0)
+"""Percent levels whose crossing time ``process()`` reports."""
+
+DEFAULT_BATCH_MAX_SIZE: Final = 256
+"""Records the engine gathers into one batch at most."""
+
+DEFAULT_BATCH_MAX_WAIT_S: Final = 0.005
+"""Seconds the engine waits for a batch to fill before running it."""
+
+DEFAULT_HISTORY_LIMIT: Final = 2016
+"""Observations kept per machine and metric for inference (7 days of 5-minute steps)."""
+
+_LOG_LEVELS: Final = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+_SYNC_MODES: Final = ("FULL", "NORMAL")
+_TRUE: Final = ("1", "true", "yes", "on")
+_FALSE: Final = ("0", "false", "no", "off", "")
+
+T = TypeVar("T")
+
+
+def default_data_dir() -> Path:
+    """The per-user data folder used when ``ATOMIC_DATA_DIR`` is not set."""
+    import platformdirs
+
+    return Path(platformdirs.user_data_dir("atomic-usage", appauthor=False))
+
+
+def _bool(name: str, raw: str) -> bool:
+    v = raw.strip().lower()
+    if v in _TRUE:
+        return True
+    if v in _FALSE:
+        return False
+    raise ConfigError(f"{name}={raw!r} is not a boolean; use 1/0, true/false, yes/no or on/off.", name=name)
+
+
+def _int(name: str, raw: str, *, minimum: int) -> int:
+    try:
+        v = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not a whole number; set e.g. {name}={minimum}.", name=name) from None
+    if v < minimum:
+        raise ConfigError(f"{name}={raw!r} is below {minimum}; set a value of at least {minimum}.", name=name)
+    return v
+
+
+def _float(name: str, raw: str, *, minimum: float) -> float:
+    try:
+        v = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not a number; set e.g. {name}={minimum}.", name=name) from None
+    if not v >= minimum or v != v or v == float("inf"):
+        raise ConfigError(f"{name}={raw!r} must be a finite number of at least {minimum}.", name=name)
+    return v
+
+
+def _thresholds(name: str, raw: str) -> tuple[float, ...]:
+    try:
+        vals = tuple(sorted({float(x) for x in raw.split(",") if x.strip()}))
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not a comma-separated list of percents, e.g. 90,100.", name=name) from None
+    if not vals or any(not 0 < v <= 100 for v in vals):
+        raise ConfigError(f"{name}={raw!r} must list percents in (0, 100], e.g. 90,100.", name=name)
+    return vals
+
+
+def _choice(name: str, raw: str, choices: tuple[str, ...]) -> str:
+    v = raw.strip().upper()
+    if v not in choices:
+        raise ConfigError(f"{name}={raw!r} is not one of {', '.join(choices)}.", name=name)
+    return v
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """Run-time settings. Build with :meth:`from_env`; override with :meth:`replace`.
+
+    Attributes:
+        data_dir: where the store, keyring and logs live (``ATOMIC_DATA_DIR``).
+        skip_persistence: keep everything in memory only (``SKIP_PERSISTENCE``).
+        log_level: console and file log level (``LOG_LEVEL``).
+        model_dir: a model folder to serve instead of the bundled one (``ATOMIC_MODEL_DIR``).
+        horizon: steps forecast by ``process()`` (``ATOMIC_HORIZON``).
+        thresholds: percent levels whose crossing time is reported (``ATOMIC_THRESHOLDS``).
+        history_limit: observations kept per machine and metric (``ATOMIC_HISTORY_LIMIT``).
+        batch_max_size: records per engine batch at most (``ATOMIC_BATCH_MAX_SIZE``).
+        batch_max_wait_s: seconds a batch waits to fill (``ATOMIC_BATCH_MAX_WAIT_S``).
+        workers: engine workers; 0 means one per core (``ATOMIC_WORKERS``).
+        sqlite_synchronous: ``FULL`` (default) or ``NORMAL`` (``ATOMIC_SQLITE_SYNCHRONOUS``).
+        key: a base64 key used instead of a keyring file (``ATOMIC_KEY``).
+    """
+
+    data_dir: Path = dataclasses.field(default_factory=default_data_dir)
+    skip_persistence: bool = False
+    log_level: str = "INFO"
+    model_dir: Path | None = None
+    horizon: int = DEFAULT_HORIZON
+    thresholds: tuple[float, ...] = DEFAULT_THRESHOLDS
+    history_limit: int = DEFAULT_HISTORY_LIMIT
+    batch_max_size: int = DEFAULT_BATCH_MAX_SIZE
+    batch_max_wait_s: float = DEFAULT_BATCH_MAX_WAIT_S
+    workers: int = 0
+    sqlite_synchronous: str = "FULL"
+    key: str | None = dataclasses.field(default=None, repr=False)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Reads the settings from ``environ`` (default ``os.environ``).
+
+        Raises:
+            ConfigError: a variable has a bad value; the message names it.
+
+        >>> Settings.from_env({"ATOMIC_HORIZON": "24"}).horizon
+        24
+        """
+        env = os.environ if environ is None else environ
+        kw: dict[str, Any] = {}
+
+        def get(name: str, conv: Callable[[str, str], T], field: str) -> None:
+            raw = env.get(name)
+            if raw is not None:
+                kw[field] = conv(name, raw)
+
+        get("ATOMIC_DATA_DIR", lambda n, r: Path(r).expanduser(), "data_dir")
+        get("SKIP_PERSISTENCE", _bool, "skip_persistence")
+        get("LOG_LEVEL", lambda n, r: _choice(n, r, _LOG_LEVELS), "log_level")
+        get("ATOMIC_MODEL_DIR", lambda n, r: Path(r).expanduser() if r else None, "model_dir")
+        get("ATOMIC_HORIZON", lambda n, r: _int(n, r, minimum=1), "horizon")
+        get("ATOMIC_THRESHOLDS", _thresholds, "thresholds")
+        get("ATOMIC_HISTORY_LIMIT", lambda n, r: _int(n, r, minimum=2), "history_limit")
+        get("ATOMIC_BATCH_MAX_SIZE", lambda n, r: _int(n, r, minimum=1), "batch_max_size")
+        get("ATOMIC_BATCH_MAX_WAIT_S", lambda n, r: _float(n, r, minimum=0.0), "batch_max_wait_s")
+        get("ATOMIC_WORKERS", lambda n, r: _int(n, r, minimum=0), "workers")
+        get("ATOMIC_SQLITE_SYNCHRONOUS", lambda n, r: _choice(n, r, _SYNC_MODES), "sqlite_synchronous")
+        get("ATOMIC_KEY", lambda n, r: r or None, "key")
+        return cls(**kw)
+
+    def replace(self, **changes: Any) -> Settings:
+        """A copy with ``changes`` applied (the settings themselves are frozen)."""
+        return dataclasses.replace(self, **changes)
+
+    @property
+    def n_workers(self) -> int:
+        """Workers to start: ``workers``, or one per core when it is 0."""
+        return self.workers or (os.cpu_count() or 1)
+
+
+@contextlib.contextmanager
+def env_override(**values: str | None) -> Iterator[None]:
+    """Sets (or with ``None`` removes) environment variables for a block, then restores them."""
+    old = {k: os.environ.get(k) for k in values}
+    try:
+        for k, v in values.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v

@@ -1,0 +1,231 @@
+"""The exception tree of atomic_usage.
+
+Every error the library raises on purpose derives from :class:`AtomicError`,
+with one branch per layer. Where a stdlib exception has the same meaning the
+class inherits it too, so ``except ValueError`` keeps working::
+
+    AtomicError
+    ├── DataError
+    │   ├── SchemaError(ValueError)        a column, field or type is wrong or missing
+    │   ├── GapError(ValueError)           a series has no usable observations
+    │   └── PayloadError(ValueError)       a process() payload has bad records (lists them all)
+    ├── ModelError
+    │   ├── NotFittedError(ValueError, AttributeError)
+    │   └── ArtifactError(OSError)         a model folder is missing, unreadable or inconsistent
+    ├── EngineError
+    │   ├── QueueFullError                 the engine refuses work it cannot hold
+    │   ├── TaskNotFound(KeyError)
+    │   ├── IdempotencyError(ValueError)   a request id reused with another payload
+    │   ├── WorkerCrashed                  a worker died while running a record
+    │   └── StoreError                     the SQLite store failed
+    ├── SecurityError
+    │   ├── UnknownKeyError(KeyError)      an envelope names a key the keyring lacks
+    │   ├── IntegrityError(ValueError)     an envelope was altered or opened with the wrong key
+    │   └── KeyringError                   the keyring file is missing, malformed or too open
+    └── ConfigError(ValueError)            an environment variable or setting has a bad value
+
+Messages name what is wrong, show the offending value, and say what to do.
+Exceptions carry their context as attributes (``path``, ``task_id``, ``key_id``...).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = [
+    "ArtifactError",
+    "AtomicError",
+    "ConfigError",
+    "DataError",
+    "EngineError",
+    "GapError",
+    "IdempotencyError",
+    "IntegrityError",
+    "KeyringError",
+    "ModelError",
+    "NotFittedError",
+    "PayloadError",
+    "QueueFullError",
+    "RecordError",
+    "SchemaError",
+    "SecurityError",
+    "StoreError",
+    "TaskNotFound",
+    "UnknownKeyError",
+    "WorkerCrashed",
+]
+
+
+class AtomicError(Exception):
+    """Root of every error raised by atomic_usage on purpose."""
+
+
+# --- data -----------------------------------------------------------------
+class DataError(AtomicError):
+    """Input data cannot be used as it is."""
+
+
+class SchemaError(DataError, ValueError):
+    """A file or frame lacks a column, or a column has the wrong type.
+
+    Attributes:
+        path: the file concerned, when there is one.
+    """
+
+    def __init__(self, message: str, *, path: str | None = None) -> None:
+        super().__init__(message)
+        self.path = path
+
+
+class GapError(DataError, ValueError):
+    """A series has no usable observations (empty, all missing)."""
+
+    def __init__(self, message: str, *, series_id: str | None = None) -> None:
+        super().__init__(message)
+        self.series_id = series_id
+
+
+class RecordError:
+    """One problem with one record of a payload: where it is and what is wrong."""
+
+    __slots__ = ("field", "index", "message", "record_id")
+
+    def __init__(self, index: int, field: str, message: str, record_id: str | None = None) -> None:
+        self.index = index
+        self.field = field
+        self.message = message
+        self.record_id = record_id
+
+    def as_dict(self) -> dict[str, Any]:
+        """The error as a JSON-ready mapping (used by the CLI and the HTTP service)."""
+        return {"index": self.index, "id": self.record_id, "field": self.field, "message": self.message}
+
+    def __str__(self) -> str:
+        who = f"record {self.index}" + (f" (id {self.record_id!r})" if self.record_id is not None else "")
+        return f"{who}, field {self.field!r}: {self.message}"
+
+    def __repr__(self) -> str:
+        return f"RecordError({self.index}, {self.field!r}, {self.message!r}, record_id={self.record_id!r})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, RecordError) and self.as_dict() == other.as_dict()
+
+    def __hash__(self) -> int:
+        return hash((self.index, self.field, self.message, self.record_id))
+
+
+class PayloadError(DataError, ValueError):
+    """A ``process()`` payload has bad records; ``errors`` lists every one of them.
+
+    Nothing from a payload that raises this is applied.
+    """
+
+    def __init__(self, errors: list[RecordError]) -> None:
+        self.errors = list(errors)
+        head = "; ".join(str(e) for e in self.errors[:5])
+        more = f" (and {len(self.errors) - 5} more)" if len(self.errors) > 5 else ""
+        n = len(self.errors)
+        super().__init__(
+            f"The payload has {n} bad field{'s' if n != 1 else ''}: {head}{more}; "
+            "fix them and send the payload again (nothing from it was applied)."
+        )
+
+
+# --- models ---------------------------------------------------------------
+class ModelError(AtomicError):
+    """A model cannot be built, loaded or used."""
+
+
+class NotFittedError(ModelError, ValueError, AttributeError):
+    """A forecaster was asked to predict before ``fit``."""
+
+
+class ArtifactError(ModelError, OSError):
+    """A model folder is missing, unreadable or inconsistent.
+
+    Attributes:
+        path: the model folder.
+    """
+
+    def __init__(self, message: str, *, path: str | None = None) -> None:
+        super().__init__(message)
+        self.path = path
+
+
+# --- engine ---------------------------------------------------------------
+class EngineError(AtomicError):
+    """The engine cannot accept or finish work."""
+
+
+class QueueFullError(EngineError):
+    """The engine's queue is full; retry later."""
+
+
+class TaskNotFound(EngineError, KeyError):
+    """No task has this id."""
+
+    def __init__(self, task_id: str) -> None:
+        super().__init__(f"No task has the id {task_id!r}; list tasks with `atomic-usage tasks list`.")
+        self.task_id = task_id
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0])
+
+
+class IdempotencyError(EngineError, ValueError):
+    """A request id was reused with a different payload."""
+
+    def __init__(self, request_id: str) -> None:
+        super().__init__(
+            f"The request id {request_id!r} was already used with a different payload; "
+            "send a new request id for new data."
+        )
+        self.request_id = request_id
+
+
+class WorkerCrashed(EngineError):
+    """A worker died while running a batch."""
+
+
+class StoreError(EngineError):
+    """The persistent store failed (disk full, corrupt database, locked too long)."""
+
+
+# --- security -------------------------------------------------------------
+class SecurityError(AtomicError):
+    """Sealing, opening or key management failed."""
+
+
+class UnknownKeyError(SecurityError, KeyError):
+    """An envelope names a key id that the keyring does not hold."""
+
+    def __init__(self, key_id: str) -> None:
+        super().__init__(
+            f"The keyring has no key with id {key_id!r}; load the keyring that sealed it "
+            "or re-seal old results before retiring keys."
+        )
+        self.key_id = key_id
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+class IntegrityError(SecurityError, ValueError):
+    """An envelope was altered, bound to other data, or opened with the wrong key."""
+
+
+class KeyringError(SecurityError):
+    """The keyring file is missing, malformed, or readable by others."""
+
+
+# --- config ---------------------------------------------------------------
+class ConfigError(AtomicError, ValueError):
+    """A setting has a bad value.
+
+    Attributes:
+        name: the environment variable or setting.
+    """
+
+    def __init__(self, message: str, *, name: str | None = None) -> None:
+        super().__init__(message)
+        self.name = name
