@@ -69,7 +69,9 @@ def _int(name: str, raw: str, *, minimum: int) -> int:
     try:
         v = int(raw)
     except ValueError:
-        raise ConfigError(f"{name}={raw!r} is not a whole number; set e.g. {name}={minimum}.", name=name) from None
+        raise ConfigError(
+            f"{name}={raw!r} is not a whole number; set e.g. {name}={minimum}.", name=name
+        ) from None
     if v < minimum:
         raise ConfigError(f"{name}={raw!r} is below {minimum}; set a value of at least {minimum}.", name=name)
     return v
@@ -89,7 +91,9 @@ def _thresholds(name: str, raw: str) -> tuple[float, ...]:
     try:
         vals = tuple(sorted({float(x) for x in raw.split(",") if x.strip()}))
     except ValueError:
-        raise ConfigError(f"{name}={raw!r} is not a comma-separated list of percents, e.g. 90,100.", name=name) from None
+        raise ConfigError(
+            f"{name}={raw!r} is not a comma-separated list of percents, e.g. 90,100.", name=name
+        ) from None
     if not vals or any(not 0 < v <= 100 for v in vals):
         raise ConfigError(f"{name}={raw!r} must list percents in (0, 100], e.g. 90,100.", name=name)
     return vals

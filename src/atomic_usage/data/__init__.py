@@ -1,1 +1,33 @@
-"""data layer."""
+"""Data layer: readers, regularization, zero-copy windows, training sets, synthetic fleets.
+
+Knows nothing of models. Every reader returns the wide frame
+(``id``, ``timestamp`` in UTC, one float64 column per metric).
+"""
+
+from __future__ import annotations
+
+from .readers import read_gcd, read_gcd_dir, read_nab, read_nab_dir, read_wide
+from .regularize import Panel, RegularizeReport, regularize
+from .synthetic import generate_series
+from .trainset import build_trainset, is_holdout, read_source, read_trainset, write_trainset
+from .windows import SeriesBank, last_windows, make_windows
+
+__all__ = [
+    "Panel",
+    "RegularizeReport",
+    "SeriesBank",
+    "build_trainset",
+    "generate_series",
+    "is_holdout",
+    "last_windows",
+    "make_windows",
+    "read_gcd",
+    "read_gcd_dir",
+    "read_nab",
+    "read_nab_dir",
+    "read_source",
+    "read_trainset",
+    "read_wide",
+    "regularize",
+    "write_trainset",
+]

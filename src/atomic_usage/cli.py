@@ -1,0 +1,469 @@
+"""The command line: one command per job. Parses, calls the library, maps errors to exit codes.
+
+Exit codes: 0 success, 1 unexpected failure, 2 bad input or usage (the message says what
+and where), 3 a model, store or key problem.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import shlex
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from .config import Settings
+from .errors import AtomicError, DataError, ModelError
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Forecast CPU, memory and storage usage of a fleet, with calibrated uncertainty.",
+)
+dataset_app = typer.Typer(no_args_is_help=True, help="Build training sets.")
+app.add_typer(dataset_app, name="dataset")
+
+err = Console(stderr=True)
+out = Console()
+
+BASELINE_NAMES = ("naive", "seasonal_naive", "predict_linear")
+
+
+@contextlib.contextmanager
+def _errors() -> Iterator[None]:
+    """Maps library errors to one-line messages and exit codes (no tracebacks)."""
+    try:
+        yield
+    except DataError as exc:
+        err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from None
+    except ModelError as exc:
+        err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        raise typer.Exit(3) from None
+    except AtomicError as exc:
+        err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        raise typer.Exit(3 if not isinstance(exc, ValueError) else 2) from None
+
+
+@contextlib.contextmanager
+def _progress(description: str, total: int | None) -> Iterator[Any]:
+    """A rich progress bar on a terminal; silent otherwise. Yields ``advance(n=1, **fields)``."""
+    if not err.is_terminal:
+        yield lambda n=1, **kw: None
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        TextColumn("{task.fields[note]}"),
+        console=err,
+        transient=False,
+    ) as bar:
+        task = bar.add_task(description, total=total, note="")
+
+        def advance(n: int = 1, **fields: Any) -> None:
+            bar.update(task, advance=n, **fields)
+
+        yield advance
+
+
+def _setup_logging(settings: Settings) -> None:
+    logging.basicConfig(
+        level=settings.log_level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
+
+
+def _settings() -> Settings:
+    with _errors():
+        s = Settings.from_env()
+    _setup_logging(s)
+    return s
+
+
+def _load_forecaster(model: str | None, settings: Settings, *, season: int | None = None) -> Any:
+    from .models.artifact import load_model
+    from .models.baselines import BASELINES
+
+    if model in BASELINE_NAMES:
+        cls = BASELINES[model]
+        return cls(season) if (season and model == "seasonal_naive") else cls()
+    return load_model(model if model is not None else settings.model_dir)
+
+
+@app.command()
+def forecast(
+    input: Annotated[
+        Path, typer.Option("--input", "-i", help="Wide CSV or Parquet: id,timestamp,<metric>...")
+    ],
+    horizon: Annotated[int, typer.Option("--horizon", "-H", min=1, help="Steps (5 min each) to forecast.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Long CSV or Parquet to write.")],
+    model: Annotated[
+        str | None,
+        typer.Option(
+            "--model",
+            "-m",
+            help="A model folder, or naive | seasonal_naive | predict_linear; default: bundled.",
+        ),
+    ] = None,
+) -> None:
+    """Forecast every series of a file; write id,timestamp,metric,mean,p10,p50,p90,model."""
+    settings = _settings()
+    with _errors():
+        from .data.readers import read_wide
+        from .data.regularize import regularize
+        from .models.base import forecast_frame
+
+        frame = read_wide(input)
+        panel, report = regularize(frame)
+        logging.getLogger("atomic_usage").info("%s: %s", input, report.summary())
+        fc_model = _load_forecaster(model, settings)
+        t = time.perf_counter()
+        chunk = 20_000
+        parts = []
+        with _progress("forecasting", len(panel)) as advance:
+            for a in range(0, len(panel), chunk):
+                sub = panel.select(range(a, min(a + chunk, len(panel))))
+                parts.append(forecast_frame(fc_model, sub, horizon))
+                advance(len(sub))
+        import pandas as pd
+
+        result = pd.concat(parts, ignore_index=True) if parts else forecast_frame(fc_model, panel, horizon)
+        _write_table(result, output)
+        dt = time.perf_counter() - t
+        fallback = result.loc[
+            result["model"] != getattr(fc_model, "name", ""), ["id", "metric"]
+        ].drop_duplicates()
+        err.print(
+            f"{len(panel)} series, {len(result)} rows in {dt:.2f}s -> {output}"
+            + (f" ({len(fallback)} series on a fallback: see the model column)" if len(fallback) else "")
+        )
+
+
+def _write_table(df: Any, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    if path.suffix.lower() in (".parquet", ".pq"):
+        df.to_parquet(tmp, index=False)
+    else:
+        out_df = df.copy()
+        out_df["timestamp"] = out_df["timestamp"].dt.strftime("%Y-%m-%dT%H:%M:%SZ")
+        out_df.to_csv(tmp, index=False, float_format="%.6g")
+    tmp.replace(path)
+
+
+@app.command()
+def evaluate(
+    dataset: Annotated[str, typer.Option("--dataset", help="gcd or nab (UsageBench v1).")],
+    data_dir: Annotated[Path, typer.Option("--data-dir", help="The data set's folder.")],
+    model: Annotated[
+        str | None, typer.Option("--model", "-m", help="Model folder (default: bundled).")
+    ] = None,
+    markdown: Annotated[
+        Path | None, typer.Option("--markdown", help="Also write the table as markdown.")
+    ] = None,
+    json_out: Annotated[
+        Path | None, typer.Option("--json", help="Also write the scores as JSON lines.")
+    ] = None,
+) -> None:
+    """Score the model and the baselines on UsageBench, side by side (MASE, SQL, coverage80, seconds)."""
+    settings = _settings()
+    with _errors():
+        from .models.baselines import Naive, PredictLinear, SeasonalNaive
+        from .models.evaluate import evaluate as run_eval
+        from .models.evaluate import load_dataset
+
+        series = load_dataset(dataset, data_dir)
+        nn = _load_forecaster(model, settings)
+        models: dict[str, Any] = {nn.name: nn, "naive": Naive(), "predict_linear": PredictLinear()}
+        if dataset == "nab":
+            models["seasonal_naive"] = SeasonalNaive()
+        n_runs = len(models) * (2 if dataset == "nab" else 1)
+        with _progress("evaluating", n_runs) as advance:
+            results = run_eval(dataset, series, models, progress=lambda label: advance(1, note=label))
+        rows = []
+        for r in results:
+            row = r.row()
+            for name, sel in (("trained", ~r.per_window["holdout"]), ("holdout", r.per_window["holdout"])):
+                if dataset == "gcd" and sel.any():
+                    row[f"MASE {name}"] = float(r.per_window.loc[sel, "mase"].mean())
+            rows.append(row)
+        _print_scores(rows)
+        if markdown:
+            markdown.write_text(_markdown(rows))
+        if json_out:
+            json_out.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def _print_scores(rows: list[dict[str, Any]]) -> None:
+    table = Table(title="UsageBench v1 (lower is better; coverage80 should be 0.80)")
+    cols = list(dict.fromkeys(k for r in rows for k in r))
+    for c in cols:
+        table.add_column(c, justify="right" if c not in ("dataset", "model") else "left")
+    for r in rows:
+        table.add_row(*[f"{r[c]:.3f}" if isinstance(r.get(c), float) else str(r.get(c, "")) for c in cols])
+    out.print(table)
+
+
+def _markdown(rows: list[dict[str, Any]]) -> str:
+    cols = list(dict.fromkeys(k for r in rows for k in r))
+    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join(" --- " for _ in cols) + "|"]
+    for r in rows:
+        lines.append(
+            "| "
+            + " | ".join(f"{r[c]:.3f}" if isinstance(r.get(c), float) else str(r.get(c, "")) for c in cols)
+            + " |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def _pair(values: list[str], n: int, name: str) -> list[str]:
+    if values and len(values) not in (1, n):
+        raise typer.BadParameter(
+            f"give one value for all --data or one per --data ({n}); got {len(values)}", param_hint=name
+        )
+    return values if len(values) == n else values * n if values else []
+
+
+def _build_bank(
+    data: list[Path], holdout_last: list[str], holdout_machines: list[str]
+) -> tuple[Any, Any, Any]:
+    from .data.trainset import build_trainset, read_trainset
+
+    if len(data) == 1 and data[0].suffix == ".parquet" and not holdout_last and not holdout_machines:
+        try:
+            bank, holdout = read_trainset(data[0])
+            return bank, holdout, []
+        except DataError:
+            pass  # not a training set: read it as a wide file below
+    for v in holdout_machines:
+        if v not in ("yes", "no"):
+            raise typer.BadParameter(f"must be yes or no, not {v!r}", param_hint="--holdout-machines")
+    return build_trainset(
+        [str(d) for d in data],
+        holdout_last=holdout_last,
+        holdout_machines=[v == "yes" for v in holdout_machines],
+    )
+
+
+@dataset_app.command("build")
+def dataset_build(
+    data: Annotated[
+        list[Path], typer.Option("--data", help="A GCD or NAB folder, or a wide CSV/Parquet file.")
+    ],
+    out_path: Annotated[Path, typer.Option("--out", help="Parquet file to write.")],
+    holdout_last: Annotated[
+        list[str],
+        typer.Option(
+            "--holdout-last",
+            help="Per --data (or once for all): cut this much off every series' end, e.g. 4h.",
+        ),
+    ] = [],
+    holdout_machines: Annotated[
+        list[str],
+        typer.Option(
+            "--holdout-machines", help="Per --data: yes/no, hold 1 machine in 5 (by hash of its id) out."
+        ),
+    ] = [],
+) -> None:
+    """Read sources, regularize them, split honestly and write a training set as Parquet."""
+    _settings()
+    with _errors():
+        from .data.trainset import write_trainset
+
+        with _progress("reading sources", None):
+            bank, holdout, reports = _build_bank(data, holdout_last, holdout_machines)
+        write_trainset(bank, holdout, out_path)
+        for src, r in zip(data, reports, strict=False):
+            err.print(f"{src}: {r.summary()}")
+        err.print(
+            f"{len(bank)} series ({int(holdout.sum())} held out), {int(bank.lengths.sum())} steps -> {out_path}"
+        )
+
+
+@app.command()
+def train(
+    data: Annotated[
+        list[Path], typer.Option("--data", help="Sources (GCD/NAB folders, wide files) or a training set.")
+    ],
+    out_dir: Annotated[Path, typer.Option("--out", help="Model folder to write.")],
+    holdout_last: Annotated[list[str], typer.Option("--holdout-last", help="As in `dataset build`.")] = [],
+    holdout_machines: Annotated[
+        list[str], typer.Option("--holdout-machines", help="As in `dataset build`.")
+    ] = [],
+    steps: Annotated[int, typer.Option(min=1, help="Optimizer steps.")] = 3000,
+    batch_size: Annotated[int, typer.Option(min=8, help="Windows per step.")] = 512,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    time_budget: Annotated[
+        float, typer.Option(help="Stop training after this many seconds (0: no limit).")
+    ] = 0.0,
+    context: Annotated[int, typer.Option(min=12, help="Steps of history the network reads.")] = 288,
+    horizon: Annotated[int, typer.Option(min=1, help="Steps the network forecasts.")] = 288,
+    name: Annotated[str, typer.Option(help="The model's name in forecasts.")] = "atomic",
+) -> None:
+    """Train the neural forecaster (PyTorch, CPU), export it to ONNX and write the model folder."""
+    _settings()
+    with _errors():
+        import datetime as dt
+        import hashlib
+
+        try:
+            from .models.export import to_onnx
+            from .models.train import TrainConfig, train_neural
+        except ImportError as exc:  # pragma: no cover
+            raise ModelError(f"{exc}; install the train extra: pip install 'atomic-usage[train]'") from None
+        from .data.trainset import fingerprint
+        from .models.artifact import ModelCard, save_artifact
+        from .models.neural import NeuralSpec
+
+        bank, holdout, _ = _build_bank(data, holdout_last, holdout_machines)
+        spec = NeuralSpec(context=context, horizon=horizon)
+        config = TrainConfig(steps=steps, batch_size=batch_size, seed=seed, time_budget_s=time_budget)
+        with _progress("training", steps) as advance:
+            result = train_neural(
+                bank, holdout, spec, config, progress=lambda s, n, loss: advance(1, note=f"loss {loss:.4f}")
+            )
+        onnx_bytes = to_onnx(result.network, result.spec)
+        card = ModelCard(
+            name=name,
+            version=hashlib.sha256(onnx_bytes).hexdigest()[:12],
+            created=dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            context_length=result.spec.context,
+            horizon=result.spec.horizon,
+            quantiles=list(result.spec.quantiles),
+            step_s=bank.step_s,
+            metrics=sorted(set(bank.metrics.astype(str))),
+            normalization="per window: minus the last observed value, divided by the mean absolute one-step change "
+            "(floored at 1% of the mean level); missing steps masked",
+            spec=result.spec.to_dict(),
+            training={
+                "command": "atomic-usage " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
+                "data_fingerprint": fingerprint(bank),
+                "sources": [str(d) for d in data],
+                "series": len(bank),
+                "holdout_series": int(holdout.sum()),
+                "seconds": round(result.seconds, 1),
+                "config": {"steps": steps, "batch_size": batch_size, "seed": seed},
+            },
+            validation=json.loads(json.dumps(result.validation, default=float)),
+        )
+        save_artifact(out_dir, onnx_bytes, card)
+        err.print(f"trained in {result.seconds:.0f}s; model {card.version} -> {out_dir}")
+
+
+@app.command()
+def info() -> None:
+    """Show the settings in force, the data folder and the model served."""
+    settings = _settings()
+    with _errors():
+        from .models.artifact import default_model_dir, read_card
+
+        d = settings.model_dir or default_model_dir()
+        card = read_card(d)
+        table = Table(show_header=False)
+        for k, v in [
+            ("data dir", settings.data_dir),
+            ("persistence", not settings.skip_persistence),
+            ("model", f"{card.name} {card.version} ({d})"),
+            ("context / horizon", f"{card.context_length} / {card.horizon}"),
+            ("trained by", card.training.get("command", "?")),
+            ("log level", settings.log_level),
+            ("thresholds", settings.thresholds),
+            ("workers", settings.n_workers),
+        ]:
+            table.add_row(k, str(v))
+        out.print(table)
+
+
+@app.command()
+def demo(
+    machines: Annotated[int, typer.Option(min=1, max=1000, help="Machines in the generated fleet.")] = 12,
+    seed: Annotated[int, typer.Option(help="Seed of the generated fleet.")] = 7,
+) -> None:
+    """Forecast a generated sample fleet with the bundled model and show what is coming."""
+    settings = _settings().replace(skip_persistence=True)
+    with _errors():
+        from .data.synthetic import generate_series
+        from .engine.predictor import UsagePredictor
+
+        fleet = generate_series(machines, n_steps=2 * 288, seed=seed)
+        last = fleet.groupby("id").tail(1)
+        history = fleet.drop(last.index)
+        predictor = UsagePredictor(settings)
+        predictor.observe(history)
+        records = [
+            {
+                "id": r.id,
+                "timestamp": r.timestamp.isoformat(),
+                "cpuLoad": r.cpuLoad,
+                "memoryUsage": r.memoryUsage,
+                "storageUsage": r.storageUsage,
+            }
+            for r in last.itertuples()
+        ]
+        result = predictor.process({"usageData": records})
+        now = {(r["id"], m): float(r[m]) for r in records for m in ("cpuLoad", "memoryUsage", "storageUsage")}
+        _print_demo(result, now, machines, seed)
+
+
+def _fmt_eta(th: dict[str, Any] | None) -> str:
+    if th is None:
+        return "[dim]—[/]"
+    s = th["secondsFromNow"]
+    return f"[bold red]{s / 60:.0f} min[/]" if s <= 3600 else f"[yellow]{s / 3600:.1f} h[/]"
+
+
+def _print_demo(result: dict[str, Any], now: dict[tuple[str, str], float], machines: int, seed: int) -> None:
+    out.print(
+        f"[bold]ATOMIC demo[/]: {machines} generated machines (2 days of 5-minute samples, seed {seed}; "
+        "daily cycles, noise, bursts, filling disks), forecast 1 h ahead by model "
+        f"{result['model']['name']} {result['model']['version']}."
+    )
+    table = Table(title="Next hour, per machine (p50 with the p10–p90 range)")
+    for c in ("machine", "metric", "now", "in 1 h (p50)", "p10–p90", "trend /h", "90% at p90 in", "model"):
+        table.add_column(c, justify="left" if c in ("machine", "metric", "model") else "right")
+    arrows = {"rising": "[red]↑[/]", "falling": "[green]↓[/]", "flat": "→"}
+    for r in result["results"]:
+        for m, f in r["forecasts"].items():
+            if f is None:
+                continue
+            last = f["steps"][-1]
+            th = next((t for t in f["thresholds"] if t["level"] == 90.0), None)
+            eta = "—" if th is None else "[bold red]now[/]" if th["alreadyAbove"] else _fmt_eta(th["p90"])
+            table.add_row(
+                r["id"] if m == "cpuLoad" else "",
+                m,
+                f"{now[(r['id'], m)]:.1f}",
+                f"{last['p50']:.1f}",
+                f"{last['p10']:.1f}–{last['p90']:.1f}",
+                f"{arrows[f['trend']['direction']]} {f['trend']['slopePerHour']:+.2f}",
+                eta,
+                f["model"],
+            )
+        table.add_section()
+    out.print(table)
+    out.print(
+        "Run on your own data: [bold]atomic-usage forecast --input FILE.csv --horizon 12 --output out.csv[/]"
+    )
+
+
+def main() -> None:
+    """Entry point of the ``atomic-usage`` command."""
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,141 @@
+"""Readers for the formats the library accepts, all returning the wide frame.
+
+The wide frame has the columns ``id`` (str), ``timestamp`` (UTC datetimes) and one
+float64 column per metric; missing values are NaN. Rows are as read (not sorted, not
+deduplicated): :func:`~atomic_usage.data.regularize.regularize` does that.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ..errors import SchemaError
+from .validation import validate_wide
+
+__all__ = ["GCD_START", "GCD_STEP", "read_gcd", "read_gcd_dir", "read_nab", "read_nab_dir", "read_wide"]
+
+GCD_START = pd.Timestamp("2011-05-01T00:00:00Z")
+"""Timestamp of the first row of every GCD VM file (the files carry none)."""
+
+GCD_STEP = pd.Timedelta(minutes=5)
+"""Step between rows of a GCD VM file."""
+
+
+def _fail(path: Path, what: str) -> SchemaError:
+    return SchemaError(f"{path}: {what}", path=str(path))
+
+
+def read_wide(path: str | Path, *, id_col: str = "id", time_col: str = "timestamp") -> pd.DataFrame:
+    """Reads a wide contract file (CSV or Parquet): ``id,timestamp,<metric>...``.
+
+    Args:
+        path: a ``.csv`` (optionally compressed) or ``.parquet`` file.
+        id_col: the id column's name.
+        time_col: the timestamp column's name (ISO 8601; no offset means UTC).
+
+    Returns:
+        The validated wide frame (see the module docstring).
+
+    Raises:
+        SchemaError: the file cannot be read, lacks id/timestamp, has no metric column,
+            or holds a value that is not a number or out of range. The message names the file.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise _fail(p, "the file does not exist or is not a file; check the path.")
+    try:
+        if p.suffix.lower() in (".parquet", ".pq"):
+            df = pd.read_parquet(p)
+        else:
+            df = pd.read_csv(p, dtype={id_col: str})
+    except (ValueError, OSError, UnicodeDecodeError, pd.errors.ParserError) as exc:
+        kind = "Parquet" if p.suffix.lower() in (".parquet", ".pq") else "CSV"
+        raise _fail(
+            p,
+            f"cannot be read as {kind} ({type(exc).__name__}: {str(exc)[:200]}); "
+            "give a CSV or Parquet file with columns id,timestamp,<metric>...",
+        ) from None
+    return validate_wide(df, id_col=id_col, time_col=time_col, path=str(p))
+
+
+def read_nab(path: str | Path, *, metric: str = "value") -> pd.DataFrame:
+    """Reads a NAB file (``timestamp,value``; timestamps ``YYYY-MM-DD HH:MM:SS`` in UTC).
+
+    The id is the file's stem. Returns the wide frame with one metric column, ``metric``.
+
+    Raises:
+        SchemaError: the file is unreadable or lacks ``timestamp``/``value``.
+    """
+    p = Path(path)
+    try:
+        raw = pd.read_csv(p)
+    except (ValueError, OSError, pd.errors.ParserError) as exc:
+        raise _fail(
+            p, f"cannot be read as a NAB CSV ({type(exc).__name__}); expected columns timestamp,value."
+        ) from None
+    if not {"timestamp", "value"} <= set(raw.columns):
+        raise _fail(p, f"a NAB file needs the columns timestamp,value; found {list(raw.columns)}.")
+    df = pd.DataFrame({"id": p.stem, "timestamp": raw["timestamp"], metric: raw["value"]})
+    return validate_wide(df, path=str(p))
+
+
+def _load_gcd_array(p: Path) -> np.ndarray:
+    try:
+        arr = np.loadtxt(p, dtype=np.float64, ndmin=2)
+    except (ValueError, OSError) as exc:
+        raise _fail(p, f"cannot be read as a GCD VM file ({exc}); expected two numeric columns.") from None
+    if arr.shape[1] != 2:
+        raise _fail(p, f"a GCD VM file has two columns (cpu %, memory %); found {arr.shape[1]}.")
+    return arr
+
+
+def _gcd_frame(names: list[str], arrays: list[np.ndarray]) -> pd.DataFrame:
+    lens = [len(a) for a in arrays]
+    within = np.concatenate([np.arange(n) for n in lens]) if lens else np.zeros(0, np.int64)
+    stacked = np.concatenate(arrays) if arrays else np.zeros((0, 2))
+    return pd.DataFrame(
+        {
+            "id": np.repeat(np.asarray(names, object), lens),
+            "timestamp": GCD_START + GCD_STEP * within,
+            "cpuLoad": stacked[:, 0],
+            "memoryUsage": stacked[:, 1],
+        }
+    )
+
+
+def read_gcd(path: str | Path) -> pd.DataFrame:
+    """Reads a GCD VM file: two whitespace-separated columns (cpu %, memory %), no header.
+
+    Row k gets the synthetic timestamp ``2011-05-01T00:00:00Z + 5 min * k``; the id is
+    the file name. Returns the wide frame with ``cpuLoad`` and ``memoryUsage``.
+    """
+    p = Path(path)
+    return validate_wide(_gcd_frame([p.name], [_load_gcd_array(p)]), path=str(p))
+
+
+def _files(directory: str | Path, pattern: str) -> list[Path]:
+    d = Path(directory)
+    if not d.is_dir():
+        raise SchemaError(
+            f"{d}: the folder does not exist; pass the data folder with --data-dir.", path=str(d)
+        )
+    files = sorted(p for p in d.glob(pattern) if p.is_file() and not p.name.startswith("."))
+    if not files:
+        raise SchemaError(f"{d}: no files match {pattern!r} in this folder.", path=str(d))
+    return files
+
+
+def read_gcd_dir(directory: str | Path) -> pd.DataFrame:
+    """Reads every ``vm_*`` file of a GCD folder into one wide frame (validated once, as a whole)."""
+    files = _files(directory, "vm_*")
+    return validate_wide(
+        _gcd_frame([p.name for p in files], [_load_gcd_array(p) for p in files]), path=str(directory)
+    )
+
+
+def read_nab_dir(directory: str | Path) -> pd.DataFrame:
+    """Reads every ``*.csv`` file of a NAB folder into one wide frame (metric ``value``)."""
+    return pd.concat([read_nab(p) for p in _files(directory, "*.csv")], ignore_index=True)

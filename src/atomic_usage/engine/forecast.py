@@ -1,0 +1,89 @@
+"""From quantile forecasts to the per-metric result of ``process()``: steps, trend, peak, thresholds."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+
+__all__ = ["describe_forecast", "iso"]
+
+_FLAT_PER_HORIZON = 0.5
+"""A forecast whose fitted line moves less than this (percent points) over its horizon is flat."""
+
+
+def iso(ts: float) -> str:
+    """Epoch seconds as an ISO 8601 UTC string (``2026-01-05T10:00:00Z``)."""
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _crossing(path: np.ndarray, level: float, times: np.ndarray, now: float) -> dict[str, Any] | None:
+    hit = np.flatnonzero(path >= level)
+    if not len(hit):
+        return None
+    t = float(times[hit[0]])
+    return {"timestamp": iso(t), "secondsFromNow": max(t - now, 0.0)}
+
+
+def describe_forecast(
+    fc: np.ndarray,
+    *,
+    last_ts: float,
+    step_s: float,
+    last_value: float,
+    history_length: int,
+    model: str,
+    thresholds: Sequence[float],
+) -> dict[str, Any]:
+    """The result of one metric of one machine.
+
+    Args:
+        fc: array (3, H) of p10, p50, p90.
+        last_ts: epoch seconds of the newest observed step (the forecast's origin).
+        step_s: seconds per step.
+        last_value: the newest observed value (for thresholds already reached).
+        history_length: observed steps the forecast was made from.
+        model: what produced it.
+        thresholds: levels whose crossing is reported.
+
+    Returns:
+        ``{"steps": [...], "historyLength", "model", "trend", "peak", "thresholds"}``.
+        A threshold's ``p50``/``p90`` is the first step whose quantile reaches it, or null when
+        none within the horizon does; ``alreadyAbove`` says the newest value is at or past it.
+    """
+    H = fc.shape[1]
+    times = last_ts + step_s * np.arange(1, H + 1)
+    p10, p50, p90 = (fc[k].astype(float) for k in range(3))
+    hours = (times - last_ts) / 3600.0
+    x = np.concatenate([[0.0], hours])
+    y = np.concatenate([[last_value], p50])
+    xc = x - x.mean()
+    slope = float((xc * (y - y.mean())).sum() / (xc**2).sum()) if len(x) > 1 else 0.0
+    move = slope * float(hours[-1])
+    direction = "flat" if abs(move) < _FLAT_PER_HORIZON else ("rising" if move > 0 else "falling")
+    k = int(np.argmax(p50))
+    return {
+        "steps": [
+            {"timestamp": iso(t), "p10": round(a, 4), "p50": round(b, 4), "p90": round(c, 4)}
+            for t, a, b, c in zip(times, p10, p50, p90, strict=True)
+        ],
+        "historyLength": int(history_length),
+        "model": model,
+        "trend": {"direction": direction, "slopePerHour": round(slope, 6)},
+        "peak": {
+            "timestamp": iso(float(times[k])),
+            "p50": round(float(p50[k]), 4),
+            "p90": round(float(p90.max()), 4),
+        },
+        "thresholds": [
+            {
+                "level": float(level),
+                "alreadyAbove": bool(last_value >= level),
+                "p50": _crossing(p50, level, times, last_ts),
+                "p90": _crossing(p90, level, times, last_ts),
+            }
+            for level in thresholds
+        ],
+    }

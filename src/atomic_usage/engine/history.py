@@ -1,0 +1,134 @@
+"""The fleet's recent history in memory: one ring of 5-minute buckets per machine and metric.
+
+Observations are averaged into the bucket of their time (so many samples per step, and
+repeated samples, become one mean), a machine's ring moves forward with its newest
+observation, and a sample older than the ring is dropped and counted. All machines live
+in one array, so the contexts of a whole batch are gathered with one fancy index.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+
+from .._types import DEFAULT_METRICS
+from ..data.regularize import DEFAULT_MAX_FILL, fill_short_gaps
+from .payload import Observation
+
+__all__ = ["FleetHistory"]
+
+
+class FleetHistory:
+    """Rings of per-step means for many machines (thread-safe).
+
+    Args:
+        length: steps kept per machine and metric.
+        step_s: seconds per step.
+        metrics: metric names, in ring order.
+    """
+
+    def __init__(
+        self, length: int, *, step_s: float = 300.0, metrics: Sequence[str] = DEFAULT_METRICS
+    ) -> None:
+        self.length = int(length)
+        self.step_s = float(step_s)
+        self.metrics = tuple(metrics)
+        self._m = {m: k for k, m in enumerate(self.metrics)}
+        self._index: dict[str, int] = {}
+        cap = 16
+        self._sums = np.zeros((cap, len(self.metrics), self.length))
+        self._counts = np.zeros((cap, len(self.metrics), self.length), np.uint32)
+        self._last = np.full(cap, np.iinfo(np.int64).min, np.int64)
+        self._lock = threading.Lock()
+        self.dropped = 0
+        """Observations older than a machine's ring, not kept."""
+
+    def __len__(self) -> int:
+        return len(self._index)
+
+    def __contains__(self, machine_id: object) -> bool:
+        return machine_id in self._index
+
+    def _slot(self, machine_id: str) -> int:
+        i = self._index.get(machine_id)
+        if i is None:
+            i = len(self._index)
+            if i == len(self._last):
+                grow = len(self._last)
+                self._sums = np.concatenate([self._sums, np.zeros((grow, *self._sums.shape[1:]))])
+                self._counts = np.concatenate(
+                    [self._counts, np.zeros((grow, *self._counts.shape[1:]), np.uint32)]
+                )
+                self._last = np.concatenate([self._last, np.full(grow, np.iinfo(np.int64).min, np.int64)])
+            self._index[machine_id] = i
+        return i
+
+    def append(self, observations: Iterable[Observation]) -> int:
+        """Adds observations; returns how many were dropped as older than the ring."""
+        dropped = 0
+        L = self.length
+        with self._lock:
+            for ob in observations:
+                i = self._slot(ob.id)
+                b = int(ob.ts // self.step_s)
+                last = int(self._last[i])
+                if b > last:
+                    if last == np.iinfo(np.int64).min or b - last >= L:
+                        self._sums[i] = 0
+                        self._counts[i] = 0
+                    else:
+                        pos = np.arange(last + 1, b + 1) % L
+                        self._sums[i][:, pos] = 0
+                        self._counts[i][:, pos] = 0
+                    self._last[i] = b
+                elif b <= last - L:
+                    dropped += 1
+                    continue
+                p = b % L
+                for m, v in ob.values.items():
+                    k = self._m[m]
+                    self._sums[i, k, p] += v
+                    self._counts[i, k, p] += 1
+            self.dropped += dropped
+        return dropped
+
+    def last_step(self, machine_ids: Sequence[str]) -> np.ndarray:
+        """Epoch seconds of each machine's newest step."""
+        with self._lock:
+            idx = np.array([self._index[m] for m in machine_ids], np.int64)
+            return self._last[idx] * self.step_s
+
+    def contexts(
+        self, machine_ids: Sequence[str], steps: int, *, max_fill: int = DEFAULT_MAX_FILL
+    ) -> np.ndarray:
+        """The last ``steps`` step means of each machine and metric, ending at its newest step.
+
+        Gaps of at most ``max_fill`` steps are interpolated; longer gaps and steps before
+        the first observation are NaN.
+
+        Returns:
+            float64 array (len(machine_ids), len(metrics), steps).
+
+        Raises:
+            KeyError: an id has no history.
+        """
+        steps = min(steps, self.length)
+        with self._lock:
+            idx = np.array([self._index[m] for m in machine_ids], np.int64)
+            buckets = self._last[idx][:, None] - steps + 1 + np.arange(steps)[None, :]
+            pos = buckets % self.length
+            sums = self._sums[idx[:, None], :, pos]  # (k, steps, M)
+            counts = self._counts[idx[:, None], :, pos]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out = np.where(counts > 0, sums / np.maximum(counts, 1), np.nan).transpose(0, 2, 1).copy()
+        flat = out.reshape(-1)
+        n_rows = flat.size // steps
+        seg_start = np.repeat(np.arange(n_rows) * steps, steps)
+        fill_short_gaps(flat, seg_start, seg_start + steps - 1, max_fill)
+        return out
+
+    def snapshot(self) -> dict[str, int]:
+        """Machines held and observations dropped."""
+        return {"machines": len(self), "dropped": self.dropped}

@@ -1,0 +1,186 @@
+"""The ``process()`` payload: validation of every record, all errors gathered at once.
+
+A payload is ``{"usageData": [record, ...]}``. A record is one observation of one machine::
+
+    {"id": "web-1", "cpuLoad": 30.5, "memoryUsage": 70, "storageUsage": 20,
+     "timestamp": "2026-01-05T10:00:00Z"}        # timestamp optional: receive time
+
+Rules (the README's "Data rules"): ``id`` is a non-empty string (a JSON integer is taken
+as its decimal string); each metric is a JSON number in [0, 100], or null/absent for
+"not measured"; at least one metric per record; strings, NaN and infinities are refused,
+not coerced; unknown fields are refused; a timestamp is ISO 8601 (no offset = UTC) or
+epoch seconds. One id may appear once per timestamp in a payload. Any bad record makes
+the whole payload fail with a :class:`~atomic_usage.errors.PayloadError` listing every
+bad field by index; nothing from it is applied.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+from .._types import DEFAULT_METRICS
+from ..errors import PayloadError, RecordError
+
+__all__ = ["MAX_RECORDS", "Observation", "parse_payload"]
+
+MAX_RECORDS = 100_000
+"""Records one payload may hold at most."""
+
+_ALLOWED = frozenset({"id", "timestamp", *DEFAULT_METRICS})
+
+
+@dataclasses.dataclass(frozen=True)
+class Observation:
+    """One validated record.
+
+    Attributes:
+        index: its position in the payload.
+        id: the machine id.
+        ts: epoch seconds (UTC).
+        values: metric -> value for the metrics measured (no None, no NaN).
+        explicit_time: whether the payload gave the timestamp.
+    """
+
+    index: int
+    id: str
+    ts: float
+    values: dict[str, float]
+    explicit_time: bool
+
+
+def _parse_ts(raw: Any) -> float:
+    if isinstance(raw, bool):
+        raise ValueError("is a boolean, not a timestamp")
+    if isinstance(raw, int | float):
+        if not math.isfinite(raw) or raw < 0:
+            raise ValueError(f"{raw!r} is not a valid epoch time")
+        return float(raw)
+    if isinstance(raw, str):
+        s = raw.strip()
+        if s.endswith("Z"):
+            s = s[:-1] + "+00:00"
+        try:
+            dt = datetime.fromisoformat(s)
+        except ValueError:
+            raise ValueError(f"{raw!r} is not an ISO 8601 timestamp (e.g. 2026-01-05T10:00:00Z)") from None
+        if dt.tzinfo is None:
+            dt = dt.replace(tzinfo=UTC)
+        return dt.timestamp()
+    raise ValueError(f"must be an ISO 8601 string or epoch seconds, not {type(raw).__name__}")
+
+
+def parse_payload(
+    payload: Any, *, now: float | None = None, max_records: int = MAX_RECORDS
+) -> list[Observation]:
+    """Validates a payload and returns its observations, or raises with every problem listed.
+
+    Args:
+        payload: the decoded JSON payload.
+        now: receive time in epoch seconds for records without a timestamp (default: now).
+        max_records: records allowed at most.
+
+    Raises:
+        PayloadError: the payload or any record is bad; ``errors`` lists each one.
+
+    >>> [o.values for o in parse_payload({"usageData": [{"id": "a", "cpuLoad": 30}]}, now=0)]
+    [{'cpuLoad': 30.0}]
+    """
+    received = datetime.now(UTC).timestamp() if now is None else now
+    if not isinstance(payload, Mapping):
+        raise PayloadError(
+            [
+                RecordError(
+                    -1,
+                    "payload",
+                    f"must be a JSON object with a usageData list, not {type(payload).__name__}",
+                )
+            ]
+        )
+    extra = sorted(set(payload) - {"usageData"})
+    errors: list[RecordError] = [
+        RecordError(-1, k, "is not a known field; the payload holds only usageData") for k in extra
+    ]
+    data = payload.get("usageData")
+    if not isinstance(data, list):
+        errors.append(RecordError(-1, "usageData", "is missing or not a list of records"))
+        raise PayloadError(errors)
+    if not data:
+        errors.append(RecordError(-1, "usageData", "is empty; send at least one record"))
+    if len(data) > max_records:
+        errors.append(
+            RecordError(
+                -1,
+                "usageData",
+                f"holds {len(data)} records, more than the {max_records} allowed; split the payload",
+            )
+        )
+        raise PayloadError(errors)
+    out: list[Observation] = []
+    seen: dict[tuple[str, float], int] = {}
+    for i, rec in enumerate(data):
+        if not isinstance(rec, Mapping):
+            errors.append(RecordError(i, "record", f"must be an object, not {type(rec).__name__}"))
+            continue
+        rid_raw = rec.get("id")
+        rid: str | None = None
+        if isinstance(rid_raw, str) and rid_raw.strip():
+            rid = rid_raw
+        elif isinstance(rid_raw, int) and not isinstance(rid_raw, bool):
+            rid = str(rid_raw)
+        elif "id" not in rec or rid_raw is None:
+            errors.append(RecordError(i, "id", "is missing; every record needs the machine's id"))
+        else:
+            errors.append(RecordError(i, "id", f"must be a non-empty string, not {rid_raw!r}"))
+        for k in sorted(set(rec) - _ALLOWED):
+            errors.append(
+                RecordError(
+                    i, str(k), "is not a known field; use id, timestamp, " + ", ".join(DEFAULT_METRICS), rid
+                )
+            )
+        values: dict[str, float] = {}
+        for m in DEFAULT_METRICS:
+            v = rec.get(m)
+            if v is None:
+                continue
+            if isinstance(v, bool) or not isinstance(v, int | float):
+                errors.append(RecordError(i, m, f"must be a number, not {v!r} ({type(v).__name__})", rid))
+            elif not math.isfinite(v):
+                errors.append(RecordError(i, m, f"must be finite, not {v!r}", rid))
+            elif not 0 <= v <= 100:
+                errors.append(RecordError(i, m, f"is {v!r}, outside 0 to 100 percent", rid))
+            else:
+                values[m] = float(v)
+        if not values and not any(e.index == i and e.field in DEFAULT_METRICS for e in errors):
+            errors.append(
+                RecordError(
+                    i, "record", "has no metric; give at least one of " + ", ".join(DEFAULT_METRICS), rid
+                )
+            )
+        explicit = rec.get("timestamp") is not None
+        ts = received
+        if explicit:
+            try:
+                ts = _parse_ts(rec["timestamp"])
+            except ValueError as exc:
+                errors.append(RecordError(i, "timestamp", str(exc), rid))
+        if rid is not None:
+            key = (rid, ts)
+            if key in seen:
+                errors.append(
+                    RecordError(
+                        i,
+                        "timestamp",
+                        f"repeats the observation of record {seen[key]} "
+                        "(same id and time); send one per machine and time",
+                        rid,
+                    )
+                )
+            seen[key] = i
+            out.append(Observation(i, rid, ts, values, explicit))
+    if errors:
+        raise PayloadError(errors)
+    return out

@@ -1,0 +1,135 @@
+"""Model folders: ``model.onnx`` plus ``model.json`` (the model card), written and read safely.
+
+``model.json`` holds the format version, context length, horizon, quantiles, step, metrics,
+normalization, the training data's fingerprint, validation scores and the command that
+trained the model. A folder is written under a temporary name and renamed into place, so
+a reader sees either the old model or the new one, never half of one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from ..errors import ArtifactError
+from .neural import NeuralForecaster, NeuralSpec
+
+__all__ = ["FORMAT_VERSION", "ModelCard", "default_model_dir", "load_model", "save_artifact"]
+
+FORMAT_VERSION = 1
+"""The model folder format this version reads and writes."""
+
+
+class ModelCard(BaseModel):
+    """The contents of ``model.json``."""
+
+    model_config = ConfigDict(extra="allow")
+
+    format_version: int = FORMAT_VERSION
+    name: str = Field(description="What the forecast's `model` column says.")
+    version: str = Field(description="Identifies this trained model (a short hash of model.onnx).")
+    created: str = Field(description="UTC time the model was trained.")
+    context_length: int = Field(ge=1)
+    horizon: int = Field(ge=1)
+    quantiles: list[float]
+    step_s: float = Field(gt=0)
+    metrics: list[str] = Field(description="Metrics seen in training; any other metric is served too.")
+    normalization: str
+    spec: dict[str, Any]
+    training: dict[str, Any] = Field(
+        default_factory=dict, description="command, data fingerprint, sources, time."
+    )
+    validation: dict[str, Any] = Field(default_factory=dict)
+
+
+def default_model_dir() -> Path:
+    """The folder of the model bundled inside the package."""
+    return Path(str(resources.files("atomic_usage.models") / "_default"))
+
+
+def save_artifact(out_dir: str | Path, onnx_bytes: bytes, card: ModelCard) -> Path:
+    """Writes a model folder atomically (replacing an existing one).
+
+    Returns:
+        The folder's path.
+    """
+    out = Path(out_dir)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        (tmp / "model.onnx").write_bytes(onnx_bytes)
+        (tmp / "model.json").write_text(json.dumps(card.model_dump(), indent=2) + "\n")
+        for f in tmp.iterdir():
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+        if out.exists():
+            old = out.with_name(f".{out.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            out.rename(old)
+            tmp.rename(out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def read_card(model_dir: str | Path) -> ModelCard:
+    """Reads and checks ``model.json``.
+
+    Raises:
+        ArtifactError: the folder or a file is missing, or model.json is malformed.
+    """
+    d = Path(model_dir)
+    card_path, onnx_path = d / "model.json", d / "model.onnx"
+    for p in (card_path, onnx_path):
+        if not p.is_file():
+            raise ArtifactError(
+                f"{d}: {p.name} is missing; a model folder holds model.onnx and model.json "
+                "(make one with `atomic-usage train`).",
+                path=str(d),
+            )
+    try:
+        card = ModelCard.model_validate_json(card_path.read_text())
+    except (ValidationError, ValueError) as exc:
+        raise ArtifactError(
+            f"{card_path}: model.json is malformed ({str(exc).splitlines()[0]}).", path=str(d)
+        ) from None
+    if card.format_version != FORMAT_VERSION:
+        raise ArtifactError(
+            f"{card_path}: format version {card.format_version} is not {FORMAT_VERSION}; "
+            "retrain the model with this version of atomic-usage.",
+            path=str(d),
+        )
+    return card
+
+
+def load_model(model_dir: str | Path | None = None, *, threads: int = 0) -> NeuralForecaster:
+    """Loads a model folder (default: the bundled model) as a forecaster served by ONNX Runtime.
+
+    Args:
+        model_dir: a folder written by ``atomic-usage train``; None for the bundled model.
+        threads: ONNX Runtime intra-op threads (0 = its default).
+
+    Raises:
+        ArtifactError: the folder is missing, incomplete or malformed.
+
+    >>> load_model().spec.horizon >= 12
+    True
+    """
+    d = Path(model_dir) if model_dir is not None else default_model_dir()
+    card = read_card(d)
+    model = NeuralForecaster(
+        d / "model.onnx", NeuralSpec.from_dict(card.spec), name=card.name, threads=threads
+    )
+    model.card = card  # type: ignore[attr-defined]
+    return model

@@ -1,0 +1,208 @@
+"""What users reach for today, as forecasters: naive, seasonal naive, Prometheus predict_linear.
+
+They follow UsageBench's definitions (``shared/bench/PROTOCOL.md``) so that our scores of
+them agree with the harness's, and they also accept missing values (NaN), which the
+harness never gives them. Intervals are empirical: the 10 % and 90 % quantiles of the same
+rule's h-step errors over the history.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+from .base import Forecaster, finalize_quantiles
+
+__all__ = ["BASELINES", "Naive", "PredictLinear", "SeasonalNaive"]
+
+_DAY = 288
+
+
+def _by_length(hists: Sequence[np.ndarray], fn: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+    """Applies a vectorized fn(Y (k, L)) -> (k, 3, H) to groups of equal-length histories."""
+    lengths = np.array([len(h) for h in hists])
+    out: list[np.ndarray | None] = [None] * len(hists)
+    for L in np.unique(lengths):
+        idx = np.flatnonzero(lengths == L)
+        res = fn(np.stack([np.asarray(hists[i], np.float64) for i in idx]))
+        for j, i in enumerate(idx):
+            out[i] = res[j]
+    return np.stack(out)  # type: ignore[arg-type]
+
+
+def _nanquantile(a: np.ndarray, qs: Sequence[float]) -> np.ndarray:
+    """Row-wise quantiles ignoring NaN; 0 where a row has no value. Returns (k, len(qs))."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        q = np.nanquantile(a, qs, axis=1).T if a.shape[1] else np.full((a.shape[0], len(qs)), np.nan)
+    return np.nan_to_num(q, nan=0.0)
+
+
+def _ffill(Y: np.ndarray) -> np.ndarray:
+    """Forward-fills NaN along axis 1 (leading NaN stay)."""
+    idx = np.where(~np.isnan(Y), np.arange(Y.shape[1]), 0)
+    np.maximum.accumulate(idx, axis=1, out=idx)
+    return Y[np.arange(Y.shape[0])[:, None], idx]
+
+
+def _interval(p50: np.ndarray, q: np.ndarray) -> np.ndarray:
+    """p50 (k, H) and error quantiles q (k, 2, H) -> (k, 3, H), never crossing p50."""
+    return np.stack([np.minimum(p50 + q[:, 0], p50), p50, np.maximum(p50 + q[:, 1], p50)], 1)
+
+
+def _last_valid(Y: np.ndarray) -> np.ndarray:
+    last = _ffill(Y)[:, -1]
+    return np.nan_to_num(last, nan=0.0)
+
+
+def naive_arrays(hists: Sequence[np.ndarray], H: int) -> np.ndarray:
+    """Last value repeated; interval from the 10/90 % quantiles of h-step differences."""
+
+    def fn(Y: np.ndarray) -> np.ndarray:
+        k, L = Y.shape
+        q = np.zeros((k, 2, H))
+        for h in range(1, min(H, L - 1) + 1):
+            q[:, :, h - 1] = _nanquantile(Y[:, h:] - Y[:, :-h], [0.1, 0.9])
+        if 1 <= L - 1 < H:  # too short for long lags: reuse the longest
+            q[:, :, L - 1 :] = q[:, :, L - 2 : L - 1]
+        return _interval(np.repeat(_last_valid(Y)[:, None], H, axis=1), q)
+
+    return _by_length(hists, fn)
+
+
+class Naive(Forecaster):
+    """The last observed value, repeated.
+
+    >>> Naive().forecast_arrays([np.array([1.0, 2.0, 4.0])], 2, np.array([True]))[0, 1].tolist()
+    [4.0, 4.0]
+    """
+
+    name = "naive"
+
+    def forecast_arrays(
+        self, histories: Sequence[np.ndarray], horizon: int, bounded: np.ndarray
+    ) -> np.ndarray:
+        """See :class:`~atomic_usage.models.base.Forecaster`."""
+        return finalize_quantiles(naive_arrays(histories, horizon), bounded)
+
+
+class SeasonalNaive(Forecaster):
+    """The last season (default one day of 5-minute steps), repeated; naive when shorter.
+
+    Args:
+        season: steps per season.
+    """
+
+    name = "seasonal_naive"
+
+    def __init__(self, season: int = _DAY) -> None:
+        self.season = season
+
+    def forecast_arrays(
+        self, histories: Sequence[np.ndarray], horizon: int, bounded: np.ndarray
+    ) -> np.ndarray:
+        """See :class:`~atomic_usage.models.base.Forecaster`."""
+        s = self.season
+
+        def fn(Y: np.ndarray) -> np.ndarray:
+            k, L = Y.shape
+            if L < s + 2:
+                return naive_arrays(list(Y), horizon)
+            Yf = _ffill(Y)
+            reps = int(np.ceil(horizon / s))
+            p50 = np.nan_to_num(np.tile(Yf[:, -s:], reps)[:, :horizon], nan=0.0)
+            q = _nanquantile(Y[:, s:] - Y[:, :-s], [0.1, 0.9])
+            return _interval(p50, np.repeat(q[:, :, None], horizon, axis=2))
+
+        return finalize_quantiles(_by_length(histories, fn), bounded)
+
+    def __repr__(self) -> str:
+        return f"SeasonalNaive(season={self.season})"
+
+
+class PredictLinear(Forecaster):
+    """Prometheus ``predict_linear()``: a least-squares line over the last ``window`` steps.
+
+    Missing values inside the window are left out of the fit. Histories shorter than the
+    window are forecast naively.
+
+    Args:
+        window: steps in the fitted line (12 = the last hour of 5-minute steps).
+
+    >>> PredictLinear(window=3).forecast_arrays([np.array([1.0, 2.0, 3.0])], 2, np.array([False]))[0, 1].round(6).tolist()
+    [4.0, 5.0]
+    """
+
+    name = "predict_linear"
+
+    def __init__(self, window: int = 12) -> None:
+        self.window = window
+
+    def _coef(self, H: int) -> np.ndarray:
+        w = self.window
+        x = np.arange(w, dtype=float)
+        xc = x - x.mean()
+        slope = xc / np.sum(xc**2)
+        return np.stack([1.0 / w + slope * (w - 1 + h - x.mean()) for h in range(1, H + 1)])  # (H, w)
+
+    def _masked_fit(self, Y: np.ndarray, H: int) -> np.ndarray:
+        """Line fits over windows with missing values: (k, w) -> (k, H)."""
+        w = self.window
+        x = np.arange(w, dtype=float)
+        m = ~np.isnan(Y)
+        n = m.sum(1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            xm = (m * x).sum(1) / n
+            ym = np.where(m, Y, 0).sum(1) / n
+            dx = np.where(m, x - xm[:, None], 0)
+            sxx = (dx**2).sum(1)
+            slope = np.where(sxx > 0, (dx * np.where(m, Y - ym[:, None], 0)).sum(1) / sxx, 0.0)
+        ym = np.where(n > 0, ym, np.nan)
+        xm = np.where(n > 0, xm, 0)
+        return ym[:, None] + slope[:, None] * (w - 1 + np.arange(1, H + 1)[None, :] - xm[:, None])
+
+    def forecast_arrays(
+        self, histories: Sequence[np.ndarray], horizon: int, bounded: np.ndarray
+    ) -> np.ndarray:
+        """See :class:`~atomic_usage.models.base.Forecaster`."""
+        w, H = self.window, horizon
+        coef = self._coef(H)
+
+        def fn(Y: np.ndarray) -> np.ndarray:
+            k, L = Y.shape
+            if L < w:
+                return naive_arrays(list(Y), H)
+            last = Y[:, -w:]
+            p50 = last @ coef.T
+            bad = np.isnan(p50).any(1)
+            if bad.any():
+                p50[bad] = self._masked_fit(last[bad], H)
+                still = np.isnan(p50).any(1)
+                p50[still] = _last_valid(Y[still])[:, None]
+            q = np.zeros((k, 2, H))
+            if L > w:
+                win = np.lib.stride_tricks.sliding_window_view(Y[:, : L - 1], w, axis=1)
+                preds = win @ coef.T  # (k, origins, H); origin o uses Y[o:o+w]
+                for h in range(1, H + 1):
+                    n = L - w - h + 1
+                    if n > 0:
+                        err = Y[:, w - 1 + h : w - 1 + h + n] - preds[:, :n, h - 1]
+                        q[:, :, h - 1] = _nanquantile(err, [0.1, 0.9])
+                    else:
+                        q[:, :, h - 1] = q[:, :, h - 2]
+            return _interval(p50, q)
+
+        return finalize_quantiles(_by_length(histories, fn), bounded)
+
+    def __repr__(self) -> str:
+        return f"PredictLinear(window={self.window})"
+
+
+BASELINES: dict[str, type[Forecaster]] = {
+    "naive": Naive,
+    "seasonal_naive": SeasonalNaive,
+    "predict_linear": PredictLinear,
+}
+"""The baselines by the names the CLI and UsageBench use."""

@@ -1,0 +1,222 @@
+"""The neural forecaster: features in numpy, the network in ONNX, quantiles back in units.
+
+Inference never imports torch. One pass is::
+
+    context (n, C) float32, NaN = missing or left padding
+      -> prepare()   normalized values + mask (and the location/scale to undo it)
+      -> ONNX graph  normalized p10/p50/p90 for H steps, monotone by construction
+      -> finish()    back to units, calibrated interval, sorted, clipped to the valid range
+
+The network itself (:func:`build_network`) needs the ``train`` extra and is used only by
+:mod:`atomic_usage.models.train` and the ONNX export.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..data.windows import last_windows
+from .base import Forecaster, finalize_quantiles
+from .baselines import naive_arrays
+
+__all__ = ["MIN_OBSERVED", "NeuralForecaster", "NeuralSpec", "build_network", "finish", "prepare"]
+
+MIN_OBSERVED = 3
+"""Observed values a history needs for the network; shorter ones get the naive forecast, flagged."""
+
+_CLIP = 30.0  # normalized inputs beyond +-30 scales carry no more information, only risk
+
+
+@dataclasses.dataclass(frozen=True)
+class NeuralSpec:
+    """Hyperparameters of the network; stored in ``model.json``.
+
+    Attributes:
+        context: steps of history the network reads.
+        horizon: steps it forecasts.
+        hidden: width of the hidden layers.
+        layers: hidden layers.
+        quantiles: the quantile levels of the outputs.
+        interval_scale: per forecast step, the factor applied to the p10 and p90 distances
+            from p50, fit on held-out windows so that 80 % of outcomes fall inside (empty = 1).
+    """
+
+    context: int = 288
+    horizon: int = 288
+    hidden: int = 512
+    layers: int = 3
+    quantiles: tuple[float, ...] = (0.1, 0.5, 0.9)
+    interval_scale: tuple[float, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        """As plain JSON-ready values."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> NeuralSpec:
+        """From :meth:`to_dict`'s output (unknown keys are ignored)."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        kw = {k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items() if k in names}
+        return cls(**kw)
+
+
+def prepare(context: np.ndarray) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Normalizes context windows for the network.
+
+    Each window is shifted by its last observed value and divided by its mean absolute
+    one-step change (floored, so flat series stay finite). A window that never changes has
+    an output scale of zero: its forecast is exactly its level, with a zero-width interval.
+
+    Args:
+        context: float array (n, C), NaN = missing.
+
+    Returns:
+        ``(inputs, state)``: ``inputs`` feeds the ONNX graph (``x``: (n, 2C) float32 values
+        and mask), ``state`` holds ``loc`` and ``scale`` (n, 1) for :func:`finish`.
+    """
+    ctx = np.asarray(context, np.float32)
+    mask = ~np.isnan(ctx)
+    n, C = ctx.shape
+    idx = np.where(mask, np.arange(C), -1)
+    last_i = idx.max(axis=1)
+    loc = np.where(last_i >= 0, ctx[np.arange(n), np.maximum(last_i, 0)], 0.0).astype(np.float32)
+    d = np.abs(np.diff(ctx, axis=1))
+    dm = mask[:, 1:] & mask[:, :-1]
+    n_d = dm.sum(1)
+    mad = np.where(n_d > 0, np.where(dm, d, 0).sum(1) / np.maximum(n_d, 1), 0.0)
+    level = np.where(mask, np.abs(ctx), 0).sum(1) / np.maximum(mask.sum(1), 1)
+    scale = np.maximum(mad, np.maximum(1e-2 * level, 1e-3)).astype(np.float32)
+    x = np.where(mask, (ctx - loc[:, None]) / scale[:, None], 0.0)
+    np.clip(x, -_CLIP, _CLIP, out=x)
+    feats = np.concatenate([x, mask.astype(np.float32)], axis=1).astype(np.float32)
+    out_scale = np.where(mad > 0, scale, 0.0).astype(np.float32)
+    return {"x": feats}, {"loc": loc[:, None], "scale": out_scale[:, None], "input_scale": scale[:, None]}
+
+
+def finish(
+    raw: np.ndarray, state: dict[str, np.ndarray], spec: NeuralSpec, bounded: np.ndarray
+) -> np.ndarray:
+    """Maps normalized network outputs (n, 3, H) back to units, calibrated and clipped."""
+    loc = state["loc"][:, :, None] if state["loc"].ndim == 2 else state["loc"]
+    scale = state["scale"][:, :, None] if state["scale"].ndim == 2 else state["scale"]
+    out = raw.astype(np.float64)
+    if spec.interval_scale:
+        f = np.asarray(spec.interval_scale, np.float64)[: out.shape[2]]
+        mid = out[:, 1:2, :]
+        out = mid + (out - mid) * f[None, None, :]
+    out = loc + scale * out
+    return finalize_quantiles(out, bounded)
+
+
+def build_network(spec: NeuralSpec) -> Any:
+    """The torch module for ``spec`` (needs the ``train`` extra).
+
+    Input ``x`` (n, 2C); output (n, 3, H): p50 is free, p10 and p90 are p50 minus / plus a
+    softplus, so the quantiles never cross.
+    """
+    try:
+        import torch
+        from torch import nn
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise ImportError("Training needs PyTorch: pip install 'atomic-usage[train]'") from exc
+
+    class QuantileMLP(nn.Module):  # type: ignore[misc]
+        def __init__(self) -> None:
+            super().__init__()
+            dims = [2 * spec.context] + [spec.hidden] * spec.layers
+            blocks: list[nn.Module] = []
+            for a, b in zip(dims[:-1], dims[1:], strict=True):
+                blocks += [nn.Linear(a, b), nn.GELU()]
+            self.body = nn.Sequential(*blocks)
+            self.head = nn.Linear(dims[-1], 3 * spec.horizon)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            o = self.head(self.body(x)).view(-1, 3, spec.horizon)
+            mid = o[:, 1]
+            lo = mid - nn.functional.softplus(o[:, 0])
+            hi = mid + nn.functional.softplus(o[:, 2])
+            return torch.stack([lo, mid, hi], dim=1)
+
+    return QuantileMLP()
+
+
+class NeuralForecaster(Forecaster):
+    """The global neural forecaster served with ONNX Runtime.
+
+    Args:
+        onnx_path: the ``model.onnx`` file.
+        spec: the network's hyperparameters (from ``model.json``).
+        name: what the ``model`` column says for its forecasts.
+        threads: ONNX Runtime intra-op threads (0 = its default).
+    """
+
+    def __init__(
+        self, onnx_path: str | Path, spec: NeuralSpec, *, name: str = "atomic", threads: int = 0
+    ) -> None:
+        self.onnx_path = Path(onnx_path)
+        self.spec = spec
+        self.name = name
+        self.threads = threads
+        self._session: Any = None
+
+    def _get_session(self) -> Any:
+        if self._session is None:
+            import onnxruntime as ort
+
+            opts = ort.SessionOptions()
+            if self.threads:
+                opts.intra_op_num_threads = self.threads
+            opts.inter_op_num_threads = 1
+            self._session = ort.InferenceSession(
+                str(self.onnx_path), opts, providers=["CPUExecutionProvider"]
+            )
+        return self._session
+
+    def __getstate__(self) -> dict[str, Any]:  # sessions do not pickle; workers open their own
+        state = self.__dict__.copy()
+        state["_session"] = None
+        return state
+
+    def fallback_flags(self, histories: Sequence[np.ndarray]) -> list[str]:
+        """``self.name`` where the network served a history, ``naive(short-history)`` where it was too short."""
+        return [
+            self.name if _n_observed(h, self.spec.context) >= MIN_OBSERVED else "naive(short-history)"
+            for h in histories
+        ]
+
+    def forecast_arrays(
+        self, histories: Sequence[np.ndarray], horizon: int, bounded: np.ndarray, *, batch_size: int = 8192
+    ) -> np.ndarray:
+        """See :class:`~atomic_usage.models.base.Forecaster`. Horizons beyond the network's are
+        continued from its last step by the naive rule (its interval widening with sqrt of steps)."""
+        n = len(histories)
+        H = min(horizon, self.spec.horizon)
+        out = np.empty((n, 3, horizon), np.float64)
+        ctx = last_windows(list(histories), self.spec.context)
+        sess = self._get_session()
+        for a in range(0, n, batch_size):
+            b = min(n, a + batch_size)
+            inputs, state = prepare(ctx[a:b])
+            raw = sess.run(None, inputs)[0][:, :, :H]
+            out[a:b, :, :H] = finish(raw, state, self.spec, bounded[a:b])
+        if horizon > H:
+            last = out[:, :, H - 1 : H]
+            grow = np.sqrt(np.arange(H + 1, horizon + 1) / H)[None, None, :]
+            mid = last[:, 1:2]
+            out[:, :, H:] = mid + (last - mid) * grow
+        short = [i for i, h in enumerate(histories) if _n_observed(h, self.spec.context) < MIN_OBSERVED]
+        if short:
+            out[short] = naive_arrays([np.asarray(histories[i], np.float64) for i in short], horizon)
+        return finalize_quantiles(out, np.asarray(bounded))
+
+    def __repr__(self) -> str:
+        return f"NeuralForecaster({str(self.onnx_path)!r}, context={self.spec.context}, horizon={self.spec.horizon})"
+
+
+def _n_observed(h: np.ndarray, context: int) -> int:
+    return int(np.count_nonzero(~np.isnan(np.asarray(h)[-context:])))

@@ -1,0 +1,239 @@
+"""Training the global neural forecaster on a bank of series (needs the ``train`` extra).
+
+Windows are strided views into one padded copy of the training values: every origin of
+every series is a window of ``context + horizon`` steps, missing context is masked, and
+targets past a series' end or missing are left out of the pinball loss. The last
+``val_frac`` of every training series is kept for validation; the interval is calibrated
+there (one factor per forecast step, so 80 % of held-out outcomes fall inside p10–p90).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from .._types import QUANTILES
+from ..data.windows import SeriesBank, make_windows
+from .neural import MIN_OBSERVED, NeuralSpec, build_network, prepare
+
+__all__ = ["TrainConfig", "TrainResult", "train_neural"]
+
+ProgressFn = Callable[[int, int, float], None]
+"""Called as progress(step, total_steps, last_loss)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Optimization settings (recorded in ``model.json``).
+
+    Attributes:
+        steps: optimizer steps.
+        batch_size: windows per step.
+        lr: peak learning rate (one-cycle schedule).
+        seed: random seed for initialization and sampling.
+        val_frac: share of the end of every training series kept for validation.
+        threads: torch threads (0 = all cores).
+        time_budget_s: stop early after this many seconds (0 = no limit).
+    """
+
+    steps: int = 3000
+    batch_size: int = 512
+    lr: float = 1e-3
+    seed: int = 0
+    val_frac: float = 0.1
+    threads: int = 0
+    time_budget_s: float = 0.0
+
+
+@dataclasses.dataclass
+class TrainResult:
+    """A trained network, its calibrated spec and the validation scores."""
+
+    network: Any
+    spec: NeuralSpec
+    validation: dict[str, Any]
+    seconds: float
+
+
+class _Windows:
+    """Origins over a padded copy of the bank, as views."""
+
+    def __init__(
+        self,
+        bank: SeriesBank,
+        keep: np.ndarray,
+        spec: NeuralSpec,
+        end_steps: np.ndarray,
+        start_steps: np.ndarray,
+    ) -> None:
+        C, H = spec.context, spec.horizon
+        parts, origins = [], []
+        pos = 0
+        for i in np.flatnonzero(keep):
+            s = bank.series(i)[: end_steps[i]]
+            parts += [np.full(C, np.nan, np.float32), s, np.full(H, np.nan, np.float32)]
+            first = max(MIN_OBSERVED, start_steps[i])
+            # window start w covers padded[w : w + C + H]; its origin (first forecast step) is series index w - pos
+            if len(s) > first:
+                origins.append(pos + np.arange(first, len(s)))
+            pos += C + len(s) + H
+        self.padded = np.concatenate(parts) if parts else np.zeros(C + H, np.float32)
+        self.view = make_windows(self.padded, C + H)
+        self.starts = np.concatenate(origins) if origins else np.zeros(0, np.int64)
+        self.C = C
+
+    def batch(self, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        w = self.view[self.starts[idx]]  # the only copy: one mini-batch
+        return w[:, : self.C], w[:, self.C :]
+
+
+def _normalized_batch(ctx: np.ndarray, tgt: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    inputs, state = prepare(ctx)
+    y = (tgt - state["loc"]) / state["input_scale"]
+    mask = ~np.isnan(y)
+    y = np.clip(np.nan_to_num(y), -100, 100).astype(np.float32)
+    return inputs["x"], y, mask.astype(np.float32)
+
+
+def _pinball(torch: Any, pred: Any, y: Any, mask: Any) -> Any:
+    q = torch.tensor(QUANTILES, dtype=pred.dtype).view(1, -1, 1)
+    d = y[:, None, :] - pred
+    loss = torch.maximum(q * d, (q - 1) * d) * mask[:, None, :]
+    return loss.sum() / mask.sum().clamp(min=1) / len(QUANTILES)
+
+
+def _predict_norm(torch: Any, net: Any, x: np.ndarray, bs: int = 4096) -> np.ndarray:
+    outs = []
+    with torch.no_grad():
+        for a in range(0, len(x), bs):
+            outs.append(net(torch.from_numpy(x[a : a + bs])).numpy())
+    return np.concatenate(outs) if outs else np.zeros((0, 3, 1), np.float32)
+
+
+def _calibrate(pred: np.ndarray, y: np.ndarray, mask: np.ndarray, target: float = 0.8) -> np.ndarray:
+    """Per forecast step, the factor on the p10/p90 distances that covers ``target`` of outcomes."""
+    H = pred.shape[2]
+    f = np.ones(H)
+    grid = np.exp(np.linspace(np.log(0.2), np.log(5.0), 161))
+    for h in range(H):
+        m = mask[:, h] > 0
+        if m.sum() < 50:
+            f[h] = f[h - 1] if h else 1.0
+            continue
+        mid, lo, hi, yy = pred[m, 1, h], pred[m, 0, h], pred[m, 2, h], y[m, h]
+        cov = [np.mean((yy >= mid + g * (lo - mid)) & (yy <= mid + g * (hi - mid))) for g in grid]
+        f[h] = grid[int(np.argmin(np.abs(np.asarray(cov) - target)))]
+    # Smooth across steps: neighbouring horizons share most of their uncertainty.
+    k = np.ones(5) / 5
+    padded = np.concatenate([np.repeat(f[:1], 2), f, np.repeat(f[-1:], 2)])
+    return np.convolve(padded, k, mode="valid")
+
+
+def _scores(pred: np.ndarray, y: np.ndarray, mask: np.ndarray, H: int) -> dict[str, float]:
+    p, yy, m = pred[:, :, :H], y[:, :H], mask[:, :H] > 0
+    if not m.any():
+        return {}
+    d = np.abs(yy - p[:, 1])
+    qs = np.asarray(QUANTILES)[None, :, None]
+    pin = np.maximum(qs * (yy[:, None] - p), (qs - 1) * (yy[:, None] - p)).mean(1) * 2
+    cov = (yy >= p[:, 0]) & (yy <= p[:, 2])
+    return {
+        "mae_scaled": float(d[m].mean()),
+        "sql_scaled": float(pin[m].mean()),
+        "cov80": float(cov[m].mean()),
+    }
+
+
+def train_neural(
+    bank: SeriesBank,
+    holdout: np.ndarray,
+    spec: NeuralSpec,
+    config: TrainConfig = TrainConfig(),
+    *,
+    progress: ProgressFn | None = None,
+) -> TrainResult:
+    """Trains the network on the ``~holdout`` series of ``bank`` and calibrates its interval.
+
+    Args:
+        bank: the training series.
+        holdout: bool per series; True series are never trained on (scored only).
+        spec: network shape.
+        config: optimization settings.
+        progress: called after every step.
+
+    Returns:
+        The trained network (eval mode), the spec with ``interval_scale`` set, and
+        validation scores (in units of each window's scale) on the training series' held-out
+        ends and on the holdout machines.
+    """
+    import torch
+
+    t0 = time.perf_counter()
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    torch.manual_seed(config.seed)
+    rng = np.random.default_rng(config.seed)
+    lengths = bank.lengths
+    n_val = np.maximum((lengths * config.val_frac).astype(np.int64), 12)
+    n_val = np.where(lengths > 2 * n_val, n_val, 0)
+    train = ~np.asarray(holdout, bool)
+    zeros = np.zeros(len(bank), np.int64)
+    tr = _Windows(bank, train, spec, lengths - n_val, zeros)
+    if len(tr.starts) == 0:
+        raise ValueError(
+            "No training windows: every series is held out or shorter than "
+            f"{MIN_OBSERVED + 1} steps; give more data."
+        )
+    val = _Windows(bank, train & (n_val > 0), spec, lengths, lengths - n_val)
+    ho = _Windows(bank, ~train, spec, lengths, np.maximum(lengths - n_val, 0))
+
+    net = build_network(spec)
+    opt = torch.optim.AdamW(net.parameters(), lr=config.lr, weight_decay=1e-4)
+    sched = torch.optim.lr_scheduler.OneCycleLR(
+        opt, max_lr=config.lr, total_steps=config.steps, pct_start=0.1
+    )
+    net.train()
+    loss_v = float("nan")
+    for step in range(config.steps):
+        idx = rng.integers(0, len(tr.starts), config.batch_size)
+        x, y, m = _normalized_batch(*tr.batch(idx))
+        pred = net(torch.from_numpy(x))
+        loss = _pinball(torch, pred, torch.from_numpy(y), torch.from_numpy(m))
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        loss_v = float(loss.detach())
+        if progress:
+            progress(step + 1, config.steps, loss_v)
+        if config.time_budget_s and time.perf_counter() - t0 > config.time_budget_s:
+            break
+    net.eval()
+
+    validation: dict[str, Any] = {"final_loss": loss_v}
+    factors = np.ones(spec.horizon)
+    if len(val.starts):
+        pick = val.starts if len(val.starts) <= 50_000 else rng.choice(val.starts, 50_000, replace=False)
+        w = val.view[pick]
+        x, y, m = _normalized_batch(w[:, : spec.context], w[:, spec.context :])
+        pred = _predict_norm(torch, net, x)
+        validation["val_uncalibrated"] = {h: _scores(pred, y, m, h) for h in (12, spec.horizon)}
+        factors = _calibrate(pred, y, m)
+        mid = pred[:, 1:2]
+        cal = mid + (pred - mid) * factors[None, None, :]
+        validation["val_calibrated"] = {h: _scores(cal, y, m, h) for h in (12, spec.horizon)}
+    spec = dataclasses.replace(spec, interval_scale=tuple(float(round(f, 4)) for f in factors))
+    if len(ho.starts):
+        pick = ho.starts if len(ho.starts) <= 50_000 else rng.choice(ho.starts, 50_000, replace=False)
+        w = ho.view[pick]
+        x, y, m = _normalized_batch(w[:, : spec.context], w[:, spec.context :])
+        pred = _predict_norm(torch, net, x)
+        mid = pred[:, 1:2]
+        cal = mid + (pred - mid) * factors[None, None, :]
+        validation["holdout_machines"] = {h: _scores(cal, y, m, h) for h in (12, spec.horizon)}
+    return TrainResult(net, spec, validation, time.perf_counter() - t0)
