@@ -55,7 +55,12 @@ class TestRates:
 
     def test_threads(self) -> None:
         m = TpsMeter()
-        threads = [threading.Thread(target=lambda: [m.record(1) for _ in range(1000)]) for _ in range(4)]
+
+        def hammer() -> None:
+            for _ in range(1000):
+                m.record(1)
+
+        threads = [threading.Thread(target=hammer) for _ in range(4)]
         for t in threads:
             t.start()
         for t in threads:

@@ -168,7 +168,7 @@ class TestWatchdog:
                 if len(replaced) > 1:
                     raise RuntimeError("boom")
 
-        dog = Watchdog(Pool(), interval_s=0.01)  # type: ignore[arg-type]
+        dog = Watchdog(Pool(), interval_s=0.01)
         assert dog.check() == ["worker 7 stopped"]
         dog.start()
         time.sleep(0.1)
