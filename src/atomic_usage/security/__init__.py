@@ -23,12 +23,12 @@ from .seal import (
 
 __all__ = [
     "ENVELOPE_VERSION",
+    "Envelope",
     "KEYRING_FILENAME",
     "KEY_BYTES",
-    "NONCE_BYTES",
-    "Envelope",
     "KeyInfo",
     "Keyring",
+    "NONCE_BYTES",
     "ResealReport",
     "key_id_for",
     "load_or_create_keyring",

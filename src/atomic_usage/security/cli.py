@@ -30,7 +30,13 @@ from ..errors import AtomicError, SecurityError
 from .keyring import KEYRING_FILENAME, Keyring, _write_private
 from .seal import Envelope, ResealReport, open_result, reseal_all
 
-__all__ = ["keys_app", "make_keys_app", "open_command", "read_envelopes", "reseal_files"]
+__all__ = [
+    "keys_app",
+    "make_keys_app",
+    "open_command",
+    "read_envelopes",
+    "reseal_files",
+]
 
 EXIT_ERROR = 2
 """Exit code of a command that failed for a reason the message explains."""

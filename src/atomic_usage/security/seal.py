@@ -51,8 +51,8 @@ from .keyring import Keyring
 
 __all__ = [
     "ENVELOPE_VERSION",
-    "NONCE_BYTES",
     "Envelope",
+    "NONCE_BYTES",
     "ResealReport",
     "open_result",
     "open_sealed",
@@ -257,7 +257,7 @@ def _check_ad(name: str, value: object) -> str:
 
 
 def seal(
-    plaintext: bytes | Mapping[str, Any],
+    plaintext: bytes | bytearray | memoryview | Mapping[str, Any],
     *,
     keyring: Keyring,
     task_id: str,
@@ -268,7 +268,7 @@ def seal(
 
     Args:
         plaintext: a JSON-ready mapping (sealed as compact JSON, opened by
-            :func:`open_result`) or raw bytes (opened by :func:`open_sealed`).
+            :func:`open_result`) or bytes-like data (opened by :func:`open_sealed`).
         keyring: supplies the active key.
         task_id: the task the result belongs to.
         record_id: the record (machine id) the result is about.
@@ -387,8 +387,17 @@ def open_result(
     env, data = _open(envelope, keyring, expected)
     if env.content_type != "json":
         raise SecurityError("The envelope holds raw bytes, not a JSON result; open it with open_sealed().")
-    with _map_errors(env.key_id):
-        result: dict[str, Any] = json.loads(data)
+    # Decoded without _map_errors: a JSONDecodeError or UnicodeDecodeError holds the
+    # plaintext, and raising inside their handler would chain it to our error.
+    try:
+        result = json.loads(data)
+    except ValueError:
+        result = None
+    if not isinstance(result, dict):
+        raise IntegrityError(
+            "The envelope is marked as a JSON result but its content is not a JSON object; "
+            "it was sealed by a faulty writer."
+        )
     return result
 
 
