@@ -9,7 +9,7 @@ The public surface is small and stays light to import; heavy pieces load on firs
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+import typing as _typing
 
 from .config import Settings
 from .errors import (
@@ -35,7 +35,7 @@ from .errors import (
     WorkerCrashed,
 )
 
-if TYPE_CHECKING:
+if _typing.TYPE_CHECKING:
     from .engine.predictor import UsagePredictor, aprocess, process
     from .models.artifact import load_model
 
@@ -78,7 +78,7 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> _typing.Any:
     mod = _LAZY.get(name)
     if mod is None:
         raise AttributeError(f"module 'atomic_usage' has no attribute {name!r}")

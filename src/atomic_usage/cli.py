@@ -33,6 +33,8 @@ app = typer.Typer(
 )
 dataset_app = typer.Typer(no_args_is_help=True, help="Build training sets.")
 app.add_typer(dataset_app, name="dataset")
+tasks_app = typer.Typer(no_args_is_help=True, help="Inspect and recover the engine's durable tasks.")
+app.add_typer(tasks_app, name="tasks")
 
 err = Console(stderr=True)
 out = Console()
@@ -230,12 +232,18 @@ def _markdown(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _pair(values: list[str], n: int, name: str) -> list[str]:
-    if values and len(values) not in (1, n):
-        raise typer.BadParameter(
-            f"give one value for all --data or one per --data ({n}); got {len(values)}", param_hint=name
-        )
-    return values if len(values) == n else values * n if values else []
+def _command_line(ctx: typer.Context) -> str:
+    """The running command as a shell line, rebuilt from its parsed options (for model.json)."""
+    parts = ctx.command_path.split()
+    parts[0] = "atomic-usage"
+    for param in ctx.command.params:
+        value = ctx.params.get(param.name or "")
+        if value is None or value == [] or value == param.default and param.name not in ("data", "out_dir"):
+            continue
+        flag = max(param.opts, key=len)
+        for v in value if isinstance(value, list | tuple) else [value]:
+            parts += [flag, str(v)]
+    return " ".join(shlex.quote(p) for p in parts)
 
 
 def _build_bank(
@@ -296,6 +304,7 @@ def dataset_build(
 
 @app.command()
 def train(
+    ctx: typer.Context,
     data: Annotated[
         list[Path], typer.Option("--data", help="Sources (GCD/NAB folders, wide files) or a training set.")
     ],
@@ -350,7 +359,7 @@ def train(
             "(floored at 1% of the mean level); missing steps masked",
             spec=result.spec.to_dict(),
             training={
-                "command": "atomic-usage " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
+                "command": _command_line(ctx),
                 "data_fingerprint": fingerprint(bank),
                 "sources": [str(d) for d in data],
                 "series": len(bank),
@@ -392,6 +401,7 @@ def info() -> None:
 def demo(
     machines: Annotated[int, typer.Option(min=1, max=1000, help="Machines in the generated fleet.")] = 12,
     seed: Annotated[int, typer.Option(help="Seed of the generated fleet.")] = 7,
+    hours: Annotated[int, typer.Option(min=1, max=24, help="Hours ahead to forecast.")] = 6,
 ) -> None:
     """Forecast a generated sample fleet with the bundled model and show what is coming."""
     settings = _settings().replace(skip_persistence=True)
@@ -414,9 +424,10 @@ def demo(
             }
             for r in last.itertuples()
         ]
-        result = predictor.process({"usageData": records})
+        result = predictor.process({"usageData": records}, horizon=hours * 12)
+        predictor.close()
         now = {(r["id"], m): float(r[m]) for r in records for m in ("cpuLoad", "memoryUsage", "storageUsage")}
-        _print_demo(result, now, machines, seed)
+        _print_demo(result, now, machines, seed, hours)
 
 
 def _fmt_eta(th: dict[str, Any] | None) -> str:
@@ -426,15 +437,18 @@ def _fmt_eta(th: dict[str, Any] | None) -> str:
     return f"[bold red]{s / 60:.0f} min[/]" if s <= 3600 else f"[yellow]{s / 3600:.1f} h[/]"
 
 
-def _print_demo(result: dict[str, Any], now: dict[tuple[str, str], float], machines: int, seed: int) -> None:
-    out.print(
-        f"[bold]ATOMIC demo[/]: {machines} generated machines (2 days of 5-minute samples, seed {seed}; "
-        "daily cycles, noise, bursts, filling disks), forecast 1 h ahead by model "
-        f"{result['model']['name']} {result['model']['version']}."
-    )
-    table = Table(title="Next hour, per machine (p50 with the p10–p90 range)")
-    for c in ("machine", "metric", "now", "in 1 h (p50)", "p10–p90", "trend /h", "90% at p90 in", "model"):
-        table.add_column(c, justify="left" if c in ("machine", "metric", "model") else "right")
+_SHORT = {"cpuLoad": "cpu", "memoryUsage": "mem", "storageUsage": "disk"}
+
+
+def _print_demo(result: dict[str, Any], now: dict[tuple[str, str], float], machines: int, seed: int,
+                hours: int) -> None:
+    console = out if out.is_terminal else Console(width=110)
+    console.print(f"[bold]ATOMIC demo[/]: {machines} generated machines (2 days of 5-minute samples, seed {seed}: "
+                  f"daily cycles, noise, bursts, filling disks), forecast {hours} h ahead by the bundled model "
+                  f"{result['model']['name']} {result['model']['version']}.")
+    table = Table(title=f"In {hours} h, per machine and metric (percent)")
+    for c in ("machine", "metric", "now", f"p50 +{hours}h", "p10–p90", "trend/h", "≥90% at p90", "model"):
+        table.add_column(c, justify="left" if c in ("machine", "metric", "model") else "right", no_wrap=True)
     arrows = {"rising": "[red]↑[/]", "falling": "[green]↓[/]", "flat": "→"}
     for r in result["results"]:
         for m, f in r["forecasts"].items():
@@ -443,21 +457,118 @@ def _print_demo(result: dict[str, Any], now: dict[tuple[str, str], float], machi
             last = f["steps"][-1]
             th = next((t for t in f["thresholds"] if t["level"] == 90.0), None)
             eta = "—" if th is None else "[bold red]now[/]" if th["alreadyAbove"] else _fmt_eta(th["p90"])
-            table.add_row(
-                r["id"] if m == "cpuLoad" else "",
-                m,
-                f"{now[(r['id'], m)]:.1f}",
-                f"{last['p50']:.1f}",
-                f"{last['p10']:.1f}–{last['p90']:.1f}",
-                f"{arrows[f['trend']['direction']]} {f['trend']['slopePerHour']:+.2f}",
-                eta,
-                f["model"],
-            )
+            table.add_row(r["id"] if m == "cpuLoad" else "", _SHORT.get(m, m), f"{now[(r['id'], m)]:.1f}",
+                          f"{last['p50']:.1f}", f"{last['p10']:.1f}–{last['p90']:.1f}",
+                          f"{arrows[f['trend']['direction']]} {f['trend']['slopePerHour']:+.1f}", eta, f["model"])
         table.add_section()
-    out.print(table)
-    out.print(
-        "Run on your own data: [bold]atomic-usage forecast --input FILE.csv --horizon 12 --output out.csv[/]"
-    )
+    console.print(table)
+    console.print("Your own data: [bold]atomic-usage forecast --input FILE.csv --horizon 12 --output out.csv[/]; "
+                  "the library: [bold]UsagePredictor().process({'usageData': [...]})[/].")
+
+
+def _store(settings: Settings) -> Any:
+    from .engine.store import open_store
+
+    if settings.skip_persistence:
+        raise typer.BadParameter("SKIP_PERSISTENCE is set, so there is no stored task to show; unset it.")
+    return open_store(settings)
+
+
+@tasks_app.command("list")
+def tasks_list(
+    status: Annotated[str | None, typer.Option(help="accepted, running, done or failed.")] = None,
+    limit: Annotated[int, typer.Option(min=1, help="Tasks to show at most (newest first).")] = 50,
+    as_json: Annotated[bool, typer.Option("--json", help="JSON lines instead of a table.")] = False,
+) -> None:
+    """List stored tasks, newest first."""
+    settings = _settings()
+    with _errors():
+        from .engine.status import TaskStatus
+
+        try:
+            st = TaskStatus(status) if status else None
+        except ValueError:
+            raise typer.BadParameter(f"{status!r} is not one of accepted, running, done, failed",
+                                     param_hint="--status") from None
+        store = _store(settings)
+        tasks = store.list_tasks(status=st, limit=limit)
+        counts = store.counts()
+        store.close()
+        if as_json:
+            for t in tasks:
+                out.print_json(json.dumps(t.as_dict()))
+            return
+        table = Table(title="tasks: " + ", ".join(f"{k.value} {v}" for k, v in counts.items()))
+        for c in ("task", "request", "status", "attempts", "created", "error"):
+            table.add_column(c)
+        for t in tasks:
+            table.add_row(t.task_id, t.request_id, t.status.value, str(t.attempts),
+                          time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(t.created_at)), t.error or "")
+        out.print(table)
+
+
+@tasks_app.command("show")
+def tasks_show(task_id: Annotated[str, typer.Argument(help="The task id.")]) -> None:
+    """Show one task and, once done, its results (opened with the keyring)."""
+    settings = _settings()
+    with _errors():
+        from .engine.status import TaskStatus
+        from .security import load_or_create_keyring, open_result
+
+        store = _store(settings)
+        task = store.get(task_id)
+        info = task.as_dict(with_payload=True)
+        if task.status is TaskStatus.DONE:
+            ring, _ = load_or_create_keyring(settings, path=settings.keyring_path)
+            info["results"] = [open_result(b, keyring=ring, task_id=task_id) for b in store.results(task_id)]
+        store.close()
+        out.print_json(json.dumps(info))
+
+
+@tasks_app.command("recover")
+def tasks_recover(
+    force: Annotated[bool, typer.Option(help="Also take over tasks whose lease has not run out.")] = False,
+) -> None:
+    """Resume tasks left accepted or running by a process that stopped; each ends done or failed."""
+    settings = _settings()
+    with _errors():
+        from .engine.predictor import UsagePredictor
+
+        with UsagePredictor(settings, recover=False) as predictor:
+            report = predictor.recover(force=force)
+        err.print(f"resumed {report['resumed']} task(s), failed {report['failed']} that had used their attempts")
+
+
+@app.command()
+def stats(
+    as_json: Annotated[bool, typer.Option("--json", help="JSON instead of a table.")] = False,
+) -> None:
+    """Show the engine's counters: tasks by status, and the stored history."""
+    settings = _settings()
+    with _errors():
+        store = _store(settings)
+        counts = {k.value: v for k, v in store.counts().items()}
+        store.close()
+        data = {"data_dir": str(settings.data_dir), "tasks": counts}
+        if as_json:
+            out.print_json(json.dumps(data))
+            return
+        table = Table(title=f"engine store in {settings.data_dir}")
+        table.add_column("tasks")
+        table.add_column("count", justify="right")
+        for k, v in counts.items():
+            table.add_row(k, str(v))
+        out.print(table)
+
+
+def _register_security() -> None:
+    from .security.cli import keys_app, open_command
+
+    app.add_typer(keys_app, name="keys", help="Manage the keyring that seals results.")
+    app.command("open", help="Open sealed results (a JSON envelope or a list of them).")(open_command)
+
+
+_register_security()
 
 
 def main() -> None:

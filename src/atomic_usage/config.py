@@ -123,6 +123,8 @@ class Settings:
         workers: engine workers; 0 means one per core (``ATOMIC_WORKERS``).
         sqlite_synchronous: ``FULL`` (default) or ``NORMAL`` (``ATOMIC_SQLITE_SYNCHRONOUS``).
         key: a base64 key used instead of a keyring file (``ATOMIC_KEY``).
+        keyring_path: the keyring file; None means ``data_dir/keyring.json`` (``ATOMIC_KEYRING``).
+        wait_s: how long ``process()`` waits for a task run by another caller (``ATOMIC_WAIT_S``).
     """
 
     data_dir: Path = dataclasses.field(default_factory=default_data_dir)
@@ -137,6 +139,8 @@ class Settings:
     workers: int = 0
     sqlite_synchronous: str = "FULL"
     key: str | None = dataclasses.field(default=None, repr=False)
+    keyring_path: Path | None = None
+    wait_s: float = 60.0
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -168,6 +172,8 @@ class Settings:
         get("ATOMIC_WORKERS", lambda n, r: _int(n, r, minimum=0), "workers")
         get("ATOMIC_SQLITE_SYNCHRONOUS", lambda n, r: _choice(n, r, _SYNC_MODES), "sqlite_synchronous")
         get("ATOMIC_KEY", lambda n, r: r or None, "key")
+        get("ATOMIC_KEYRING", lambda n, r: Path(r).expanduser() if r else None, "keyring_path")
+        get("ATOMIC_WAIT_S", lambda n, r: _float(n, r, minimum=0.0), "wait_s")
         return cls(**kw)
 
     def replace(self, **changes: Any) -> Settings:

@@ -66,9 +66,11 @@ def generate_series(
     mem = mem_base + mem_drift * t + 3 * day + np.cumsum(rng.normal(0, 0.15, (n_series, n_steps)), axis=1)
 
     sto_base = rng.uniform(10, 70, (n_series, 1))
-    # A third of disks fill fast (full within a day or two), the rest creep or stay flat.
+    # A third of disks fill (3 to 12 points a day, some reach 90 % within the series), the rest
+    # creep or stay flat.
     fast = rng.random((n_series, 1)) < 0.33
-    rate = np.where(fast, rng.uniform(0.05, 0.2, (n_series, 1)), rng.uniform(0, 0.01, (n_series, 1)))
+    rate = np.where(fast, rng.uniform(0.01, 0.04, (n_series, 1)), rng.uniform(0, 0.003, (n_series, 1)))
+    sto_base = np.where(fast, rng.uniform(50, 88, (n_series, 1)), sto_base)
     cleanup = np.cumsum(rng.random((n_series, n_steps)) < 0.002, axis=1) * rng.uniform(0, 5, (n_series, 1))
     sto = sto_base + rate * t - cleanup + rng.normal(0, 0.05, (n_series, n_steps))
 

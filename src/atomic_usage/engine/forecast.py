@@ -10,8 +10,29 @@ import numpy as np
 
 __all__ = ["describe_forecast", "iso"]
 
-_FLAT_PER_HORIZON = 0.5
-"""A forecast whose fitted line moves less than this (percent points) over its horizon is flat."""
+_FLAT_PER_HOUR = 0.05
+"""A trend slower than this many units (percent points) per hour is flat, however clean."""
+
+_SIGNIFICANCE = 2.0
+"""A trend is rising or falling only if its slope exceeds this many standard errors."""
+
+TREND_STEPS = 12
+"""Recent steps the trend line is fitted over (1 h of 5-minute steps, as predict_linear)."""
+
+
+def _slope(x: np.ndarray, y: np.ndarray) -> tuple[float, float] | None:
+    """Least-squares slope and its standard error (0 with two points or a perfect line)."""
+    ok = np.isfinite(y)
+    if ok.sum() < 2:
+        return None
+    x, y = x[ok], y[ok]
+    xc = x - x.mean()
+    sxx = float((xc**2).sum())
+    b = float((xc * (y - y.mean())).sum() / sxx)
+    if len(x) < 3:
+        return b, 0.0
+    resid = y - y.mean() - b * xc
+    return b, float(np.sqrt((resid**2).sum() / (len(x) - 2) / sxx))
 
 
 def iso(ts: float) -> str:
@@ -36,6 +57,7 @@ def describe_forecast(
     history_length: int,
     model: str,
     thresholds: Sequence[float],
+    recent: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """The result of one metric of one machine.
 
@@ -47,6 +69,9 @@ def describe_forecast(
         history_length: observed steps the forecast was made from.
         model: what produced it.
         thresholds: levels whose crossing is reported.
+        recent: the last observed steps (NaN = missing), ending at ``last_ts``; the trend is the
+            least-squares slope over its last TREND_STEPS steps (over the forecast when fewer than
+            two of them are observed).
 
     Returns:
         ``{"steps": [...], "historyLength", "model", "trend", "peak", "thresholds"}``.
@@ -56,13 +81,16 @@ def describe_forecast(
     H = fc.shape[1]
     times = last_ts + step_s * np.arange(1, H + 1)
     p10, p50, p90 = (fc[k].astype(float) for k in range(3))
-    hours = (times - last_ts) / 3600.0
-    x = np.concatenate([[0.0], hours])
-    y = np.concatenate([[last_value], p50])
-    xc = x - x.mean()
-    slope = float((xc * (y - y.mean())).sum() / (xc**2).sum()) if len(x) > 1 else 0.0
-    move = slope * float(hours[-1])
-    direction = "flat" if abs(move) < _FLAT_PER_HORIZON else ("rising" if move > 0 else "falling")
+    fit = None
+    if recent is not None and len(recent):
+        r = np.asarray(recent, float)[-TREND_STEPS:]
+        fit = _slope(np.arange(-len(r) + 1, 1) * step_s / 3600.0, r)
+    if fit is None:
+        hours = np.concatenate([[0.0], (times - last_ts) / 3600.0])
+        fit = _slope(hours, np.concatenate([[last_value], p50])) or (0.0, 0.0)
+    slope, se = fit
+    flat = abs(slope) < _FLAT_PER_HOUR or abs(slope) <= _SIGNIFICANCE * se
+    direction = "flat" if flat else ("rising" if slope > 0 else "falling")
     k = int(np.argmax(p50))
     return {
         "steps": [

@@ -1,15 +1,28 @@
-"""``process(payload)``: observations in, forecasts out, for a whole fleet.
+"""``process(payload)``: observations in, forecasts out, durably, for a whole fleet.
 
 Each record of a payload is an observation of one machine now (or at its ``timestamp``).
-The payload is validated as a whole first (nothing is applied if any record is bad), its
-observations join each machine's history, and every record gets the forecast of its
-machine per metric: the steps with p10/p50/p90, the history used, the model used, the
-trend, the peak and when the thresholds are crossed.
+A call goes through these steps, and a crash between any two of them loses nothing:
+
+1. The payload is validated as a whole; if any record is bad, nothing is applied.
+2. The task and its observations are written to the store in one transaction
+   (durably accepted) — or, for a request id seen before, the first call's result
+   is returned.
+3. The observations join the in-memory history (rebuilt from the store at start).
+4. The task is claimed, its machines are forecast by the worker pool in micro-batches,
+   and one result per record is written once (sealed at rest). A task left accepted
+   or running by a process that died is resumed by the next start's recovery.
+
+The result of a record gives, per metric: the forecast steps (p10/p50/p90), the history
+used, the model used, the trend, the peak, and when the thresholds are crossed.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
+import logging
+import os
+import socket
 import threading
 import time
 import uuid
@@ -20,12 +33,20 @@ import numpy as np
 
 from .._types import DEFAULT_METRICS
 from ..config import Settings
+from ..errors import EngineError, TaskNotFound
 from ..models.base import Forecaster
 from .forecast import describe_forecast, iso
 from .history import FleetHistory
+from .meter import TpsMeter
 from .payload import Observation, parse_payload
+from .pool import WorkerPool
+from .runner import MachineForecast, RunnerFactory, WorkItem
+from .status import TaskStatus
+from .store import DEFAULT_LEASE_S, Store, Task, open_store
 
 __all__ = ["UsagePredictor", "aprocess", "process"]
+
+_log = logging.getLogger("atomic_usage.engine")
 
 
 class UsagePredictor:
@@ -34,26 +55,60 @@ class UsagePredictor:
     Args:
         settings: run-time settings (default: from the environment).
         model: the forecaster to serve (default: ``settings.model_dir`` or the bundled model).
+        pool_mode: ``"thread"`` (measured faster here, see docs/engine.md) or ``"process"``.
+        recover: resume tasks left unfinished by a previous run, in the background.
 
     >>> p = UsagePredictor(Settings(skip_persistence=True))
     >>> r = p.process({"usageData": [{"id": "1", "cpuLoad": 30, "memoryUsage": 70, "storageUsage": 20}]})
     >>> r["results"][0]["id"], len(r["results"][0]["forecasts"]["cpuLoad"]["steps"])
     ('1', 12)
+    >>> p.close()
     """
 
-    def __init__(self, settings: Settings | None = None, *, model: Forecaster | None = None) -> None:
+    def __init__(self, settings: Settings | None = None, *, model: Forecaster | None = None,
+                 pool_mode: str = "thread", recover: bool = True) -> None:
         self.settings = settings if settings is not None else Settings.from_env()
         if model is None:
             from ..models.artifact import load_model
 
             model = load_model(self.settings.model_dir)
         self.model = model
-        context = int(getattr(getattr(model, "spec", None), "context", 288))
-        self.context = context
-        self.history = FleetHistory(max(context, 12, min(self.settings.history_limit, context)))
-        self._lock = threading.Lock()
-        self._processed = 0
-        self._started = time.monotonic()
+        self.context = int(getattr(getattr(model, "spec", None), "context", 288))
+        self.history = FleetHistory(max(self.context, 12))
+        self.store: Store = open_store(self.settings)
+        self.keyring, self.keyring_created = self._keyring()
+        self.meter = TpsMeter()
+        """Records and request latency, as callers see them."""
+        self._pool_meter = TpsMeter()
+        """Work items (machines), batch sizes, queue depth and worker restarts, as the pool sees them."""
+        self.owner = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self._open: set[str] = set()
+        self._open_lock = threading.Lock()
+        self._closed = threading.Event()
+        self._rebuild_history()
+        self.pool = WorkerPool.from_settings(RunnerFactory(model), self.settings, meter=self._pool_meter,
+                                             mode=pool_mode).start()
+        self._maintenance = threading.Thread(target=self._maintain, args=(recover,), daemon=True,
+                                             name="atomic-maintenance")
+        self._maintenance.start()
+
+    # --- set-up -----------------------------------------------------------------------
+    def _keyring(self) -> tuple[Any, bool]:
+        from ..security import Keyring, load_or_create_keyring
+
+        if self.settings.skip_persistence and not self.settings.key:
+            return Keyring.generate(), False  # nothing is at rest; envelopes on request only
+        return load_or_create_keyring(self.settings, path=self.settings.keyring_path)  # type: ignore[no-any-return]
+
+    def _rebuild_history(self) -> None:
+        """Loads the stored observations into the in-memory history."""
+        hist = self.store.load_histories(self.history.length)
+        obs = [Observation(0, mid, ts, {metric: v}, True) for (mid, metric), rows in hist.items()
+               if metric in DEFAULT_METRICS for ts, v in rows]
+        obs.sort(key=lambda o: o.ts)
+        self.history.append(obs)
+        if obs:
+            _log.info("history rebuilt from the store: %d observations of %d machines", len(obs), len(self.history))
 
     @property
     def model_version(self) -> str:
@@ -61,117 +116,248 @@ class UsagePredictor:
         card = getattr(self.model, "card", None)
         return str(card.version) if card is not None else type(self.model).__name__
 
-    def process(
-        self, payload: Mapping[str, Any], *, request_id: str | None = None, horizon: int | None = None
-    ) -> dict[str, Any]:
+    # --- the entry points -------------------------------------------------------------
+    def process(self, payload: Mapping[str, Any], *, request_id: str | None = None,
+                horizon: int | None = None, sealed: bool = False) -> dict[str, Any]:
         """Adds the payload's observations to the history and forecasts each record's machine.
 
         Args:
             payload: ``{"usageData": [{"id", "cpuLoad", "memoryUsage", "storageUsage", "timestamp"?}, ...]}``.
-            request_id: identifies the request (generated when absent) and is returned.
+            request_id: an idempotency key: the same id returns the first call's result; reused
+                with a different payload it is an error. Generated when absent, and returned.
             horizon: steps to forecast (default ``settings.horizon``).
+            sealed: also return each record's result sealed (AES-256-GCM envelopes, ``sealed``).
 
         Returns:
-            ``{"requestId", "model": {"name", "version"}, "results": [{"index", "id", "timestamp",
-            "forecasts": {metric: ...}}]}``; see :func:`~atomic_usage.engine.forecast.describe_forecast`.
+            ``{"requestId", "taskId", "model": {"name", "version"}, "results": [{"index", "id",
+            "timestamp", "forecasts": {metric: ... | None}}], "sealed"?: [envelope, ...]}``;
+            see :func:`~atomic_usage.engine.forecast.describe_forecast` for a metric's fields.
 
         Raises:
             PayloadError: a record is bad; every bad field is listed and nothing was applied.
+            IdempotencyError: ``request_id`` was used before with a different payload.
+            EngineError: the task failed (the message says why) or did not finish in time.
         """
+        t0 = time.monotonic()
+        H = int(horizon or self.settings.horizon)
         obs = parse_payload(payload)
-        self.history.append(obs)
-        results = self.forecast_observations(obs, horizon or self.settings.horizon)
-        with self._lock:
-            self._processed += len(obs)
-        return {
-            "requestId": request_id or uuid.uuid4().hex,
-            "model": {"name": self.model.name, "version": self.model_version},
-            "results": results,
-        }
+        request = {"usageData": list(payload["usageData"]), "horizon": H}
+        rows = [(o.id, m, o.ts, v) for o in obs for m, v in o.values.items()]
+        acc = self.store.accept(request, request_id=request_id, observations=rows, owner=self.owner)
+        task = acc.task
+        if acc.created:
+            self.history.append(obs)
+            bodies = self._run_task(task, obs, H)
+        else:
+            bodies = acc.results if task.status is TaskStatus.DONE else self._wait(task.task_id)
+        out = self._response(task, bodies, sealed=sealed)
+        self.meter.record(len(obs), latencies_s=[time.monotonic() - t0])
+        return out
+
+    async def aprocess(self, payload: Mapping[str, Any], *, request_id: str | None = None,
+                       horizon: int | None = None, sealed: bool = False) -> dict[str, Any]:
+        """The same as :meth:`process`, for asyncio callers (runs in a worker thread)."""
+        return await asyncio.to_thread(self.process, payload, request_id=request_id, horizon=horizon,
+                                       sealed=sealed)
 
     def observe(self, frame: Any, *, id_col: str = "id", time_col: str = "timestamp") -> int:
-        """Loads past observations (a wide frame) into the history without forecasting.
+        """Loads past observations (a wide frame) into the in-memory history without forecasting.
 
-        Use it to warm a predictor from a file or a store before live records arrive.
+        Use it to warm a predictor from a file before live records arrive. The observations are
+        not written to the store.
 
         Returns:
             The number of observations added.
         """
         import pandas as pd
 
-        df = frame
-        ts = pd.to_datetime(df[time_col], utc=True).to_numpy("datetime64[ns]").astype(np.int64) / 1e9
-        metrics = [m for m in DEFAULT_METRICS if m in df.columns]
-        vals = {m: df[m].to_numpy(float) for m in metrics}
-        ids = df[id_col].astype(str).to_numpy()
+        ts = pd.to_datetime(frame[time_col], utc=True).to_numpy("datetime64[ns]").astype(np.int64) / 1e9
+        metrics = [m for m in DEFAULT_METRICS if m in frame.columns]
+        vals = {m: frame[m].to_numpy(float) for m in metrics}
+        ids = frame[id_col].astype(str).to_numpy()
         obs = []
-        for r in range(len(df)):
-            v = {m: float(vals[m][r]) for m in metrics if vals[m][r] == vals[m][r]}
+        for r in range(len(frame)):
+            v = {m: float(vals[m][r]) for m in metrics if np.isfinite(vals[m][r])}
             if v:
                 obs.append(Observation(r, ids[r], float(ts[r]), v, True))
         self.history.append(obs)
         return len(obs)
 
-    async def aprocess(
-        self, payload: Mapping[str, Any], *, request_id: str | None = None, horizon: int | None = None
-    ) -> dict[str, Any]:
-        """The same as :meth:`process`, for asyncio callers (runs in a worker thread)."""
-        return await asyncio.to_thread(self.process, payload, request_id=request_id, horizon=horizon)
+    def task(self, task_id: str) -> dict[str, Any]:
+        """A task's state, and its results once done (opened).
 
-    def forecast_observations(self, obs: list[Observation], horizon: int) -> list[dict[str, Any]]:
-        """Forecasts the machines of ``obs`` from their current history; one result per observation."""
+        Raises:
+            TaskNotFound: no task has this id.
+        """
+        task = self.store.get(task_id)
+        info = task.as_dict()
+        if task.status is TaskStatus.DONE:
+            info["results"] = [self._decode(task.task_id, b) for b in self.store.results(task_id)]
+        return info
+
+    def find_task(self, request_id: str) -> dict[str, Any]:
+        """:meth:`task` of the task made for ``request_id``.
+
+        Raises:
+            TaskNotFound: no task was made for this request id.
+        """
+        task = self.store.find(request_id)
+        if task is None:
+            raise TaskNotFound(request_id)
+        return self.task(task.task_id)
+
+    # --- running tasks ----------------------------------------------------------------
+    def _run_task(self, task: Task, obs: list[Observation], horizon: int) -> list[bytes]:
+        claimed = self.store.claim(task.task_id, owner=self.owner)
+        if claimed is None:
+            return self._wait(task.task_id)
+        with self._open_lock:
+            self._open.add(task.task_id)
+        try:
+            results = self._forecast(obs, horizon)
+            bodies = [self._encode(task.task_id, i, r) for i, r in enumerate(results)]
+            return self.store.complete(task.task_id, bodies)
+        except Exception as exc:
+            reason = f"{type(exc).__name__}: {exc}"
+            self.store.fail(task.task_id, reason)
+            raise EngineError(f"Task {task.task_id} failed ({reason}); the payload was stored and the failure "
+                              f"recorded; see `atomic-usage tasks show {task.task_id}`.") from exc
+        finally:
+            with self._open_lock:
+                self._open.discard(task.task_id)
+
+    def _forecast(self, obs: list[Observation], horizon: int) -> list[dict[str, Any]]:
         machines = list(dict.fromkeys(o.id for o in obs))
-        ctx = self.history.contexts(machines, self.context)  # (k, M, C)
+        ctx = self.history.contexts(machines, self.context)
         last_ts = self.history.last_step(machines)
-        k, M, C = ctx.shape
-        hists, where = [], []
-        for i in range(k):
-            for j in range(M):
-                observed = ~np.isnan(ctx[i, j])
-                if observed.any():
-                    first = int(np.argmax(observed))
-                    hists.append(ctx[i, j, first:])
-                    where.append((i, j))
-        per_machine: list[dict[str, Any]] = [{} for _ in machines]
-        if hists:
-            bounded = np.ones(len(hists), bool)  # every payload metric is a percent
-            fc = self.model.forecast_arrays(hists, horizon, bounded)
-            names = self.model.fallback_flags(hists)
-            for n, (i, j) in enumerate(where):
-                h = hists[n]
-                last_value = float(h[~np.isnan(h)][-1])
-                per_machine[i][DEFAULT_METRICS[j]] = describe_forecast(
-                    fc[n],
-                    last_ts=float(last_ts[i]),
-                    step_s=self.history.step_s,
-                    last_value=last_value,
-                    history_length=int(np.count_nonzero(~np.isnan(h))),
-                    model=names[n],
-                    thresholds=self.settings.thresholds,
-                )
-        for i in range(k):
-            for m in DEFAULT_METRICS:
-                per_machine[i].setdefault(m, None)
+        futures = self.pool.submit_many([WorkItem(ctx[i], horizon) for i in range(len(machines))])
+        forecasts: list[MachineForecast] = [f.result(timeout=self.settings.wait_s) for f in futures]
+        per_machine: list[dict[str, Any]] = []
+        for i, mf in enumerate(forecasts):
+            metrics: dict[str, Any] = {}
+            for j, m in enumerate(DEFAULT_METRICS):
+                if mf.models[j] is None:
+                    metrics[m] = None
+                    continue
+                h = ctx[i, j]
+                seen = h[~np.isnan(h)]
+                metrics[m] = describe_forecast(
+                    mf.quantiles[j], last_ts=float(last_ts[i]), step_s=self.history.step_s,
+                    last_value=float(seen[-1]), history_length=len(seen), model=str(mf.models[j]),
+                    thresholds=self.settings.thresholds, recent=h)
+            per_machine.append(metrics)
         pos = {m: i for i, m in enumerate(machines)}
-        return [
-            {"index": o.index, "id": o.id, "timestamp": iso(o.ts), "forecasts": per_machine[pos[o.id]]}
-            for o in obs
-        ]
+        return [{"index": o.index, "id": o.id, "timestamp": iso(o.ts), "forecasts": per_machine[pos[o.id]]}
+                for o in obs]
 
+    def _wait(self, task_id: str) -> list[bytes]:
+        """Waits for a task another caller (or recovery) is running; returns its results."""
+        deadline = time.monotonic() + self.settings.wait_s
+        delay = 0.005
+        while True:
+            task = self.store.get(task_id)
+            if task.status is TaskStatus.DONE:
+                return self.store.results(task_id)
+            if task.status is TaskStatus.FAILED:
+                raise EngineError(f"Task {task_id} failed: {task.error}")
+            if time.monotonic() > deadline:
+                raise EngineError(f"Task {task_id} is still {task.status.value} after {self.settings.wait_s:.0f} s; "
+                                  "ask again with the same request id to get its result when it ends.")
+            time.sleep(delay)
+            delay = min(delay * 2, 0.2)
+
+    def _encode(self, task_id: str, index: int, result: Mapping[str, Any]) -> bytes:
+        body = json.dumps(result, separators=(",", ":")).encode()
+        if self.settings.skip_persistence:
+            return body
+        from ..security import seal
+
+        return seal(result, keyring=self.keyring, task_id=task_id, record_id=str(index),
+                    model_version=self.model_version).encode()
+
+    def _decode(self, task_id: str, body: bytes) -> dict[str, Any]:
+        if self.settings.skip_persistence:
+            return json.loads(body)  # type: ignore[no-any-return]
+        from ..security import open_result
+
+        return open_result(body, keyring=self.keyring, task_id=task_id)
+
+    def _response(self, task: Task, bodies: list[bytes], *, sealed: bool) -> dict[str, Any]:
+        results = [self._decode(task.task_id, b) for b in bodies]
+        out: dict[str, Any] = {"requestId": task.request_id, "taskId": task.task_id,
+                               "model": {"name": self.model.name, "version": self.model_version},
+                               "results": results}
+        if sealed:
+            if self.settings.skip_persistence:
+                from ..security import seal
+
+                out["sealed"] = [seal(r, keyring=self.keyring, task_id=task.task_id, record_id=str(i),
+                                      model_version=self.model_version) for i, r in enumerate(results)]
+            else:
+                out["sealed"] = [b.decode() for b in bodies]
+        return out
+
+    # --- recovery and leases ----------------------------------------------------------
+    def recover(self, *, force: bool = False) -> dict[str, int]:
+        """Resumes tasks left accepted or running by a process that died (or, with ``force``,
+        every unfinished task); each ends done or failed.
+
+        Returns:
+            ``{"resumed": n, "failed": n}``.
+        """
+        report = self.store.recover(force=force)
+        if report.resumed:
+            self.meter.tasks_recovered(len(report.resumed))
+        for task in report.resumed:
+            try:
+                request = task.payload
+                obs = parse_payload({"usageData": request["usageData"]}, now=task.created_at)
+                self._run_task(task, obs, int(request.get("horizon", self.settings.horizon)))
+                _log.info("recovered task %s", task.task_id)
+            except Exception as exc:  # one bad task must not stop the others
+                _log.error("recovery of task %s failed: %s", task.task_id, exc)
+        for task in report.failed:
+            _log.warning("task %s was failed during recovery: %s", task.task_id, task.error)
+        return {"resumed": len(report.resumed), "failed": len(report.failed)}
+
+    def _maintain(self, recover: bool) -> None:
+        if recover:
+            try:
+                self.recover()
+            except Exception as exc:  # pragma: no cover - logged, the engine keeps serving
+                _log.error("recovery at start failed: %s", exc)
+        while not self._closed.wait(DEFAULT_LEASE_S / 3):
+            with self._open_lock:
+                open_ids = list(self._open)
+            try:
+                if open_ids:
+                    self.store.renew(open_ids, owner=self.owner)
+                if recover:
+                    self.recover()
+            except Exception as exc:  # pragma: no cover - logged, retried next round
+                _log.error("lease maintenance failed: %s", exc)
+
+    # --- monitoring and life cycle ----------------------------------------------------
     def stats(self) -> dict[str, Any]:
-        """Records processed, machines held and the mean rate since start."""
-        with self._lock:
-            n = self._processed
-        up = time.monotonic() - self._started
-        return {
-            "processed": n,
-            "uptime_s": up,
-            "tps_mean": n / up if up > 0 else 0.0,
-            **self.history.snapshot(),
-        }
+        """The TPS meter (1/60/300 s), queue depth, batch sizes, latency percentiles, worker
+        restarts, recovered tasks, tasks by status, machines held."""
+        mine = self.meter.snapshot()
+        pool = self.pool.stats()
+        return {**pool, **{k: mine[k] for k in ("tps", "records_total", "failed_total", "latency_s",
+                                                  "recovered_tasks", "uptime_s")},
+                "items_total": pool["records_total"],
+                "tasks": {k.value: v for k, v in self.store.counts().items()},
+                "history": self.history.snapshot(), "model": {"name": self.model.name,
+                                                             "version": self.model_version}}
 
     def close(self) -> None:
-        """Releases resources (nothing to release while the history is in memory)."""
+        """Stops the workers and closes the store (unfinished tasks resume at the next start)."""
+        if self._closed.is_set():
+            return
+        self._closed.set()
+        self.pool.close()
+        self._maintenance.join(timeout=5)
+        self.store.close()
 
     def __enter__(self) -> UsagePredictor:
         return self
@@ -192,15 +378,13 @@ def _get_default() -> UsagePredictor:
         return _default
 
 
-def process(
-    payload: Mapping[str, Any], *, request_id: str | None = None, horizon: int | None = None
-) -> dict[str, Any]:
+def process(payload: Mapping[str, Any], *, request_id: str | None = None, horizon: int | None = None,
+            sealed: bool = False) -> dict[str, Any]:
     """:meth:`UsagePredictor.process` on a process-wide predictor built from the environment."""
-    return _get_default().process(payload, request_id=request_id, horizon=horizon)
+    return _get_default().process(payload, request_id=request_id, horizon=horizon, sealed=sealed)
 
 
-async def aprocess(
-    payload: Mapping[str, Any], *, request_id: str | None = None, horizon: int | None = None
-) -> dict[str, Any]:
+async def aprocess(payload: Mapping[str, Any], *, request_id: str | None = None, horizon: int | None = None,
+                   sealed: bool = False) -> dict[str, Any]:
     """:meth:`UsagePredictor.aprocess` on the process-wide predictor."""
-    return await _get_default().aprocess(payload, request_id=request_id, horizon=horizon)
+    return await _get_default().aprocess(payload, request_id=request_id, horizon=horizon, sealed=sealed)

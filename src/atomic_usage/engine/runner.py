@@ -1,0 +1,74 @@
+"""What a worker runs: the model over a batch of machines' contexts.
+
+The pool builds one :class:`ForecastRunner` per worker from a picklable
+:class:`RunnerFactory`, so each worker owns its own ONNX Runtime session.
+"""
+
+from __future__ import annotations
+
+import pickle
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from ..models.base import Forecaster
+
+__all__ = ["MachineForecast", "RunnerFactory", "WorkItem"]
+
+
+class WorkItem(NamedTuple):
+    """One machine to forecast: its contexts (metrics, steps; NaN = missing) and the horizon."""
+
+    context: np.ndarray
+    horizon: int
+
+
+class MachineForecast(NamedTuple):
+    """A machine's forecast: (metrics, 3, H) with NaN rows for metrics without data, and per
+    metric the model that served it (None where there was no data)."""
+
+    quantiles: np.ndarray
+    models: list[str | None]
+
+
+class ForecastRunner:
+    """Forecasts a batch of work items in one call of the model per horizon."""
+
+    def __init__(self, model: Forecaster) -> None:
+        self.model = model
+
+    def __call__(self, items: Sequence[WorkItem]) -> list[MachineForecast]:
+        out: list[MachineForecast | None] = [None] * len(items)
+        for H in sorted({it.horizon for it in items}):
+            idx = [i for i, it in enumerate(items) if it.horizon == H]
+            hists, where = [], []
+            for i in idx:
+                ctx = items[i].context
+                for j in range(ctx.shape[0]):
+                    observed = ~np.isnan(ctx[j])
+                    if observed.any():
+                        hists.append(ctx[j, int(np.argmax(observed)):])
+                        where.append((i, j))
+            fc = self.model.forecast_arrays(hists, H, np.ones(len(hists), bool)) if hists else None
+            names = self.model.fallback_flags(hists) if hists else []
+            res = {i: (np.full((items[i].context.shape[0], 3, H), np.nan), [None] * items[i].context.shape[0])
+                   for i in idx}
+            for n, (i, j) in enumerate(where):
+                assert fc is not None
+                res[i][0][j] = fc[n]
+                res[i][1][j] = names[n]
+            for i in idx:
+                out[i] = MachineForecast(*res[i])
+        return out  # type: ignore[return-value]
+
+
+class RunnerFactory:
+    """Picklable recipe for a worker's runner: a fresh copy of the model per worker."""
+
+    def __init__(self, model: Forecaster) -> None:
+        self._blob = pickle.dumps(model)
+
+    def __call__(self) -> ForecastRunner:
+        model: Any = pickle.loads(self._blob)  # noqa: S301 - our own model, pickled in this process
+        return ForecastRunner(model)

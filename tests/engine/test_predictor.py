@@ -1,0 +1,136 @@
+"""process(): durable, idempotent, all-or-nothing, recoverable."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from atomic_usage import Settings
+from atomic_usage.engine.predictor import UsagePredictor
+from atomic_usage.errors import IdempotencyError, PayloadError, TaskNotFound
+from atomic_usage.models.baselines import Naive, PredictLinear
+from atomic_usage.security import open_result
+
+T0 = 1_767_600_000  # 2026-01-05T08:00:00Z
+
+
+def rec(mid: str, k: int, **values: float) -> dict[str, object]:
+    return {"id": mid, "timestamp": T0 + 300 * k, **values}
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return Settings(data_dir=tmp_path / "data", workers=2)
+
+
+@pytest.fixture
+def predictor(settings: Settings) -> Iterator[UsagePredictor]:
+    with UsagePredictor(settings, model=PredictLinear()) as p:
+        yield p
+
+
+class TestProcess:
+    """The first description's process(payload), made durable."""
+
+    def test_result_fields(self, predictor: UsagePredictor) -> None:
+        """Each record gets, per metric, steps, history length, model, trend, peak and thresholds."""
+        for k in range(20):
+            r = predictor.process({"usageData": [rec("disk", k, storageUsage=60 + 2 * k, cpuLoad=20.0)]})
+        f = r["results"][0]["forecasts"]
+        assert f["memoryUsage"] is None
+        sto = f["storageUsage"]
+        assert len(sto["steps"]) == 12 and sto["historyLength"] == 20 and sto["model"] == "predict_linear"
+        assert sto["trend"]["direction"] == "rising" and sto["trend"]["slopePerHour"] == pytest.approx(24, rel=0.01)
+        assert sto["steps"][0]["p50"] == pytest.approx(100.0)
+        ninety, hundred = sto["thresholds"]
+        assert ninety["alreadyAbove"] and hundred["p50"]["secondsFromNow"] == 300.0
+        assert f["cpuLoad"]["trend"]["direction"] == "flat" and all(t["p50"] is None for t in f["cpuLoad"]["thresholds"])
+
+    def test_bad_payload_applies_nothing(self, predictor: UsagePredictor) -> None:
+        """A payload with one bad record stores nothing: no task, no history."""
+        with pytest.raises(PayloadError) as info:
+            predictor.process({"usageData": [rec("ok", 0, cpuLoad=5.0), rec("bad", 0, cpuLoad=500.0)]})
+        assert [(e.index, e.field) for e in info.value.errors] == [(1, "cpuLoad")]
+        assert "ok" not in predictor.history and sum(predictor.store.counts().values()) == 0
+
+    def test_idempotent_retry(self, predictor: UsagePredictor) -> None:
+        """The same request id returns the first result; with another payload it is refused."""
+        p = {"usageData": [rec("a", 0, cpuLoad=10.0)]}
+        first = predictor.process(p, request_id="req-1")
+        again = predictor.process(p, request_id="req-1")
+        assert again == first and predictor.store.counts()["done"] == 1
+        with pytest.raises(IdempotencyError, match="req-1"):
+            predictor.process({"usageData": [rec("a", 1, cpuLoad=11.0)]}, request_id="req-1")
+        generated = predictor.process({"usageData": [rec("a", 2, cpuLoad=12.0)]})
+        assert generated["requestId"] and generated["requestId"] != "req-1"
+
+    def test_results_sealed_at_rest(self, predictor: UsagePredictor) -> None:
+        """Stored bodies are envelopes that open to the returned result, bound to task and record."""
+        r = predictor.process({"usageData": [rec("a", 0, cpuLoad=10.0), rec("b", 0, cpuLoad=20.0)]}, sealed=True)
+        stored = predictor.store.results(r["taskId"])
+        assert b"cpuLoad" not in stored[0] and len(r["sealed"]) == 2
+        opened = open_result(r["sealed"][1], keyring=predictor.keyring, task_id=r["taskId"], record_id="1")
+        assert opened == r["results"][1]
+        assert predictor.task(r["taskId"])["results"] == r["results"]
+
+    def test_history_survives_restart(self, settings: Settings) -> None:
+        """A new predictor on the same data folder rebuilds the history from the store."""
+        with UsagePredictor(settings, model=Naive()) as p:
+            for k in range(5):
+                p.process({"usageData": [rec("m", k, cpuLoad=float(k))]})
+        with UsagePredictor(settings, model=Naive()) as p:
+            r = p.process({"usageData": [rec("m", 5, cpuLoad=5.0)]})
+        assert r["results"][0]["forecasts"]["cpuLoad"]["historyLength"] == 6
+
+    def test_recovery_runs_abandoned_task_once(self, settings: Settings) -> None:
+        """A task accepted by a process that died is completed by the next start, exactly once."""
+        with UsagePredictor(settings, model=Naive(), recover=False) as p:
+            acc = p.store.accept({"usageData": [rec("z", 0, cpuLoad=3.0)], "horizon": 4}, request_id="lost",
+                                 observations=[("z", "cpuLoad", float(T0), 3.0)], owner="dead", lease_s=0.0)
+        with UsagePredictor(settings, model=Naive(), recover=False) as p:
+            assert p.recover() == {"resumed": 1, "failed": 0}
+            done = p.task(acc.task.task_id)
+            assert done["status"] == "done" and len(done["results"][0]["forecasts"]["cpuLoad"]["steps"]) == 4
+            assert p.recover() == {"resumed": 0, "failed": 0}
+            assert p.process({"usageData": [rec("z", 0, cpuLoad=3.0)]}, request_id="lost", horizon=4)["results"] \
+                == done["results"]
+            assert p.stats()["recovered_tasks"] == 1
+
+    def test_unknown_task(self, predictor: UsagePredictor) -> None:
+        """Asking for a task that does not exist is TaskNotFound."""
+        with pytest.raises(TaskNotFound):
+            predictor.task("nope")
+
+    def test_async_twin(self, predictor: UsagePredictor) -> None:
+        """aprocess gives the same kind of result for asyncio callers."""
+        r = asyncio.run(predictor.aprocess({"usageData": [rec("a", 0, cpuLoad=1.0)]}))
+        assert r["results"][0]["id"] == "a"
+
+    def test_stats(self, predictor: UsagePredictor) -> None:
+        """stats() reports records, rates, latency, batches, workers and tasks."""
+        predictor.process({"usageData": [rec(f"m{i}", 0, cpuLoad=1.0) for i in range(10)]})
+        s = predictor.stats()
+        assert s["records_total"] == 10 and s["tasks"]["done"] == 1 and s["workers"]["alive"] == 2
+        assert {"1s", "60s", "300s"} <= set(s["tps"]) and s["latency_s"]["p50"] is not None
+        json.dumps(s)
+
+    def test_skip_persistence(self, tmp_path: Path) -> None:
+        """With SKIP_PERSISTENCE nothing is written to the data folder."""
+        s = Settings(data_dir=tmp_path / "none", skip_persistence=True)
+        with UsagePredictor(s, model=Naive()) as p:
+            r = p.process({"usageData": [rec("a", 0, cpuLoad=1.0)]}, sealed=True)
+        assert r["sealed"] and not (tmp_path / "none").exists()
+
+    def test_bundled_model_by_default(self, tmp_path: Path) -> None:
+        """Without a model argument the bundled model serves."""
+        from atomic_usage.models.artifact import default_model_dir
+
+        if not (default_model_dir() / "model.onnx").exists():
+            pytest.skip("no bundled model in this checkout")
+        with UsagePredictor(Settings(data_dir=tmp_path, skip_persistence=True)) as p:
+            r = p.process({"usageData": [{"id": "1", "cpuLoad": 30, "memoryUsage": 70, "storageUsage": 20}]})
+        assert r["model"]["name"] == p.model.name and r["results"][0]["forecasts"]["cpuLoad"]["steps"]

@@ -1,0 +1,66 @@
+"""Baselines against hand-computed values, and the contract every forecaster keeps."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from atomic_usage.errors import NotFittedError
+from atomic_usage.models.baselines import Naive, PredictLinear, SeasonalNaive
+from atomic_usage.models.checks import check_forecaster
+
+B = np.array([False])
+
+
+class TestBaselines:
+    """naive, seasonal naive and predict_linear on small series computed by hand."""
+
+    def test_naive(self) -> None:
+        """Last value; interval from the 10/90 % quantiles of 1-step differences."""
+        fc = Naive().forecast_arrays([np.array([1.0, 3.0, 2.0, 4.0])], 1, B)[0]
+        # diffs: 2, -1, 2 -> q10 = -0.4, q90 = 2
+        assert fc[:, 0].tolist() == pytest.approx([3.6, 4.0, 6.0])
+
+    def test_naive_skips_missing_last_value(self) -> None:
+        """A missing last value uses the last observed one."""
+        fc = Naive().forecast_arrays([np.array([1.0, 5.0, np.nan])], 2, B)[0]
+        assert fc[1].tolist() == [5.0, 5.0]
+
+    def test_seasonal_naive(self) -> None:
+        """Repeats the last season; falls back to naive when history is shorter than two seasons."""
+        y = np.tile([1.0, 2.0, 3.0], 4)
+        fc = SeasonalNaive(season=3).forecast_arrays([y], 5, B)[0]
+        assert fc[1].tolist() == [1, 2, 3, 1, 2]
+        assert fc[0].tolist() == fc[2].tolist() == [1, 2, 3, 1, 2]  # perfect seasonality: zero-width
+        assert SeasonalNaive(season=3).forecast_arrays([y[:4]], 2, B)[0, 1].tolist() == [1.0, 1.0]
+
+    def test_predict_linear(self) -> None:
+        """Least squares over the window, extrapolated; exact on a line."""
+        y = np.arange(20, dtype=float) * 2 + 1
+        fc = PredictLinear(window=12).forecast_arrays([y], 3, B)[0]
+        assert fc[1].tolist() == pytest.approx([41.0, 43.0, 45.0])
+        assert fc[0].tolist() == pytest.approx(fc[1].tolist())
+
+    def test_predict_linear_clips_at_zero(self) -> None:
+        """A falling line is never forecast below 0, nor a percent above 100."""
+        down = PredictLinear(window=4).forecast_arrays([np.array([3.0, 2.0, 1.0, 0.5])], 5, B)[0]
+        assert (down >= 0).all() and down[1, -1] == 0.0
+        up = PredictLinear(window=4).forecast_arrays([np.array([97.0, 98.0, 99.0, 99.5])], 5, np.array([True]))[0]
+        assert (up <= 100).all() and up[1, -1] == 100.0
+
+    @pytest.mark.parametrize("model", [Naive(), SeasonalNaive(), SeasonalNaive(season=12), PredictLinear()])
+    def test_contract(self, model: object) -> None:
+        """Every baseline passes the forecaster contract suite."""
+        check_forecaster(model)  # type: ignore[arg-type]
+
+    def test_sklearn_style_fit_predict(self) -> None:
+        """predict before fit raises NotFittedError; after fit it returns the long format."""
+        with pytest.raises(NotFittedError, match="fit"):
+            Naive().predict(3)
+        df = pd.DataFrame({"id": "m", "timestamp": pd.date_range("2024-01-01", periods=4, freq="5min", tz="UTC"),
+                           "cpuLoad": [1.0, 2.0, 3.0, 4.0]})
+        out = Naive().fit(df).predict(2)
+        assert list(out.columns) == ["id", "timestamp", "metric", "mean", "p10", "p50", "p90", "model"]
+        assert out["timestamp"].tolist() == list(pd.date_range("2024-01-01 00:20", periods=2, freq="5min", tz="UTC"))
+        assert out["p50"].tolist() == [4.0, 4.0] and set(out["model"]) == {"naive"}

@@ -1,0 +1,140 @@
+"""The command line end to end: forecast, evaluate, train, tasks, errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from atomic_usage.cli import app
+from atomic_usage.data import generate_series
+
+runner = CliRunner()
+
+
+def write_fleet(path: Path, n: int = 4, steps: int = 60) -> Path:
+    generate_series(n, n_steps=steps, seed=5).to_csv(path, index=False)
+    return path
+
+
+class TestForecast:
+    """`atomic-usage forecast` through the file contract."""
+
+    @pytest.mark.parametrize("model", ["naive", "predict_linear", "seasonal_naive"])
+    def test_baselines(self, tmp_path: Path, model: str) -> None:
+        """Every id and metric gets H rows of id,timestamp,metric,mean,p10,p50,p90,model."""
+        inp = write_fleet(tmp_path / "in.csv")
+        out = tmp_path / "out.csv"
+        res = runner.invoke(app, ["forecast", "--input", str(inp), "--horizon", "6", "--output", str(out),
+                                  "--model", model])
+        assert res.exit_code == 0, res.output
+        df = pd.read_csv(out)
+        assert list(df.columns) == ["id", "timestamp", "metric", "mean", "p10", "p50", "p90", "model"]
+        assert len(df) == 4 * 3 * 6 and set(df["model"]) == {model}
+        assert (df["p10"] <= df["p50"]).all() and (df["p50"] <= df["p90"]).all()
+        assert df["timestamp"].iloc[0] == "2026-01-05T05:00:00Z"
+
+    def test_neural_model_and_short_series(self, tmp_path: Path, tiny_model_dir: Path) -> None:
+        """A model folder serves; a series too short for it is forecast and flagged in the model column."""
+        df = generate_series(2, n_steps=60, seed=1)
+        short = df[df["id"] == "vm-001"].tail(2)
+        inp = tmp_path / "in.parquet"
+        pd.concat([df[df["id"] == "vm-000"], short]).to_parquet(inp)
+        out = tmp_path / "out.parquet"
+        res = runner.invoke(app, ["forecast", "-i", str(inp), "-H", "12", "-o", str(out), "-m", str(tiny_model_dir)])
+        assert res.exit_code == 0, res.output
+        got = pd.read_parquet(out)
+        models = got.groupby("id")["model"].first().to_dict()
+        assert models == {"vm-000": "tiny", "vm-001": "naive(short-history)"}
+
+    @pytest.mark.parametrize(("content", "message"), [
+        ("timestamp,cpuLoad\n2024-01-01,1\n", "missing: ['id']"),
+        ("id,cpuLoad\na,1\n", "missing: ['timestamp']"),
+        ("id,timestamp\na,2024-01-01\n", "No metric column"),
+        ("\x00\x01garbage", "columns are missing"),
+    ])
+    def test_bad_files_exit_2_with_one_message(self, tmp_path: Path, content: str, message: str) -> None:
+        """Unreadable files and missing columns exit 2 with a message naming the file, no traceback."""
+        inp = tmp_path / "bad.csv"
+        inp.write_text(content)
+        res = runner.invoke(app, ["forecast", "-i", str(inp), "-H", "3", "-o", str(tmp_path / "o.csv"),
+                                  "-m", "naive"])
+        assert res.exit_code == 2
+        text = " ".join(res.output.split())
+        assert message in text and "bad.csv" in text and "Traceback" not in text
+
+    def test_missing_model_folder_exits_3(self, tmp_path: Path) -> None:
+        """A model folder that does not exist is a clear error."""
+        inp = write_fleet(tmp_path / "in.csv")
+        res = runner.invoke(app, ["forecast", "-i", str(inp), "-H", "3", "-o", str(tmp_path / "o.csv"),
+                                  "-m", str(tmp_path / "nomodel")])
+        assert res.exit_code == 3 and "model.json is missing" in " ".join(res.output.split())
+
+
+class TestTrainAndDataset:
+    """`dataset build` and `train` write what they promise."""
+
+    def test_dataset_build_and_train(self, tmp_path: Path) -> None:
+        """A training set is written as Parquet; training on it writes a loadable model folder."""
+        pytest.importorskip("torch")
+        inp = write_fleet(tmp_path / "fleet.csv", n=6, steps=120)
+        ts = tmp_path / "train.parquet"
+        res = runner.invoke(app, ["dataset", "build", "--data", str(inp), "--holdout-last", "1h", "--out", str(ts)])
+        assert res.exit_code == 0, res.output
+        assert pd.read_parquet(ts)["values"].map(len).eq(120 - 12).all()
+        out = tmp_path / "model"
+        res = runner.invoke(app, ["train", "--data", str(ts), "--out", str(out), "--steps", "5", "--batch-size", "16",
+                                  "--context", "24", "--horizon", "12"])
+        assert res.exit_code == 0, res.output
+        from atomic_usage.models.artifact import load_model, read_card
+
+        card = read_card(out)
+        assert card.training["command"].startswith("atomic-usage train") and card.context_length == 24
+        assert load_model(out).forecast_arrays([pd.Series(range(30), dtype=float).to_numpy()], 12,
+                                               pd.Series([True]).to_numpy()).shape == (1, 3, 12)
+
+
+class TestEngineCommands:
+    """`tasks` and `stats` read the durable store."""
+
+    def test_tasks_list_show(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        """A processed payload shows up as a done task whose results open."""
+        from atomic_usage import Settings
+        from atomic_usage.engine.predictor import UsagePredictor
+        from atomic_usage.models.baselines import Naive
+
+        monkeypatch.setenv("ATOMIC_DATA_DIR", str(tmp_path))
+        with UsagePredictor(Settings.from_env(), model=Naive()) as p:
+            r = p.process({"usageData": [{"id": "a", "cpuLoad": 5}]}, request_id="cli-1")
+        res = runner.invoke(app, ["tasks", "list", "--json"])
+        assert res.exit_code == 0 and "cli-1" in res.output
+        res = runner.invoke(app, ["tasks", "show", r["taskId"]])
+        assert res.exit_code == 0 and '"status": "done"' in res.output and '"cpuLoad"' in res.output
+        res = runner.invoke(app, ["tasks", "show", "missing"])
+        assert res.exit_code != 0 and "No task has the id" in " ".join(res.output.split())
+        res = runner.invoke(app, ["stats", "--json"])
+        assert res.exit_code == 0 and '"done": 1' in res.output
+
+    def test_bad_setting_is_named(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """A bad environment variable exits 2 naming it."""
+        monkeypatch.setenv("ATOMIC_HORIZON", "soon")
+        res = runner.invoke(app, ["stats"])
+        assert res.exit_code == 2 and "ATOMIC_HORIZON='soon'" in res.output
+
+
+@pytest.mark.shared
+class TestEvaluateOnRealTraces:
+    """`evaluate` on the NAB traces (small, so quick) shows every model side by side."""
+
+    def test_nab_table(self, shared_dir: Path, tiny_model_dir: Path, tmp_path: Path) -> None:
+        """The table lists the model and the baselines for both horizons."""
+        md = tmp_path / "scores.md"
+        res = runner.invoke(app, ["evaluate", "--dataset", "nab", "--data-dir", str(shared_dir / "data" / "nab_aws"),
+                                  "--model", str(tiny_model_dir), "--markdown", str(md)])
+        assert res.exit_code == 0, res.output
+        text = md.read_text()
+        for name in ("tiny", "naive", "predict_linear", "seasonal_naive"):
+            assert f"| {name} |" in text
+        assert text.count("| nab | 288 |") == 4
