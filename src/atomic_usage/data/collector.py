@@ -168,7 +168,7 @@ def collect(
     """
     path = collector_path(settings)
     written = 0
-    next_t = clock()
+    next_t = 0.0
     while count is None or written < count:
         sample = collect_once(mount=mount, machine_id=machine_id, cpu_interval_s=1.0 if not written else None)
         append_sample(path, sample)
@@ -178,7 +178,8 @@ def collect(
         if count is not None and written >= count:
             break
         # Keep to the schedule: a slow sample shortens the next wait instead of drifting.
-        next_t += interval_s
+        # The schedule starts after the first sample, whose CPU reading takes a second.
+        next_t = (clock() if written == 1 else next_t) + interval_s
         sleep(max(next_t - clock(), 0.0))
     _log.info("collector: %d samples -> %s", written, path)
     return written
