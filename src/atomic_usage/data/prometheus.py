@@ -326,7 +326,12 @@ def pull(
         SchemaError: a duration, selector or URL is malformed, or the server rejected a query
             (the message includes the server's error and the query).
     """
-    import httpx
+    try:
+        import httpx
+    except ImportError:  # pragma: no cover
+        raise DataError(
+            "Reading from Prometheus needs httpx; install it: pip install 'atomic-usage[prometheus]'."
+        ) from None
 
     step_td = parse_duration(step, name="step") if isinstance(step, str) else pd.Timedelta(step)
     range_td = parse_duration(range, name="range") if isinstance(range, str) else pd.Timedelta(range)
