@@ -108,11 +108,9 @@ def _load_forecaster(model: str | None, settings: Settings, *, season: int | Non
 
 @app.command()
 def forecast(
-    input: Annotated[
-        Path, typer.Option("--input", "-i", help="Wide CSV or Parquet: id,timestamp,<metric>...")
-    ],
     horizon: Annotated[int, typer.Option("--horizon", "-H", min=1, help="Steps (5 min each) to forecast.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Long CSV or Parquet to write.")],
+    input: InputOpt = None,
     model: Annotated[
         str | None,
         typer.Option(
@@ -121,17 +119,28 @@ def forecast(
             help="A model folder, or naive | seasonal_naive | predict_linear; default: bundled.",
         ),
     ] = None,
+    prometheus: PromOpt = None,
+    range_: RangeOpt = "7d",
+    step: StepOpt = "5m",
+    selector: SelectorOpt = None,
+    mount: MountOpt = "/",
+    query: QueryOpt = None,
+    from_store: FromStoreOpt = False,
+    plot: Annotated[
+        Path | None, typer.Option("--plot", help="Also write one PNG chart per machine here.")
+    ] = None,
 ) -> None:
     """Forecast every series of a file; write id,timestamp,metric,mean,p10,p50,p90,model."""
     settings = _settings()
     with _errors():
-        from .data.readers import read_wide
         from .data.regularize import regularize
         from .models.base import forecast_frame
 
-        frame = read_wide(input)
-        panel, report = regularize(frame)
-        logging.getLogger("atomic_usage").info("%s: %s", input, report.summary())
+        frame, grid = _read_source(
+            input, prometheus, range_, step, selector, mount, query, from_store, settings
+        )
+        panel, report = regularize(frame, grid)
+        logging.getLogger("atomic_usage").info("%s: %s", input or prometheus or "store", report.summary())
         fc_model = _load_forecaster(model, settings)
         t = time.perf_counter()
         chunk = 20_000
@@ -153,6 +162,8 @@ def forecast(
             f"{len(panel)} series, {len(result)} rows in {dt:.2f}s -> {output}"
             + (f" ({len(fallback)} series on a fallback: see the model column)" if len(fallback) else "")
         )
+        if plot is not None:
+            _plot(plot, frame, result, settings)
 
 
 def _write_table(df: Any, path: Path) -> None:
@@ -179,6 +190,9 @@ def evaluate(
     ] = None,
     json_out: Annotated[
         Path | None, typer.Option("--json", help="Also write the scores as JSON lines.")
+    ] = None,
+    chart: Annotated[
+        Path | None, typer.Option("--chart", help="Also write MASE and SQL per model as a PNG bar chart.")
     ] = None,
 ) -> None:
     """Score the model and the baselines on UsageBench, side by side (MASE, SQL, coverage80, seconds)."""
@@ -208,6 +222,8 @@ def evaluate(
             markdown.write_text(_markdown(rows))
         if json_out:
             json_out.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        if chart:
+            _eval_chart(rows, chart)
 
 
 def _print_scores(rows: list[dict[str, Any]]) -> None:
@@ -569,6 +585,233 @@ def _register_security() -> None:
 
 
 _register_security()
+
+
+# --- Sources, collector, pictures (issue 9) ---------------------------------------------------------
+InputOpt = Annotated[
+    Path | None, typer.Option("--input", "-i", help="Wide CSV or Parquet: id,timestamp,<metric>...")
+]
+PromOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--prometheus",
+        help="Read from this Prometheus server (e.g. http://localhost:9090) instead of a file.",
+    ),
+]
+RangeOpt = Annotated[str, typer.Option("--range", help="With --prometheus: how far back to read, e.g. 7d.")]
+StepOpt = Annotated[str, typer.Option("--step", help="With --prometheus: the query step, e.g. 5m.")]
+SelectorOpt = Annotated[
+    str | None, typer.Option("--selector", help="With --prometheus: label matchers, e.g. '{job=\"node\"}'.")
+]
+MountOpt = Annotated[str, typer.Option("--mount", help="The mount point whose storage is measured.")]
+QueryOpt = Annotated[
+    list[str] | None,
+    typer.Option("--query", help="With --prometheus: METRIC=PROMQL replacing or adding a metric's query."),
+]
+FromStoreOpt = Annotated[
+    bool, typer.Option("--from-store", help="Read the history gathered by `atomic-usage collect`.")
+]
+
+
+def _queries(query: list[str] | None) -> dict[str, str]:
+    out = {}
+    for q in query or []:
+        metric, sep, promql = q.partition("=")
+        if not sep or not metric.strip():
+            raise typer.BadParameter(
+                f"write METRIC=PROMQL, e.g. cpuLoad='...'; got {q!r}", param_hint="--query"
+            )
+        out[metric.strip()] = promql.strip()
+    return out
+
+
+def _pull(url: str, range_: str, step: str, selector: str | None, mount: str, query: list[str] | None) -> Any:
+    from .data.prometheus import build_queries, page_ranges, parse_duration, pull
+
+    queries = _queries(query)
+    rng, stp = parse_duration(range_, name="range"), parse_duration(step, name="step")
+    import pandas as pd
+
+    now = pd.Timestamp.now(tz="UTC").floor(stp)
+    total = len(page_ranges(now - rng, now, stp)) * len(build_queries(selector=selector, queries=queries))
+    with _progress("pulling", total) as advance:
+        return pull(
+            url,
+            range=rng,
+            step=stp,
+            end=now,
+            selector=selector,
+            mount=mount,
+            queries=queries,
+            progress=lambda metric: advance(1, note=metric),
+        )
+
+
+def _read_source(
+    input: Path | None,
+    prometheus: str | None,
+    range_: str,
+    step: str,
+    selector: str | None,
+    mount: str,
+    query: list[str] | None,
+    from_store: bool,
+    settings: Settings,
+) -> tuple[Any, Any]:
+    """The wide frame from one of --input, --prometheus, --from-store, and the step to regularize at."""
+    given = [
+        n for n, v in (("--input", input), ("--prometheus", prometheus), ("--from-store", from_store)) if v
+    ]
+    if len(given) != 1:
+        raise typer.BadParameter(
+            "give exactly one of --input FILE, --prometheus URL or --from-store "
+            f"(got {', '.join(given) or 'none'})",
+            param_hint="--input",
+        )
+    from .data.regularize import DEFAULT_STEP
+
+    if prometheus:
+        from .data.prometheus import parse_duration
+
+        return _pull(prometheus, range_, step, selector, mount, query), parse_duration(step, name="step")
+    if from_store:
+        from .data.collector import read_collected
+
+        return read_collected(settings), DEFAULT_STEP
+    from .data.readers import read_wide
+
+    assert input is not None
+    return read_wide(input), DEFAULT_STEP
+
+
+def _plot(directory: Path, frame: Any, result: Any, settings: Settings) -> None:
+    from .report.charts import write_fan_charts
+
+    with _progress("charts", int(result["id"].nunique())) as advance:
+        paths = write_fan_charts(directory, frame, result, thresholds=settings.thresholds, progress=advance)
+    err.print(f"{len(paths)} charts -> {directory}")
+
+
+def _eval_chart(rows: list[dict[str, Any]], path: Path) -> None:
+    from .report.charts import eval_chart, figure_png
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(figure_png(eval_chart(rows)))
+    err.print(f"chart -> {path}")
+
+
+@app.command()
+def pull(
+    prometheus: Annotated[
+        str, typer.Option("--prometheus", help="The Prometheus server, e.g. http://localhost:9090.")
+    ],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Wide CSV or Parquet to write.")],
+    range_: RangeOpt = "7d",
+    step: StepOpt = "5m",
+    selector: SelectorOpt = None,
+    mount: MountOpt = "/",
+    query: QueryOpt = None,
+) -> None:
+    """Read CPU, memory and storage history from Prometheus (node_exporter) into a wide file."""
+    _settings()
+    with _errors():
+        frame = _pull(prometheus, range_, step, selector, mount, query)
+        _write_table(frame, output)
+        err.print(
+            f"{frame['id'].nunique()} machines, {len(frame)} rows, {list(frame.columns[2:])} -> {output}"
+        )
+
+
+@app.command()
+def collect(
+    interval: Annotated[str, typer.Option("--interval", help="Time between samples, e.g. 5m.")] = "5m",
+    count: Annotated[
+        int | None,
+        typer.Option("--count", min=1, help="Stop after this many samples (default: until Ctrl-C)."),
+    ] = None,
+    mount: MountOpt = "/",
+    machine_id: Annotated[
+        str | None, typer.Option("--id", help="The id to record (default: host name).")
+    ] = None,
+) -> None:
+    """Sample this machine's CPU, memory and storage into the local history (see forecast --from-store)."""
+    settings = _settings()
+    with _errors():
+        from .data.collector import collect as run_collect
+        from .data.collector import collector_path
+        from .data.prometheus import parse_duration
+
+        every = parse_duration(interval, name="interval").total_seconds()
+        n = [0]
+
+        def show(sample: dict[str, Any]) -> None:
+            n[0] += 1
+            err.print(
+                f"{sample['timestamp']} {sample['id']}: cpu {sample['cpuLoad']:.1f}%, "
+                f"memory {sample['memoryUsage']:.1f}%, storage {sample['storageUsage']:.1f}%",
+                highlight=False,
+            )
+
+        err.print(f"collecting every {interval} into {collector_path(settings)} (Ctrl-C stops)")
+        try:
+            run_collect(
+                settings, interval_s=every, count=count, mount=mount, machine_id=machine_id, on_sample=show
+            )
+        except KeyboardInterrupt:
+            err.print(f"stopped after {n[0]} samples")
+
+
+@app.command()
+def report(
+    output: Annotated[Path, typer.Option("--output", "-o", help="The HTML file to write.")],
+    input: InputOpt = None,
+    from_store: FromStoreOpt = False,
+    prometheus: PromOpt = None,
+    range_: RangeOpt = "7d",
+    step: StepOpt = "5m",
+    selector: SelectorOpt = None,
+    mount: MountOpt = "/",
+    query: QueryOpt = None,
+    horizon: Annotated[
+        int, typer.Option("--horizon", "-H", min=1, help="Steps to forecast (288 = 1 day).")
+    ] = 288,
+    model: Annotated[
+        str | None, typer.Option("--model", "-m", help="As in forecast; default: the bundled model.")
+    ] = None,
+    top: Annotated[int, typer.Option("--top", min=1, help="Machines in the table and charts.")] = 20,
+) -> None:
+    """Write one self-contained HTML page: machines closest to exhausting a resource, with charts."""
+    settings = _settings()
+    with _errors():
+        import pandas as pd
+
+        from .data.regularize import regularize
+        from .models.base import forecast_frame
+        from .report.html import write_report
+
+        frame, grid = _read_source(
+            input, prometheus, range_, step, selector, mount, query, from_store, settings
+        )
+        panel, _ = regularize(frame, grid)
+        fc_model = _load_forecaster(model, settings)
+        parts = []
+        with _progress("forecasting", len(panel)) as advance:
+            for a in range(0, len(panel), 20_000):
+                sub = panel.select(range(a, min(a + 20_000, len(panel))))
+                parts.append(forecast_frame(fc_model, sub, horizon))
+                advance(len(sub))
+        result = pd.concat(parts, ignore_index=True)
+        with _progress("charts", min(top, int(result["id"].nunique()))) as advance:
+            write_report(
+                output,
+                frame,
+                result,
+                thresholds=settings.thresholds,
+                top=top,
+                model=getattr(fc_model, "name", None),
+                progress=advance,
+            )
+        err.print(f"{len(panel)} machines, top {top} -> {output}")
 
 
 def main() -> None:

@@ -6,6 +6,8 @@ Knows nothing of models. Every reader returns the wide frame
 
 from __future__ import annotations
 
+from .collector import collect_once, read_collected
+from .prometheus import pull, read_prom_json
 from .readers import read_gcd, read_gcd_dir, read_nab, read_nab_dir, read_wide
 from .regularize import Panel, RegularizeReport, regularize
 from .synthetic import generate_series
@@ -17,14 +19,18 @@ __all__ = [
     "RegularizeReport",
     "SeriesBank",
     "build_trainset",
+    "collect_once",
     "generate_series",
     "is_holdout",
     "last_windows",
     "make_windows",
+    "pull",
+    "read_collected",
     "read_gcd",
     "read_gcd_dir",
     "read_nab",
     "read_nab_dir",
+    "read_prom_json",
     "read_source",
     "read_trainset",
     "read_wide",
