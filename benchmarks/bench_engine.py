@@ -32,9 +32,7 @@ def build_model() -> bytes:
     from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(0)
-    w1 = numpy_helper.from_array(
-        (rng.standard_normal((METRICS * CONTEXT, HIDDEN)) * 0.02).astype(np.float32), "w1"
-    )
+    w1 = numpy_helper.from_array((rng.standard_normal((METRICS * CONTEXT, HIDDEN)) * 0.02).astype(np.float32), "w1")
     b1 = numpy_helper.from_array(np.zeros(HIDDEN, np.float32), "b1")
     w2 = numpy_helper.from_array((rng.standard_normal((HIDDEN, OUT)) * 0.02).astype(np.float32), "w2")
     shape = numpy_helper.from_array(np.array([-1, METRICS * CONTEXT], np.int64), "shape")

@@ -100,9 +100,7 @@ def main() -> None:
     opens_raw = rate(lambda: open_sealed(env, keyring=ring), args.seconds)
     proc = process_rate(args.seconds)
 
-    print(
-        f"Python {platform.python_version()}, cryptography {cryptography.__version__}, {platform.machine()}"
-    )
+    print(f"Python {platform.python_version()}, cryptography {cryptography.__version__}, {platform.machine()}")
     print(f"result: {len(plain)} bytes of JSON; envelope: {len(env)} bytes\n")
     print("| operation | per second | µs each | × json.dumps time |")
     print("| --- | ---: | ---: | ---: |")

@@ -39,8 +39,12 @@ print(json.dumps({"what": what, "seconds": dt, "input_mb": X.nbytes / 2**20,
 
 
 def run(what: str, n: int, steps: int, horizon: int) -> dict[str, float]:
-    out = subprocess.run([sys.executable, "-c", CHILD, str(n), str(steps), str(horizon), what],
-                         capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", CHILD, str(n), str(steps), str(horizon), what],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -56,8 +60,10 @@ def main() -> None:
     print("| path | seconds | series/s | x numpy pass | extra peak memory MB | x input size |")
     print("| --- | ---: | ---: | ---: | ---: | ---: |")
     for r in rows:
-        print(f"| {r['what']} | {r['seconds']:.3f} | {a.n_series / r['seconds']:,.0f} | {r['seconds'] / ref:,.0f} "
-              f"| {r['extra_peak_mb']:.0f} | {r['extra_peak_mb'] / r['input_mb']:.2f} |")
+        print(
+            f"| {r['what']} | {r['seconds']:.3f} | {a.n_series / r['seconds']:,.0f} | {r['seconds'] / ref:,.0f} "
+            f"| {r['extra_peak_mb']:.0f} | {r['extra_peak_mb'] / r['input_mb']:.2f} |"
+        )
 
 
 if __name__ == "__main__":

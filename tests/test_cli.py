@@ -27,8 +27,9 @@ class TestForecast:
         """Every id and metric gets H rows of id,timestamp,metric,mean,p10,p50,p90,model."""
         inp = write_fleet(tmp_path / "in.csv")
         out = tmp_path / "out.csv"
-        res = runner.invoke(app, ["forecast", "--input", str(inp), "--horizon", "6", "--output", str(out),
-                                  "--model", model])
+        res = runner.invoke(
+            app, ["forecast", "--input", str(inp), "--horizon", "6", "--output", str(out), "--model", model]
+        )
         assert res.exit_code == 0, res.output
         df = pd.read_csv(out)
         assert list(df.columns) == ["id", "timestamp", "metric", "mean", "p10", "p50", "p90", "model"]
@@ -49,18 +50,20 @@ class TestForecast:
         models = got.groupby("id")["model"].first().to_dict()
         assert models == {"vm-000": "tiny", "vm-001": "naive(short-history)"}
 
-    @pytest.mark.parametrize(("content", "message"), [
-        ("timestamp,cpuLoad\n2024-01-01,1\n", "missing: ['id']"),
-        ("id,cpuLoad\na,1\n", "missing: ['timestamp']"),
-        ("id,timestamp\na,2024-01-01\n", "No metric column"),
-        ("\x00\x01garbage", "columns are missing"),
-    ])
+    @pytest.mark.parametrize(
+        ("content", "message"),
+        [
+            ("timestamp,cpuLoad\n2024-01-01,1\n", "missing: ['id']"),
+            ("id,cpuLoad\na,1\n", "missing: ['timestamp']"),
+            ("id,timestamp\na,2024-01-01\n", "No metric column"),
+            ("\x00\x01garbage", "columns are missing"),
+        ],
+    )
     def test_bad_files_exit_2_with_one_message(self, tmp_path: Path, content: str, message: str) -> None:
         """Unreadable files and missing columns exit 2 with a message naming the file, no traceback."""
         inp = tmp_path / "bad.csv"
         inp.write_text(content)
-        res = runner.invoke(app, ["forecast", "-i", str(inp), "-H", "3", "-o", str(tmp_path / "o.csv"),
-                                  "-m", "naive"])
+        res = runner.invoke(app, ["forecast", "-i", str(inp), "-H", "3", "-o", str(tmp_path / "o.csv"), "-m", "naive"])
         assert res.exit_code == 2
         text = " ".join(res.output.split())
         assert message in text and "bad.csv" in text and "Traceback" not in text
@@ -68,8 +71,9 @@ class TestForecast:
     def test_missing_model_folder_exits_3(self, tmp_path: Path) -> None:
         """A model folder that does not exist is a clear error."""
         inp = write_fleet(tmp_path / "in.csv")
-        res = runner.invoke(app, ["forecast", "-i", str(inp), "-H", "3", "-o", str(tmp_path / "o.csv"),
-                                  "-m", str(tmp_path / "nomodel")])
+        res = runner.invoke(
+            app, ["forecast", "-i", str(inp), "-H", "3", "-o", str(tmp_path / "o.csv"), "-m", str(tmp_path / "nomodel")]
+        )
         assert res.exit_code == 3 and "model.json is missing" in " ".join(res.output.split())
 
 
@@ -85,15 +89,32 @@ class TestTrainAndDataset:
         assert res.exit_code == 0, res.output
         assert pd.read_parquet(ts)["values"].map(len).eq(120 - 12).all()
         out = tmp_path / "model"
-        res = runner.invoke(app, ["train", "--data", str(ts), "--out", str(out), "--steps", "5", "--batch-size", "16",
-                                  "--context", "24", "--horizon", "12"])
+        res = runner.invoke(
+            app,
+            [
+                "train",
+                "--data",
+                str(ts),
+                "--out",
+                str(out),
+                "--steps",
+                "5",
+                "--batch-size",
+                "16",
+                "--context",
+                "24",
+                "--horizon",
+                "12",
+            ],
+        )
         assert res.exit_code == 0, res.output
         from atomic_usage.models.artifact import load_model, read_card
 
         card = read_card(out)
         assert card.training["command"].startswith("atomic-usage train") and card.context_length == 24
-        assert load_model(out).forecast_arrays([pd.Series(range(30), dtype=float).to_numpy()], 12,
-                                               pd.Series([True]).to_numpy()).shape == (1, 3, 12)
+        assert load_model(out).forecast_arrays(
+            [pd.Series(range(30), dtype=float).to_numpy()], 12, pd.Series([True]).to_numpy()
+        ).shape == (1, 3, 12)
 
 
 class TestEngineCommands:
@@ -131,8 +152,20 @@ class TestEvaluateOnRealTraces:
     def test_nab_table(self, shared_dir: Path, tiny_model_dir: Path, tmp_path: Path) -> None:
         """The table lists the model and the baselines for both horizons."""
         md = tmp_path / "scores.md"
-        res = runner.invoke(app, ["evaluate", "--dataset", "nab", "--data-dir", str(shared_dir / "data" / "nab_aws"),
-                                  "--model", str(tiny_model_dir), "--markdown", str(md)])
+        res = runner.invoke(
+            app,
+            [
+                "evaluate",
+                "--dataset",
+                "nab",
+                "--data-dir",
+                str(shared_dir / "data" / "nab_aws"),
+                "--model",
+                str(tiny_model_dir),
+                "--markdown",
+                str(md),
+            ],
+        )
         assert res.exit_code == 0, res.output
         text = md.read_text()
         for name in ("tiny", "naive", "predict_linear", "seasonal_naive"):

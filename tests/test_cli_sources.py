@@ -41,9 +41,7 @@ class TestCli:
         """forecast --plot writes one PNG per machine; report writes one HTML page."""
         runner = CliRunner()
         args = ["-i", str(env / "fleet.csv"), "-m", "predict_linear"]
-        r = runner.invoke(
-            app, ["forecast", *args, "-H", "12", "-o", str(env / "fc.csv"), "--plot", str(env / "png")]
-        )
+        r = runner.invoke(app, ["forecast", *args, "-H", "12", "-o", str(env / "fc.csv"), "--plot", str(env / "png")])
         assert r.exit_code == 0, r.output
         assert sorted(p.name for p in (env / "png").iterdir()) == ["vm-000.png", "vm-001.png", "vm-002.png"]
         r = runner.invoke(app, ["report", *args, "-H", "24", "--top", "2", "-o", str(env / "r.html")])

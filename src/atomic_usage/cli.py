@@ -84,9 +84,7 @@ def _progress(description: str, total: int | None) -> Iterator[Any]:
 
 
 def _setup_logging(settings: Settings) -> None:
-    logging.basicConfig(
-        level=settings.log_level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr
-    )
+    logging.basicConfig(level=settings.log_level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
 
 
 def _settings() -> Settings:
@@ -98,11 +96,12 @@ def _settings() -> Settings:
 
 def _load_forecaster(model: str | None, settings: Settings, *, season: int | None = None) -> Any:
     from .models.artifact import load_model
-    from .models.baselines import BASELINES
+    from .models.baselines import BASELINES, SeasonalNaive
 
     if model in BASELINE_NAMES:
-        cls = BASELINES[model]
-        return cls(season) if (season and model == "seasonal_naive") else cls()
+        if season and model == "seasonal_naive":
+            return SeasonalNaive(season)
+        return BASELINES[model]()
     return load_model(model if model is not None else settings.model_dir)
 
 
@@ -126,9 +125,7 @@ def forecast(
     mount: MountOpt = "/",
     query: QueryOpt = None,
     from_store: FromStoreOpt = False,
-    plot: Annotated[
-        Path | None, typer.Option("--plot", help="Also write one PNG chart per machine here.")
-    ] = None,
+    plot: Annotated[Path | None, typer.Option("--plot", help="Also write one PNG chart per machine here.")] = None,
 ) -> None:
     """Forecast every series of a file; write id,timestamp,metric,mean,p10,p50,p90,model."""
     settings = _settings()
@@ -136,9 +133,7 @@ def forecast(
         from .data.regularize import regularize
         from .models.base import forecast_frame
 
-        frame, grid = _read_source(
-            input, prometheus, range_, step, selector, mount, query, from_store, settings
-        )
+        frame, grid = _read_source(input, prometheus, range_, step, selector, mount, query, from_store, settings)
         panel, report = regularize(frame, grid)
         logging.getLogger("atomic_usage").info("%s: %s", input or prometheus or "store", report.summary())
         fc_model = _load_forecaster(model, settings)
@@ -155,9 +150,7 @@ def forecast(
         result = pd.concat(parts, ignore_index=True) if parts else forecast_frame(fc_model, panel, horizon)
         _write_table(result, output)
         dt = time.perf_counter() - t
-        fallback = result.loc[
-            result["model"] != getattr(fc_model, "name", ""), ["id", "metric"]
-        ].drop_duplicates()
+        fallback = result.loc[result["model"] != getattr(fc_model, "name", ""), ["id", "metric"]].drop_duplicates()
         err.print(
             f"{len(panel)} series, {len(result)} rows in {dt:.2f}s -> {output}"
             + (f" ({len(fallback)} series on a fallback: see the model column)" if len(fallback) else "")
@@ -182,15 +175,9 @@ def _write_table(df: Any, path: Path) -> None:
 def evaluate(
     dataset: Annotated[str, typer.Option("--dataset", help="gcd or nab (UsageBench v1).")],
     data_dir: Annotated[Path, typer.Option("--data-dir", help="The data set's folder.")],
-    model: Annotated[
-        str | None, typer.Option("--model", "-m", help="Model folder (default: bundled).")
-    ] = None,
-    markdown: Annotated[
-        Path | None, typer.Option("--markdown", help="Also write the table as markdown.")
-    ] = None,
-    json_out: Annotated[
-        Path | None, typer.Option("--json", help="Also write the scores as JSON lines.")
-    ] = None,
+    model: Annotated[str | None, typer.Option("--model", "-m", help="Model folder (default: bundled).")] = None,
+    markdown: Annotated[Path | None, typer.Option("--markdown", help="Also write the table as markdown.")] = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Also write the scores as JSON lines.")] = None,
     chart: Annotated[
         Path | None, typer.Option("--chart", help="Also write MASE and SQL per model as a PNG bar chart.")
     ] = None,
@@ -241,9 +228,7 @@ def _markdown(rows: list[dict[str, Any]]) -> str:
     lines = ["| " + " | ".join(cols) + " |", "|" + "|".join(" --- " for _ in cols) + "|"]
     for r in rows:
         lines.append(
-            "| "
-            + " | ".join(f"{r[c]:.3f}" if isinstance(r.get(c), float) else str(r.get(c, "")) for c in cols)
-            + " |"
+            "| " + " | ".join(f"{r[c]:.3f}" if isinstance(r.get(c), float) else str(r.get(c, "")) for c in cols) + " |"
         )
     return "\n".join(lines) + "\n"
 
@@ -263,10 +248,11 @@ def _command_line(ctx: typer.Context) -> str:
 
 
 def _build_bank(
-    data: list[Path], holdout_last: list[str], holdout_machines: list[str]
+    data: list[Path], holdout_last: list[str] | None, holdout_machines: list[str] | None
 ) -> tuple[Any, Any, Any]:
     from .data.trainset import build_trainset, read_trainset
 
+    holdout_last, holdout_machines = holdout_last or [], holdout_machines or []
     if len(data) == 1 and data[0].suffix == ".parquet" and not holdout_last and not holdout_machines:
         try:
             bank, holdout = read_trainset(data[0])
@@ -285,23 +271,19 @@ def _build_bank(
 
 @dataset_app.command("build")
 def dataset_build(
-    data: Annotated[
-        list[Path], typer.Option("--data", help="A GCD or NAB folder, or a wide CSV/Parquet file.")
-    ],
+    data: Annotated[list[Path], typer.Option("--data", help="A GCD or NAB folder, or a wide CSV/Parquet file.")],
     out_path: Annotated[Path, typer.Option("--out", help="Parquet file to write.")],
     holdout_last: Annotated[
-        list[str],
+        list[str] | None,
         typer.Option(
             "--holdout-last",
             help="Per --data (or once for all): cut this much off every series' end, e.g. 4h.",
         ),
-    ] = [],
+    ] = None,
     holdout_machines: Annotated[
-        list[str],
-        typer.Option(
-            "--holdout-machines", help="Per --data: yes/no, hold 1 machine in 5 (by hash of its id) out."
-        ),
-    ] = [],
+        list[str] | None,
+        typer.Option("--holdout-machines", help="Per --data: yes/no, hold 1 machine in 5 (by hash of its id) out."),
+    ] = None,
 ) -> None:
     """Read sources, regularize them, split honestly and write a training set as Parquet."""
     _settings()
@@ -313,9 +295,7 @@ def dataset_build(
         write_trainset(bank, holdout, out_path)
         for src, r in zip(data, reports, strict=False):
             err.print(f"{src}: {r.summary()}")
-        err.print(
-            f"{len(bank)} series ({int(holdout.sum())} held out), {int(bank.lengths.sum())} steps -> {out_path}"
-        )
+        err.print(f"{len(bank)} series ({int(holdout.sum())} held out), {int(bank.lengths.sum())} steps -> {out_path}")
 
 
 @app.command()
@@ -325,16 +305,14 @@ def train(
         list[Path], typer.Option("--data", help="Sources (GCD/NAB folders, wide files) or a training set.")
     ],
     out_dir: Annotated[Path, typer.Option("--out", help="Model folder to write.")],
-    holdout_last: Annotated[list[str], typer.Option("--holdout-last", help="As in `dataset build`.")] = [],
+    holdout_last: Annotated[list[str] | None, typer.Option("--holdout-last", help="As in `dataset build`.")] = None,
     holdout_machines: Annotated[
-        list[str], typer.Option("--holdout-machines", help="As in `dataset build`.")
-    ] = [],
+        list[str] | None, typer.Option("--holdout-machines", help="As in `dataset build`.")
+    ] = None,
     steps: Annotated[int, typer.Option(min=1, help="Optimizer steps.")] = 3000,
     batch_size: Annotated[int, typer.Option(min=8, help="Windows per step.")] = 512,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
-    time_budget: Annotated[
-        float, typer.Option(help="Stop training after this many seconds (0: no limit).")
-    ] = 0.0,
+    time_budget: Annotated[float, typer.Option(help="Stop training after this many seconds (0: no limit).")] = 0.0,
     context: Annotated[int, typer.Option(min=12, help="Steps of history the network reads.")] = 288,
     horizon: Annotated[int, typer.Option(min=1, help="Steps the network forecasts.")] = 288,
     name: Annotated[str, typer.Option(help="The model's name in forecasts.")] = "atomic",
@@ -456,12 +434,15 @@ def _fmt_eta(th: dict[str, Any] | None) -> str:
 _SHORT = {"cpuLoad": "cpu", "memoryUsage": "mem", "storageUsage": "disk"}
 
 
-def _print_demo(result: dict[str, Any], now: dict[tuple[str, str], float], machines: int, seed: int,
-                hours: int) -> None:
+def _print_demo(
+    result: dict[str, Any], now: dict[tuple[str, str], float], machines: int, seed: int, hours: int
+) -> None:
     console = out if out.is_terminal else Console(width=110)
-    console.print(f"[bold]ATOMIC demo[/]: {machines} generated machines (2 days of 5-minute samples, seed {seed}: "
-                  f"daily cycles, noise, bursts, filling disks), forecast {hours} h ahead by the bundled model "
-                  f"{result['model']['name']} {result['model']['version']}.")
+    console.print(
+        f"[bold]ATOMIC demo[/]: {machines} generated machines (2 days of 5-minute samples, seed {seed}: "
+        f"daily cycles, noise, bursts, filling disks), forecast {hours} h ahead by the bundled model "
+        f"{result['model']['name']} {result['model']['version']}."
+    )
     table = Table(title=f"In {hours} h, per machine and metric (percent)")
     for c in ("machine", "metric", "now", f"p50 +{hours}h", "p10–p90", "trend/h", "≥90% at p90", "model"):
         table.add_column(c, justify="left" if c in ("machine", "metric", "model") else "right", no_wrap=True)
@@ -473,13 +454,22 @@ def _print_demo(result: dict[str, Any], now: dict[tuple[str, str], float], machi
             last = f["steps"][-1]
             th = next((t for t in f["thresholds"] if t["level"] == 90.0), None)
             eta = "—" if th is None else "[bold red]now[/]" if th["alreadyAbove"] else _fmt_eta(th["p90"])
-            table.add_row(r["id"] if m == "cpuLoad" else "", _SHORT.get(m, m), f"{now[(r['id'], m)]:.1f}",
-                          f"{last['p50']:.1f}", f"{last['p10']:.1f}–{last['p90']:.1f}",
-                          f"{arrows[f['trend']['direction']]} {f['trend']['slopePerHour']:+.1f}", eta, f["model"])
+            table.add_row(
+                r["id"] if m == "cpuLoad" else "",
+                _SHORT.get(m, m),
+                f"{now[(r['id'], m)]:.1f}",
+                f"{last['p50']:.1f}",
+                f"{last['p10']:.1f}–{last['p90']:.1f}",
+                f"{arrows[f['trend']['direction']]} {f['trend']['slopePerHour']:+.1f}",
+                eta,
+                f["model"],
+            )
         table.add_section()
     console.print(table)
-    console.print("Your own data: [bold]atomic-usage forecast --input FILE.csv --horizon 12 --output out.csv[/]; "
-                  "the library: [bold]UsagePredictor().process({'usageData': [...]})[/].")
+    console.print(
+        "Your own data: [bold]atomic-usage forecast --input FILE.csv --horizon 12 --output out.csv[/]; "
+        "the library: [bold]UsagePredictor().process({'usageData': [...]})[/]."
+    )
 
 
 def _store(settings: Settings) -> Any:
@@ -504,8 +494,9 @@ def tasks_list(
         try:
             st = TaskStatus(status) if status else None
         except ValueError:
-            raise typer.BadParameter(f"{status!r} is not one of accepted, running, done, failed",
-                                     param_hint="--status") from None
+            raise typer.BadParameter(
+                f"{status!r} is not one of accepted, running, done, failed", param_hint="--status"
+            ) from None
         store = _store(settings)
         tasks = store.list_tasks(status=st, limit=limit)
         counts = store.counts()
@@ -518,8 +509,14 @@ def tasks_list(
         for c in ("task", "request", "status", "attempts", "created", "error"):
             table.add_column(c)
         for t in tasks:
-            table.add_row(t.task_id, t.request_id, t.status.value, str(t.attempts),
-                          time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(t.created_at)), t.error or "")
+            table.add_row(
+                t.task_id,
+                t.request_id,
+                t.status.value,
+                str(t.attempts),
+                time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(t.created_at)),
+                t.error or "",
+            )
         out.print(table)
 
 
@@ -588,9 +585,7 @@ _register_security()
 
 
 # --- Sources, collector, pictures (issue 9) ---------------------------------------------------------
-InputOpt = Annotated[
-    Path | None, typer.Option("--input", "-i", help="Wide CSV or Parquet: id,timestamp,<metric>...")
-]
+InputOpt = Annotated[Path | None, typer.Option("--input", "-i", help="Wide CSV or Parquet: id,timestamp,<metric>...")]
 PromOpt = Annotated[
     str | None,
     typer.Option(
@@ -618,9 +613,7 @@ def _queries(query: list[str] | None) -> dict[str, str]:
     for q in query or []:
         metric, sep, promql = q.partition("=")
         if not sep or not metric.strip():
-            raise typer.BadParameter(
-                f"write METRIC=PROMQL, e.g. cpuLoad='...'; got {q!r}", param_hint="--query"
-            )
+            raise typer.BadParameter(f"write METRIC=PROMQL, e.g. cpuLoad='...'; got {q!r}", param_hint="--query")
         out[metric.strip()] = promql.strip()
     return out
 
@@ -659,13 +652,10 @@ def _read_source(
     settings: Settings,
 ) -> tuple[Any, Any]:
     """The wide frame from one of --input, --prometheus, --from-store, and the step to regularize at."""
-    given = [
-        n for n, v in (("--input", input), ("--prometheus", prometheus), ("--from-store", from_store)) if v
-    ]
+    given = [n for n, v in (("--input", input), ("--prometheus", prometheus), ("--from-store", from_store)) if v]
     if len(given) != 1:
         raise typer.BadParameter(
-            "give exactly one of --input FILE, --prometheus URL or --from-store "
-            f"(got {', '.join(given) or 'none'})",
+            f"give exactly one of --input FILE, --prometheus URL or --from-store (got {', '.join(given) or 'none'})",
             param_hint="--input",
         )
     from .data.regularize import DEFAULT_STEP
@@ -702,9 +692,7 @@ def _eval_chart(rows: list[dict[str, Any]], path: Path) -> None:
 
 @app.command()
 def pull(
-    prometheus: Annotated[
-        str, typer.Option("--prometheus", help="The Prometheus server, e.g. http://localhost:9090.")
-    ],
+    prometheus: Annotated[str, typer.Option("--prometheus", help="The Prometheus server, e.g. http://localhost:9090.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Wide CSV or Parquet to write.")],
     range_: RangeOpt = "7d",
     step: StepOpt = "5m",
@@ -717,9 +705,7 @@ def pull(
     with _errors():
         frame = _pull(prometheus, range_, step, selector, mount, query)
         _write_table(frame, output)
-        err.print(
-            f"{frame['id'].nunique()} machines, {len(frame)} rows, {list(frame.columns[2:])} -> {output}"
-        )
+        err.print(f"{frame['id'].nunique()} machines, {len(frame)} rows, {list(frame.columns[2:])} -> {output}")
 
 
 @app.command()
@@ -730,9 +716,7 @@ def collect(
         typer.Option("--count", min=1, help="Stop after this many samples (default: until Ctrl-C)."),
     ] = None,
     mount: MountOpt = "/",
-    machine_id: Annotated[
-        str | None, typer.Option("--id", help="The id to record (default: host name).")
-    ] = None,
+    machine_id: Annotated[str | None, typer.Option("--id", help="The id to record (default: host name).")] = None,
 ) -> None:
     """Sample this machine's CPU, memory and storage into the local history (see forecast --from-store)."""
     settings = _settings()
@@ -754,9 +738,7 @@ def collect(
 
         err.print(f"collecting every {interval} into {collector_path(settings)} (Ctrl-C stops)")
         try:
-            run_collect(
-                settings, interval_s=every, count=count, mount=mount, machine_id=machine_id, on_sample=show
-            )
+            run_collect(settings, interval_s=every, count=count, mount=mount, machine_id=machine_id, on_sample=show)
         except KeyboardInterrupt:
             err.print(f"stopped after {n[0]} samples")
 
@@ -772,9 +754,7 @@ def report(
     selector: SelectorOpt = None,
     mount: MountOpt = "/",
     query: QueryOpt = None,
-    horizon: Annotated[
-        int, typer.Option("--horizon", "-H", min=1, help="Steps to forecast (288 = 1 day).")
-    ] = 288,
+    horizon: Annotated[int, typer.Option("--horizon", "-H", min=1, help="Steps to forecast (288 = 1 day).")] = 288,
     model: Annotated[
         str | None, typer.Option("--model", "-m", help="As in forecast; default: the bundled model.")
     ] = None,
@@ -789,9 +769,7 @@ def report(
         from .models.base import forecast_frame
         from .report.html import write_report
 
-        frame, grid = _read_source(
-            input, prometheus, range_, step, selector, mount, query, from_store, settings
-        )
+        frame, grid = _read_source(input, prometheus, range_, step, selector, mount, query, from_store, settings)
         panel, _ = regularize(frame, grid)
         fc_model = _load_forecaster(model, settings)
         parts = []

@@ -69,9 +69,7 @@ def _int(name: str, raw: str, *, minimum: int) -> int:
     try:
         v = int(raw)
     except ValueError:
-        raise ConfigError(
-            f"{name}={raw!r} is not a whole number; set e.g. {name}={minimum}.", name=name
-        ) from None
+        raise ConfigError(f"{name}={raw!r} is not a whole number; set e.g. {name}={minimum}.", name=name) from None
     if v < minimum:
         raise ConfigError(f"{name}={raw!r} is below {minimum}; set a value of at least {minimum}.", name=name)
     return v

@@ -58,10 +58,7 @@ class FakeProm:
         return httpx.Response(
             200,
             json=_matrix(
-                {
-                    h: [(t, f"{t % 86400 / 1000 + i:.3f}") for t in ts]
-                    for i, h in enumerate(["a:9100", "b:9100"])
-                }
+                {h: [(t, f"{t % 86400 / 1000 + i:.3f}") for t in ts] for i, h in enumerate(["a:9100", "b:9100"])}
             ),
         )
 

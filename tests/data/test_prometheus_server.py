@@ -59,8 +59,7 @@ def _write_openmetrics(path: Path) -> None:
         lines.append(f"# TYPE {name} {kind}")
         for labels, values in series:
             lines.extend(
-                f"{name}{suffix}{{{labels}}} {v} {t}"
-                for v, t in zip(values.tolist(), ts.tolist(), strict=True)
+                f"{name}{suffix}{{{labels}}} {v} {t}" for v, t in zip(values.tolist(), ts.tolist(), strict=True)
             )
 
     base = {m: f'instance="{m}",job="node"' for m in IDLE}
@@ -223,9 +222,7 @@ class TestGaugesScraped:
         desc = describe_forecast(
             fc, last_ts=now, step_s=3600, last_value=79.0, history_length=100, model="m", thresholds=(90, 100)
         )
-        exporter[1].update(
-            {"results": [{"id": "db-1:9100", "timestamp": "", "forecasts": {"storageUsage": desc}}]}
-        )
+        exporter[1].update({"results": [{"id": "db-1:9100", "timestamp": "", "forecasts": {"storageUsage": desc}}]})
         sel = 'atomic_forecast_seconds_to_threshold{instance="db-1:9100",threshold="100",quantile="0.9"}'
         deadline, value, state = time.monotonic() + 60, None, None
         while time.monotonic() < deadline and state != "pending":

@@ -18,9 +18,7 @@ class TestReadWide:
     def test_csv_round_trip(self, tmp_path: Path) -> None:
         """Ids become strings, naive timestamps are UTC, empty cells are NaN."""
         p = tmp_path / "in.csv"
-        p.write_text(
-            "id,timestamp,cpuLoad,memoryUsage\n1,2024-01-01 00:00:00,10,\n1,2024-01-01T00:05:00Z,20,30\n"
-        )
+        p.write_text("id,timestamp,cpuLoad,memoryUsage\n1,2024-01-01 00:00:00,10,\n1,2024-01-01T00:05:00Z,20,30\n")
         df = read_wide(p)
         assert df["id"].tolist() == ["1", "1"]
         assert str(df["timestamp"].dt.tz) == "UTC"

@@ -15,8 +15,13 @@ T0 = pd.Timestamp("2024-01-01T00:00:00Z")
 
 
 def frame(values: list[float | None], *, sid: str = "a", step_min: int = 5) -> pd.DataFrame:
-    return pd.DataFrame({"id": sid, "timestamp": [T0 + pd.Timedelta(minutes=step_min * i) for i in range(len(values))],
-                         "cpuLoad": [np.nan if v is None else v for v in values]})
+    return pd.DataFrame(
+        {
+            "id": sid,
+            "timestamp": [T0 + pd.Timedelta(minutes=step_min * i) for i in range(len(values))],
+            "cpuLoad": [np.nan if v is None else v for v in values],
+        }
+    )
 
 
 class TestRegularize:
@@ -48,8 +53,13 @@ class TestRegularize:
 
     def test_off_grid_timestamps_snap_down(self) -> None:
         """14:27 joins the 14:25 step."""
-        df = pd.DataFrame({"id": "a", "timestamp": pd.to_datetime(["2024-01-01 14:27", "2024-01-01 14:32"], utc=True),
-                           "value": [1.0, 2.0]})
+        df = pd.DataFrame(
+            {
+                "id": "a",
+                "timestamp": pd.to_datetime(["2024-01-01 14:27", "2024-01-01 14:32"], utc=True),
+                "value": [1.0, 2.0],
+            }
+        )
         panel, _ = regularize(df)
         assert pd.Timestamp(panel.start[0], tz="UTC") == pd.Timestamp("2024-01-01T14:25Z")
 

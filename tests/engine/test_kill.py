@@ -17,9 +17,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def _run(db: Path, log: Path, *args: str) -> subprocess.Popen[bytes]:
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT / "src"), str(ROOT)]))
-    return subprocess.Popen(
-        [sys.executable, "-m", "tests.engine._store_loop", str(db), str(log), *args], env=env
-    )
+    return subprocess.Popen([sys.executable, "-m", "tests.engine._store_loop", str(db), str(log), *args], env=env)
 
 
 def _lines(log: Path, kind: str) -> list[list[str]]:

@@ -23,40 +23,72 @@ class TestParsePayload:
 
     def test_good_payload(self) -> None:
         """Metrics may be absent or null; ints are accepted; the receive time fills missing timestamps."""
-        obs = parse_payload({"usageData": [{"id": "a", "cpuLoad": 30, "memoryUsage": None},
-                                           {"id": 7, "storageUsage": 2.5, "timestamp": "2026-01-05T10:00:00Z"}]},
-                            now=1000.0)
+        obs = parse_payload(
+            {
+                "usageData": [
+                    {"id": "a", "cpuLoad": 30, "memoryUsage": None},
+                    {"id": 7, "storageUsage": 2.5, "timestamp": "2026-01-05T10:00:00Z"},
+                ]
+            },
+            now=1000.0,
+        )
         assert obs[0].values == {"cpuLoad": 30.0} and obs[0].ts == 1000.0 and not obs[0].explicit_time
         assert obs[1].id == "7" and obs[1].ts == 1767607200.0
 
     def test_every_bad_field_is_listed(self) -> None:
         """Strings, NaN, infinities, out-of-range values, unknown fields, missing ids: all at once."""
-        payload = {"usageData": [
-            {"id": "vm-1", "cpuLoad": "NaN"},
-            {"id": "vm-2", "memoryUsage": "45.2"},
-            {"id": "vm-3", "cpuLoad": "high"},
-            {"id": "vm-4", "cpuLoad": 10},
-            {"cpuLoad": 1},
-            {"id": "vm-6", "cpuLoad": 101, "storageUsage": -0.1},
-            {"id": "vm-7", "cpuLoad": 1, "gpu": 3},
-            {"id": "vm-8", "cpuLoad": float("inf")},
-            {"id": "vm-9"},
-            {"id": "", "cpuLoad": 1},
-            {"id": "vm-11", "cpuLoad": True},
-            {"id": "vm-12", "cpuLoad": 1, "timestamp": "tomorrow"},
-        ]}
-        assert errors_of(payload) == [(0, "cpuLoad"), (1, "memoryUsage"), (2, "cpuLoad"), (4, "id"),
-                                      (5, "cpuLoad"), (5, "storageUsage"), (6, "gpu"), (7, "cpuLoad"),
-                                      (8, "record"), (9, "id"), (10, "cpuLoad"), (11, "timestamp")]
+        payload = {
+            "usageData": [
+                {"id": "vm-1", "cpuLoad": "NaN"},
+                {"id": "vm-2", "memoryUsage": "45.2"},
+                {"id": "vm-3", "cpuLoad": "high"},
+                {"id": "vm-4", "cpuLoad": 10},
+                {"cpuLoad": 1},
+                {"id": "vm-6", "cpuLoad": 101, "storageUsage": -0.1},
+                {"id": "vm-7", "cpuLoad": 1, "gpu": 3},
+                {"id": "vm-8", "cpuLoad": float("inf")},
+                {"id": "vm-9"},
+                {"id": "", "cpuLoad": 1},
+                {"id": "vm-11", "cpuLoad": True},
+                {"id": "vm-12", "cpuLoad": 1, "timestamp": "tomorrow"},
+            ]
+        }
+        assert errors_of(payload) == [
+            (0, "cpuLoad"),
+            (1, "memoryUsage"),
+            (2, "cpuLoad"),
+            (4, "id"),
+            (5, "cpuLoad"),
+            (5, "storageUsage"),
+            (6, "gpu"),
+            (7, "cpuLoad"),
+            (8, "record"),
+            (9, "id"),
+            (10, "cpuLoad"),
+            (11, "timestamp"),
+        ]
 
     def test_message_names_record_field_and_value(self) -> None:
         """The message is one sentence naming record, id, field, value and what to do."""
-        with pytest.raises(PayloadError, match=r"record 0 \(id 'vm-1'\), field 'cpuLoad': must be a number, "
-                                               r"not 'NaN'.*nothing from it was applied"):
+        with pytest.raises(
+            PayloadError,
+            match=r"record 0 \(id 'vm-1'\), field 'cpuLoad': must be a number, "
+            r"not 'NaN'.*nothing from it was applied",
+        ):
             parse_payload({"usageData": [{"id": "vm-1", "cpuLoad": "NaN"}]})
 
-    @pytest.mark.parametrize("payload", [None, [], {}, {"usageData": []}, {"usageData": {}},
-                                         {"usageData": [1]}, {"usageData": [{"id": "a", "cpuLoad": 1}], "x": 1}])
+    @pytest.mark.parametrize(
+        "payload",
+        [
+            None,
+            [],
+            {},
+            {"usageData": []},
+            {"usageData": {}},
+            {"usageData": [1]},
+            {"usageData": [{"id": "a", "cpuLoad": 1}], "x": 1},
+        ],
+    )
     def test_malformed_payloads(self, payload: Any) -> None:
         """Payloads of the wrong shape raise PayloadError, never TypeError."""
         assert errors_of(payload)
@@ -65,8 +97,15 @@ class TestParsePayload:
         """One id may appear once per timestamp in a payload."""
         assert errors_of({"usageData": [{"id": "a", "cpuLoad": 1}, {"id": "a", "cpuLoad": 2}]}) == [(1, "timestamp")]
 
-    @given(st.lists(st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=3), st.none(),
-                              st.integers(-200, 200)), min_size=1, max_size=8))
+    @given(
+        st.lists(
+            st.one_of(
+                st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=3), st.none(), st.integers(-200, 200)
+            ),
+            min_size=1,
+            max_size=8,
+        )
+    )
     def test_any_values_either_parse_in_range_or_fail_by_field(self, values: list[Any]) -> None:
         """Whatever the values, a payload parses into finite percents or fails naming each bad record."""
         payload = {"usageData": [{"id": f"m{i}", "cpuLoad": v, "timestamp": i} for i, v in enumerate(values)]}

@@ -217,9 +217,7 @@ class TestProcessPool:
                 np.testing.assert_array_equal(r, items[i] * 2)
 
     def test_hung_process_is_killed(self) -> None:
-        with _pool(
-            _runners.doubler, n_workers=1, mode="process", max_batch_size=1, batch_timeout_s=1.0
-        ) as pool:
+        with _pool(_runners.doubler, n_workers=1, mode="process", max_batch_size=1, batch_timeout_s=1.0) as pool:
             hung = pool.submit(HANG)
             with pytest.raises(WorkerCrashed, match="has run one batch"):
                 hung.result(timeout=60)

@@ -48,7 +48,8 @@ class TestProcess:
         assert sto["steps"][0]["p50"] == pytest.approx(100.0)
         ninety, hundred = sto["thresholds"]
         assert ninety["alreadyAbove"] and hundred["p50"]["secondsFromNow"] == 300.0
-        assert f["cpuLoad"]["trend"]["direction"] == "flat" and all(t["p50"] is None for t in f["cpuLoad"]["thresholds"])
+        cpu = f["cpuLoad"]
+        assert cpu["trend"]["direction"] == "flat" and all(t["p50"] is None for t in cpu["thresholds"])
 
     def test_bad_payload_applies_nothing(self, predictor: UsagePredictor) -> None:
         """A payload with one bad record stores nothing: no task, no history."""
@@ -89,15 +90,22 @@ class TestProcess:
     def test_recovery_runs_abandoned_task_once(self, settings: Settings) -> None:
         """A task accepted by a process that died is completed by the next start, exactly once."""
         with UsagePredictor(settings, model=Naive(), recover=False) as p:
-            acc = p.store.accept({"usageData": [rec("z", 0, cpuLoad=3.0)], "horizon": 4}, request_id="lost",
-                                 observations=[("z", "cpuLoad", float(T0), 3.0)], owner="dead", lease_s=0.0)
+            acc = p.store.accept(
+                {"usageData": [rec("z", 0, cpuLoad=3.0)], "horizon": 4},
+                request_id="lost",
+                observations=[("z", "cpuLoad", float(T0), 3.0)],
+                owner="dead",
+                lease_s=0.0,
+            )
         with UsagePredictor(settings, model=Naive(), recover=False) as p:
             assert p.recover() == {"resumed": 1, "failed": 0}
             done = p.task(acc.task.task_id)
             assert done["status"] == "done" and len(done["results"][0]["forecasts"]["cpuLoad"]["steps"]) == 4
             assert p.recover() == {"resumed": 0, "failed": 0}
-            assert p.process({"usageData": [rec("z", 0, cpuLoad=3.0)]}, request_id="lost", horizon=4)["results"] \
+            assert (
+                p.process({"usageData": [rec("z", 0, cpuLoad=3.0)]}, request_id="lost", horizon=4)["results"]
                 == done["results"]
+            )
             assert p.stats()["recovered_tasks"] == 1
 
     def test_unknown_task(self, predictor: UsagePredictor) -> None:

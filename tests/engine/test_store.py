@@ -122,9 +122,7 @@ class TestTaskStoreSchema:
         with TaskStore(tmp_path / "a.sqlite3") as s:
             assert s.schema_version() == SCHEMA_VERSION == 1
 
-    def test_later_migrations_run_once_in_order(
-        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-    ) -> None:
+    def test_later_migrations_run_once_in_order(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         path = tmp_path / "a.sqlite3"
         TaskStore(path).close()
         extra = (

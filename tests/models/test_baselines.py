@@ -58,8 +58,13 @@ class TestBaselines:
         """predict before fit raises NotFittedError; after fit it returns the long format."""
         with pytest.raises(NotFittedError, match="fit"):
             Naive().predict(3)
-        df = pd.DataFrame({"id": "m", "timestamp": pd.date_range("2024-01-01", periods=4, freq="5min", tz="UTC"),
-                           "cpuLoad": [1.0, 2.0, 3.0, 4.0]})
+        df = pd.DataFrame(
+            {
+                "id": "m",
+                "timestamp": pd.date_range("2024-01-01", periods=4, freq="5min", tz="UTC"),
+                "cpuLoad": [1.0, 2.0, 3.0, 4.0],
+            }
+        )
         out = Naive().fit(df).predict(2)
         assert list(out.columns) == ["id", "timestamp", "metric", "mean", "p10", "p50", "p90", "model"]
         assert out["timestamp"].tolist() == list(pd.date_range("2024-01-01 00:20", periods=2, freq="5min", tz="UTC"))

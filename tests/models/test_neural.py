@@ -64,9 +64,11 @@ class TestTinyModel:
 
     def test_inference_does_not_import_torch(self, tiny_model_dir: Path) -> None:
         """Serving needs only onnxruntime: loading and forecasting never import torch."""
-        code = ("import sys, numpy as np; from atomic_usage.models.artifact import load_model; "
-                f"m = load_model({str(tiny_model_dir)!r}); m.forecast_arrays([np.arange(50.)], 12, np.array([True])); "
-                "print('torch' in sys.modules)")
+        code = (
+            "import sys, numpy as np; from atomic_usage.models.artifact import load_model; "
+            f"m = load_model({str(tiny_model_dir)!r}); m.forecast_arrays([np.arange(50.)], 12, np.array([True])); "
+            "print('torch' in sys.modules)"
+        )
         res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
         assert res.stdout.strip() == "False"
 

@@ -102,9 +102,7 @@ class TestReportInChromium:
         """Every embedded chart is decoded by the browser."""
         assert _decoded(chromium, tmp_path, report) == "images:2/2"
 
-    def test_screenshot_no_console_errors_not_blank(
-        self, chromium: str, report: Path, tmp_path: Path
-    ) -> None:
+    def test_screenshot_no_console_errors_not_blank(self, chromium: str, report: Path, tmp_path: Path) -> None:
         """The screenshot shows table and charts (not blank, fan colour present); no console output."""
         shot = tmp_path / "shot.png"
         r = _run(chromium, tmp_path, "--window-size=1280,1600", f"--screenshot={shot}", report.as_uri())

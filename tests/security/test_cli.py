@@ -51,9 +51,7 @@ class TestKeysInit:
         assert result.exit_code == 0 and str(path) in result.stdout and "back it up" in result.stdout
         assert stat.S_IMODE(path.stat().st_mode) == 0o600
 
-    def test_keyring_option_and_env(
-        self, runner: CliRunner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-    ) -> None:
+    def test_keyring_option_and_env(self, runner: CliRunner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         """--keyring and ATOMIC_KEYRING choose the file."""
         assert _run(runner, "keys", "init", "--keyring", str(tmp_path / "a.json")).exit_code == 0
         monkeypatch.setenv("ATOMIC_KEYRING", str(tmp_path / "b.json"))
@@ -142,11 +140,7 @@ class TestKeysReseal:
         current = seal({"i": 9}, keyring=ring, **IDS)
         texts.write_text(json.dumps([*envs, current]))
         result = _run(runner, "keys", "reseal", str(one), str(objs), str(texts), "--keyring", str(ring_file))
-        assert (
-            result.exit_code == 0
-            and "Re-sealed 7 result(s)" in result.stdout
-            and "1 already" in result.stdout
-        )
+        assert result.exit_code == 0 and "Re-sealed 7 result(s)" in result.stdout and "1 already" in result.stdout
         assert isinstance(json.loads(one.read_text()), dict)
         assert all(isinstance(x, dict) for x in json.loads(objs.read_text()))
         assert all(isinstance(x, str) for x in json.loads(texts.read_text()))
@@ -172,9 +166,7 @@ class TestKeysReseal:
         assert (report.resealed, report.current) == (0, 1)
         assert (path.stat().st_mtime_ns, path.read_text()) == before
 
-    def test_bad_files_are_skipped_and_reported(
-        self, runner: CliRunner, ring_file: Path, tmp_path: Path
-    ) -> None:
+    def test_bad_files_are_skipped_and_reported(self, runner: CliRunner, ring_file: Path, tmp_path: Path) -> None:
         """Unreadable, non-JSON and foreign-key files are listed; the command exits 2."""
         ring = Keyring.load(ring_file)
         good, garbage, foreign = tmp_path / "good.json", tmp_path / "bad.json", tmp_path / "foreign.json"
@@ -227,9 +219,7 @@ class TestOpen:
         result = _run(runner, "open", "-", input=seal({"a": 2}, keyring=ring, **IDS))
         assert result.exit_code == 0 and json.loads(result.stdout) == {"a": 2}
 
-    def test_uses_atomic_key(
-        self, runner: CliRunner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-    ) -> None:
+    def test_uses_atomic_key(self, runner: CliRunner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         """With ATOMIC_KEY set and no --keyring, the key comes from the environment."""
         key = base64.b64encode(os.urandom(32)).decode()
         monkeypatch.setenv("ATOMIC_KEY", key)
@@ -238,9 +228,7 @@ class TestOpen:
         result = _run(runner, "open", str(path))
         assert result.exit_code == 0 and json.loads(result.stdout) == {"a": 3}
 
-    def test_tampered_envelope_fails_cleanly(
-        self, runner: CliRunner, ring_file: Path, tmp_path: Path
-    ) -> None:
+    def test_tampered_envelope_fails_cleanly(self, runner: CliRunner, ring_file: Path, tmp_path: Path) -> None:
         """An altered envelope exits 2 with the authentication message."""
         doc = json.loads(seal({"a": 1}, keyring=Keyring.load(ring_file), **IDS))
         doc["ad"]["task_id"] = "t-2"

@@ -75,9 +75,7 @@ class TestCreate:
         with pytest.raises(KeyringError, match="Cannot create the folder"):
             Keyring.create(tmp_path / "afile" / "keyring.json")
 
-    def test_failed_write_leaves_no_temporary_file(
-        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-    ) -> None:
+    def test_failed_write_leaves_no_temporary_file(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         """A failing rename (disk full) raises KeyringError and removes the temporary file."""
 
         def full(*a: Any) -> None:
@@ -252,9 +250,7 @@ class TestSecrecy:
 class TestLoadOrCreate:
     """load_or_create_keyring gives the start-up keyring and creates it on first start."""
 
-    def test_first_start_creates_and_says_where(
-        self, tmp_path: Path, caplog: pytest.LogCaptureFixture
-    ) -> None:
+    def test_first_start_creates_and_says_where(self, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
         """The first call creates data_dir/keyring.json and logs its path; the second loads it."""
         settings = Settings(data_dir=tmp_path / "d")
         with caplog.at_level(logging.INFO, logger="atomic_usage.security"):
@@ -283,9 +279,7 @@ class TestLoadOrCreate:
             load_or_create_keyring(Settings(data_dir=ring_file.parent))
         assert ring_file.read_bytes() == before
 
-    def test_lost_creation_race_loads_the_winner(
-        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-    ) -> None:
+    def test_lost_creation_race_loads_the_winner(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         """When another process creates the file first, its keyring is loaded."""
         real_create = Keyring.create
 

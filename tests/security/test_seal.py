@@ -94,9 +94,7 @@ class TestRoundTrip:
     @given(task=ad_text, record=ad_text, model=ad_text)
     def test_to_json_matches_json_dumps(self, task: str, record: str, model: str) -> None:
         """The fast envelope formatter writes exactly what json.dumps would."""
-        env = Envelope.from_json(
-            seal(b"x", keyring=RING, task_id=task, record_id=record, model_version=model)
-        )
+        env = Envelope.from_json(seal(b"x", keyring=RING, task_id=task, record_id=record, model_version=model))
         assert env.to_json() == json.dumps(env.to_dict(), separators=(",", ":"), ensure_ascii=False)
 
     def test_concurrent_seals_from_threads_all_open(self, ring: Keyring) -> None:

@@ -81,10 +81,7 @@ class TestForecastGauges:
             == 60
         )
         assert len([k for k in s if k[0] == "atomic_forecast_value"]) == 9
-        assert (
-            s[_key("atomic_forecast_origin_timestamp_seconds", instance="h1:9100", metric="storageUsage")]
-            == T0
-        )
+        assert s[_key("atomic_forecast_origin_timestamp_seconds", instance="h1:9100", metric="storageUsage")] == T0
 
     def test_seconds_to_threshold(self) -> None:
         """Seconds count from the scrape to the first step at the level; +Inf when never, 0 when above."""
@@ -129,10 +126,7 @@ class TestForecastGauges:
         g.update(_result("a", [80, 92]))
         g.update(_result("a", [70, 72]))
         s = _samples(g)
-        assert (
-            s[_key("atomic_forecast_value", instance="a", metric="storageUsage", quantile="0.9", step="1")]
-            == 70
-        )
+        assert s[_key("atomic_forecast_value", instance="a", metric="storageUsage", quantile="0.9", step="1")] == 70
         assert len([k for k in s if k[0] == "atomic_forecast_value"]) == 3
         g.forget("a")
         assert len(g) == 0 and not _samples(g)

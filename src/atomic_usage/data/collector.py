@@ -41,9 +41,7 @@ def _psutil() -> Any:
     try:
         import psutil
     except ImportError:  # pragma: no cover
-        raise DataError(
-            "The collector needs psutil; install it: pip install 'atomic-usage[report]'."
-        ) from None
+        raise DataError("The collector needs psutil; install it: pip install 'atomic-usage[report]'.") from None
     return psutil
 
 

@@ -89,8 +89,7 @@ def _matchers(selector: str | None) -> str:
         return ""
     if not (s.startswith("{") and s.endswith("}")):
         raise SchemaError(
-            f"The selector {selector!r} is not a label matcher list; "
-            "write it in braces, e.g. '{job=\"node\"}'."
+            f"The selector {selector!r} is not a label matcher list; write it in braces, e.g. '{{job=\"node\"}}'."
         )
     return s[1:-1].strip().rstrip(",")
 
@@ -152,10 +151,7 @@ def page_ranges(
     if max_points < 1:
         raise SchemaError(f"max_points must be at least 1; got {max_points}.")
     n = int((end - start) // step) + 1
-    return [
-        (start + step * a, start + step * (min(a + max_points, n) - 1))
-        for a in range(0, max(n, 0), max_points)
-    ]
+    return [(start + step * a, start + step * (min(a + max_points, n) - 1)) for a in range(0, max(n, 0), max_points)]
 
 
 def read_prom_json(
@@ -271,9 +267,7 @@ def _get(
         else:
             if (resp.status_code < 500 and resp.status_code not in _RETRY_STATUS) or last:
                 return resp
-            _log.warning(
-                "Prometheus %s: HTTP %d; retry %d of %d", url, resp.status_code, attempt + 1, retries
-            )
+            _log.warning("Prometheus %s: HTTP %d; retry %d of %d", url, resp.status_code, attempt + 1, retries)
         sleep(backoff_s * 2**attempt)
     raise AssertionError("unreachable")  # pragma: no cover
 

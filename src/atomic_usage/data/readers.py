@@ -119,9 +119,7 @@ def read_gcd(path: str | Path) -> pd.DataFrame:
 def _files(directory: str | Path, pattern: str) -> list[Path]:
     d = Path(directory)
     if not d.is_dir():
-        raise SchemaError(
-            f"{d}: the folder does not exist; pass the data folder with --data-dir.", path=str(d)
-        )
+        raise SchemaError(f"{d}: the folder does not exist; pass the data folder with --data-dir.", path=str(d))
     files = sorted(p for p in d.glob(pattern) if p.is_file() and not p.name.startswith("."))
     if not files:
         raise SchemaError(f"{d}: no files match {pattern!r} in this folder.", path=str(d))
@@ -131,9 +129,7 @@ def _files(directory: str | Path, pattern: str) -> list[Path]:
 def read_gcd_dir(directory: str | Path) -> pd.DataFrame:
     """Reads every ``vm_*`` file of a GCD folder into one wide frame (validated once, as a whole)."""
     files = _files(directory, "vm_*")
-    return validate_wide(
-        _gcd_frame([p.name for p in files], [_load_gcd_array(p) for p in files]), path=str(directory)
-    )
+    return validate_wide(_gcd_frame([p.name for p in files], [_load_gcd_array(p) for p in files]), path=str(directory))
 
 
 def read_nab_dir(directory: str | Path) -> pd.DataFrame:

@@ -102,9 +102,7 @@ class Panel:
             if len(idx)
             else np.zeros(0, np.int64)
         )
-        return Panel(
-            self.ids[idx], self.start[idx], self.step, offsets, {m: v[take] for m, v in self.values.items()}
-        )
+        return Panel(self.ids[idx], self.start[idx], self.step, offsets, {m: v[take] for m, v in self.values.items()})
 
     def truncate(self, n_steps: np.ndarray) -> Panel:
         """A panel keeping the first ``n_steps[i]`` steps of each series (copies the values)."""
@@ -201,9 +199,7 @@ def regularize(
     # Unsorted ids: any row whose timestamp is earlier than the previous row of the same id.
     order_in = pd.DataFrame({"i": ids_raw, "t": ts})
     unsorted = (
-        int((order_in.groupby("i", sort=False)["t"].diff() < 0).groupby(order_in["i"]).any().sum())
-        if n_in
-        else 0
+        int((order_in.groupby("i", sort=False)["t"].diff() < 0).groupby(order_in["i"]).any().sum()) if n_in else 0
     )
 
     work = pd.DataFrame({"id": ids_raw, "b": bucket, **{m: df[m].to_numpy(np.float64) for m in metrics}})
@@ -217,9 +213,7 @@ def regularize(
     last_b = b[first_pos + counts - 1]
     lengths = (last_b - first_b) // step_ns + 1
     offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
-    grid_pos = (
-        offsets[:-1][np.repeat(np.arange(len(ids)), counts)] + (b - np.repeat(first_b, counts)) // step_ns
-    )
+    grid_pos = offsets[:-1][np.repeat(np.arange(len(ids)), counts)] + (b - np.repeat(first_b, counts)) // step_ns
 
     seg_start = np.repeat(offsets[:-1], lengths)
     seg_end = np.repeat(offsets[1:] - 1, lengths)

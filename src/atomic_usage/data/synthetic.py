@@ -51,9 +51,7 @@ def generate_series(
 
     cpu_base = rng.uniform(5, 60, (n_series, 1))
     cpu_amp = rng.uniform(0, 25, (n_series, 1))
-    cpu = (
-        cpu_base + cpu_amp * day + rng.normal(0, 1, (n_series, n_steps)) * rng.uniform(0.5, 6, (n_series, 1))
-    )
+    cpu = cpu_base + cpu_amp * day + rng.normal(0, 1, (n_series, n_steps)) * rng.uniform(0.5, 6, (n_series, 1))
     bursts = rng.random((n_series, n_steps)) < 0.01
     # A burst lasts about 30 minutes: widen each burst start over the next 6 steps.
     burst_mask = np.zeros_like(bursts)

@@ -61,9 +61,7 @@ def read_source(path: str | Path) -> pd.DataFrame:
             return read_gcd_dir(p)
         if any(p.glob("*.csv")):
             return read_nab_dir(p)
-        raise SchemaError(
-            f"{p}: the folder holds neither GCD files (vm_*) nor NAB files (*.csv).", path=str(p)
-        )
+        raise SchemaError(f"{p}: the folder holds neither GCD files (vm_*) nor NAB files (*.csv).", path=str(p))
     return read_wide(p)
 
 
@@ -92,15 +90,12 @@ def build_trainset(
     for name, opt in (("--holdout-last", holdout_last), ("--holdout-machines", holdout_machines)):
         if opt and len(opt) not in (1, len(sources)):
             raise SchemaError(
-                f"Give one {name} for all sources or one per source; got {len(opt)} "
-                f"for {len(sources)} sources."
+                f"Give one {name} for all sources or one per source; got {len(opt)} for {len(sources)} sources."
             )
     banks, reports, holdouts = [], [], []
     for k, src in enumerate(sources):
         panel, report = regularize(read_source(src), step)
-        cut = (
-            pd.Timedelta(holdout_last[k if len(holdout_last) > 1 else 0]) if holdout_last else pd.Timedelta(0)
-        )
+        cut = pd.Timedelta(holdout_last[k if len(holdout_last) > 1 else 0]) if holdout_last else pd.Timedelta(0)
         n_cut = int(cut / pd.Timedelta(step))
         if n_cut:
             panel = panel.truncate(np.maximum(panel.lengths - n_cut, 0))

@@ -122,9 +122,7 @@ def validate_wide(
     )
     if df[id_col].isna().any():
         row = int(df[id_col].isna().to_numpy().nonzero()[0][0])
-        raise SchemaError(
-            f"{path + ': ' if path else ''}Row {row} has no id; give every row an id.", path=path
-        )
+        raise SchemaError(f"{path + ': ' if path else ''}Row {row} has no id; give every row an id.", path=path)
     for c in metrics:
         out[c] = pd.to_numeric(df[c], errors="coerce").astype("float64")
     check_ranges(out, metrics, id_col=id_col, time_col=time_col, path=path, policy=out_of_range)

@@ -29,9 +29,7 @@ class FleetHistory:
         metrics: metric names, in ring order.
     """
 
-    def __init__(
-        self, length: int, *, step_s: float = 300.0, metrics: Sequence[str] = DEFAULT_METRICS
-    ) -> None:
+    def __init__(self, length: int, *, step_s: float = 300.0, metrics: Sequence[str] = DEFAULT_METRICS) -> None:
         self.length = int(length)
         self.step_s = float(step_s)
         self.metrics = tuple(metrics)
@@ -58,9 +56,7 @@ class FleetHistory:
             if i == len(self._last):
                 grow = len(self._last)
                 self._sums = np.concatenate([self._sums, np.zeros((grow, *self._sums.shape[1:]))])
-                self._counts = np.concatenate(
-                    [self._counts, np.zeros((grow, *self._counts.shape[1:]), np.uint32)]
-                )
+                self._counts = np.concatenate([self._counts, np.zeros((grow, *self._counts.shape[1:]), np.uint32)])
                 self._last = np.concatenate([self._last, np.full(grow, np.iinfo(np.int64).min, np.int64)])
             self._index[machine_id] = i
         return i
@@ -100,9 +96,7 @@ class FleetHistory:
             idx = np.array([self._index[m] for m in machine_ids], np.int64)
             return self._last[idx] * self.step_s
 
-    def contexts(
-        self, machine_ids: Sequence[str], steps: int, *, max_fill: int = DEFAULT_MAX_FILL
-    ) -> np.ndarray:
+    def contexts(self, machine_ids: Sequence[str], steps: int, *, max_fill: int = DEFAULT_MAX_FILL) -> np.ndarray:
         """The last ``steps`` step means of each machine and metric, ending at its newest step.
 
         Gaps of at most ``max_fill`` steps are interpolated; longer gaps and steps before

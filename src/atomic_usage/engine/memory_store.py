@@ -78,9 +78,7 @@ class MemoryStore:
             now = self.clock()
             lease = now + lease_s if owner is not None else None
             # A JSON round trip gives the caller the same detached copy SQLite would.
-            task = Task(
-                _new_id(), rid, digest, json.loads(text), TaskStatus.ACCEPTED, 0, None, lease, owner, now, now
-            )
+            task = Task(_new_id(), rid, digest, json.loads(text), TaskStatus.ACCEPTED, 0, None, lease, owner, now, now)
             self._tasks[task.task_id] = task
             self._by_request[rid] = task.task_id
             for machine_id, metric, ts, value in rows:
@@ -155,9 +153,7 @@ class MemoryStore:
                         )
                     )
                 else:
-                    report.resumed.append(
-                        self._set(t, status=TaskStatus.ACCEPTED, owner=None, lease_until=None)
-                    )
+                    report.resumed.append(self._set(t, status=TaskStatus.ACCEPTED, owner=None, lease_until=None))
         return report
 
     def get(self, task_id: str) -> Task:
@@ -174,9 +170,7 @@ class MemoryStore:
     def list_tasks(self, *, status: TaskStatus | None = None, limit: int = 100) -> list[Task]:
         """See :meth:`TaskStore.list_tasks`."""
         with self._lock:
-            tasks = [
-                t for t in reversed(self._tasks.values()) if status is None or t.status is TaskStatus(status)
-            ]
+            tasks = [t for t in reversed(self._tasks.values()) if status is None or t.status is TaskStatus(status)]
         return sorted(tasks, key=lambda t: -t.created_at)[:limit]
 
     def unfinished(self) -> list[Task]:

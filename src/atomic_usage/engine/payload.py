@@ -73,9 +73,7 @@ def _parse_ts(raw: Any) -> float:
     raise ValueError(f"must be an ISO 8601 string or epoch seconds, not {type(raw).__name__}")
 
 
-def parse_payload(
-    payload: Any, *, now: float | None = None, max_records: int = MAX_RECORDS
-) -> list[Observation]:
+def parse_payload(payload: Any, *, now: float | None = None, max_records: int = MAX_RECORDS) -> list[Observation]:
     """Validates a payload and returns its observations, or raises with every problem listed.
 
     Args:
@@ -137,9 +135,7 @@ def parse_payload(
             errors.append(RecordError(i, "id", f"must be a non-empty string, not {rid_raw!r}"))
         for k in sorted(set(rec) - _ALLOWED):
             errors.append(
-                RecordError(
-                    i, str(k), "is not a known field; use id, timestamp, " + ", ".join(DEFAULT_METRICS), rid
-                )
+                RecordError(i, str(k), "is not a known field; use id, timestamp, " + ", ".join(DEFAULT_METRICS), rid)
             )
         values: dict[str, float] = {}
         for m in DEFAULT_METRICS:
@@ -156,9 +152,7 @@ def parse_payload(
                 values[m] = float(v)
         if not values and not any(e.index == i and e.field in DEFAULT_METRICS for e in errors):
             errors.append(
-                RecordError(
-                    i, "record", "has no metric; give at least one of " + ", ".join(DEFAULT_METRICS), rid
-                )
+                RecordError(i, "record", "has no metric; give at least one of " + ", ".join(DEFAULT_METRICS), rid)
             )
         explicit = rec.get("timestamp") is not None
         ts = received

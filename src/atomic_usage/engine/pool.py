@@ -165,9 +165,7 @@ class WorkerPool:
             index, self._next_index = self._next_index, self._next_index + 1
             worker: Worker
             if self.mode == "thread":
-                worker = ThreadWorker(
-                    index, self.runner_factory, self, heartbeat_interval_s=self.heartbeat_interval_s
-                )
+                worker = ThreadWorker(index, self.runner_factory, self, heartbeat_interval_s=self.heartbeat_interval_s)
             else:
                 worker = ProcessWorker(
                     index,

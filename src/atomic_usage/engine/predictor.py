@@ -65,8 +65,14 @@ class UsagePredictor:
     >>> p.close()
     """
 
-    def __init__(self, settings: Settings | None = None, *, model: Forecaster | None = None,
-                 pool_mode: str = "thread", recover: bool = True) -> None:
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        *,
+        model: Forecaster | None = None,
+        pool_mode: str = "thread",
+        recover: bool = True,
+    ) -> None:
         self.settings = settings if settings is not None else Settings.from_env()
         if model is None:
             from ..models.artifact import load_model
@@ -86,10 +92,12 @@ class UsagePredictor:
         self._open_lock = threading.Lock()
         self._closed = threading.Event()
         self._rebuild_history()
-        self.pool = WorkerPool.from_settings(RunnerFactory(model), self.settings, meter=self._pool_meter,
-                                             mode=pool_mode).start()
-        self._maintenance = threading.Thread(target=self._maintain, args=(recover,), daemon=True,
-                                             name="atomic-maintenance")
+        self.pool = WorkerPool.from_settings(
+            RunnerFactory(model), self.settings, meter=self._pool_meter, mode=pool_mode
+        ).start()
+        self._maintenance = threading.Thread(
+            target=self._maintain, args=(recover,), daemon=True, name="atomic-maintenance"
+        )
         self._maintenance.start()
 
     # --- set-up -----------------------------------------------------------------------
@@ -98,13 +106,17 @@ class UsagePredictor:
 
         if self.settings.skip_persistence and not self.settings.key:
             return Keyring.generate(), False  # nothing is at rest; envelopes on request only
-        return load_or_create_keyring(self.settings, path=self.settings.keyring_path)  # type: ignore[no-any-return]
+        return load_or_create_keyring(self.settings, path=self.settings.keyring_path)
 
     def _rebuild_history(self) -> None:
         """Loads the stored observations into the in-memory history."""
         hist = self.store.load_histories(self.history.length)
-        obs = [Observation(0, mid, ts, {metric: v}, True) for (mid, metric), rows in hist.items()
-               if metric in DEFAULT_METRICS for ts, v in rows]
+        obs = [
+            Observation(0, mid, ts, {metric: v}, True)
+            for (mid, metric), rows in hist.items()
+            if metric in DEFAULT_METRICS
+            for ts, v in rows
+        ]
         obs.sort(key=lambda o: o.ts)
         self.history.append(obs)
         if obs:
@@ -117,8 +129,14 @@ class UsagePredictor:
         return str(card.version) if card is not None else type(self.model).__name__
 
     # --- the entry points -------------------------------------------------------------
-    def process(self, payload: Mapping[str, Any], *, request_id: str | None = None,
-                horizon: int | None = None, sealed: bool = False) -> dict[str, Any]:
+    def process(
+        self,
+        payload: Mapping[str, Any],
+        *,
+        request_id: str | None = None,
+        horizon: int | None = None,
+        sealed: bool = False,
+    ) -> dict[str, Any]:
         """Adds the payload's observations to the history and forecasts each record's machine.
 
         Args:
@@ -149,16 +167,22 @@ class UsagePredictor:
             self.history.append(obs)
             bodies = self._run_task(task, obs, H)
         else:
-            bodies = acc.results if task.status is TaskStatus.DONE else self._wait(task.task_id)
+            done = task.status is TaskStatus.DONE and acc.results is not None
+            bodies = list(acc.results or []) if done else self._wait(task.task_id)
         out = self._response(task, bodies, sealed=sealed)
         self.meter.record(len(obs), latencies_s=[time.monotonic() - t0])
         return out
 
-    async def aprocess(self, payload: Mapping[str, Any], *, request_id: str | None = None,
-                       horizon: int | None = None, sealed: bool = False) -> dict[str, Any]:
+    async def aprocess(
+        self,
+        payload: Mapping[str, Any],
+        *,
+        request_id: str | None = None,
+        horizon: int | None = None,
+        sealed: bool = False,
+    ) -> dict[str, Any]:
         """The same as :meth:`process`, for asyncio callers (runs in a worker thread)."""
-        return await asyncio.to_thread(self.process, payload, request_id=request_id, horizon=horizon,
-                                       sealed=sealed)
+        return await asyncio.to_thread(self.process, payload, request_id=request_id, horizon=horizon, sealed=sealed)
 
     def observe(self, frame: Any, *, id_col: str = "id", time_col: str = "timestamp") -> int:
         """Loads past observations (a wide frame) into the in-memory history without forecasting.
@@ -220,8 +244,10 @@ class UsagePredictor:
         except Exception as exc:
             reason = f"{type(exc).__name__}: {exc}"
             self.store.fail(task.task_id, reason)
-            raise EngineError(f"Task {task.task_id} failed ({reason}); the payload was stored and the failure "
-                              f"recorded; see `atomic-usage tasks show {task.task_id}`.") from exc
+            raise EngineError(
+                f"Task {task.task_id} failed ({reason}); the payload was stored and the failure "
+                f"recorded; see `atomic-usage tasks show {task.task_id}`."
+            ) from exc
         finally:
             with self._open_lock:
                 self._open.discard(task.task_id)
@@ -242,13 +268,20 @@ class UsagePredictor:
                 h = ctx[i, j]
                 seen = h[~np.isnan(h)]
                 metrics[m] = describe_forecast(
-                    mf.quantiles[j], last_ts=float(last_ts[i]), step_s=self.history.step_s,
-                    last_value=float(seen[-1]), history_length=len(seen), model=str(mf.models[j]),
-                    thresholds=self.settings.thresholds, recent=h)
+                    mf.quantiles[j],
+                    last_ts=float(last_ts[i]),
+                    step_s=self.history.step_s,
+                    last_value=float(seen[-1]),
+                    history_length=len(seen),
+                    model=str(mf.models[j]),
+                    thresholds=self.settings.thresholds,
+                    recent=h,
+                )
             per_machine.append(metrics)
         pos = {m: i for i, m in enumerate(machines)}
-        return [{"index": o.index, "id": o.id, "timestamp": iso(o.ts), "forecasts": per_machine[pos[o.id]]}
-                for o in obs]
+        return [
+            {"index": o.index, "id": o.id, "timestamp": iso(o.ts), "forecasts": per_machine[pos[o.id]]} for o in obs
+        ]
 
     def _wait(self, task_id: str) -> list[bytes]:
         """Waits for a task another caller (or recovery) is running; returns its results."""
@@ -261,8 +294,10 @@ class UsagePredictor:
             if task.status is TaskStatus.FAILED:
                 raise EngineError(f"Task {task_id} failed: {task.error}")
             if time.monotonic() > deadline:
-                raise EngineError(f"Task {task_id} is still {task.status.value} after {self.settings.wait_s:.0f} s; "
-                                  "ask again with the same request id to get its result when it ends.")
+                raise EngineError(
+                    f"Task {task_id} is still {task.status.value} after {self.settings.wait_s:.0f} s; "
+                    "ask again with the same request id to get its result when it ends."
+                )
             time.sleep(delay)
             delay = min(delay * 2, 0.2)
 
@@ -272,8 +307,9 @@ class UsagePredictor:
             return body
         from ..security import seal
 
-        return seal(result, keyring=self.keyring, task_id=task_id, record_id=str(index),
-                    model_version=self.model_version).encode()
+        return seal(
+            result, keyring=self.keyring, task_id=task_id, record_id=str(index), model_version=self.model_version
+        ).encode()
 
     def _decode(self, task_id: str, body: bytes) -> dict[str, Any]:
         if self.settings.skip_persistence:
@@ -284,15 +320,26 @@ class UsagePredictor:
 
     def _response(self, task: Task, bodies: list[bytes], *, sealed: bool) -> dict[str, Any]:
         results = [self._decode(task.task_id, b) for b in bodies]
-        out: dict[str, Any] = {"requestId": task.request_id, "taskId": task.task_id,
-                               "model": {"name": self.model.name, "version": self.model_version},
-                               "results": results}
+        out: dict[str, Any] = {
+            "requestId": task.request_id,
+            "taskId": task.task_id,
+            "model": {"name": self.model.name, "version": self.model_version},
+            "results": results,
+        }
         if sealed:
             if self.settings.skip_persistence:
                 from ..security import seal
 
-                out["sealed"] = [seal(r, keyring=self.keyring, task_id=task.task_id, record_id=str(i),
-                                      model_version=self.model_version) for i, r in enumerate(results)]
+                out["sealed"] = [
+                    seal(
+                        r,
+                        keyring=self.keyring,
+                        task_id=task.task_id,
+                        record_id=str(i),
+                        model_version=self.model_version,
+                    )
+                    for i, r in enumerate(results)
+                ]
             else:
                 out["sealed"] = [b.decode() for b in bodies]
         return out
@@ -343,12 +390,16 @@ class UsagePredictor:
         restarts, recovered tasks, tasks by status, machines held."""
         mine = self.meter.snapshot()
         pool = self.pool.stats()
-        return {**pool, **{k: mine[k] for k in ("tps", "records_total", "failed_total", "latency_s",
-                                                  "recovered_tasks", "uptime_s")},
-                "items_total": pool["records_total"],
-                "tasks": {k.value: v for k, v in self.store.counts().items()},
-                "history": self.history.snapshot(), "model": {"name": self.model.name,
-                                                             "version": self.model_version}}
+        return {
+            **pool,
+            **{
+                k: mine[k] for k in ("tps", "records_total", "failed_total", "latency_s", "recovered_tasks", "uptime_s")
+            },
+            "items_total": pool["records_total"],
+            "tasks": {k.value: v for k, v in self.store.counts().items()},
+            "history": self.history.snapshot(),
+            "model": {"name": self.model.name, "version": self.model_version},
+        }
 
     def close(self) -> None:
         """Stops the workers and closes the store (unfinished tasks resume at the next start)."""
@@ -378,13 +429,15 @@ def _get_default() -> UsagePredictor:
         return _default
 
 
-def process(payload: Mapping[str, Any], *, request_id: str | None = None, horizon: int | None = None,
-            sealed: bool = False) -> dict[str, Any]:
+def process(
+    payload: Mapping[str, Any], *, request_id: str | None = None, horizon: int | None = None, sealed: bool = False
+) -> dict[str, Any]:
     """:meth:`UsagePredictor.process` on a process-wide predictor built from the environment."""
     return _get_default().process(payload, request_id=request_id, horizon=horizon, sealed=sealed)
 
 
-async def aprocess(payload: Mapping[str, Any], *, request_id: str | None = None, horizon: int | None = None,
-                   sealed: bool = False) -> dict[str, Any]:
+async def aprocess(
+    payload: Mapping[str, Any], *, request_id: str | None = None, horizon: int | None = None, sealed: bool = False
+) -> dict[str, Any]:
     """:meth:`UsagePredictor.aprocess` on the process-wide predictor."""
     return await _get_default().aprocess(payload, request_id=request_id, horizon=horizon, sealed=sealed)

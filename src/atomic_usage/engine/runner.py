@@ -48,12 +48,14 @@ class ForecastRunner:
                 for j in range(ctx.shape[0]):
                     observed = ~np.isnan(ctx[j])
                     if observed.any():
-                        hists.append(ctx[j, int(np.argmax(observed)):])
+                        hists.append(ctx[j, int(np.argmax(observed)) :])
                         where.append((i, j))
             fc = self.model.forecast_arrays(hists, H, np.ones(len(hists), bool)) if hists else None
             names = self.model.fallback_flags(hists) if hists else []
-            res = {i: (np.full((items[i].context.shape[0], 3, H), np.nan), [None] * items[i].context.shape[0])
-                   for i in idx}
+            res: dict[int, tuple[np.ndarray, list[str | None]]] = {}
+            for i in idx:
+                n_metrics = items[i].context.shape[0]
+                res[i] = (np.full((n_metrics, 3, H), np.nan), [None] * n_metrics)
             for n, (i, j) in enumerate(where):
                 assert fc is not None
                 res[i][0][j] = fc[n]

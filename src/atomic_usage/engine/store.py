@@ -292,9 +292,7 @@ class TaskStore:
 
     # --- connections and transactions -------------------------------------
     def _connect(self) -> sqlite3.Connection:
-        conn = sqlite3.connect(
-            self.path, timeout=self.busy_timeout_s, isolation_level=None, check_same_thread=False
-        )
+        conn = sqlite3.connect(self.path, timeout=self.busy_timeout_s, isolation_level=None, check_same_thread=False)
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute(f"PRAGMA synchronous={self.synchronous}")
         conn.execute(f"PRAGMA busy_timeout={int(self.busy_timeout_s * 1000)}")
@@ -333,9 +331,7 @@ class TaskStore:
     def _migrate(self, conn: sqlite3.Connection) -> None:
         conn.execute("BEGIN IMMEDIATE")
         try:
-            conn.execute(
-                "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER PRIMARY KEY, applied_at REAL)"
-            )
+            conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER PRIMARY KEY, applied_at REAL)")
             current = conn.execute("SELECT COALESCE(MAX(version), 0) FROM schema_version").fetchone()[0]
             latest = _MIGRATIONS[-1][0]
             if current > latest:
@@ -394,9 +390,7 @@ class TaskStore:
 
     @staticmethod
     def _bodies(conn: sqlite3.Connection, task_id: str) -> list[bytes]:
-        rows = conn.execute(
-            "SELECT body FROM results WHERE task_id = ? ORDER BY record_index", (task_id,)
-        ).fetchall()
+        rows = conn.execute("SELECT body FROM results WHERE task_id = ? ORDER BY record_index", (task_id,)).fetchall()
         return [bytes(r[0]) for r in rows]
 
     def accept(
@@ -666,6 +660,4 @@ def open_store(settings: Settings, *, clock: Callable[[], float] = time.time) ->
         from .memory_store import MemoryStore
 
         return MemoryStore(clock=clock)
-    return TaskStore(
-        Path(settings.data_dir) / STORE_FILENAME, synchronous=settings.sqlite_synchronous, clock=clock
-    )
+    return TaskStore(Path(settings.data_dir) / STORE_FILENAME, synchronous=settings.sqlite_synchronous, clock=clock)

@@ -54,9 +54,7 @@ def diagnose(worker: Worker, now: float, *, heartbeat_timeout_s: float, batch_ti
         return f"worker {worker.index} sent no heartbeat for {silent:.1f} s (timeout {heartbeat_timeout_s} s)"
     started = worker.job_started
     if worker.job is not None and started is not None and now - started > batch_timeout_s:
-        return (
-            f"worker {worker.index} has run one batch for {now - started:.1f} s (timeout {batch_timeout_s} s)"
-        )
+        return f"worker {worker.index} has run one batch for {now - started:.1f} s (timeout {batch_timeout_s} s)"
     return None
 
 

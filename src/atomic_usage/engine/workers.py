@@ -341,9 +341,7 @@ class ProcessWorker(Worker):
         self._child_conn = child_conn
         self._shm: SharedMemory | None = None
         self._shm_lock = threading.Lock()
-        self._reader = threading.Thread(
-            target=self._read_loop, name=f"atomic-worker-{index}-reader", daemon=True
-        )
+        self._reader = threading.Thread(target=self._read_loop, name=f"atomic-worker-{index}-reader", daemon=True)
 
     @property
     def pid(self) -> int | None:
@@ -412,9 +410,7 @@ class ProcessWorker(Worker):
             self._proc.join(1.0)
             if not self.retired:
                 code = self._proc.exitcode
-                self._events.on_crash(
-                    self, self.job, f"the worker process {self.pid} exited with code {code}"
-                )
+                self._events.on_crash(self, self.job, f"the worker process {self.pid} exited with code {code}")
             with self._shm_lock:
                 self._release_block()
             return

@@ -43,9 +43,7 @@ class ModelCard(BaseModel):
     metrics: list[str] = Field(description="Metrics seen in training; any other metric is served too.")
     normalization: str
     spec: dict[str, Any]
-    training: dict[str, Any] = Field(
-        default_factory=dict, description="command, data fingerprint, sources, time."
-    )
+    training: dict[str, Any] = Field(default_factory=dict, description="command, data fingerprint, sources, time.")
     validation: dict[str, Any] = Field(default_factory=dict)
 
 
@@ -63,6 +61,7 @@ def save_artifact(out_dir: str | Path, onnx_bytes: bytes, card: ModelCard) -> Pa
     out = Path(out_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    tmp.chmod(0o755)  # mkdtemp makes it private; a model folder is meant to be read by all
     try:
         (tmp / "model.onnx").write_bytes(onnx_bytes)
         (tmp / "model.json").write_text(json.dumps(card.model_dump(), indent=2) + "\n")
@@ -128,8 +127,6 @@ def load_model(model_dir: str | Path | None = None, *, threads: int = 0) -> Neur
     """
     d = Path(model_dir) if model_dir is not None else default_model_dir()
     card = read_card(d)
-    model = NeuralForecaster(
-        d / "model.onnx", NeuralSpec.from_dict(card.spec), name=card.name, threads=threads
-    )
+    model = NeuralForecaster(d / "model.onnx", NeuralSpec.from_dict(card.spec), name=card.name, threads=threads)
     model.card = card  # type: ignore[attr-defined]
     return model

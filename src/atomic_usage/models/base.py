@@ -34,7 +34,7 @@ def finalize_quantiles(fc: np.ndarray, bounded: np.ndarray) -> np.ndarray:
         fc: array (n, 3, H) of p10, p50, p90 (modified in place and returned).
         bounded: bool (n,): True clips to [0, 100], False to [0, inf).
     """
-    fc = np.nan_to_num(fc, nan=0.0, posinf=np.finfo(np.float32).max, neginf=0.0)
+    fc = np.asarray(np.nan_to_num(fc, nan=0.0, posinf=float(np.finfo(np.float32).max), neginf=0.0))
     fc.sort(axis=1)
     hi = np.where(bounded, 100.0, np.finfo(np.float32).max)[:, None, None]
     np.clip(fc, 0.0, hi, out=fc)
@@ -52,9 +52,7 @@ class Forecaster(abc.ABC):
     """What the ``model`` column of a forecast says."""
 
     @abc.abstractmethod
-    def forecast_arrays(
-        self, histories: Sequence[np.ndarray], horizon: int, bounded: np.ndarray
-    ) -> np.ndarray:
+    def forecast_arrays(self, histories: Sequence[np.ndarray], horizon: int, bounded: np.ndarray) -> np.ndarray:
         """Forecasts p10/p50/p90 for each history; returns an array (n, 3, horizon)."""
 
     def fallback_flags(self, histories: Sequence[np.ndarray]) -> list[str]:
@@ -83,9 +81,7 @@ class Forecaster(abc.ABC):
             NotFittedError: ``fit`` was not called.
         """
         if not hasattr(self, "panel_"):
-            raise NotFittedError(
-                f"This {type(self).__name__} is not fitted yet; call fit(data) before predict(h)."
-            )
+            raise NotFittedError(f"This {type(self).__name__} is not fitted yet; call fit(data) before predict(h).")
         return forecast_frame(self, self.panel_, h)
 
     def __repr__(self) -> str:
@@ -120,9 +116,7 @@ def forecast_frame(model: Forecaster, panel: Panel, horizon: int) -> pd.DataFram
     names = model.fallback_flags(hists)
     n = len(hists)
     step = np.int64(panel.step.value)
-    ts = (
-        np.asarray(ends, "datetime64[ns]").astype(np.int64)[:, None] + step * np.arange(1, horizon + 1)
-    ).ravel()
+    ts = (np.asarray(ends, "datetime64[ns]").astype(np.int64)[:, None] + step * np.arange(1, horizon + 1)).ravel()
     q = {f"p{int(round(qq * 100))}": fc[:, k, :].ravel() for k, qq in enumerate(QUANTILES)}
     return (
         pd.DataFrame(

@@ -26,7 +26,7 @@ def _by_length(hists: Sequence[np.ndarray], fn: Callable[[np.ndarray], np.ndarra
     out: list[np.ndarray | None] = [None] * len(hists)
     for L in np.unique(lengths):
         idx = np.flatnonzero(lengths == L)
-        res = fn(np.stack([np.asarray(hists[i], np.float64) for i in idx]))
+        res = fn(np.stack([np.asarray(hists[int(i)], np.float64) for i in idx]))
         for j, i in enumerate(idx):
             out[i] = res[j]
     return np.stack(out)  # type: ignore[arg-type]
@@ -65,7 +65,7 @@ def _interval(p50: np.ndarray, q: np.ndarray) -> np.ndarray:
 
 def _last_valid(Y: np.ndarray) -> np.ndarray:
     last = _ffill(Y)[:, -1]
-    return np.nan_to_num(last, nan=0.0)
+    return np.asarray(np.nan_to_num(last, nan=0.0))
 
 
 def naive_arrays(hists: Sequence[np.ndarray], H: int) -> np.ndarray:
@@ -92,9 +92,7 @@ class Naive(Forecaster):
 
     name = "naive"
 
-    def forecast_arrays(
-        self, histories: Sequence[np.ndarray], horizon: int, bounded: np.ndarray
-    ) -> np.ndarray:
+    def forecast_arrays(self, histories: Sequence[np.ndarray], horizon: int, bounded: np.ndarray) -> np.ndarray:
         """See :class:`~atomic_usage.models.base.Forecaster`."""
         return finalize_quantiles(naive_arrays(histories, horizon), bounded)
 
@@ -111,9 +109,7 @@ class SeasonalNaive(Forecaster):
     def __init__(self, season: int = _DAY) -> None:
         self.season = season
 
-    def forecast_arrays(
-        self, histories: Sequence[np.ndarray], horizon: int, bounded: np.ndarray
-    ) -> np.ndarray:
+    def forecast_arrays(self, histories: Sequence[np.ndarray], horizon: int, bounded: np.ndarray) -> np.ndarray:
         """See :class:`~atomic_usage.models.base.Forecaster`."""
         s = self.season
 
@@ -142,7 +138,8 @@ class PredictLinear(Forecaster):
     Args:
         window: steps in the fitted line (12 = the last hour of 5-minute steps).
 
-    >>> PredictLinear(window=3).forecast_arrays([np.array([1.0, 2.0, 3.0])], 2, np.array([False]))[0, 1].round(6).tolist()
+    >>> fc = PredictLinear(window=3).forecast_arrays([np.array([1.0, 2.0, 3.0])], 2, np.array([False]))
+    >>> fc[0, 1].round(6).tolist()
     [4.0, 5.0]
     """
 
@@ -174,9 +171,7 @@ class PredictLinear(Forecaster):
         xm = np.where(n > 0, xm, 0)
         return ym[:, None] + slope[:, None] * (w - 1 + np.arange(1, H + 1)[None, :] - xm[:, None])
 
-    def forecast_arrays(
-        self, histories: Sequence[np.ndarray], horizon: int, bounded: np.ndarray
-    ) -> np.ndarray:
+    def forecast_arrays(self, histories: Sequence[np.ndarray], horizon: int, bounded: np.ndarray) -> np.ndarray:
         """See :class:`~atomic_usage.models.base.Forecaster`."""
         w, H = self.window, horizon
         coef = self._coef(H)

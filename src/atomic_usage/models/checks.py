@@ -16,9 +16,7 @@ from .base import Forecaster
 __all__ = ["CHECKS", "check_forecaster"]
 
 
-def _call(
-    model: Forecaster, hists: list[np.ndarray], H: int, bounded: bool | np.ndarray = True
-) -> np.ndarray:
+def _call(model: Forecaster, hists: list[np.ndarray], H: int, bounded: bool | np.ndarray = True) -> np.ndarray:
     b = np.broadcast_to(np.asarray(bounded), (len(hists),)).copy()
     fc = model.forecast_arrays(hists, H, b)
     assert fc.shape == (len(hists), 3, H), f"shape {fc.shape} != {(len(hists), 3, H)}"
@@ -51,9 +49,7 @@ def check_constant_series(model: Forecaster) -> None:
     """A constant series is forecast as that constant (within 1e-6 of its scale), zero stays zero."""
     for level in (0.0, 12.5, 63.0, 100.0):
         fc = _call(model, [np.full(48, level)], 12)
-        assert np.allclose(fc[0, 1], level, atol=1e-6 * max(1.0, level)), (
-            f"constant {level} -> {fc[0, 1, :3]}"
-        )
+        assert np.allclose(fc[0, 1], level, atol=1e-6 * max(1.0, level)), f"constant {level} -> {fc[0, 1, :3]}"
         assert (fc[0, 0] >= 0).all()
 
 

@@ -119,9 +119,7 @@ def score(wins: Sequence[Window], fc: np.ndarray) -> pd.DataFrame:
     rows = []
     for w, f in zip(wins, fc, strict=True):
         y, sc = w.actual, w.scale
-        pin = [
-            np.mean(np.maximum(q * (y - f[k]), (q - 1) * (y - f[k]))) for k, q in enumerate((0.1, 0.5, 0.9))
-        ]
+        pin = [np.mean(np.maximum(q * (y - f[k]), (q - 1) * (y - f[k]))) for k, q in enumerate((0.1, 0.5, 0.9))]
         rows.append(
             {
                 "id": w.series.id,
@@ -178,7 +176,8 @@ def evaluate(
     Returns:
         One result per (model, horizon), in the order given.
     """
-    hs = tuple(horizons) if horizons else tuple(DATASETS[name]["horizons"])  # type: ignore[call-overload]
+    default: tuple[int, ...] = DATASETS[name]["horizons"]  # type: ignore[assignment]
+    hs = tuple(horizons) if horizons else default
     results = []
     for H in hs:
         wins = windows(name, series, H)

@@ -34,7 +34,7 @@ def to_onnx(network: Any, spec: NeuralSpec, *, check_atol: float = 1e-4) -> byte
         torch.onnx.export(
             network,
             (example,),
-            buf,
+            buf,  # type: ignore[arg-type]
             dynamo=False,
             input_names=["x"],
             output_names=["q"],

@@ -61,7 +61,7 @@ class NeuralSpec:
     def from_dict(cls, d: dict[str, Any]) -> NeuralSpec:
         """From :meth:`to_dict`'s output (unknown keys are ignored)."""
         names = {f.name for f in dataclasses.fields(cls)}
-        kw = {k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items() if k in names}
+        kw: dict[str, Any] = {k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items() if k in names}
         return cls(**kw)
 
 
@@ -98,9 +98,7 @@ def prepare(context: np.ndarray) -> tuple[dict[str, np.ndarray], dict[str, np.nd
     return {"x": feats}, {"loc": loc[:, None], "scale": out_scale[:, None], "input_scale": scale[:, None]}
 
 
-def finish(
-    raw: np.ndarray, state: dict[str, np.ndarray], spec: NeuralSpec, bounded: np.ndarray
-) -> np.ndarray:
+def finish(raw: np.ndarray, state: dict[str, np.ndarray], spec: NeuralSpec, bounded: np.ndarray) -> np.ndarray:
     """Maps normalized network outputs (n, 3, H) back to units, calibrated and clipped."""
     loc = state["loc"][:, :, None] if state["loc"].ndim == 2 else state["loc"]
     scale = state["scale"][:, :, None] if state["scale"].ndim == 2 else state["scale"]
@@ -125,7 +123,7 @@ def build_network(spec: NeuralSpec) -> Any:
     except ImportError as exc:  # pragma: no cover - depends on the environment
         raise ImportError("Training needs PyTorch: pip install 'atomic-usage[train]'") from exc
 
-    class QuantileMLP(nn.Module):  # type: ignore[misc]
+    class QuantileMLP(nn.Module):
         def __init__(self) -> None:
             super().__init__()
             dims = [2 * spec.context] + [spec.hidden] * spec.layers
@@ -155,9 +153,7 @@ class NeuralForecaster(Forecaster):
         threads: ONNX Runtime intra-op threads (0 = its default).
     """
 
-    def __init__(
-        self, onnx_path: str | Path, spec: NeuralSpec, *, name: str = "atomic", threads: int = 0
-    ) -> None:
+    def __init__(self, onnx_path: str | Path, spec: NeuralSpec, *, name: str = "atomic", threads: int = 0) -> None:
         self.onnx_path = Path(onnx_path)
         self.spec = spec
         self.name = name
@@ -172,9 +168,7 @@ class NeuralForecaster(Forecaster):
             if self.threads:
                 opts.intra_op_num_threads = self.threads
             opts.inter_op_num_threads = 1
-            self._session = ort.InferenceSession(
-                str(self.onnx_path), opts, providers=["CPUExecutionProvider"]
-            )
+            self._session = ort.InferenceSession(str(self.onnx_path), opts, providers=["CPUExecutionProvider"])
         return self._session
 
     def __getstate__(self) -> dict[str, Any]:  # sessions do not pickle; workers open their own

@@ -74,7 +74,7 @@ class _Windows:
         parts, origins = [], []
         pos = 0
         for i in np.flatnonzero(keep):
-            s = bank.series(i)[: end_steps[i]]
+            s = bank.series(int(i))[: end_steps[i]]
             parts += [np.full(C, np.nan, np.float32), s, np.full(H, np.nan, np.float32)]
             first = max(MIN_OBSERVED, start_steps[i])
             # window start w covers padded[w : w + C + H]; its origin (first forecast step) is series index w - pos
@@ -185,17 +185,14 @@ def train_neural(
     tr = _Windows(bank, train, spec, lengths - n_val, zeros)
     if len(tr.starts) == 0:
         raise ValueError(
-            "No training windows: every series is held out or shorter than "
-            f"{MIN_OBSERVED + 1} steps; give more data."
+            f"No training windows: every series is held out or shorter than {MIN_OBSERVED + 1} steps; give more data."
         )
     val = _Windows(bank, train & (n_val > 0), spec, lengths, lengths - n_val)
     ho = _Windows(bank, ~train, spec, lengths, np.maximum(lengths - n_val, 0))
 
     net = build_network(spec)
     opt = torch.optim.AdamW(net.parameters(), lr=config.lr, weight_decay=1e-4)
-    sched = torch.optim.lr_scheduler.OneCycleLR(
-        opt, max_lr=config.lr, total_steps=config.steps, pct_start=0.1
-    )
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=config.lr, total_steps=config.steps, pct_start=0.1)
     net.train()
     loss_v = float("nan")
     for step in range(config.steps):

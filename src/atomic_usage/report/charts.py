@@ -87,9 +87,7 @@ def fan_chart(
             ax.plot(hm["timestamp"], hm[m], color=_HISTORY, lw=1.1, label="history")
             ax.axvline(hm["timestamp"].iloc[-1], color="#888888", lw=0.8, ls=":")
         if len(fm):
-            ax.fill_between(
-                fm["timestamp"], fm["p10"], fm["p90"], color=_FAN, alpha=0.3, lw=0, label="p10–p90"
-            )
+            ax.fill_between(fm["timestamp"], fm["p10"], fm["p90"], color=_FAN, alpha=0.3, lw=0, label="p10–p90")
             ax.plot(fm["timestamp"], fm["p50"], color=_FAN, lw=1.6, label="p50")
         if m in BOUNDED_METRICS:
             for k, level in enumerate(sorted(thresholds)):

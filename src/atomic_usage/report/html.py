@@ -74,9 +74,7 @@ def render_report(
     )
     body_rows = []
     for k, d in enumerate(ranked.to_dict("records"), start=1):
-        cells = "".join(
-            f"<td class={_cls(d[f'p90_s@{t:g}'])}>{format_seconds(d[f'p90_s@{t:g}'])}</td>" for t in levels
-        )
+        cells = "".join(f"<td class={_cls(d[f'p90_s@{t:g}'])}>{format_seconds(d[f'p90_s@{t:g}'])}</td>" for t in levels)
         body_rows.append(
             f"<tr><td>{k}</td><td class=l><a href='#m{k}'>{esc(str(d['id']))}</a></td>"
             f"<td class=l>{esc(d['metric'])}</td><td>{d['now']:.1f}%</td><td>{d['peak_p90']:.1f}%</td>{cells}"
@@ -147,9 +145,7 @@ def write_report(
     """
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
-    text = render_report(
-        history, forecast, thresholds=thresholds, top=top, title=title, model=model, progress=progress
-    )
+    text = render_report(history, forecast, thresholds=thresholds, top=top, title=title, model=model, progress=progress)
     tmp = p.with_name(p.name + ".tmp")
     tmp.write_text(text, encoding="utf-8")
     tmp.replace(p)

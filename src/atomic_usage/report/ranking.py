@@ -46,18 +46,14 @@ def crossings(forecast: pd.DataFrame, history: pd.DataFrame, thresholds: Sequenc
     """
     missing = [c for c in _FORECAST_COLS if c not in forecast.columns]
     if missing:
-        raise SchemaError(
-            f"The forecast frame lacks the columns {missing}; pass the output of forecast_frame."
-        )
+        raise SchemaError(f"The forecast frame lacks the columns {missing}; pass the output of forecast_frame.")
     fc = forecast[forecast["metric"].isin(list(BOUNDED_METRICS))].sort_values(["id", "metric", "timestamp"])
     cols = ["id", "metric", "threshold", "now", "origin", "horizon_s", "peak_p90", "p50_s", "p90_s"]
     if fc.empty or not len(thresholds):
         return pd.DataFrame({c: [] for c in cols})
     fc = fc.assign(_dt=fc.groupby(["id", "metric"], sort=False)["timestamp"].diff())
     g = fc.groupby(["id", "metric"], sort=False)
-    base = g.agg(
-        first=("timestamp", "min"), last=("timestamp", "max"), peak_p90=("p90", "max"), step=("_dt", "min")
-    )
+    base = g.agg(first=("timestamp", "min"), last=("timestamp", "max"), peak_p90=("p90", "max"), step=("_dt", "min"))
     base = base.reset_index().merge(_last_observed(history), on=["id", "metric"], how="left")
     # The origin is one step before the first forecast step; a one-step forecast falls back
     # on the newest observation's time.

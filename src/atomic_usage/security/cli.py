@@ -85,9 +85,7 @@ def read_envelopes(path: Path) -> tuple[Any, list[Envelope]]:
     try:
         text = sys.stdin.read() if str(path) == "-" else path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
-        raise SecurityError(
-            f"Cannot read {path}: {getattr(e, 'strerror', None) or 'not UTF-8 text'}."
-        ) from None
+        raise SecurityError(f"Cannot read {path}: {getattr(e, 'strerror', None) or 'not UTF-8 text'}.") from None
     try:
         doc = json.loads(text)
     except ValueError:
@@ -120,10 +118,7 @@ def reseal_files(paths: list[Path], keyring: Keyring) -> ResealReport:
         if report.failed or not new:
             continue  # all or nothing per file: a half-rewritten list would be confusing
         items = doc if isinstance(doc, list) else [doc]
-        out = [
-            (new[i] if isinstance(x, str) else json.loads(new[i])) if i in new else x
-            for i, x in enumerate(items)
-        ]
+        out = [(new[i] if isinstance(x, str) else json.loads(new[i])) if i in new else x for i, x in enumerate(items)]
         body = out if isinstance(doc, list) else out[0]
         _write_private(path, (json.dumps(body, indent=2) + "\n").encode("utf-8"), what="the envelope file")
         total.resealed += report.resealed
@@ -234,9 +229,7 @@ keys_app = make_keys_app()
 
 
 def open_command(
-    file: Annotated[
-        Path, typer.Argument(help="A JSON file with one envelope or a list of them; - for stdin.")
-    ],
+    file: Annotated[Path, typer.Argument(help="A JSON file with one envelope or a list of them; - for stdin.")],
     keyring: KeyringOption = None,
 ) -> None:
     """Open sealed results and print them as JSON.
@@ -250,9 +243,7 @@ def open_command(
         else:
             settings = Settings.from_env()
             ring = (
-                Keyring.from_key(settings.key)
-                if settings.key
-                else Keyring.load(settings.data_dir / KEYRING_FILENAME)
+                Keyring.from_key(settings.key) if settings.key else Keyring.load(settings.data_dir / KEYRING_FILENAME)
             )
         doc, envs = read_envelopes(file)
         results = [open_result(e, keyring=ring) for e in envs]

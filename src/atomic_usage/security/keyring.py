@@ -208,9 +208,7 @@ class Keyring:
         try:
             p.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         except OSError as e:
-            raise KeyringError(
-                f"Cannot create the folder {p.parent} for the keyring: {e.strerror}."
-            ) from None
+            raise KeyringError(f"Cannot create the folder {p.parent} for the keyring: {e.strerror}.") from None
         with _file_lock(p):
             if p.exists():
                 raise KeyringError(

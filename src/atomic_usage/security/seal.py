@@ -135,20 +135,14 @@ class Envelope:
                 "can be opened; upgrade atomic-usage or check that the envelope is intact."
             )
         ad = obj["ad"]
-        if (
-            not isinstance(ad, dict)
-            or set(ad) != set(_AD_FIELDS)
-            or not all(isinstance(v, str) for v in ad.values())
-        ):
+        if not isinstance(ad, dict) or set(ad) != set(_AD_FIELDS) or not all(isinstance(v, str) for v in ad.values()):
             raise IntegrityError(f"The envelope's 'ad' must hold the strings {list(_AD_FIELDS)}.")
         kid, cty = obj["kid"], obj["cty"]
         if not isinstance(kid, str) or cty not in _CONTENT_TYPES:
             raise IntegrityError("The envelope's 'kid' or 'cty' is malformed; it was altered or damaged.")
         nonce, ct = _b64decode(obj["n"], "n"), _b64decode(obj["ct"], "ct")
         if len(nonce) != NONCE_BYTES or len(ct) < _TAG_BYTES:
-            raise IntegrityError(
-                "The envelope's nonce or ciphertext is too short; it was altered or damaged."
-            )
+            raise IntegrityError("The envelope's nonce or ciphertext is too short; it was altered or damaged.")
         return cls(kid, nonce, ct, ad["task_id"], ad["record_id"], ad["model_version"], cty)
 
     def to_dict(self) -> dict[str, Any]:
