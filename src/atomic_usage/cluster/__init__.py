@@ -7,6 +7,7 @@ Beside ``engine``: it uses ``data`` and ``models``, and is used by the CLI. Need
 from __future__ import annotations
 
 from .client import PROTOCOLS, ClusterTarget, connect, parse_target
+from .dataset import TrainsetJob, build_trainset_distributed
 from .forecast import ForecastJob, forecast_distributed
 from .plugin import ModelPlugin
 
@@ -15,6 +16,8 @@ __all__ = [
     "ClusterTarget",
     "ForecastJob",
     "ModelPlugin",
+    "TrainsetJob",
+    "build_trainset_distributed",
     "connect",
     "forecast_distributed",
     "parse_target",

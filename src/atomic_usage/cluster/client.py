@@ -118,7 +118,8 @@ def parse_target(cluster: str | None, scheduler: str | None, protocol: str | Non
         )
     if ":" not in rest:
         raise ConfigError(
-            f"--scheduler {scheduler!r} has no port; write it as {scheme}://HOST:PORT (Dask's default is 8786).",
+            f"--scheduler {scheduler!r} has no port; write it as {scheme}://HOST:PORT "
+            "(Dask's default port is 8786).",
             name="--scheduler",
         )
     return ClusterTarget(f"{scheme}://{rest}", None, scheme)
@@ -160,7 +161,8 @@ def connect(target: ClusterTarget, *, security: Any = None) -> Iterator[Client]:
                 processes=True,
                 protocol=f"{target.protocol}://",
                 security=security,
-                dashboard_address=None,
+                # A random port: a fixed 8787 clashes with any other cluster on the machine.
+                dashboard_address=":0",
             )
         except Exception as exc:  # Dask raises many types here; say which cluster failed.
             raise ClusterError(

@@ -57,7 +57,8 @@ class Chunk:
 
     Attributes:
         path: the file (or, for ``kind="source"``, the GCD/NAB folder).
-        kind: ``"parquet"``, ``"csv"`` or ``"source"`` (read whole by :func:`~atomic_usage.data.trainset.read_source`).
+        kind: ``"parquet"``, ``"csv"`` or ``"source"`` (a folder read whole by
+            :func:`~atomic_usage.data.trainset.read_source`).
         row_groups: for Parquet, the row groups to read.
         byte_range: for CSV, ``(start, end)``: the lines that begin in it (None: the whole file).
         source: which ``--data`` source the chunk belongs to (0 for a forecast input).
@@ -89,7 +90,9 @@ def _input_files(path: Path) -> list[Path]:
             )
         return files
     if not path.is_file():
-        raise SchemaError(f"{path}: the file does not exist or is not a file; check the path.", path=str(path))
+        raise SchemaError(
+            f"{path}: the file does not exist or is not a file; check the path.", path=str(path)
+        )
     return [path]
 
 
@@ -150,7 +153,13 @@ def plan_chunks(
                 for a in range(0, max(size, 1), csv_block_bytes):
                     end = min(size, a + csv_block_bytes)
                     chunks.append(
-                        Chunk(name, "csv", byte_range=(a, end), source=k, est_rows=(end - a) // _CSV_ROW_BYTES_GUESS)
+                        Chunk(
+                            name,
+                            "csv",
+                            byte_range=(a, end),
+                            source=k,
+                            est_rows=(end - a) // _CSV_ROW_BYTES_GUESS,
+                        )
                     )
             else:  # compressed CSV: no byte ranges
                 est = 4 * f.stat().st_size // _CSV_ROW_BYTES_GUESS
@@ -257,7 +266,13 @@ def bucket_dir(scratch: str | Path, source: int, bucket: int) -> Path:
 
 
 def split_chunk(
-    chunk: Chunk, chunk_no: int, n_buckets: int, scratch: str, *, id_col: str = "id", time_col: str = "timestamp"
+    chunk: Chunk,
+    chunk_no: int,
+    n_buckets: int,
+    scratch: str,
+    *,
+    id_col: str = "id",
+    time_col: str = "timestamp",
 ) -> dict[str, Any]:
     """Pass 1: reads one chunk and writes its rows, by bucket of id, to the scratch folder.
 
@@ -290,6 +305,8 @@ def read_bucket(directory: str | Path) -> pd.DataFrame:
     files = sorted(p for p in Path(directory).glob("c*.parquet"))
     tables = [pq.read_table(p) for p in files]
     if not tables:
-        return pd.DataFrame({"id": pd.Series([], dtype=str), "timestamp": pd.Series([], dtype="datetime64[ns, UTC]")})
+        return pd.DataFrame(
+            {"id": pd.Series([], dtype=str), "timestamp": pd.Series([], dtype="datetime64[ns, UTC]")}
+        )
     table = pa.concat_tables(tables, promote_options="default")
     return table.to_pandas()

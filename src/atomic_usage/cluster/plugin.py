@@ -71,8 +71,8 @@ class ModelPlugin(WorkerPlugin):  # type: ignore[misc]
     def setup(self, worker: Any) -> None:
         """Loads the model on ``worker`` (Dask calls this once per worker)."""
         from ..models.artifact import load_model
-        from ..models.baselines import BASELINES
         from ..models.base import Forecaster
+        from ..models.baselines import BASELINES
 
         if isinstance(self.ref, Forecaster):
             self.model = self.ref

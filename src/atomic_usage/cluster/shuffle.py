@@ -77,11 +77,15 @@ def n_buckets_for(chunks: Sequence[Chunk], n_workers: int, rows_per_bucket: int)
     return max(2 * max(n_workers, 1), math.ceil(rows / max(rows_per_bucket, 1)))
 
 
-def run_split(client: Any, chunks: Sequence[Chunk], n_buckets: int, scratch: Path) -> dict[tuple[int, int], int]:
+def run_split(
+    client: Any, chunks: Sequence[Chunk], n_buckets: int, scratch: Path
+) -> dict[tuple[int, int], int]:
     """Pass 1 on the workers. Returns the rows written per ``(source, bucket)``."""
     job = uuid.uuid4().hex[:8]
     futures = [
-        client.submit(split_chunk, c, i, n_buckets, str(scratch), key=f"atomic-split-{job}-{i:06d}", pure=False)
+        client.submit(
+            split_chunk, c, i, n_buckets, str(scratch), key=f"atomic-split-{job}-{i:06d}", pure=False
+        )
         for i, c in enumerate(chunks)
     ]
     rows: dict[tuple[int, int], int] = {}
@@ -113,7 +117,9 @@ def prepare_output(out_dir: Path, scratch: Path | None) -> Path:
     return scratch
 
 
-def finish_output(out_dir: Path, scratch: Path, summary: dict[str, Any], *, keep_scratch: bool = False) -> None:
+def finish_output(
+    out_dir: Path, scratch: Path, summary: dict[str, Any], *, keep_scratch: bool = False
+) -> None:
     """Removes temporary files left by attempts on workers that died, and marks the folder complete."""
     for tmp in out_dir.glob(".part-*.tmp"):
         tmp.unlink(missing_ok=True)
