@@ -233,11 +233,12 @@ def read_chunk(chunk: Chunk, *, id_col: str = "id", time_col: str = "timestamp")
 def bucket_of(ids: np.ndarray | pd.Series, n_buckets: int) -> np.ndarray:
     """The bucket of each id: a hash that is the same in every process and on every machine.
 
-    >>> bucket_of(np.array(["vm-001", "vm-001", "vm-002"], object), 8).tolist()[0:2]
-    [3, 3]
+    >>> bucket_of(np.array(["vm-001", "vm-001", "vm-002"], object), 8).tolist()
+    [5, 5, 0]
     """
     h = pd.util.hash_array(np.asarray(ids, dtype=object))
-    return (h % np.uint64(n_buckets)).astype(np.int64)
+    buckets: np.ndarray = (h % np.uint64(n_buckets)).astype(np.int64)
+    return buckets
 
 
 def write_parquet_atomic(table: Any, path: Path) -> None:

@@ -51,7 +51,7 @@ def _key(ref: Any) -> str:
     return f"{type(ref).__name__}-{id(ref)}"
 
 
-class ModelPlugin(WorkerPlugin):  # type: ignore[misc]
+class ModelPlugin(WorkerPlugin):
     """Loads one forecaster on each worker at set-up time.
 
     Args:
@@ -101,7 +101,7 @@ def worker_model(plugin_name: str) -> Forecaster:
             name="worker_model",
         ) from None
     plugin = worker.plugins.get(plugin_name)
-    if plugin is None or plugin.model is None:
+    if not isinstance(plugin, ModelPlugin) or plugin.model is None:
         raise ClusterError(
             f"Worker {worker.address} has no model plugin {plugin_name!r}; register it with "
             "client.register_plugin(ModelPlugin(...)) before submitting forecast tasks.",
