@@ -17,7 +17,7 @@ $(VENV)/.run: pyproject.toml | $(BIN)/python
 	touch $@
 
 $(VENV)/.dev: pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install -q -e '.[dev,train,service,report,prometheus]'
+	$(BIN)/python -m pip install -q -e '.[dev,train,service,report,prometheus,cluster]'
 	touch $@ $(VENV)/.run
 
 demo: $(VENV)/.run

@@ -15,6 +15,7 @@ from .config import Settings
 from .errors import (
     ArtifactError,
     AtomicError,
+    ClusterError,
     ConfigError,
     DataError,
     EngineError,
@@ -44,6 +45,7 @@ __version__ = "0.1.0"
 __all__ = [
     "ArtifactError",
     "AtomicError",
+    "ClusterError",
     "ConfigError",
     "DataError",
     "EngineError",

@@ -41,6 +41,31 @@ out = Console()
 
 BASELINE_NAMES = ("naive", "seasonal_naive", "predict_linear")
 
+ClusterOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--cluster",
+        help="Run on a Dask LocalCluster started here: local (a worker per core) or local:N. "
+        "The output is then a folder of Parquet parts.",
+    ),
+]
+SchedulerOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--scheduler",
+        help="Run on a running Dask cluster, e.g. tcp://10.0.0.5:8786. Paths must be visible to every "
+        "worker. The output is then a folder of Parquet parts.",
+    ),
+]
+ProtocolOpt = Annotated[
+    str | None,
+    typer.Option("--protocol", help="Dask transport: tcp | tls | ucx (default: the address's, else tcp)."),
+]
+RowsPerBucketOpt = Annotated[
+    int,
+    typer.Option("--rows-per-bucket", min=1, help="On a cluster: input rows per task (bounds worker memory)."),
+]
+
 
 @contextlib.contextmanager
 def _errors() -> Iterator[None]:
@@ -56,6 +81,23 @@ def _errors() -> Iterator[None]:
     except AtomicError as exc:
         err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
         raise typer.Exit(3 if not isinstance(exc, ValueError) else 2) from None
+
+
+@contextlib.contextmanager
+def _cluster_client(cluster: str | None, scheduler: str | None, protocol: str | None) -> Iterator[Any]:
+    """Parses the cluster options and yields a connected Dask client."""
+    try:
+        from .cluster.client import connect, parse_target
+    except ImportError as exc:  # pragma: no cover - the extra is installed in development
+        raise typer.BadParameter(
+            f"{exc}; install the cluster extra: pip install 'atomic-usage[cluster]'", param_hint="--cluster"
+        ) from None
+    # Dask logs every worker start and stop at INFO; keep them for LOG_LEVEL=DEBUG only.
+    dask_log = logging.getLogger("distributed")
+    if not dask_log.isEnabledFor(logging.DEBUG):
+        dask_log.setLevel(logging.WARNING)
+    with connect(parse_target(cluster, scheduler, protocol)) as client:
+        yield client
 
 
 @contextlib.contextmanager
@@ -126,9 +168,37 @@ def forecast(
     query: QueryOpt = None,
     from_store: FromStoreOpt = False,
     plot: Annotated[Path | None, typer.Option("--plot", help="Also write one PNG chart per machine here.")] = None,
+    cluster: ClusterOpt = None,
+    scheduler: SchedulerOpt = None,
+    protocol: ProtocolOpt = None,
+    rows_per_bucket: RowsPerBucketOpt = 1_000_000,
 ) -> None:
-    """Forecast every series of a file; write id,timestamp,metric,mean,p10,p50,p90,model."""
+    """Forecast every series of a file; write id,timestamp,metric,mean,p10,p50,p90,model.
+
+    With --cluster or --scheduler, --input may also be a folder of CSV/Parquet partitions,
+    and --output is a folder of part-XXXXX.parquet files (ids hash-partitioned).
+    """
     settings = _settings()
+    if cluster is not None or scheduler is not None:
+        if input is None:
+            raise typer.BadParameter("a cluster run reads files: give --input FILE or FOLDER", param_hint="--input")
+        with _errors(), _cluster_client(cluster, scheduler, protocol) as client:
+            from .cluster.forecast import forecast_distributed
+
+            job = forecast_distributed(
+                client,
+                input,
+                horizon,
+                output,
+                model=model,
+                default_model_dir=settings.model_dir,
+                rows_per_bucket=rows_per_bucket,
+            )
+            err.print(
+                job.summary()
+                + (f" ({job.fallback} series on a fallback: see the model column)" if job.fallback else "")
+            )
+        return
     with _errors():
         from .data.regularize import regularize
         from .models.base import forecast_frame
@@ -284,9 +354,35 @@ def dataset_build(
         list[str] | None,
         typer.Option("--holdout-machines", help="Per --data: yes/no, hold 1 machine in 5 (by hash of its id) out."),
     ] = None,
+    cluster: ClusterOpt = None,
+    scheduler: SchedulerOpt = None,
+    protocol: ProtocolOpt = None,
+    rows_per_bucket: RowsPerBucketOpt = 1_000_000,
 ) -> None:
-    """Read sources, regularize them, split honestly and write a training set as Parquet."""
+    """Read sources, regularize them, split honestly and write a training set as Parquet.
+
+    With --cluster or --scheduler, --data may also be a folder of CSV/Parquet partitions,
+    and --out is a folder of training-set parts (read back whole by `train --data FOLDER`).
+    """
     _settings()
+    holdout_last, holdout_machines = holdout_last or [], holdout_machines or []
+    if cluster is not None or scheduler is not None:
+        for v in holdout_machines:
+            if v not in ("yes", "no"):
+                raise typer.BadParameter(f"must be yes or no, not {v!r}", param_hint="--holdout-machines")
+        with _errors(), _cluster_client(cluster, scheduler, protocol) as client:
+            from .cluster.dataset import build_trainset_distributed
+
+            job = build_trainset_distributed(
+                client,
+                [str(d) for d in data],
+                out_path,
+                holdout_last=holdout_last,
+                holdout_machines=[v == "yes" for v in holdout_machines],
+                rows_per_bucket=rows_per_bucket,
+            )
+            err.print(job.summary())
+        return
     with _errors():
         from .data.trainset import write_trainset
 

@@ -17,7 +17,8 @@ class inherits it too, so ``except ValueError`` keeps working::
     │   ├── TaskNotFound(KeyError)
     │   ├── IdempotencyError(ValueError)   a request id reused with another payload
     │   ├── WorkerCrashed                  a worker died while running a record
-    │   └── StoreError                     the SQLite store failed
+    │   ├── StoreError                     the SQLite store failed
+    │   └── ClusterError                   a Dask cluster cannot be reached, started or finish a job
     ├── SecurityError
     │   ├── UnknownKeyError(KeyError)      an envelope names a key the keyring lacks
     │   ├── IntegrityError(ValueError)     an envelope was altered or opened with the wrong key
@@ -35,6 +36,7 @@ from typing import Any
 __all__ = [
     "ArtifactError",
     "AtomicError",
+    "ClusterError",
     "ConfigError",
     "DataError",
     "EngineError",
@@ -189,6 +191,18 @@ class WorkerCrashed(EngineError):
 
 class StoreError(EngineError):
     """The persistent store failed (disk full, corrupt database, locked too long)."""
+
+
+class ClusterError(EngineError):
+    """A Dask cluster cannot be started or reached, or it could not finish a job.
+
+    Attributes:
+        address: the scheduler address (or ``local:N``) concerned, when there is one.
+    """
+
+    def __init__(self, message: str, *, address: str | None = None) -> None:
+        super().__init__(message)
+        self.address = address
 
 
 # --- security -------------------------------------------------------------

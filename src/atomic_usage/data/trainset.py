@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -32,6 +33,7 @@ __all__ = [
     "is_holdout",
     "read_source",
     "read_trainset",
+    "trainset_table",
     "write_trainset",
 ]
 
@@ -124,17 +126,12 @@ def _concat(banks: Sequence[SeriesBank]) -> SeriesBank:
     )
 
 
-def write_trainset(bank: SeriesBank, holdout: np.ndarray, path: str | Path) -> Path:
-    """Writes a bank as a training-set Parquet file (see the module docstring).
-
-    The file is written to a temporary name and moved into place, so a reader never
-    sees half a file.
-    """
+def trainset_table(bank: SeriesBank, holdout: np.ndarray) -> Any:
+    """A bank as a pyarrow table in the training-set format (see the module docstring)."""
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
     values = pa.ListArray.from_arrays(pa.array(bank.offsets.astype(np.int32)), pa.array(bank.values))
-    table = pa.table(
+    return pa.table(
         {
             "id": pa.array(bank.ids.astype(str)),
             "metric": pa.array(bank.metrics.astype(str)),
@@ -144,6 +141,17 @@ def write_trainset(bank: SeriesBank, holdout: np.ndarray, path: str | Path) -> P
             "values": values,
         }
     )
+
+
+def write_trainset(bank: SeriesBank, holdout: np.ndarray, path: str | Path) -> Path:
+    """Writes a bank as a training-set Parquet file (see the module docstring).
+
+    The file is written to a temporary name and moved into place, so a reader never
+    sees half a file.
+    """
+    import pyarrow.parquet as pq
+
+    table = trainset_table(bank, holdout)
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")

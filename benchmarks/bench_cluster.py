@@ -1,0 +1,129 @@
+"""Cluster benchmark: a generated fleet forecast by the single-process path and by a local Dask cluster.
+
+Run: ``PYTHONPATH=src python benchmarks/bench_cluster.py --n-series 100000 [--workers 2] [--model naive]``.
+Writes one Parquet file of ``n_series`` machines x 288 five-minute steps x 3 metrics
+(row groups of 10,000 machines), then measures, each in a fresh process or cluster:
+
+* ``single``: ``atomic-usage forecast`` without cluster options (read_wide, regularize,
+  forecast, one output file): wall time and peak RSS of the process.
+* ``cluster-K`` for K = 1 and ``--workers``: ``forecast_distributed`` on a LocalCluster of K
+  worker processes (one thread each): job wall time (cluster start-up shown apart) and
+  peak RSS of each worker.
+
+Scaling efficiency is ``T(single) / (K * T(cluster-K))`` and, apart from the shuffle's
+cost, ``T(cluster-1) / (K * T(cluster-K))``. Prints one JSON line per measurement.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def generate(path: Path, n_series: int, n_steps: int = 288, batch: int = 10_000) -> float:
+    """Writes the fleet to one Parquet file, a row group per ``batch`` machines; returns seconds."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from atomic_usage.data import generate_series
+
+    t = time.perf_counter()
+    writer = None
+    for k, a in enumerate(range(0, n_series, batch)):
+        df = generate_series(min(batch, n_series - a), n_steps=n_steps, seed=k, id_prefix=f"m{k:04d}-")
+        table = pa.Table.from_pandas(df, preserve_index=False)
+        if writer is None:
+            writer = pq.ParquetWriter(path, table.schema)
+        writer.write_table(table, row_group_size=len(df))
+    assert writer is not None
+    writer.close()
+    return time.perf_counter() - t
+
+
+def run_single(inp: Path, out: Path, horizon: int, model: str) -> dict[str, float]:
+    """The CLI without cluster options, in a child process; wall time and the child's peak RSS."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "src"), LOG_LEVEL="WARNING")
+    cmd = [sys.executable, "-m", "atomic_usage.cli", "forecast", "-i", str(inp), "-H", str(horizon)]
+    t = time.perf_counter()
+    subprocess.run([*cmd, "-o", str(out), "-m", model], check=True, env=env)
+    wall = time.perf_counter() - t
+    peak_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return {"seconds": round(wall, 2), "peak_rss_mb": round(peak_kb / 1024, 1)}
+
+
+def run_cluster(inp: Path, out: Path, horizon: int, model: str, workers: int) -> dict[str, object]:
+    """``forecast_distributed`` on a fresh LocalCluster of ``workers`` processes."""
+    import logging
+
+    from atomic_usage.cluster import connect, forecast_distributed, parse_target
+
+    logging.getLogger("distributed").setLevel(logging.WARNING)
+    t0 = time.perf_counter()
+    with connect(parse_target(f"local:{workers}", None)) as client:
+        startup = time.perf_counter() - t0
+        job = forecast_distributed(client, inp, horizon, out, model=model)
+        peaks = client.run(lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    return {
+        "seconds": round(job.seconds, 2),
+        "startup_s": round(startup, 2),
+        "peak_rss_mb_per_worker": [round(v, 1) for v in peaks.values()],
+        "parts": job.n_parts,
+        "rows_out": job.n_rows_out,
+    }
+
+
+def main() -> None:
+    """Runs the benchmark and prints JSON lines."""
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--n-series", type=int, default=100_000)
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--horizon", type=int, default=12)
+    ap.add_argument("--model", default="naive", help="naive | predict_linear | a model folder")
+    ap.add_argument("--skip-single", action="store_true", help="Only the cluster runs (large sizes).")
+    ap.add_argument("--workdir", type=Path, default=None)
+    args = ap.parse_args()
+    work = args.workdir or Path(tempfile.mkdtemp(prefix="bench-cluster-"))
+    work.mkdir(parents=True, exist_ok=True)
+    inp = work / "fleet.parquet"
+    base = {
+        "n_series": args.n_series,
+        "steps": 288,
+        "metrics": 3,
+        "horizon": args.horizon,
+        "model": args.model,
+    }
+    gen_s = generate(inp, args.n_series)
+    size_mb = inp.stat().st_size / 2**20
+    print(json.dumps({**base, "what": "generate", "seconds": round(gen_s, 1), "file_mb": round(size_mb, 1)}))
+    rows: dict[str, dict[str, object]] = {}
+    if not args.skip_single:
+        rows["single"] = run_single(inp, work / "single.parquet", args.horizon, args.model)
+        print(json.dumps({**base, "what": "single", **rows["single"]}), flush=True)
+    for k in sorted({1, args.workers}):
+        out = work / f"parts-{k}"
+        rows[f"cluster-{k}"] = run_cluster(inp, out, args.horizon, args.model, k)
+        print(json.dumps({**base, "what": f"cluster-{k}", **rows[f"cluster-{k}"]}), flush=True)
+        shutil.rmtree(out, ignore_errors=True)
+    k = args.workers
+    tk = float(rows[f"cluster-{k}"]["seconds"])  # type: ignore[arg-type]
+    eff = {"what": "scaling", "workers": k}
+    if "single" in rows:
+        eff["efficiency_vs_single"] = round(float(rows["single"]["seconds"]) / (k * tk), 3)  # type: ignore[arg-type]
+    eff["efficiency_vs_cluster_1"] = round(float(rows["cluster-1"]["seconds"]) / (k * tk), 3)  # type: ignore[arg-type]
+    print(json.dumps({**base, **eff}))
+    if args.workdir is None:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

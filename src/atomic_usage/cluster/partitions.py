@@ -1,0 +1,308 @@
+"""Input chunks read by the workers themselves, and the shuffle that makes every id whole in one bucket.
+
+A job runs in two passes, both on the workers:
+
+1. **split**: each task reads one :class:`Chunk` (a Parquet row-group range, a CSV byte
+   range, or a whole source folder), validates it, and writes its rows to
+   ``scratch/s{source}/b{bucket}/c{chunk}.parquet`` where ``bucket = hash(id) % n_buckets``.
+2. **per bucket** (forecast or training set): a task reads every piece of one bucket,
+   in chunk order, so the rows of each id come in their original order.
+
+Every file is written to a unique temporary name and renamed to a name fixed by its
+inputs, so a task that Dask re-runs after a worker died overwrites its own output
+with the same bytes instead of adding a second copy. Paths must be visible to the
+client and to every worker under the same name (a shared filesystem).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import os
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from ..errors import SchemaError
+
+__all__ = [
+    "CSV_BLOCK_BYTES",
+    "Chunk",
+    "bucket_dir",
+    "bucket_of",
+    "plan_chunks",
+    "read_bucket",
+    "read_chunk",
+    "split_chunk",
+    "write_parquet_atomic",
+]
+
+CSV_BLOCK_BYTES = 64 * 2**20
+"""Bytes of an uncompressed CSV file read by one split task (lines are never cut)."""
+
+_CSV_ROW_BYTES_GUESS = 50
+"""Bytes per row assumed when sizing buckets from a CSV file's size (``vm-1,2026-...Z,12.3,45.6,7.8``)."""
+
+_PARQUET_SUFFIXES = (".parquet", ".pq")
+_CSV_SUFFIXES = (".csv", ".gz", ".bz2", ".zst", ".xz")
+
+
+@dataclasses.dataclass(frozen=True)
+class Chunk:
+    """One unit of input read by one split task.
+
+    Attributes:
+        path: the file (or, for ``kind="source"``, the GCD/NAB folder).
+        kind: ``"parquet"``, ``"csv"`` or ``"source"`` (a folder read whole by
+            :func:`~atomic_usage.data.trainset.read_source`).
+        row_groups: for Parquet, the row groups to read.
+        byte_range: for CSV, ``(start, end)``: the lines that begin in it (None: the whole file).
+        source: which ``--data`` source the chunk belongs to (0 for a forecast input).
+        est_rows: rows in the chunk: exact for Parquet, estimated from the size for CSV.
+    """
+
+    path: str
+    kind: str
+    row_groups: tuple[int, ...] = ()
+    byte_range: tuple[int, int] | None = None
+    source: int = 0
+    est_rows: int = 0
+
+
+def _input_files(path: Path) -> list[Path]:
+    if path.is_dir():
+        files = sorted(
+            p
+            for p in path.rglob("*")
+            if p.is_file()
+            and not p.name.startswith((".", "_"))
+            and p.name.lower().endswith(_PARQUET_SUFFIXES + _CSV_SUFFIXES)
+        )
+        if not files:
+            raise SchemaError(
+                f"{path}: the folder holds no .parquet or .csv partition files; "
+                "give a wide CSV/Parquet file or a folder of them.",
+                path=str(path),
+            )
+        return files
+    if not path.is_file():
+        raise SchemaError(f"{path}: the file does not exist or is not a file; check the path.", path=str(path))
+    return [path]
+
+
+def plan_chunks(
+    paths: Sequence[str | Path],
+    *,
+    rows_per_chunk: int = 2_000_000,
+    csv_block_bytes: int = CSV_BLOCK_BYTES,
+    sources: bool = False,
+) -> list[Chunk]:
+    """Cuts the inputs into chunks without reading their data (Parquet footers only).
+
+    Args:
+        paths: wide CSV/Parquet files, or folders of them (read recursively, in name order).
+        rows_per_chunk: Parquet row groups are grouped up to about this many rows per chunk.
+        csv_block_bytes: uncompressed CSV files are cut into byte ranges of this size.
+        sources: each path is a ``dataset build`` source: a folder without CSV/Parquet
+            partition files (a GCD or NAB folder) becomes one ``"source"`` chunk.
+
+    Returns:
+        The chunks, in input order.
+
+    Raises:
+        SchemaError: a path does not exist, or a Parquet file's footer cannot be read
+            (the message names the file).
+    """
+    import pyarrow.parquet as pq
+
+    chunks: list[Chunk] = []
+    for k, raw in enumerate(paths):
+        path = Path(raw)
+        if sources and path.is_dir() and (any(path.glob("vm_*")) or _is_nab_dir(path)):
+            chunks.append(Chunk(str(path.resolve()), "source", source=k))
+            continue
+        for f in _input_files(path):
+            name = str(f.resolve())
+            if f.name.lower().endswith(_PARQUET_SUFFIXES):
+                try:
+                    meta = pq.ParquetFile(f).metadata
+                except Exception as exc:  # pyarrow raises ArrowInvalid, OSError...
+                    raise SchemaError(
+                        f"{f}: cannot be read as Parquet ({type(exc).__name__}: {str(exc)[:200]}); "
+                        "replace or remove this partition file.",
+                        path=str(f),
+                    ) from None
+                group: list[int] = []
+                rows = 0
+                for g in range(meta.num_row_groups):
+                    group.append(g)
+                    rows += meta.row_group(g).num_rows
+                    if rows >= rows_per_chunk:
+                        chunks.append(Chunk(name, "parquet", tuple(group), source=k, est_rows=rows))
+                        group, rows = [], 0
+                if group or meta.num_row_groups == 0:
+                    chunks.append(Chunk(name, "parquet", tuple(group), source=k, est_rows=rows))
+            elif f.suffix.lower() == ".csv":
+                size = f.stat().st_size
+                for a in range(0, max(size, 1), csv_block_bytes):
+                    end = min(size, a + csv_block_bytes)
+                    chunks.append(
+                        Chunk(
+                            name,
+                            "csv",
+                            byte_range=(a, end),
+                            source=k,
+                            est_rows=(end - a) // _CSV_ROW_BYTES_GUESS,
+                        )
+                    )
+            else:  # compressed CSV: no byte ranges
+                est = 4 * f.stat().st_size // _CSV_ROW_BYTES_GUESS
+                chunks.append(Chunk(name, "csv", source=k, est_rows=est))
+    return chunks
+
+
+def _is_nab_dir(path: Path) -> bool:
+    first = next(iter(sorted(path.glob("*.csv"))), None)
+    if first is None:
+        return False
+    with open(first, encoding="utf-8", errors="replace") as fh:
+        header = fh.readline().strip().split(",")
+    return "value" in header and "id" not in header
+
+
+def _read_csv_range(path: str, start: int, end: int) -> bytes:
+    """The header line plus every line that begins in ``[start, end)``."""
+    with open(path, "rb") as fh:
+        header = fh.readline()
+        if start < len(header):
+            start = len(header)
+        else:
+            fh.seek(start - 1)
+            fh.readline()  # finish the line that began before start; it belongs to the previous range
+        pos = fh.tell()
+        data = fh.read(max(0, end - pos)) if pos < end else b""
+        if data and not data.endswith(b"\n"):
+            data += fh.readline()
+    return header + data
+
+
+def read_chunk(chunk: Chunk, *, id_col: str = "id", time_col: str = "timestamp") -> pd.DataFrame:
+    """Reads and validates one chunk into the wide frame (see :mod:`atomic_usage.data.readers`).
+
+    Raises:
+        SchemaError: the chunk cannot be read or does not hold valid wide data; the message
+            names the file.
+    """
+    from ..data.trainset import read_source
+    from ..data.validation import validate_wide
+
+    if chunk.kind == "source":
+        return read_source(chunk.path)
+    try:
+        if chunk.kind == "parquet":
+            import pyarrow.parquet as pq
+
+            df = pq.ParquetFile(chunk.path).read_row_groups(list(chunk.row_groups)).to_pandas()
+        elif chunk.byte_range is not None:
+            raw = _read_csv_range(chunk.path, *chunk.byte_range)
+            df = pd.read_csv(io.BytesIO(raw), dtype={id_col: str})
+        else:
+            df = pd.read_csv(chunk.path, dtype={id_col: str})
+    except (ValueError, OSError, UnicodeDecodeError, pd.errors.ParserError) as exc:
+        kind = "Parquet" if chunk.kind == "parquet" else "CSV"
+        raise SchemaError(
+            f"{chunk.path}: cannot be read as {kind} ({type(exc).__name__}: {str(exc)[:200]}); "
+            "give CSV or Parquet files with columns id,timestamp,<metric>...",
+            path=chunk.path,
+        ) from None
+    except Exception as exc:  # pyarrow's ArrowInvalid and friends are not all ValueErrors
+        raise SchemaError(
+            f"{chunk.path}: cannot be read ({type(exc).__name__}: {str(exc)[:200]}); replace or remove this file.",
+            path=chunk.path,
+        ) from None
+    return validate_wide(df, id_col=id_col, time_col=time_col, path=chunk.path)
+
+
+def bucket_of(ids: np.ndarray | pd.Series, n_buckets: int) -> np.ndarray:
+    """The bucket of each id: a hash that is the same in every process and on every machine.
+
+    >>> bucket_of(np.array(["vm-001", "vm-001", "vm-002"], object), 8).tolist()
+    [5, 5, 0]
+    """
+    h = pd.util.hash_array(np.asarray(ids, dtype=object))
+    buckets: np.ndarray = (h % np.uint64(n_buckets)).astype(np.int64)
+    return buckets
+
+
+def write_parquet_atomic(table: Any, path: Path) -> None:
+    """Writes a pyarrow table (or a DataFrame) to ``path`` through a unique temporary file and a rename.
+
+    Two attempts of the same task never share a temporary file, and the rename is atomic,
+    so a reader sees either no file or a whole one.
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    if isinstance(table, pd.DataFrame):
+        table = pa.Table.from_pandas(table, preserve_index=False)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        pq.write_table(table, tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def bucket_dir(scratch: str | Path, source: int, bucket: int) -> Path:
+    """The scratch folder holding the pieces of one bucket of one source."""
+    return Path(scratch) / f"s{source:03d}" / f"b{bucket:05d}"
+
+
+def split_chunk(
+    chunk: Chunk,
+    chunk_no: int,
+    n_buckets: int,
+    scratch: str,
+    *,
+    id_col: str = "id",
+    time_col: str = "timestamp",
+) -> dict[str, Any]:
+    """Pass 1: reads one chunk and writes its rows, by bucket of id, to the scratch folder.
+
+    Returns:
+        ``{"rows": rows read, "buckets": {bucket: rows}}`` (small; the data stays on disk).
+    """
+    df = read_chunk(chunk, id_col=id_col, time_col=time_col)
+    df = df.rename(columns={id_col: "id", time_col: "timestamp"})
+    buckets = bucket_of(df["id"].to_numpy(), n_buckets)
+    counts: dict[int, int] = {}
+    # A stable sort keeps each id's rows in their order within the chunk.
+    order = np.argsort(buckets, kind="stable")
+    sorted_b = buckets[order]
+    edges = np.flatnonzero(np.diff(sorted_b)) + 1
+    for part in np.split(order, edges):
+        if not len(part):
+            continue
+        b = int(buckets[part[0]])
+        counts[b] = len(part)
+        piece = df.iloc[part]
+        write_parquet_atomic(piece, bucket_dir(scratch, chunk.source, b) / f"c{chunk_no:06d}.parquet")
+    return {"rows": len(df), "buckets": counts}
+
+
+def read_bucket(directory: str | Path) -> pd.DataFrame:
+    """Pass 2: reads every piece of one bucket, in chunk order, into one wide frame."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    files = sorted(p for p in Path(directory).glob("c*.parquet"))
+    tables = [pq.read_table(p) for p in files]
+    if not tables:
+        return pd.DataFrame({"id": pd.Series([], dtype=str), "timestamp": pd.Series([], dtype="datetime64[ns, UTC]")})
+    table = pa.concat_tables(tables, promote_options="default")
+    return table.to_pandas()

@@ -1,0 +1,127 @@
+"""The parts every distributed job shares: the split pass, the output folder, and Dask errors mapped.
+
+Only small values cross to the client (row counts per bucket, per-part summaries);
+the data goes from the input files to the scratch folder to the output parts on
+the workers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import shutil
+import uuid
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from ..errors import AtomicError, ClusterError, SchemaError
+from .partitions import Chunk, bucket_dir, split_chunk
+
+__all__ = [
+    "DEFAULT_ROWS_PER_BUCKET",
+    "finish_output",
+    "gather",
+    "map_dask_errors",
+    "n_buckets_for",
+    "prepare_output",
+    "run_split",
+]
+
+DEFAULT_ROWS_PER_BUCKET = 1_000_000
+"""Input rows per bucket (one forecast task): about 3,500 machines of one day at 5 minutes,
+a few hundred MB of worker memory at peak."""
+
+SUCCESS_FILE = "_SUCCESS"
+"""Written last into an output folder, with the job's summary as JSON: a folder without it is incomplete."""
+
+
+@contextlib.contextmanager
+def map_dask_errors(label: str) -> Iterator[None]:
+    """Turns Dask's own failures into :class:`ClusterError`; our errors pass through as they are."""
+    try:
+        yield
+    except AtomicError:
+        raise
+    except Exception as exc:
+        from distributed.scheduler import KilledWorker
+
+        if isinstance(exc, KilledWorker):
+            raise ClusterError(
+                f"A task was running on workers that died too often ({exc}); the likeliest cause is "
+                "memory: lower --rows-per-bucket or give workers more memory.",
+                address=label,
+            ) from exc
+        if isinstance(exc, (OSError, TimeoutError)) or type(exc).__module__.startswith("distributed"):
+            raise ClusterError(
+                f"The cluster {label} failed during the job ({type(exc).__name__}: {exc}); "
+                "run it again (finished parts are rewritten, never duplicated).",
+                address=label,
+            ) from exc
+        raise
+
+
+def gather(client: Any, futures: Sequence[Any]) -> list[Any]:
+    """Waits for ``futures``; on the first error cancels the rest and re-raises it."""
+    try:
+        return list(client.gather(list(futures)))
+    except BaseException:
+        client.cancel(list(futures))
+        raise
+
+
+def n_buckets_for(chunks: Sequence[Chunk], n_workers: int, rows_per_bucket: int) -> int:
+    """Buckets per source: enough for ``rows_per_bucket`` each, and at least two per worker."""
+    rows = sum(c.est_rows for c in chunks)
+    return max(2 * max(n_workers, 1), math.ceil(rows / max(rows_per_bucket, 1)))
+
+
+def run_split(client: Any, chunks: Sequence[Chunk], n_buckets: int, scratch: Path) -> dict[tuple[int, int], int]:
+    """Pass 1 on the workers. Returns the rows written per ``(source, bucket)``."""
+    job = uuid.uuid4().hex[:8]
+    futures = [
+        client.submit(split_chunk, c, i, n_buckets, str(scratch), key=f"atomic-split-{job}-{i:06d}", pure=False)
+        for i, c in enumerate(chunks)
+    ]
+    rows: dict[tuple[int, int], int] = {}
+    for chunk, result in zip(chunks, gather(client, futures), strict=True):
+        for b, n in result["buckets"].items():
+            rows[(chunk.source, b)] = rows.get((chunk.source, b), 0) + n
+    return dict(sorted(rows.items()))
+
+
+def prepare_output(out_dir: Path, scratch: Path | None) -> Path:
+    """Makes the output folder, removes parts of an earlier run, and returns the scratch folder.
+
+    Raises:
+        SchemaError: ``out_dir`` exists and is a file.
+    """
+    if out_dir.exists() and not out_dir.is_dir():
+        raise SchemaError(
+            f"{out_dir}: exists and is a file; on a cluster the output is a folder of Parquet parts, "
+            "so give a folder path.",
+            path=str(out_dir),
+        )
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for old in [*out_dir.glob("part-*.parquet"), out_dir / SUCCESS_FILE]:
+        old.unlink(missing_ok=True)
+    scratch = scratch if scratch is not None else out_dir / "_scratch"
+    if scratch.exists():
+        shutil.rmtree(scratch)
+    scratch.mkdir(parents=True)
+    return scratch
+
+
+def finish_output(out_dir: Path, scratch: Path, summary: dict[str, Any], *, keep_scratch: bool = False) -> None:
+    """Removes temporary files left by attempts on workers that died, and marks the folder complete."""
+    for tmp in out_dir.glob(".part-*.tmp"):
+        tmp.unlink(missing_ok=True)
+    if not keep_scratch:
+        shutil.rmtree(scratch, ignore_errors=True)
+    (out_dir / SUCCESS_FILE).write_text(json.dumps(summary, indent=2, default=str) + "\n")
+
+
+def bucket_dirs(scratch: Path, rows: dict[tuple[int, int], int]) -> list[tuple[int, int, Path]]:
+    """``(source, bucket, folder)`` of every non-empty bucket, in order."""
+    return [(s, b, bucket_dir(scratch, s, b)) for (s, b) in rows]

@@ -1,0 +1,171 @@
+"""Distributed forecasts on a real LocalCluster: equal to the single path, whole, clear on bad input."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from atomic_usage.data import generate_series
+from atomic_usage.errors import ArtifactError, SchemaError
+from atomic_usage.models.baselines import Naive, PredictLinear
+
+from .conftest import assert_same_forecast, messy_frame, single_machine
+
+pytest.importorskip("distributed")
+
+from atomic_usage.cluster import forecast_distributed  # noqa: E402
+
+
+class TestEquality:
+    """The cluster writes the rows the single-machine path computes, values within 1e-6."""
+
+    @pytest.mark.parametrize("name", ["naive", "predict_linear"])
+    def test_baselines(self, client, messy_parquet: Path, tmp_path: Path, name: str) -> None:
+        """Messy input (shuffled rows, gaps, duplicates) split over many chunks and buckets."""
+        job = forecast_distributed(client, messy_parquet, 12, tmp_path / "out", model=name, rows_per_bucket=2000)
+        assert job.n_chunks > 3 and job.n_parts > 3
+        got = pd.read_parquet(tmp_path / "out")
+        model = Naive() if name == "naive" else PredictLinear()
+        assert_same_forecast(got, single_machine(messy_parquet, model, 12))
+        assert job.n_series == 60 and job.n_rows_out == len(got)
+
+    def test_neural_model(self, client, messy_parquet: Path, tmp_path: Path, tiny_model_dir: Path) -> None:
+        """The ONNX model, loaded once per worker by the plugin, gives the single-machine numbers."""
+        from atomic_usage.models.artifact import load_model
+
+        forecast_distributed(client, messy_parquet, 30, tmp_path / "out", model=tiny_model_dir, rows_per_bucket=2000)
+        got = pd.read_parquet(tmp_path / "out")
+        assert set(got["model"]) == {"tiny"}
+        assert_same_forecast(got, single_machine(messy_parquet, load_model(tiny_model_dir), 30))
+
+    def test_model_loaded_once_per_worker(self, client, messy_parquet: Path, tmp_path: Path) -> None:
+        """Every worker holds the plugin's model; tasks carry only its name."""
+        forecast_distributed(client, messy_parquet, 3, tmp_path / "out", model="naive")
+        names = client.run(lambda dask_worker: sorted(dask_worker.plugins))
+        assert all(any(n.startswith("atomic-model-") for n in ns) for ns in names.values())
+
+    def test_rerun_replaces_parts(self, client, messy_parquet: Path, tmp_path: Path) -> None:
+        """A second run into the same folder, with other bucket counts, leaves no stale part."""
+        forecast_distributed(client, messy_parquet, 6, tmp_path / "out", model="naive", rows_per_bucket=1000)
+        forecast_distributed(client, messy_parquet, 6, tmp_path / "out", model="naive", rows_per_bucket=10**7)
+        got = pd.read_parquet(tmp_path / "out")
+        assert_same_forecast(got, single_machine(messy_parquet, Naive(), 6))
+        assert (tmp_path / "out" / "_SUCCESS").is_file()
+        assert not (tmp_path / "out" / "_scratch").exists()
+
+
+class TestBadInput:
+    """A bad partition fails the job with an error naming the file; nothing is marked complete."""
+
+    def test_non_numeric_csv_partition(self, client, tmp_path: Path) -> None:
+        """The worker that reads the bad CSV raises SchemaError; the client re-raises it as is."""
+        (tmp_path / "in").mkdir()
+        df = generate_series(6, n_steps=50, seed=1)
+        df.iloc[:150].to_csv(tmp_path / "in" / "p1.csv", index=False)
+        bad = df.iloc[150:].astype({"cpuLoad": object})
+        bad.iloc[7, bad.columns.get_loc("cpuLoad")] = "12,5%"
+        bad.to_csv(tmp_path / "in" / "p2.csv", index=False)
+        with pytest.raises(SchemaError, match=r"p2\.csv: Column 'cpuLoad' holds a non-numeric value '12,5%'"):
+            forecast_distributed(client, tmp_path / "in", 6, tmp_path / "out", model="naive")
+        assert not (tmp_path / "out" / "_SUCCESS").exists()
+
+    def test_missing_model_folder(self, client, messy_parquet: Path, tmp_path: Path) -> None:
+        """A wrong --model folder fails on the client, before any task runs."""
+        with pytest.raises(ArtifactError):
+            forecast_distributed(client, messy_parquet, 6, tmp_path / "out", model=tmp_path / "nope")
+
+    def test_output_is_a_file(self, client, messy_parquet: Path, tmp_path: Path) -> None:
+        """The output of a cluster job is a folder; an existing file is refused, not replaced."""
+        (tmp_path / "out.csv").write_text("keep me")
+        with pytest.raises(SchemaError, match="give a folder path"):
+            forecast_distributed(client, messy_parquet, 6, tmp_path / "out.csv", model="naive")
+        assert (tmp_path / "out.csv").read_text() == "keep me"
+
+
+class TestCli:
+    """`atomic-usage forecast --scheduler/--cluster` writes parts equal to the plain command's file."""
+
+    def test_scheduler_option(self, client, messy_parquet: Path, tmp_path: Path) -> None:
+        """Same input, same model, a running scheduler: the parts hold the rows of the single-file output."""
+        from atomic_usage.cli import app
+
+        runner = CliRunner()
+        base = ["forecast", "--input", str(messy_parquet), "--horizon", "6", "--model", "naive"]
+        address = client.scheduler.address
+        r1 = runner.invoke(app, [*base, "--output", str(tmp_path / "one.parquet")])
+        r2 = runner.invoke(app, [*base, "--output", str(tmp_path / "parts"), "--scheduler", address])
+        assert r1.exit_code == 0, r1.output
+        assert r2.exit_code == 0, r2.output
+        assert_same_forecast(pd.read_parquet(tmp_path / "parts"), pd.read_parquet(tmp_path / "one.parquet"))
+
+    def test_bad_cluster_value_exit_code(self, messy_parquet: Path, tmp_path: Path) -> None:
+        """A malformed --cluster is a usage error (exit 2) with the expected form in the message."""
+        from atomic_usage.cli import app
+
+        r = CliRunner().invoke(
+            app,
+            ["forecast", "-i", str(messy_parquet), "-H", "3", "-o", str(tmp_path / "o"), "--cluster", "yarn"],
+        )
+        assert r.exit_code == 2 and "local or local:N" in r.output
+
+
+class TestWorkerKilled:
+    """A worker killed mid-job: Dask re-runs its tasks; the output is complete, without duplicates."""
+
+    @pytest.mark.slow
+    def test_kill_one_worker_during_forecasts(self, tmp_path: Path) -> None:
+        """SIGKILL one of two worker processes once the first part is written; the job still finishes."""
+        from atomic_usage.cluster import connect, parse_target
+
+        from ._models import SlowNaive
+
+        path = tmp_path / "fleet.parquet"
+        messy_frame(n_series=80, n_steps=120, seed=9).to_parquet(path, row_group_size=2000)
+        out = tmp_path / "out"
+        with connect(parse_target("local:2", None)) as client:
+            pids = client.run(os.getpid)
+            box: dict[str, object] = {}
+
+            def run() -> None:
+                try:
+                    box["job"] = forecast_distributed(client, path, 12, out, model=SlowNaive(0.5), rows_per_bucket=600)
+                except BaseException as exc:  # reported by the main thread
+                    box["error"] = exc
+
+            thread = threading.Thread(target=run)
+            thread.start()
+            deadline = time.monotonic() + 60
+            while not list(out.glob("part-*.parquet")) and time.monotonic() < deadline:
+                time.sleep(0.02)
+            parts_at_kill = len(list(out.glob("part-*.parquet")))
+            assert thread.is_alive() and parts_at_kill >= 1
+            os.kill(next(iter(pids.values())), signal.SIGKILL)
+            thread.join(120)
+            assert "error" not in box, box.get("error")
+            job = box["job"]
+        assert parts_at_kill < job.n_parts  # type: ignore[attr-defined]
+        got = pd.read_parquet(out)
+        assert_same_forecast(got, single_machine(path, SlowNaive(0.0), 12))
+        assert not list(out.glob(".*.tmp"))
+
+
+class TestTls:
+    """The tls transport: a LocalCluster with throw-away certificates gives the same forecasts."""
+
+    @pytest.mark.slow
+    def test_local_tls_cluster(self, messy_parquet: Path, tmp_path: Path) -> None:
+        """`--cluster local:2 --protocol tls`: every comm is TLS, the output equals the tcp one."""
+        from atomic_usage.cluster import connect, parse_target
+
+        with connect(parse_target("local:2", None, "tls")) as client:
+            assert client.scheduler.address.startswith("tls://")
+            assert all(a.startswith("tls://") for a in client.scheduler_info(n_workers=-1)["workers"])
+            forecast_distributed(client, messy_parquet, 6, tmp_path / "out", model="naive")
+        assert_same_forecast(pd.read_parquet(tmp_path / "out"), single_machine(messy_parquet, Naive(), 6))

@@ -1,0 +1,76 @@
+"""Input chunks, CSV byte ranges, the id hash, and unreadable partition files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from atomic_usage.data import generate_series
+from atomic_usage.errors import SchemaError
+
+pytest.importorskip("distributed")
+
+from atomic_usage.cluster.partitions import bucket_of, plan_chunks, read_chunk  # noqa: E402
+
+
+class TestPlanChunks:
+    """Inputs are cut into chunks from Parquet footers and CSV sizes, without reading the data."""
+
+    def test_parquet_row_groups_are_grouped(self, tmp_path: Path) -> None:
+        """Row groups are grouped up to rows_per_chunk, and every group is read exactly once."""
+        df = generate_series(10, n_steps=100, seed=1)
+        df.to_parquet(tmp_path / "a.parquet", row_group_size=100)
+        chunks = plan_chunks([tmp_path / "a.parquet"], rows_per_chunk=300)
+        assert [c.row_groups for c in chunks] == [(0, 1, 2), (3, 4, 5), (6, 7, 8), (9,)]
+        back = pd.concat([read_chunk(c) for c in chunks], ignore_index=True)
+        assert len(back) == len(df)
+
+    def test_csv_byte_ranges_cut_no_line(self, tmp_path: Path) -> None:
+        """Byte ranges of any size give back every row once, in order."""
+        df = generate_series(7, n_steps=50, seed=2)
+        df.to_csv(tmp_path / "a.csv", index=False)
+        for block in (97, 1000, 4096, 10**9):
+            chunks = plan_chunks([tmp_path / "a.csv"], csv_block_bytes=block)
+            back = pd.concat([read_chunk(c) for c in chunks], ignore_index=True)
+            assert back["id"].tolist() == df["id"].tolist(), block
+            np.testing.assert_allclose(back["cpuLoad"], df["cpuLoad"], rtol=1e-12)
+
+    def test_folder_of_partitions_in_name_order(self, tmp_path: Path) -> None:
+        """A folder is read recursively in name order; hidden and underscore files are skipped."""
+        df = generate_series(4, n_steps=10, seed=3)
+        (tmp_path / "p").mkdir()
+        df.iloc[:20].to_parquet(tmp_path / "p" / "part-1.parquet")
+        df.iloc[20:].to_csv(tmp_path / "p" / "part-2.csv", index=False)
+        (tmp_path / "p" / "_SUCCESS").write_text("{}")
+        chunks = plan_chunks([tmp_path / "p"])
+        assert [Path(c.path).name for c in chunks] == ["part-1.parquet", "part-2.csv"]
+
+    def test_corrupt_parquet_is_named(self, tmp_path: Path) -> None:
+        """A partition that is not Parquet fails at planning, naming the file."""
+        (tmp_path / "p").mkdir()
+        generate_series(2, n_steps=5).to_parquet(tmp_path / "p" / "a.parquet")
+        (tmp_path / "p" / "b.parquet").write_bytes(b"not parquet at all")
+        with pytest.raises(SchemaError, match=r"b\.parquet: cannot be read as Parquet") as info:
+            plan_chunks([tmp_path / "p"])
+        assert info.value.path is not None and info.value.path.endswith("b.parquet")
+
+    def test_missing_input(self, tmp_path: Path) -> None:
+        """A path that does not exist is a SchemaError naming it."""
+        with pytest.raises(SchemaError, match="nope.csv: the file does not exist"):
+            plan_chunks([tmp_path / "nope.csv"])
+
+
+class TestBucketOf:
+    """The bucket of an id is the same in every process and run."""
+
+    def test_stable_and_in_range(self) -> None:
+        """Known values pin the hash: a change would scatter ids of existing outputs."""
+        ids = np.array([f"vm-{i}" for i in range(1000)], object)
+        b = bucket_of(ids, 16)
+        assert b.min() >= 0 and b.max() < 16
+        assert (b == bucket_of(ids.copy(), 16)).all()
+        assert len(np.unique(b)) == 16
+        assert bucket_of(np.array(["vm-001", "vm-002", "web-1"], object), 8).tolist() == [5, 0, 2]
