@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 SHARED ?= ../shared
 DATA   := $(SHARED)/data
 
-.PHONY: demo test test-slow model evaluate bench lint typecheck clean
+.PHONY: demo test test-slow model evaluate bench bench-service fuzz lint typecheck clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -44,6 +44,24 @@ evaluate: $(VENV)/.run
 
 bench: $(VENV)/.dev
 	$(BIN)/python benchmarks/bench_throughput.py
+
+# Load benchmark of the HTTP service on loopback (bounded: 20 s of load per mode), FULL then NORMAL.
+bench-service: $(VENV)/.dev
+	$(BIN)/python benchmarks/bench_service.py --sync FULL --duration 20
+	$(BIN)/python benchmarks/bench_service.py --sync NORMAL --duration 20
+
+# The long schemathesis run against a real server's own OpenAPI document (every phase, 300 examples).
+FUZZ_PORT ?= 18431
+FUZZ_TOKEN := fuzz-token-0123456789abcdef
+fuzz: $(VENV)/.dev
+	@rm -rf .fuzz-data; mkdir -p .fuzz-data
+	@ATOMIC_DATA_DIR=.fuzz-data ATOMIC_API_TOKENS=$(FUZZ_TOKEN) ATOMIC_WORKERS=1 LOG_LEVEL=WARNING \
+	  $(BIN)/atomic-usage serve --host 127.0.0.1 --port $(FUZZ_PORT) --model naive & echo $$! > .fuzz-data/pid; \
+	  for i in $$(seq 1 100); do curl -sf -H "Authorization: Bearer $(FUZZ_TOKEN)" \
+	    http://127.0.0.1:$(FUZZ_PORT)/readyz >/dev/null && break; sleep 0.3; done; \
+	  $(BIN)/schemathesis run http://127.0.0.1:$(FUZZ_PORT)/openapi.json -H "Authorization: Bearer $(FUZZ_TOKEN)" \
+	    --exclude-checks positive_data_acceptance -n 300; rc=$$?; \
+	  kill $$(cat .fuzz-data/pid); rm -rf .fuzz-data; exit $$rc
 
 lint: $(VENV)/.dev
 	$(BIN)/ruff check src tests benchmarks

@@ -670,6 +670,69 @@ def stats(
         out.print(table)
 
 
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=0, max=65535, help="Port to listen on.")] = 8000,
+    tls_cert: Annotated[
+        Path | None, typer.Option("--tls-cert", help="PEM certificate chain: serve HTTPS.")
+    ] = None,
+    tls_key: Annotated[Path | None, typer.Option("--tls-key", help="PEM private key of --tls-cert.")] = None,
+    workers: Annotated[
+        int | None, typer.Option(min=0, help="Engine worker threads (ATOMIC_WORKERS; 0: one per core).")
+    ] = None,
+    model: Annotated[
+        str | None, typer.Option("--model", "-m", help="Model folder or naive|seasonal_naive|predict_linear.")
+    ] = None,
+    graceful_s: Annotated[
+        float, typer.Option("--graceful-s", min=0, help="Seconds in-flight requests get at shutdown.")
+    ] = 30.0,
+    log_level: Annotated[str | None, typer.Option(help="uvicorn log level (default: LOG_LEVEL).")] = None,
+) -> None:
+    """Serve the HTTP API (POST /v1/predict, GET /v1/tasks/{id}, /metrics, /healthz, /readyz).
+
+    One process: the fleet's recent history lives in its memory. SIGTERM or Ctrl-C stops
+    accepting, lets in-flight requests finish for --graceful-s, then closes the engine;
+    tasks still open then resume at the next start.
+    """
+    settings = _settings()
+    if (tls_cert is None) != (tls_key is None):
+        raise typer.BadParameter("give both --tls-cert and --tls-key, or neither", param_hint="--tls-cert")
+    if workers is not None:
+        settings = settings.replace(workers=workers)
+    with _errors():
+        try:
+            import uvicorn
+
+            from .service.app import create_app
+        except ImportError as exc:
+            err.print(f"[bold red]error:[/] serving needs the service extra ({exc.name} is missing); "
+                      "install it with `pip install 'atomic-usage[service]'`.", highlight=False)
+            raise typer.Exit(3) from None
+        forecaster = _load_forecaster(model, settings) if model is not None else None
+        api = create_app(settings, model=forecaster)
+        config = uvicorn.Config(
+            api, host=host, port=port, ssl_certfile=tls_cert, ssl_keyfile=tls_key,
+            log_level=(log_level or settings.log_level).lower(), access_log=False,
+            timeout_graceful_shutdown=int(graceful_s) or None, lifespan="on",
+        )
+        uvicorn.Server(config).run()
+
+
+@app.command("token-hash")
+def token_hash(
+    token: Annotated[str, typer.Argument(help="The token; '-' reads it from stdin.")] = "-",
+) -> None:
+    """Print the line to put in ATOMIC_API_TOKENS_FILE for a token (its SHA-256, never the token)."""
+    from .service.auth import hash_token
+
+    if token == "-":
+        token = sys.stdin.readline().strip()
+    if not token:
+        raise typer.BadParameter("the token is empty", param_hint="TOKEN")
+    out.print(hash_token(token), highlight=False)
+
+
 def _register_security() -> None:
     from .security.cli import keys_app, open_command
 

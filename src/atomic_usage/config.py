@@ -21,6 +21,8 @@ __all__ = [
     "DEFAULT_BATCH_MAX_SIZE",
     "DEFAULT_BATCH_MAX_WAIT_S",
     "DEFAULT_HORIZON",
+    "DEFAULT_MAX_BODY_BYTES",
+    "DEFAULT_MAX_RECORDS",
     "DEFAULT_THRESHOLDS",
     "Settings",
     "default_data_dir",
@@ -40,6 +42,12 @@ DEFAULT_BATCH_MAX_WAIT_S: Final = 0.005
 
 DEFAULT_HISTORY_LIMIT: Final = 2016
 """Observations kept per machine and metric for inference (7 days of 5-minute steps)."""
+
+DEFAULT_MAX_RECORDS: Final = 10_000
+"""Records one ``process()`` payload may hold at most (more: HTTP 413)."""
+
+DEFAULT_MAX_BODY_BYTES: Final = 8 * 1024 * 1024
+"""Bytes one HTTP request body may hold at most (more: HTTP 413)."""
 
 _LOG_LEVELS: Final = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 _SYNC_MODES: Final = ("FULL", "NORMAL")
@@ -97,6 +105,17 @@ def _thresholds(name: str, raw: str) -> tuple[float, ...]:
     return vals
 
 
+def _tokens(name: str, raw: str) -> tuple[str, ...]:
+    toks = tuple(dict.fromkeys(t.strip() for t in raw.split(",") if t.strip()))
+    if any(len(t) < 16 for t in toks):
+        raise ConfigError(
+            f"{name} holds a token shorter than 16 characters; use long random tokens, "
+            "e.g. `python -c 'import secrets; print(secrets.token_urlsafe(32))'`.",
+            name=name,
+        )
+    return toks
+
+
 def _choice(name: str, raw: str, choices: tuple[str, ...]) -> str:
     v = raw.strip().upper()
     if v not in choices:
@@ -123,6 +142,12 @@ class Settings:
         key: a base64 key used instead of a keyring file (``ATOMIC_KEY``).
         keyring_path: the keyring file; None means ``data_dir/keyring.json`` (``ATOMIC_KEYRING``).
         wait_s: how long ``process()`` waits for a task run by another caller (``ATOMIC_WAIT_S``).
+        max_records: records one payload may hold (``ATOMIC_MAX_RECORDS``).
+        api_tokens: bearer tokens the HTTP service accepts, comma-separated (``ATOMIC_API_TOKENS``).
+        api_tokens_file: a file of SHA-256 token hashes, one ``sha256:<hex>`` a line
+            (``ATOMIC_API_TOKENS_FILE``); tokens kept on disk are stored only hashed.
+        max_body_bytes: bytes one HTTP request body may hold (``ATOMIC_MAX_BODY_BYTES``).
+        open_metrics: serve /metrics, /healthz and /readyz without a token (``ATOMIC_OPEN_METRICS``).
     """
 
     data_dir: Path = dataclasses.field(default_factory=default_data_dir)
@@ -139,6 +164,11 @@ class Settings:
     key: str | None = dataclasses.field(default=None, repr=False)
     keyring_path: Path | None = None
     wait_s: float = 60.0
+    max_records: int = DEFAULT_MAX_RECORDS
+    api_tokens: tuple[str, ...] = dataclasses.field(default=(), repr=False)
+    api_tokens_file: Path | None = None
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    open_metrics: bool = False
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -172,6 +202,11 @@ class Settings:
         get("ATOMIC_KEY", lambda n, r: r or None, "key")
         get("ATOMIC_KEYRING", lambda n, r: Path(r).expanduser() if r else None, "keyring_path")
         get("ATOMIC_WAIT_S", lambda n, r: _float(n, r, minimum=0.0), "wait_s")
+        get("ATOMIC_MAX_RECORDS", lambda n, r: _int(n, r, minimum=1), "max_records")
+        get("ATOMIC_API_TOKENS", _tokens, "api_tokens")
+        get("ATOMIC_API_TOKENS_FILE", lambda n, r: Path(r).expanduser() if r else None, "api_tokens_file")
+        get("ATOMIC_MAX_BODY_BYTES", lambda n, r: _int(n, r, minimum=1024), "max_body_bytes")
+        get("ATOMIC_OPEN_METRICS", _bool, "open_metrics")
         return cls(**kw)
 
     def replace(self, **changes: Any) -> Settings:

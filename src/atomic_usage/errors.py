@@ -9,6 +9,8 @@ class inherits it too, so ``except ValueError`` keeps working::
     │   ├── SchemaError(ValueError)        a column, field or type is wrong or missing
     │   ├── GapError(ValueError)           a series has no usable observations
     │   └── PayloadError(ValueError)       a process() payload has bad records (lists them all)
+    │       ├── PayloadSyntaxError         the body is not JSON at all (HTTP 400)
+    │       └── PayloadTooLarge            too many records, or too many bytes (HTTP 413)
     ├── ModelError
     │   ├── NotFittedError(ValueError, AttributeError)
     │   └── ArtifactError(OSError)         a model folder is missing, unreadable or inconsistent
@@ -22,7 +24,8 @@ class inherits it too, so ``except ValueError`` keeps working::
     ├── SecurityError
     │   ├── UnknownKeyError(KeyError)      an envelope names a key the keyring lacks
     │   ├── IntegrityError(ValueError)     an envelope was altered or opened with the wrong key
-    │   └── KeyringError                   the keyring file is missing, malformed or too open
+    │   ├── KeyringError                   the keyring file is missing, malformed or too open
+    │   └── AuthError                      a service request had no valid bearer token (HTTP 401)
     └── ConfigError(ValueError)            an environment variable or setting has a bad value
 
 Messages name what is wrong, show the offending value, and say what to do.
@@ -36,6 +39,7 @@ from typing import Any
 __all__ = [
     "ArtifactError",
     "AtomicError",
+    "AuthError",
     "ClusterError",
     "ConfigError",
     "DataError",
@@ -47,6 +51,8 @@ __all__ = [
     "ModelError",
     "NotFittedError",
     "PayloadError",
+    "PayloadSyntaxError",
+    "PayloadTooLarge",
     "QueueFullError",
     "RecordError",
     "SchemaError",
@@ -131,6 +137,17 @@ class PayloadError(DataError, ValueError):
             f"The payload has {n} bad field{'s' if n != 1 else ''}: {head}{more}; "
             "fix them and send the payload again (nothing from it was applied)."
         )
+
+
+class PayloadSyntaxError(PayloadError):
+    """A request body is not valid JSON (UTF-8); ``errors`` holds one entry saying where it breaks."""
+
+
+class PayloadTooLarge(PayloadError):
+    """A payload holds more records, or a request body more bytes, than allowed.
+
+    The limits are ``ATOMIC_MAX_RECORDS`` and ``ATOMIC_MAX_BODY_BYTES``; nothing was applied.
+    """
 
 
 # --- models ---------------------------------------------------------------
@@ -230,6 +247,16 @@ class IntegrityError(SecurityError, ValueError):
 
 class KeyringError(SecurityError):
     """The keyring file is missing, malformed, or readable by others."""
+
+
+class AuthError(SecurityError):
+    """A service request carried no bearer token, or one that is not configured.
+
+    The message deliberately says nothing about which of the two it was.
+    """
+
+    def __init__(self, message: str = "A valid bearer token is required.") -> None:
+        super().__init__(message)
 
 
 # --- config ---------------------------------------------------------------

@@ -23,7 +23,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from .._types import DEFAULT_METRICS
-from ..errors import PayloadError, RecordError
+from ..errors import PayloadError, PayloadTooLarge, RecordError
 
 __all__ = ["MAX_RECORDS", "Observation", "parse_payload"]
 
@@ -83,6 +83,7 @@ def parse_payload(payload: Any, *, now: float | None = None, max_records: int = 
 
     Raises:
         PayloadError: the payload or any record is bad; ``errors`` lists each one.
+        PayloadTooLarge: the payload holds more than ``max_records`` records.
 
     >>> [o.values for o in parse_payload({"usageData": [{"id": "a", "cpuLoad": 30}]}, now=0)]
     [{'cpuLoad': 30.0}]
@@ -116,7 +117,7 @@ def parse_payload(payload: Any, *, now: float | None = None, max_records: int = 
                 f"holds {len(data)} records, more than the {max_records} allowed; split the payload",
             )
         )
-        raise PayloadError(errors)
+        raise PayloadTooLarge(errors)
     out: list[Observation] = []
     seen: dict[tuple[str, float], int] = {}
     for i, rec in enumerate(data):

@@ -153,12 +153,13 @@ class UsagePredictor:
 
         Raises:
             PayloadError: a record is bad; every bad field is listed and nothing was applied.
+            PayloadTooLarge: the payload holds more than ``settings.max_records`` records.
             IdempotencyError: ``request_id`` was used before with a different payload.
             EngineError: the task failed (the message says why) or did not finish in time.
         """
         t0 = time.monotonic()
         H = int(horizon or self.settings.horizon)
-        obs = parse_payload(payload)
+        obs = parse_payload(payload, max_records=self.settings.max_records)
         request = {"usageData": list(payload["usageData"]), "horizon": H}
         rows = [(o.id, m, o.ts, v) for o in obs for m, v in o.values.items()]
         acc = self.store.accept(request, request_id=request_id, observations=rows, owner=self.owner)

@@ -1,0 +1,146 @@
+"""The FastAPI application: ``create_app(settings)`` builds it; its lifespan owns the predictor.
+
+Start-up builds the :class:`~atomic_usage.engine.predictor.UsagePredictor` (which resumes
+tasks a previous process left unfinished). Shutdown comes after uvicorn has stopped
+accepting connections and let in-flight requests end; the predictor is then closed, so a
+task still open at that point stays in the store and is resumed at the next start.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from anyio import to_thread
+from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from .. import __version__
+from ..config import Settings
+from .auth import TokenVerifier
+from .errors import install_handlers
+from .metrics import make_registry
+from .routes import router
+from .schemas import PredictRequest
+
+__all__ = ["ServiceState", "create_app"]
+
+_log = logging.getLogger("atomic_usage.service")
+
+
+class ServiceState:
+    """What the endpoints share: settings, the token verifier, the predictor and the metrics.
+
+    Attributes:
+        settings: the service's settings.
+        verifier: checks bearer tokens.
+        predictor: the engine; ``None`` until start-up has built it.
+        stopping: set when shutdown begins (``/readyz`` then answers 503).
+    """
+
+    def __init__(self, settings: Settings, verifier: TokenVerifier, predictor: Any) -> None:
+        self.settings = settings
+        self.verifier = verifier
+        self.predictor = predictor
+        self.stopping = False
+        self.registry, self.http_latency = make_registry(self._stats)
+
+    def _stats(self) -> dict[str, Any] | None:
+        return None if self.predictor is None or self.stopping else self.predictor.stats()  # type: ignore[no-any-return]
+
+
+class _LatencyMiddleware:
+    """Observes each HTTP request's latency by method, route template and status (pure ASGI, cheap)."""
+
+    def __init__(self, app: ASGIApp, state: ServiceState) -> None:
+        self.app = app
+        self.state = state
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        t0 = time.perf_counter()
+        status = [500]
+
+        async def send_status(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            route = scope.get("route")
+            path = getattr(route, "path", "unmatched")
+            self.state.http_latency.labels(scope["method"], path, str(status[0])).observe(
+                time.perf_counter() - t0
+            )
+
+
+def _openapi(app: FastAPI) -> dict[str, Any]:
+    """The generated document plus the request payload's schema (the body is read raw)."""
+    if app.openapi_schema is None:
+        doc = get_openapi(
+            title=app.title, version=app.version, description=app.description, routes=app.routes
+        )
+        schema = PredictRequest.model_json_schema(ref_template="#/components/schemas/{model}")
+        components = doc.setdefault("components", {}).setdefault("schemas", {})
+        components.update(schema.pop("$defs", {}))
+        components["PredictRequest"] = schema
+        app.openapi_schema = doc
+    return app.openapi_schema
+
+
+def create_app(settings: Settings | None = None, predictor: Any = None, *, model: Any = None) -> FastAPI:
+    """Builds the service.
+
+    Args:
+        settings: run-time settings (default: from the environment).
+        predictor: a running ``UsagePredictor`` to serve; the caller keeps owning it.
+            When ``None``, start-up builds one and shutdown closes it.
+        model: the forecaster for the predictor built at start-up (default: the settings' model).
+
+    Returns:
+        The FastAPI app; serve it with uvicorn (``atomic-usage serve`` does).
+
+    Raises:
+        ConfigError: no API token is configured, or the token file is malformed.
+    """
+    settings = settings if settings is not None else Settings.from_env()
+    state = ServiceState(settings, TokenVerifier.from_settings(settings), predictor)
+    owned = predictor is None
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if owned:
+            from ..engine.predictor import UsagePredictor
+
+            state.predictor = await to_thread.run_sync(lambda: UsagePredictor(settings, model=model))
+        _log.info("service ready: model %s, %d token(s)", state.predictor.model_version, len(state.verifier))
+        try:
+            yield
+        finally:
+            state.stopping = True
+            if owned and state.predictor is not None:
+                await to_thread.run_sync(state.predictor.close)
+                _log.info("engine closed; unfinished tasks resume at the next start")
+
+    app = FastAPI(
+        title="ATOMIC usage prediction",
+        version=__version__,
+        description="Forecasts CPU, memory and storage usage of a fleet. Every endpoint takes a bearer "
+        "token (ATOMIC_API_TOKENS); /metrics, /healthz and /readyz can be left open (ATOMIC_OPEN_METRICS). "
+        "Every error has the body ErrorBody.",
+        lifespan=lifespan,
+    )
+    app.state.atomic = state
+    app.include_router(router)
+    install_handlers(app)
+    app.add_middleware(_LatencyMiddleware, state=state)
+    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
+    return app

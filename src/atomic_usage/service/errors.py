@@ -1,0 +1,122 @@
+"""The one table from library errors to HTTP statuses, and the handlers that apply it.
+
+Every error response has the same body, :class:`ErrorBody`: a ``detail`` sentence and,
+for payload errors, the per-record ``errors`` list exactly as ``process()`` raises it
+(``{"index", "id", "field", "message"}``; ``index`` is -1 for the payload as a whole).
+Unexpected errors give a 500 whose body says nothing about the cause; it is logged.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Final
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+
+from ..errors import (
+    AtomicError,
+    AuthError,
+    EngineError,
+    IdempotencyError,
+    PayloadError,
+    PayloadSyntaxError,
+    PayloadTooLarge,
+    QueueFullError,
+    RecordError,
+    TaskNotFound,
+)
+
+__all__ = ["ERROR_STATUS", "ErrorBody", "RecordErrorBody", "error_responses", "install_handlers", "status_of"]
+
+_log = logging.getLogger("atomic_usage.service")
+
+ERROR_STATUS: Final[tuple[tuple[type[BaseException], int, str], ...]] = (
+    # Most specific first: the first matching row wins.
+    (AuthError, 401, "A valid bearer token is required."),
+    (PayloadSyntaxError, 400, "The request body is not valid JSON."),
+    (PayloadTooLarge, 413, "The request is larger than this service allows; split it."),
+    (PayloadError, 422, "The payload has bad records; nothing from it was applied."),
+    (IdempotencyError, 409, "This Idempotency-Key was already used with a different payload."),
+    (TaskNotFound, 404, "No task has this id."),
+    (QueueFullError, 503, "The engine is full; retry later with the same Idempotency-Key."),
+    (EngineError, 503, "The engine could not finish the request; retry later with the same Idempotency-Key."),
+    (AtomicError, 500, "Internal error; it was logged."),
+)
+"""``(error type, HTTP status, safe detail)``; anything not listed is a 500 with the last row's detail."""
+
+
+class RecordErrorBody(BaseModel):
+    """One problem with one record of a payload."""
+
+    index: int = Field(
+        description="Position of the record in usageData; -1 for the payload or request as a whole."
+    )
+    id: str | None = Field(description="The record's machine id, when it could be read.")
+    field: str = Field(description="The field (or header, or query parameter) that is wrong.")
+    message: str = Field(description="What is wrong and what to do about it.")
+
+
+class ErrorBody(BaseModel):
+    """The body of every error response."""
+
+    detail: str = Field(description="One sentence saying what went wrong (never internal details).")
+    errors: list[RecordErrorBody] = Field(
+        default_factory=list, description="Every bad field, for payload errors (400, 413, 422); else empty."
+    )
+
+
+def status_of(exc: BaseException) -> tuple[int, str]:
+    """The HTTP status and safe detail of an exception, from :data:`ERROR_STATUS`."""
+    for kind, status, detail in ERROR_STATUS:
+        if isinstance(exc, kind):
+            return status, detail
+    return 500, ERROR_STATUS[-1][2]
+
+
+def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` entries (model and description) for these statuses."""
+    described = {s: d for _, s, d in reversed(ERROR_STATUS)}
+    described.setdefault(422, "A query parameter or header is out of range.")
+    return {s: {"model": ErrorBody, "description": described.get(s, "Error.")} for s in statuses}
+
+
+def _response(status: int, detail: str, errors: list[dict[str, Any]] | None = None) -> JSONResponse:
+    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    return JSONResponse({"detail": detail, "errors": errors or []}, status_code=status, headers=headers)
+
+
+async def _atomic_handler(request: Request, exc: Exception) -> JSONResponse:
+    status, detail = status_of(exc)
+    if isinstance(exc, PayloadError):
+        return _response(status, detail, [e.as_dict() for e in exc.errors])
+    if status >= 500:
+        _log.error("%s %s failed: %s: %s", request.method, request.url.path, type(exc).__name__, exc)
+    elif not isinstance(exc, AuthError):
+        detail = str(exc)  # our own messages: they name the id and say what to do
+    return _response(status, detail)
+
+
+async def _validation_handler(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    errors = [
+        RecordError(
+            -1, str(e["loc"][-1]) if e.get("loc") else "request", str(e.get("msg", "is invalid"))
+        ).as_dict()
+        for e in exc.errors()
+    ]
+    return _response(422, "A query parameter or header is out of range.", errors)
+
+
+async def _unexpected_handler(request: Request, exc: Exception) -> JSONResponse:
+    _log.exception("%s %s failed unexpectedly", request.method, request.url.path)
+    return _response(500, ERROR_STATUS[-1][2])
+
+
+def install_handlers(app: FastAPI) -> None:
+    """Registers the handlers that turn errors into :class:`ErrorBody` responses."""
+    app.add_exception_handler(AtomicError, _atomic_handler)
+    app.add_exception_handler(RequestValidationError, _validation_handler)
+    app.add_exception_handler(Exception, _unexpected_handler)

@@ -1,0 +1,232 @@
+"""The endpoints: predict, task lookups, metrics and health."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Header, Path, Query, Request
+from fastapi.responses import JSONResponse, Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.concurrency import run_in_threadpool
+
+from ..errors import PayloadSyntaxError, PayloadTooLarge, RecordError
+from .errors import error_responses
+from .schemas import HealthBody, PredictResponse, TaskBody
+
+__all__ = ["MAX_HORIZON", "router"]
+
+MAX_HORIZON = 288
+"""Steps ahead one request may ask for at most (24 h of 5-minute steps)."""
+
+_bearer = HTTPBearer(auto_error=False, description="A token from ATOMIC_API_TOKENS.")
+router = APIRouter()
+
+
+def _state(request: Request) -> Any:
+    return request.app.state.atomic
+
+
+def require_token(
+    request: Request, creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+) -> None:
+    """Refuses the request with 401 unless it carries an accepted bearer token."""
+    _state(request).verifier.check(creds.credentials if creds is not None else None)
+
+
+def require_token_unless_open(
+    request: Request, creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+) -> None:
+    """:func:`require_token`, unless ``ATOMIC_OPEN_METRICS`` leaves metrics and health open."""
+    if not _state(request).settings.open_metrics:
+        require_token(request, creds)
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    """The body, refused with 413 as soon as it passes ``limit`` bytes (before it is all read)."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(
+            [
+                RecordError(
+                    -1,
+                    "body",
+                    f"holds {declared} bytes, more than the {limit} allowed "
+                    "(ATOMIC_MAX_BODY_BYTES); split the payload",
+                )
+            ]
+        )
+    size, chunks = 0, []
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(
+                [
+                    RecordError(
+                        -1,
+                        "body",
+                        f"holds more than the {limit} bytes allowed "
+                        "(ATOMIC_MAX_BODY_BYTES); split the payload",
+                    )
+                ]
+            )
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _decode(body: bytes) -> Any:
+    """Parses strict JSON (no NaN/Infinity); a 400 names the line and column where it breaks."""
+    if not body.strip():
+        raise PayloadSyntaxError(
+            [RecordError(-1, "body", "is empty; send a JSON object with a usageData list")]
+        )
+    try:
+        return json.loads(body.decode("utf-8"), parse_constant=_no_constant)
+    except UnicodeDecodeError as exc:
+        msg = f"is not UTF-8 (byte {exc.start}); send JSON text in UTF-8"
+    except json.JSONDecodeError as exc:
+        msg = f"is not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}"
+    except (ValueError, RecursionError) as exc:
+        msg = f"is not valid JSON: {exc if isinstance(exc, ValueError) else 'nested too deeply'}"
+    raise PayloadSyntaxError([RecordError(-1, "body", msg)])
+
+
+@router.post(
+    "/v1/predict",
+    summary="Add observations and forecast each record's machine",
+    response_model=PredictResponse,
+    response_model_exclude_none=True,
+    responses=error_responses(400, 401, 409, 413, 422, 503),
+    dependencies=[Depends(require_token)],
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/PredictRequest"}}},
+        }
+    },
+)
+async def predict(
+    request: Request,
+    horizon: Annotated[
+        int | None,
+        Query(ge=1, le=MAX_HORIZON, description="Steps (5 min) to forecast; default ATOMIC_HORIZON."),
+    ] = None,
+    sealed: Annotated[
+        bool, Query(description="Also return each result sealed (AES-256-GCM envelopes).")
+    ] = False,
+    idempotency_key: Annotated[
+        str | None,
+        Header(
+            alias="Idempotency-Key",
+            min_length=1,
+            max_length=200,
+            pattern=r"^[\x21-\x7e]+$",
+            description="The request id: a retry with the same key and payload gets the first result, "
+            "and no work is done twice; with another payload it is a 409.",
+        ),
+    ] = None,
+) -> Response:
+    """Runs ``process()`` on the payload: it is stored durably, then each record's machine is forecast.
+
+    Bad input never applies anything: malformed JSON is a 400, a body over ATOMIC_MAX_BODY_BYTES or
+    more than ATOMIC_MAX_RECORDS records a 413, and bad records a 422 listing every bad field.
+    """
+    st = _state(request)
+    payload = _decode(await _read_body(request, st.settings.max_body_bytes))
+    result = await run_in_threadpool(
+        st.predictor.process, payload, request_id=idempotency_key, horizon=horizon, sealed=sealed
+    )
+    return JSONResponse(result)
+
+
+@router.get(
+    "/v1/tasks/{task_id}",
+    summary="A task's state, and its results once done",
+    response_model=TaskBody,
+    response_model_exclude_none=False,
+    responses=error_responses(401, 404, 422),
+    dependencies=[Depends(require_token)],
+)
+def get_task(
+    request: Request,
+    task_id: Annotated[
+        str, Path(min_length=1, max_length=64, description="The taskId of a predict response.")
+    ],
+) -> Response:
+    """Returns the task; ``results`` is present once it is done. Unknown ids are a 404."""
+    return JSONResponse(_state(request).predictor.task(task_id))
+
+
+@router.get(
+    "/v1/tasks",
+    summary="The task accepted under an Idempotency-Key",
+    response_model=TaskBody,
+    responses=error_responses(401, 404, 422),
+    dependencies=[Depends(require_token)],
+)
+def find_task(
+    request: Request,
+    request_id: Annotated[
+        str,
+        Query(min_length=1, max_length=200, description="The Idempotency-Key (requestId) of a predict call."),
+    ],
+) -> Response:
+    """Returns the task made for ``request_id``, as ``GET /v1/tasks/{task_id}`` does."""
+    return JSONResponse(_state(request).predictor.find_task(request_id))
+
+
+@router.get(
+    "/metrics",
+    summary="Prometheus metrics",
+    response_class=Response,
+    responses={
+        200: {
+            "content": {CONTENT_TYPE_LATEST.split(";")[0]: {"schema": {"type": "string"}}},
+            "description": "Prometheus text format 0.0.4.",
+        },
+        **error_responses(401),
+    },
+    dependencies=[Depends(require_token_unless_open)],
+)
+def metrics(request: Request) -> Response:
+    """The TPS meter, latency, queue depth, workers, restarts, recoveries, tasks and model version."""
+    return Response(generate_latest(_state(request).registry), media_type=CONTENT_TYPE_LATEST)
+
+
+@router.get(
+    "/healthz",
+    summary="Liveness",
+    response_model=HealthBody,
+    responses=error_responses(401),
+    dependencies=[Depends(require_token_unless_open)],
+)
+async def healthz() -> Response:
+    """200 while the process serves HTTP at all."""
+    return JSONResponse({"status": "ok"})
+
+
+@router.get(
+    "/readyz",
+    summary="Readiness",
+    response_model=HealthBody,
+    responses={
+        503: {"model": HealthBody, "description": "Starting, stopping, or no worker alive."},
+        **error_responses(401),
+    },
+    dependencies=[Depends(require_token_unless_open)],
+)
+def readyz(request: Request) -> Response:
+    """200 when the engine runs with at least one live worker; 503 while starting or stopping."""
+    st = _state(request)
+    if st.predictor is None or st.stopping:
+        return JSONResponse({"status": "stopping" if st.stopping else "starting"}, status_code=503)
+    alive = int(st.predictor.pool.stats()["workers"]["alive"])
+    return JSONResponse(
+        {"status": "ready" if alive else "starting", "workers_alive": alive},
+        status_code=200 if alive else 503,
+    )

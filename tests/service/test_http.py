@@ -1,0 +1,262 @@
+"""The service against a real uvicorn server on loopback: auth, errors, idempotency, sealing, metrics, TLS."""
+
+from __future__ import annotations
+
+import json
+import ssl
+from pathlib import Path
+
+import httpx
+import pytest
+
+from ._server import AUTH, TOKEN, Server, payload
+
+
+def _tasks_done(c: httpx.Client) -> float:
+    for line in c.get("/metrics", headers=AUTH).text.splitlines():
+        if line.startswith('atomic_tasks{status="done"}'):
+            return float(line.split()[-1])
+    raise AssertionError("atomic_tasks is missing from /metrics")
+
+
+def _tasks_total(c: httpx.Client) -> float:
+    return sum(
+        float(ln.split()[-1])
+        for ln in c.get("/metrics", headers=AUTH).text.splitlines()
+        if ln.startswith("atomic_tasks{")
+    )
+
+
+class TestAuth:
+    """Every endpoint wants a configured bearer token, and a refusal tells nothing else."""
+
+    @pytest.mark.parametrize(
+        "headers",
+        [
+            {},
+            {"Authorization": "Bearer wrong-token-of-some-length"},
+            {"Authorization": f"Basic {TOKEN}"},
+            {"Authorization": "Bearer"},
+            {"Authorization": f"Bearer {TOKEN}x"},
+        ],
+    )
+    def test_missing_or_wrong_token_is_401(self, server: Server, headers: dict[str, str]) -> None:
+        """No token, a wrong one, another scheme or a longer one all get the same bare 401."""
+        with server.client() as c:
+            for method, path in (
+                ("POST", "/v1/predict"),
+                ("GET", "/v1/tasks/abc"),
+                ("GET", "/metrics"),
+                ("GET", "/healthz"),
+                ("GET", "/readyz"),
+                ("GET", "/v1/tasks?request_id=a"),
+            ):
+                r = c.request(method, path, headers=headers, json=payload(1))
+                assert r.status_code == 401, (method, path)
+                assert r.json() == {"detail": "A valid bearer token is required.", "errors": []}
+                assert r.headers["www-authenticate"] == "Bearer"
+
+    def test_refused_request_applies_nothing(self, server: Server) -> None:
+        """A predict without a token stores no task."""
+        with server.client() as c:
+            before = _tasks_total(c)
+            assert c.post("/v1/predict", json=payload(3)).status_code == 401
+            assert _tasks_total(c) == before
+
+    def test_open_metrics_setting(self, tmp_path: Path) -> None:
+        """ATOMIC_OPEN_METRICS=1 opens /metrics and health, and only them."""
+        with Server(tmp_path, env={"ATOMIC_OPEN_METRICS": "1"}) as srv, srv.client() as c:
+            assert c.get("/metrics").status_code == 200
+            assert c.get("/healthz").json() == {"status": "ok"}
+            assert c.get("/readyz").json()["status"] == "ready"
+            assert c.post("/v1/predict", json=payload(1)).status_code == 401
+
+    def test_hashed_token_file(self, tmp_path: Path) -> None:
+        """A token listed only by its hash in ATOMIC_API_TOKENS_FILE is accepted."""
+        from atomic_usage.service.auth import hash_token
+
+        other = "file-token-" + "y" * 24
+        (tmp_path / "tokens").write_text(f"# ops\n{hash_token(other)}\n")
+        with (
+            Server(tmp_path, env={"ATOMIC_API_TOKENS_FILE": str(tmp_path / "tokens")}) as srv,
+            srv.client() as c,
+        ):
+            assert c.get("/healthz", headers={"Authorization": f"Bearer {other}"}).status_code == 200
+            assert c.get("/healthz", headers=AUTH).status_code == 200
+
+
+class TestPredict:
+    """POST /v1/predict runs process() and GET /v1/tasks returns what it stored."""
+
+    def test_predict_then_task(self, server: Server) -> None:
+        """A 200 names its task, and the task holds the same results."""
+        with server.client() as c:
+            r = c.post("/v1/predict", json=payload(10), headers=AUTH, params={"horizon": 6})
+            assert r.status_code == 200
+            body = r.json()
+            assert len(body["results"]) == 10 and "sealed" not in body
+            assert len(body["results"][0]["forecasts"]["cpuLoad"]["steps"]) == 6
+            task = c.get(f"/v1/tasks/{body['taskId']}", headers=AUTH).json()
+            assert task["status"] == "done" and task["results"] == body["results"]
+            found = c.get("/v1/tasks", params={"request_id": body["requestId"]}, headers=AUTH).json()
+            assert found["task_id"] == body["taskId"]
+
+    def test_idempotent_retry(self, server: Server) -> None:
+        """A retry with the same Idempotency-Key gets the same result and creates no task."""
+        with server.client() as c:
+            h = {**AUTH, "Idempotency-Key": "retry-1"}
+            first = c.post("/v1/predict", json=payload(4, seed=1), headers=h)
+            done = _tasks_done(c)
+            again = c.post("/v1/predict", json=payload(4, seed=1), headers=h)
+            assert first.status_code == again.status_code == 200
+            assert again.json() == first.json() and first.json()["requestId"] == "retry-1"
+            assert _tasks_done(c) == done
+
+    def test_sealed_on_request(self, server: Server) -> None:
+        """?sealed=true adds one AES-256-GCM envelope per record, which opens to the result."""
+        from atomic_usage.config import Settings
+        from atomic_usage.security import load_or_create_keyring, open_result
+
+        with server.client() as c:
+            body = c.post("/v1/predict", json=payload(2), headers=AUTH, params={"sealed": "true"}).json()
+        assert len(body["sealed"]) == 2
+        ring, _ = load_or_create_keyring(Settings(data_dir=server.data_dir))
+        for i, env in enumerate(body["sealed"]):
+            assert "ciphertext" in json.loads(env) or env  # compact JSON text
+            assert open_result(env.encode(), keyring=ring, task_id=body["taskId"]) == body["results"][i]
+
+    def test_metrics_exposition(self, server: Server) -> None:
+        """/metrics is Prometheus text with the engine's figures and the HTTP latency histogram."""
+        with server.client() as c:
+            c.post("/v1/predict", json=payload(1), headers=AUTH)
+            r = c.get("/metrics", headers=AUTH)
+        assert r.headers["content-type"].startswith("text/plain")
+        for name in (
+            'atomic_records_per_second{window="60s"}',
+            "atomic_records_total",
+            "atomic_queue_depth",
+            "atomic_workers_alive 1.0",
+            "atomic_worker_restarts_total",
+            "atomic_recovered_tasks_total",
+            'atomic_process_latency_seconds{quantile="0.99"}',
+            'atomic_model_info{name="naive"',
+            "atomic_http_request_duration_seconds_bucket",
+            "atomic_batch_size_bucket",
+        ):
+            assert name in r.text, name
+
+
+class TestErrors:
+    """Bad input gets a 4xx with the per-record error list, and nothing is applied."""
+
+    @pytest.mark.parametrize(
+        ("body", "status", "field"),
+        [
+            (b'{"usageData": [', 400, "body"),
+            (b"", 400, "body"),
+            (b"\xff\xfe", 400, "body"),
+            (b'{"usageData": [{"id": "a", "cpuLoad": NaN}]}', 400, "body"),
+            (b"[" * 100_000, 413, "body"),
+            (json.dumps(payload(51)).encode(), 413, "usageData"),
+            (b'{"usageData": [{"id": "a", "cpuLoad": "30"}]}', 422, "cpuLoad"),
+            (b'{"usageData": [{"id": "a", "cpuLoad": 130}]}', 422, "cpuLoad"),
+            (b'{"usageData": []}', 422, "usageData"),
+            (b'{"usageData": [{"id": "a", "cpuLoad": 3, "gpu": 1}]}', 422, "gpu"),
+            (b"[1, 2]", 422, "payload"),
+        ],
+    )
+    def test_bad_body(self, server: Server, body: bytes, status: int, field: str) -> None:
+        """Malformed JSON 400, too big 413, bad records 422; no task is stored."""
+        with server.client() as c:
+            before = _tasks_total(c)
+            r = c.post("/v1/predict", content=body, headers={**AUTH, "Content-Type": "application/json"})
+            assert r.status_code == status, r.text
+            assert field in {e["field"] for e in r.json()["errors"]}
+            assert set(r.json()["errors"][0]) == {"index", "id", "field", "message"}
+            assert _tasks_total(c) == before
+
+    def test_same_list_as_process(self, server: Server) -> None:
+        """The 422 lists exactly the errors process() raises, every bad record at once."""
+        from atomic_usage.engine.payload import parse_payload
+        from atomic_usage.errors import PayloadError
+
+        bad = {"usageData": [{"id": "a", "cpuLoad": -1}, {"cpuLoad": 3}, {"id": "b", "memoryUsage": True}]}
+        with pytest.raises(PayloadError) as info:
+            parse_payload(bad)
+        with server.client() as c:
+            r = c.post("/v1/predict", json=bad, headers=AUTH)
+        assert r.status_code == 422
+        assert r.json()["errors"] == [e.as_dict() for e in info.value.errors]
+
+    def test_chunked_oversized_body(self, server: Server) -> None:
+        """A body with no Content-Length is cut off at the limit with 413."""
+
+        def gen():  # noqa: ANN202
+            for _ in range(50):
+                yield b" " * 1000
+
+        with server.client() as c:
+            r = c.post("/v1/predict", content=gen(), headers=AUTH)
+        assert r.status_code == 413
+
+    def test_reused_key_other_payload_is_409(self, server: Server) -> None:
+        """An Idempotency-Key reused with a different payload is a 409."""
+        with server.client() as c:
+            h = {**AUTH, "Idempotency-Key": "conflict-1"}
+            assert c.post("/v1/predict", json=payload(1, seed=1), headers=h).status_code == 200
+            r = c.post("/v1/predict", json=payload(1, seed=2), headers=h)
+        assert r.status_code == 409 and "conflict-1" in r.json()["detail"]
+
+    def test_unknown_task_is_404(self, server: Server) -> None:
+        """Unknown task ids and request ids are 404."""
+        with server.client() as c:
+            assert c.get("/v1/tasks/0123abc", headers=AUTH).status_code == 404
+            assert c.get("/v1/tasks", params={"request_id": "never"}, headers=AUTH).status_code == 404
+
+    @pytest.mark.parametrize(
+        ("params", "headers"),
+        [
+            ({"horizon": 0}, {}),
+            ({"horizon": "x"}, {}),
+            ({"sealed": "maybe"}, {}),
+            ({}, {"Idempotency-Key": "a b"}),
+            ({}, {"Idempotency-Key": "k" * 201}),
+        ],
+    )
+    def test_bad_parameters_are_422(
+        self, server: Server, params: dict[str, object], headers: dict[str, str]
+    ) -> None:
+        """Out-of-range query parameters and headers are 422 in the same error shape."""
+        with server.client() as c:
+            r = c.post("/v1/predict", json=payload(1), params=params, headers={**AUTH, **headers})
+        assert r.status_code == 422
+        assert r.json()["errors"][0]["index"] == -1
+
+
+class TestTls:
+    """--tls-cert/--tls-key serve HTTPS with a certificate made in the test."""
+
+    def test_https(self, tmp_path: Path, tls_files: tuple[Path, Path, Path]) -> None:
+        """A client trusting the test CA gets a 200; one trusting nothing fails the handshake."""
+        with Server(tmp_path, tls=tls_files) as srv:
+            with srv.client() as c:
+                r = c.post("/v1/predict", json=payload(2), headers=AUTH)
+                assert r.status_code == 200 and r.url.scheme == "https"
+            with pytest.raises(httpx.ConnectError), httpx.Client(verify=ssl.create_default_context()) as c:
+                c.get(f"{srv.url}/healthz", headers=AUTH)
+            with pytest.raises(httpx.TransportError), httpx.Client() as c:
+                c.get(f"http://127.0.0.1:{srv.port}/healthz", headers=AUTH, timeout=5)
+
+
+class TestBundledModel:
+    """The bundled ONNX model serves through the HTTP layer."""
+
+    def test_bundled_model(self, tmp_path: Path) -> None:
+        """A predict with the bundled model names it in the response and in /metrics."""
+        from atomic_usage.models.artifact import load_model
+
+        version = str(load_model(None).card.version)
+        with Server(tmp_path, model=None) as srv, srv.client() as c:
+            body = c.post("/v1/predict", json=payload(3), headers=AUTH).json()
+            assert body["model"]["version"] == version
+            assert f'version="{version}"' in c.get("/metrics", headers=AUTH).text
