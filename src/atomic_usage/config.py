@@ -170,6 +170,13 @@ class Settings:
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     open_metrics: bool = False
 
+    def __post_init__(self) -> None:
+        # Accept str paths from Python callers; the rest of the code relies on Path.
+        for name in ("data_dir", "model_dir", "keyring_path"):
+            value = getattr(self, name)
+            if isinstance(value, str):
+                object.__setattr__(self, name, Path(value).expanduser())
+
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         """Reads the settings from ``environ`` (default ``os.environ``).
