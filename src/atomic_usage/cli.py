@@ -122,14 +122,19 @@ def forecast(
         ),
     ] = None,
 ) -> None:
-    """Forecast every series of a file; write id,timestamp,metric,mean,p10,p50,p90,model."""
+    """Forecast every series of a file; write id,timestamp,metric,mean,p10,p50,p90,model,reason.
+
+    An id or metric that cannot be forecast gets rows with empty values, model `none` or `error`
+    and a reason; it is listed on stderr, and the other ids are forecast as usual (exit 0).
+    """
     settings = _settings()
     with _errors():
         from .data.readers import read_wide
         from .data.regularize import regularize
-        from .models.base import forecast_frame
+        from .models.base import NO_FORECAST, forecast_frame
 
-        frame = read_wide(input)
+        issues: list[Any] = []
+        frame = read_wide(input, issues=issues)
         panel, report = regularize(frame)
         logging.getLogger("atomic_usage").info("%s: %s", input, report.summary())
         fc_model = _load_forecaster(model, settings)
@@ -139,19 +144,26 @@ def forecast(
         with _progress("forecasting", len(panel)) as advance:
             for a in range(0, len(panel), chunk):
                 sub = panel.select(range(a, min(a + chunk, len(panel))))
-                parts.append(forecast_frame(fc_model, sub, horizon))
+                parts.append(forecast_frame(fc_model, sub, horizon, issues=issues))
                 advance(len(sub))
         import pandas as pd
 
-        result = pd.concat(parts, ignore_index=True) if parts else forecast_frame(fc_model, panel, horizon)
+        result = (
+            pd.concat(parts, ignore_index=True) if parts else forecast_frame(fc_model, panel, horizon)
+        )
         _write_table(result, output)
         dt = time.perf_counter() - t
-        fallback = result.loc[
-            result["model"] != getattr(fc_model, "name", ""), ["id", "metric"]
-        ].drop_duplicates()
+        firsts = result.drop_duplicates(["id", "metric"])
+        missing = firsts[firsts["model"].isin(NO_FORECAST)]
+        fallback = firsts[~firsts["model"].isin((*NO_FORECAST, getattr(fc_model, "name", "")))]
+        for reason in missing["reason"].head(20):
+            err.print(f"[yellow]not forecast:[/] {reason}", highlight=False, soft_wrap=True)
         err.print(
             f"{len(panel)} series, {len(result)} rows in {dt:.2f}s -> {output}"
             + (f" ({len(fallback)} series on a fallback: see the model column)" if len(fallback) else "")
+            + (f" ({len(missing)} series not forecast: see the reason column)" if len(missing) else ""),
+            highlight=False,
+            soft_wrap=True,
         )
 
 

@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 
 from atomic_usage.errors import NotFittedError
+from atomic_usage.models.base import FRAME_COLUMNS
 from atomic_usage.models.baselines import Naive, PredictLinear, SeasonalNaive
 from atomic_usage.models.checks import check_forecaster
 
@@ -61,6 +62,6 @@ class TestBaselines:
         df = pd.DataFrame({"id": "m", "timestamp": pd.date_range("2024-01-01", periods=4, freq="5min", tz="UTC"),
                            "cpuLoad": [1.0, 2.0, 3.0, 4.0]})
         out = Naive().fit(df).predict(2)
-        assert list(out.columns) == ["id", "timestamp", "metric", "mean", "p10", "p50", "p90", "model"]
+        assert list(out.columns) == list(FRAME_COLUMNS)
         assert out["timestamp"].tolist() == list(pd.date_range("2024-01-01 00:20", periods=2, freq="5min", tz="UTC"))
         assert out["p50"].tolist() == [4.0, 4.0] and set(out["model"]) == {"naive"}
