@@ -33,6 +33,7 @@ __all__ = [
     "finalize_quantiles",
     "forecast_frame",
     "interval_known",
+    "no_data_reason",
 ]
 
 
@@ -124,7 +125,8 @@ def _no_observations(sid: str, steps: int) -> str:
             "forecast; send at least one value.")
 
 
-def _no_data(sid: str, metric: str) -> str:
+def no_data_reason(sid: str, metric: str) -> str:
+    """The reason given for a metric of an id that has no observation (files and ``process()``)."""
     return (f"no data: {metric} of id {sid!r} has no observation, so it is not forecast (null, not 0); "
             "send its values to get one.")
 
@@ -177,7 +179,7 @@ def forecast_frame(
             elif id_empty:
                 kind.append(("error", _no_observations(sid, int(panel.lengths[i]))))
             elif not observed[m]:
-                kind.append(("none", _no_data(sid, m)))
+                kind.append(("none", no_data_reason(sid, m)))
             else:
                 where.append(len(kind))
                 hists.append(panel.series(i, m))
