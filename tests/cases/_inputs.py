@@ -34,8 +34,10 @@ def _csv(*blocks: list[str]) -> str:
 
 
 def c01() -> str:
-    return _csv(_rows("vm-const", range(36), lambda k: (12.5, 42.0, 63.0)),
-                _rows("vm-zero", range(36), lambda k: (0.0, 0.0, 0.0)))
+    return _csv(
+        _rows("vm-const", range(36), lambda k: (12.5, 42.0, 63.0)),
+        _rows("vm-zero", range(36), lambda k: (0.0, 0.0, 0.0)),
+    )
 
 
 def _wave(k: int, mid: float, amp: float, phase: float = 0.0) -> float:
@@ -55,8 +57,10 @@ def c04() -> str:
 
 
 def c05() -> str:
-    return _csv(_rows("vm-nostore", range(24), lambda k: (_wave(k, 30, 5), _wave(k, 60, 2, 1.5), None)),
-                _rows("vm-empty", range(6), lambda k: (None, None, None)))
+    return _csv(
+        _rows("vm-nostore", range(24), lambda k: (_wave(k, 30, 5), _wave(k, 60, 2, 1.5), None)),
+        _rows("vm-empty", range(6), lambda k: (None, None, None)),
+    )
 
 
 def c06() -> str:
@@ -89,13 +93,17 @@ def c10() -> str:
 
 
 def c11() -> str:
-    return _csv(_rows("vm-idle", range(24), lambda k: (6.0 - 0.25 * k, 30.0, 50.0)),
-                _rows("vm-filling", range(24), lambda k: (40.0, 50.0, 90 + 0.4 * k)))
+    return _csv(
+        _rows("vm-idle", range(24), lambda k: (6.0 - 0.25 * k, 30.0, 50.0)),
+        _rows("vm-filling", range(24), lambda k: (40.0, 50.0, 90 + 0.4 * k)),
+    )
 
 
 def c13() -> str:
-    return _csv(_rows("vm-flat", range(48), lambda k: (30.0, 50.0, 70.0)),
-                _rows("vm-shrink", range(48), lambda k: (30.0, 50.0, 70.0 - 0.1 * k)))
+    return _csv(
+        _rows("vm-flat", range(48), lambda k: (30.0, 50.0, 70.0)),
+        _rows("vm-shrink", range(48), lambda k: (30.0, 50.0, 70.0 - 0.1 * k)),
+    )
 
 
 def c16(seed: int = 16) -> str:
@@ -107,20 +115,42 @@ def c16(seed: int = 16) -> str:
 
 
 def c18() -> str:
-    return json.dumps({"usageData": [
-        {"id": "vm-1", "cpuLoad": "NaN", "memoryUsage": 45.2, "storageUsage": 61.0},
-        {"id": "vm-2", "cpuLoad": 12.0, "memoryUsage": "45.2", "storageUsage": None},
-        {"id": "vm-3", "cpuLoad": "high", "memoryUsage": 30.0, "storageUsage": 20.0},
-        {"id": "vm-4", "cpuLoad": 15.0, "memoryUsage": 31.0, "storageUsage": 22.0},
-    ]}, indent=2)
+    return json.dumps(
+        {
+            "usageData": [
+                {"id": "vm-1", "cpuLoad": "NaN", "memoryUsage": 45.2, "storageUsage": 61.0},
+                {"id": "vm-2", "cpuLoad": 12.0, "memoryUsage": "45.2", "storageUsage": None},
+                {"id": "vm-3", "cpuLoad": "high", "memoryUsage": 30.0, "storageUsage": 20.0},
+                {"id": "vm-4", "cpuLoad": 15.0, "memoryUsage": 31.0, "storageUsage": 22.0},
+            ]
+        },
+        indent=2,
+    )
 
 
 def c20() -> str:
-    return json.dumps({"usageData": [
-        {"id": f"vm-{i}", "cpuLoad": 10.0 + i, "memoryUsage": 40.0 + i, "storageUsage": 50.0 + i} for i in range(1, 6)
-    ]}, indent=2)
+    return json.dumps(
+        {
+            "usageData": [
+                {"id": f"vm-{i}", "cpuLoad": 10.0 + i, "memoryUsage": 40.0 + i, "storageUsage": 50.0 + i}
+                for i in range(1, 6)
+            ]
+        },
+        indent=2,
+    )
 
 
-CSV_CASES = {"C01": c01, "C03": c03, "C04": c04, "C05": c05, "C06": c06, "C07": c07, "C08": c08, "C10": c10,
-             "C11": c11, "C13": c13, "C16": c16}
+CSV_CASES = {
+    "C01": c01,
+    "C03": c03,
+    "C04": c04,
+    "C05": c05,
+    "C06": c06,
+    "C07": c07,
+    "C08": c08,
+    "C10": c10,
+    "C11": c11,
+    "C13": c13,
+    "C16": c16,
+}
 JSON_CASES = {"C18": c18, "C20": c20}

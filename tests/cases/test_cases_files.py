@@ -57,7 +57,9 @@ def case(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[[str], Path
 def forecast(path: Path, tmp_path: Path, *, model: str | None = None) -> tuple[pd.DataFrame, str]:
     """Runs `atomic-usage forecast` on ``path``; returns the output and stderr."""
     out = tmp_path / f"{path.stem}-out.csv"
-    args = ["forecast", "-i", str(path), "-H", str(HORIZON), "-o", str(out)] + (["-m", model] if model else [])
+    args = ["forecast", "-i", str(path), "-H", str(HORIZON), "-o", str(out)] + (
+        ["-m", model] if model else []
+    )
     res = CliRunner().invoke(app, args)
     assert res.exit_code == 0, res.output
     df = pd.read_csv(out)
@@ -96,9 +98,17 @@ def predictor() -> Iterator[UsagePredictor]:
 def via_process(p: UsagePredictor, path: Path) -> dict[str, dict[str, Any]]:
     """Sends a case CSV's rows to ``process()`` (empty cells as null); returns each id's last result."""
     df = pd.read_csv(path)
-    recs = [{"id": r["id"], "timestamp": r["timestamp"],
-             **{m: (None if pd.isna(r[m]) else float(r[m])) for m in ("cpuLoad", "memoryUsage", "storageUsage")}}
-            for r in df.to_dict("records")]
+    recs = [
+        {
+            "id": r["id"],
+            "timestamp": r["timestamp"],
+            **{
+                m: (None if pd.isna(r[m]) else float(r[m]))
+                for m in ("cpuLoad", "memoryUsage", "storageUsage")
+            },
+        }
+        for r in df.to_dict("records")
+    ]
     out = p.process({"usageData": recs}, horizon=HORIZON)
     return {r["id"]: r for r in out["results"]}
 
@@ -110,8 +120,9 @@ def threshold(result: dict[str, Any], metric: str, level: float = 100.0) -> dict
 class TestSeriesCases:
     """The CSV cases through `atomic-usage forecast` (and process() where the row names TTF)."""
 
-    def test_c01_constant_and_zero(self, case: Callable[[str], Path], tmp_path: Path,
-                                   predictor: UsagePredictor) -> None:
+    def test_c01_constant_and_zero(
+        self, case: Callable[[str], Path], tmp_path: Path, predictor: UsagePredictor
+    ) -> None:
         """A constant is forecast at its level with a zero-width interval, all-zero at 0, no TTF."""
         df, _ = forecast(case("C01"), tmp_path)
         check_invariants(df)
@@ -124,8 +135,9 @@ class TestSeriesCases:
             t = threshold(res[sid], "storageUsage")
             assert t["p50"] is None and t["p90"] is None and not t["alreadyAbove"]
 
-    def test_c03_short_newcomer_does_not_touch_the_others(self, case: Callable[[str], Path],
-                                                           tmp_path: Path) -> None:
+    def test_c03_short_newcomer_does_not_touch_the_others(
+        self, case: Callable[[str], Path], tmp_path: Path
+    ) -> None:
         """vm-new gets a flagged naive point without interval; vm-a/vm-b are as without it."""
         path = case("C03")
         df, _ = forecast(path, tmp_path)
@@ -171,8 +183,9 @@ class TestSeriesCases:
         assert first["cpuLoad"] == pytest.approx(20.0, abs=1.5)
         assert first["storageUsage"] == pytest.approx(60.0, abs=1e-9)
 
-    def test_c07_duplicates_merged_by_mean_in_any_order(self, case: Callable[[str], Path],
-                                                        tmp_path: Path) -> None:
+    def test_c07_duplicates_merged_by_mean_in_any_order(
+        self, case: Callable[[str], Path], tmp_path: Path
+    ) -> None:
         """Repeated timestamps are averaged: reversing the rows changes nothing."""
         path = case("C07")
         df, _ = forecast(path, tmp_path)
@@ -192,21 +205,25 @@ class TestSeriesCases:
         assert first["storageUsage"] == pytest.approx(52.0, abs=0.1)
         assert first["memoryUsage"] == pytest.approx(45.0, abs=1e-9)
 
-    def test_c10_out_of_range(self, case: Callable[[str], Path], tmp_path: Path,
-                              caplog: pytest.LogCaptureFixture) -> None:
-        """Per-core sums reject vm-multicore's cpu (named, with time); small overshoots are clipped, warned."""
+    def test_c10_out_of_range(
+        self, case: Callable[[str], Path], tmp_path: Path, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """Per-core sums reject vm-multicore's cpu (named, with time); small overshoots are clipped."""
         df, err = forecast(case("C10"), tmp_path)
         check_invariants(df)
         cpu = series(df, "vm-multicore", "cpuLoad")
         assert set(cpu["model"]) == {"error"}
-        assert cpu["reason"].str.contains("cpuLoad of id 'vm-multicore' is 180.0 at 2026-11-30T00:00:00Z").all()
+        assert (
+            cpu["reason"].str.contains("cpuLoad of id 'vm-multicore' is 180.0 at 2026-11-30T00:00:00Z").all()
+        )
         assert series(df, "vm-multicore", "memoryUsage")["p50"].eq(55.0).all()
         assert series(df, "vm-badmem", "memoryUsage")["p50"].notna().all()
         assert "vm-multicore" in err
         assert "memoryUsage of id 'vm-badmem' at 2026-11-30T00:35:00Z is -1.0" in caplog.text
 
-    def test_c11_trends_stop_at_the_bounds(self, case: Callable[[str], Path], tmp_path: Path,
-                                          predictor: UsagePredictor) -> None:
+    def test_c11_trends_stop_at_the_bounds(
+        self, case: Callable[[str], Path], tmp_path: Path, predictor: UsagePredictor
+    ) -> None:
         """vm-idle cpu is 0.0 at every step; vm-filling storage caps at 100, full at 02:05Z."""
         df, _ = forecast(case("C11"), tmp_path)
         check_invariants(df)
@@ -216,8 +233,9 @@ class TestSeriesCases:
         t = threshold(via_process(predictor, case("C11"))["vm-filling"], "storageUsage")
         assert t["p50"] == {"timestamp": "2026-11-30T02:05:00Z", "secondsFromNow": 600.0}
 
-    def test_c13_flat_and_shrinking_disks_never_fill(self, case: Callable[[str], Path], tmp_path: Path,
-                                                     predictor: UsagePredictor) -> None:
+    def test_c13_flat_and_shrinking_disks_never_fill(
+        self, case: Callable[[str], Path], tmp_path: Path, predictor: UsagePredictor
+    ) -> None:
         """vm-flat stays 70.0, vm-shrink at most 65.3; neither has a time to full."""
         df, _ = forecast(case("C13"), tmp_path)
         check_invariants(df)
@@ -230,8 +248,9 @@ class TestSeriesCases:
                 t = threshold(res[sid], "storageUsage", level)
                 assert t["p50"] is None and t["p90"] is None
 
-    def test_c16_noisy_quantiles_in_order_and_repeatable(self, case: Callable[[str], Path],
-                                                         tmp_path: Path) -> None:
+    def test_c16_noisy_quantiles_in_order_and_repeatable(
+        self, case: Callable[[str], Path], tmp_path: Path
+    ) -> None:
         """Every quantile is ordered and in [0, 100]; two runs are identical."""
         df, _ = forecast(case("C16"), tmp_path)
         check_invariants(df)
@@ -241,7 +260,9 @@ class TestSeriesCases:
 class TestPayloadCases:
     """The JSON cases through process()."""
 
-    def test_c18_strings_and_nan_are_refused_by_field(self, case: Callable[[str], Path], tmp_path: Path) -> None:
+    def test_c18_strings_and_nan_are_refused_by_field(
+        self, case: Callable[[str], Path], tmp_path: Path
+    ) -> None:
         """vm-1.cpuLoad, vm-2.memoryUsage ("45.2", strict) and vm-3.cpuLoad are named; nothing is stored."""
         payload = json.loads(case("C18").read_text())
         with UsagePredictor(Settings(data_dir=tmp_path / "d", workers=1), model=load_model(None)) as p:
@@ -256,8 +277,12 @@ class TestPayloadCases:
 
 def _start(data: Path, payload: Path, *args: str, capture: bool = True) -> subprocess.Popen[str]:
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT / "src"), str(ROOT)]))
-    return subprocess.Popen([sys.executable, "-m", "tests.cases._c20_serve", str(data), str(payload), *args],
-                            env=env, stdout=subprocess.PIPE if capture else subprocess.DEVNULL, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "tests.cases._c20_serve", str(data), str(payload), *args],
+        env=env,
+        stdout=subprocess.PIPE if capture else subprocess.DEVNULL,
+        text=True,
+    )
 
 
 def _kill_mid_task(case: Callable[[str], Path], tmp_path: Path) -> tuple[Path, Path]:
