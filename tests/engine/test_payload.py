@@ -64,7 +64,8 @@ class TestParsePayload:
     def test_same_machine_and_time_twice(self) -> None:
         """Two records of one id and time are both kept (the history averages them, as files do)."""
         obs = parse_payload({"usageData": [{"id": "a", "cpuLoad": 1}, {"id": "a", "cpuLoad": 2}]}, now=0)
-        assert [(o.id, o.ts, o.values) for o in obs] == [("a", 0.0, {"cpuLoad": 1.0}), ("a", 0.0, {"cpuLoad": 2.0})]
+        got = [(o.id, o.ts, o.values) for o in obs]
+        assert got == [("a", 0.0, {"cpuLoad": 1.0}), ("a", 0.0, {"cpuLoad": 2.0})]
 
     @given(st.lists(st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=3), st.none(),
                               st.integers(-200, 200)), min_size=1, max_size=8))
