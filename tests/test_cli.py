@@ -10,6 +10,7 @@ from typer.testing import CliRunner
 
 from atomic_usage.cli import app
 from atomic_usage.data import generate_series
+from atomic_usage.models.base import FRAME_COLUMNS
 
 runner = CliRunner()
 
@@ -32,7 +33,7 @@ class TestForecast:
         )
         assert res.exit_code == 0, res.output
         df = pd.read_csv(out)
-        assert list(df.columns) == ["id", "timestamp", "metric", "mean", "p10", "p50", "p90", "model"]
+        assert list(df.columns) == list(FRAME_COLUMNS)
         assert len(df) == 4 * 3 * 6 and set(df["model"]) == {model}
         assert (df["p10"] <= df["p50"]).all() and (df["p50"] <= df["p90"]).all()
         assert df["timestamp"].iloc[0] == "2026-01-05T05:00:00Z"

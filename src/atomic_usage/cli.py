@@ -173,8 +173,10 @@ def forecast(
     protocol: ProtocolOpt = None,
     rows_per_bucket: RowsPerBucketOpt = 1_000_000,
 ) -> None:
-    """Forecast every series of a file; write id,timestamp,metric,mean,p10,p50,p90,model.
+    """Forecast every series of a file; write id,timestamp,metric,mean,p10,p50,p90,model,reason.
 
+    An id or metric that cannot be forecast gets rows with empty values, model `none` or `error`
+    and a reason; it is listed on stderr, and the other ids are forecast as usual (exit 0).
     With --cluster or --scheduler, --input may also be a folder of CSV/Parquet partitions,
     and --output is a folder of part-XXXXX.parquet files (ids hash-partitioned).
     """
@@ -201,9 +203,12 @@ def forecast(
         return
     with _errors():
         from .data.regularize import regularize
-        from .models.base import forecast_frame
+        from .models.base import NO_FORECAST, forecast_frame
 
-        frame, grid = _read_source(input, prometheus, range_, step, selector, mount, query, from_store, settings)
+        issues: list[Any] = []
+        frame, grid = _read_source(
+            input, prometheus, range_, step, selector, mount, query, from_store, settings, issues=issues
+        )
         panel, report = regularize(frame, grid)
         logging.getLogger("atomic_usage").info("%s: %s", input or prometheus or "store", report.summary())
         fc_model = _load_forecaster(model, settings)
@@ -213,17 +218,26 @@ def forecast(
         with _progress("forecasting", len(panel)) as advance:
             for a in range(0, len(panel), chunk):
                 sub = panel.select(range(a, min(a + chunk, len(panel))))
-                parts.append(forecast_frame(fc_model, sub, horizon))
+                parts.append(forecast_frame(fc_model, sub, horizon, issues=issues))
                 advance(len(sub))
         import pandas as pd
 
-        result = pd.concat(parts, ignore_index=True) if parts else forecast_frame(fc_model, panel, horizon)
+        result = (
+            pd.concat(parts, ignore_index=True) if parts else forecast_frame(fc_model, panel, horizon, issues=issues)
+        )
         _write_table(result, output)
         dt = time.perf_counter() - t
-        fallback = result.loc[result["model"] != getattr(fc_model, "name", ""), ["id", "metric"]].drop_duplicates()
+        firsts = result.drop_duplicates(["id", "metric"])
+        missing = firsts[firsts["model"].isin(NO_FORECAST)]
+        fallback = firsts[~firsts["model"].isin((*NO_FORECAST, getattr(fc_model, "name", "")))]
+        for reason in missing["reason"].head(20):
+            err.print(f"[yellow]not forecast:[/] {reason}", highlight=False, soft_wrap=True)
         err.print(
             f"{len(panel)} series, {len(result)} rows in {dt:.2f}s -> {output}"
             + (f" ({len(fallback)} series on a fallback: see the model column)" if len(fallback) else "")
+            + (f" ({len(missing)} series not forecast: see the reason column)" if len(missing) else ""),
+            highlight=False,
+            soft_wrap=True,
         )
         if plot is not None:
             _plot(plot, frame, result, settings)
@@ -809,6 +823,8 @@ def _read_source(
     query: list[str] | None,
     from_store: bool,
     settings: Settings,
+    *,
+    issues: list[Any] | None = None,
 ) -> tuple[Any, Any]:
     """The wide frame from one of --input, --prometheus, --from-store, and the step to regularize at."""
     given = [n for n, v in (("--input", input), ("--prometheus", prometheus), ("--from-store", from_store)) if v]
@@ -830,7 +846,7 @@ def _read_source(
     from .data.readers import read_wide
 
     assert input is not None
-    return read_wide(input), DEFAULT_STEP
+    return read_wide(input, issues=issues), DEFAULT_STEP
 
 
 def _plot(directory: Path, frame: Any, result: Any, settings: Settings) -> None:

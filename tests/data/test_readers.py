@@ -39,7 +39,7 @@ class TestReadWide:
             ("id,timestamp\na,2024-01-01\n", "No metric column"),
             ("id,timestamp,cpuLoad\na,yesterday,1\n", "not an ISO 8601 timestamp"),
             ("id,timestamp,cpuLoad\na,2024-01-01,high\n", "non-numeric value 'high'"),
-            ("id,timestamp,cpuLoad\na,2024-01-01,inf\n", "outside 0 to 100"),
+            ("id,timestamp,cpuLoad\na,2024-01-01,inf\n", "cpuLoad of id .a. is inf at 2024-01-01T00:00:00Z"),
         ],
     )
     def test_errors_name_the_file_and_problem(self, tmp_path: Path, text: str, match: str) -> None:

@@ -94,8 +94,10 @@ class TestParsePayload:
         assert errors_of(payload)
 
     def test_same_machine_and_time_twice(self) -> None:
-        """One id may appear once per timestamp in a payload."""
-        assert errors_of({"usageData": [{"id": "a", "cpuLoad": 1}, {"id": "a", "cpuLoad": 2}]}) == [(1, "timestamp")]
+        """Two records of one id and time are both kept (the history averages them, as files do)."""
+        obs = parse_payload({"usageData": [{"id": "a", "cpuLoad": 1}, {"id": "a", "cpuLoad": 2}]}, now=0)
+        got = [(o.id, o.ts, o.values) for o in obs]
+        assert got == [("a", 0.0, {"cpuLoad": 1.0}), ("a", 0.0, {"cpuLoad": 2.0})]
 
     @given(
         st.lists(

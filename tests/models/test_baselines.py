@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 
 from atomic_usage.errors import NotFittedError
+from atomic_usage.models.base import FRAME_COLUMNS
 from atomic_usage.models.baselines import Naive, PredictLinear, SeasonalNaive
 from atomic_usage.models.checks import check_forecaster
 
@@ -66,6 +67,6 @@ class TestBaselines:
             }
         )
         out = Naive().fit(df).predict(2)
-        assert list(out.columns) == ["id", "timestamp", "metric", "mean", "p10", "p50", "p90", "model"]
+        assert list(out.columns) == list(FRAME_COLUMNS)
         assert out["timestamp"].tolist() == list(pd.date_range("2024-01-01 00:20", periods=2, freq="5min", tz="UTC"))
         assert out["p50"].tolist() == [4.0, 4.0] and set(out["model"]) == {"naive"}

@@ -50,7 +50,7 @@ class TestTinyModel:
     def test_short_history_is_flagged(self, tiny_model_dir: Path) -> None:
         """A history with fewer than MIN_OBSERVED values gets the naive forecast, named as such."""
         m = load_model(tiny_model_dir)
-        hists = [np.array([5.0] * (MIN_OBSERVED - 1)), np.linspace(10, 20, 30)]
+        hists = [np.array([5.0] * (MIN_OBSERVED - 1)), 15 + 5 * np.sin(np.arange(30.0))]
         assert m.fallback_flags(hists) == ["naive(short-history)", "tiny"]
         fc = m.forecast_arrays(hists, 6, np.array([True, True]))
         assert fc[0, 1].tolist() == [5.0] * 6

@@ -12,12 +12,14 @@ from .readers import read_gcd, read_gcd_dir, read_nab, read_nab_dir, read_wide
 from .regularize import Panel, RegularizeReport, regularize
 from .synthetic import generate_series
 from .trainset import build_trainset, is_holdout, read_source, read_trainset, write_trainset
+from .validation import SeriesIssue
 from .windows import SeriesBank, last_windows, make_windows
 
 __all__ = [
     "Panel",
     "RegularizeReport",
     "SeriesBank",
+    "SeriesIssue",
     "build_trainset",
     "collect_once",
     "generate_series",

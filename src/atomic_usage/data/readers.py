@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import SchemaError
-from .validation import validate_wide
+from .validation import RangePolicy, SeriesIssue, validate_wide
 
 __all__ = ["GCD_START", "GCD_STEP", "read_gcd", "read_gcd_dir", "read_nab", "read_nab_dir", "read_wide"]
 
@@ -28,20 +28,33 @@ def _fail(path: Path, what: str) -> SchemaError:
     return SchemaError(f"{path}: {what}", path=str(path))
 
 
-def read_wide(path: str | Path, *, id_col: str = "id", time_col: str = "timestamp") -> pd.DataFrame:
+def read_wide(
+    path: str | Path,
+    *,
+    id_col: str = "id",
+    time_col: str = "timestamp",
+    issues: list[SeriesIssue] | None = None,
+    out_of_range: RangePolicy = "reject",
+) -> pd.DataFrame:
     """Reads a wide contract file (CSV or Parquet): ``id,timestamp,<metric>...``.
 
     Args:
         path: a ``.csv`` (optionally compressed) or ``.parquet`` file.
         id_col: the id column's name.
         time_col: the timestamp column's name (ISO 8601; no offset means UTC).
+        issues: when given, a series with an infinite value or a percent far outside [0, 100]
+            is masked and reported here instead of failing the file
+            (:func:`~atomic_usage.data.validation.validate_wide`).
+        out_of_range: the range policy; ``"reject"`` (percents of the whole machine: a value more
+            than CLIP_TOLERANCE outside [0, 100] rejects its series, smaller overshoots are clipped).
 
     Returns:
         The validated wide frame (see the module docstring).
 
     Raises:
         SchemaError: the file cannot be read, lacks id/timestamp, has no metric column,
-            or holds a value that is not a number or out of range. The message names the file.
+            or holds a value that is not a number, or out of range without ``issues``. The message
+            names the file.
     """
     p = Path(path)
     if not p.is_file():
@@ -58,7 +71,9 @@ def read_wide(path: str | Path, *, id_col: str = "id", time_col: str = "timestam
             f"cannot be read as {kind} ({type(exc).__name__}: {str(exc)[:200]}); "
             "give a CSV or Parquet file with columns id,timestamp,<metric>...",
         ) from None
-    return validate_wide(df, id_col=id_col, time_col=time_col, path=str(p))
+    return validate_wide(
+        df, id_col=id_col, time_col=time_col, path=str(p), issues=issues, out_of_range=out_of_range
+    )
 
 
 def read_nab(path: str | Path, *, metric: str = "value") -> pd.DataFrame:

@@ -1,7 +1,16 @@
-"""Checks on input frames: required columns, metric columns, types and ranges."""
+"""Checks on input frames: required columns, metric columns, types and ranges.
+
+Range rule for files (the README's "Data rules"): a percent a little outside [0, 100]
+(within :data:`CLIP_TOLERANCE` points) is clipped with a warning naming id, field and
+timestamp; a value further out, or an infinite one, means the series is not a percent
+of this machine (per-core sums, bytes, a broken collector), so the whole series (id and
+metric) is rejected: strict callers get a SchemaError, and callers that pass an
+``issues`` list get that series masked and a :class:`SeriesIssue` naming it.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Sequence
 from typing import Literal
@@ -12,13 +21,52 @@ import pandas as pd
 from .._types import BOUNDED_METRICS
 from ..errors import SchemaError
 
-__all__ = ["RangePolicy", "check_ranges", "ensure_utc", "metric_columns", "require_columns", "validate_wide"]
+__all__ = [
+    "CLIP_TOLERANCE",
+    "RangePolicy",
+    "SeriesIssue",
+    "check_ranges",
+    "ensure_utc",
+    "metric_columns",
+    "require_columns",
+    "validate_wide",
+]
 
-RangePolicy = Literal["clip", "error"]
-"""What to do with a percent below 0 or above 100, or a negative count: clip it (with a
-logged warning naming id, field and timestamp) or raise SchemaError."""
+RangePolicy = Literal["clip", "reject", "error"]
+"""What to do with a percent outside [0, 100] or a negative count, each naming id, field and timestamp:
+
+- ``"clip"``: clip every finite one, with a logged warning (the benchmark traces, whose GCD memory
+  is relative to a request and passes 100);
+- ``"reject"``: clip those within CLIP_TOLERANCE with a warning, reject the series of any further
+  out (user files: percents of the whole machine, so 180 % is a per-core sum, not an overshoot);
+- ``"error"``: raise for any.
+
+An infinite value always rejects its series."""
+
+CLIP_TOLERANCE = 10.0
+"""Percent points outside [0, 100] that are still clipped (monitoring overshoot); beyond, the
+series is rejected. A per-core sum on two cores passes 110 % once the cores average 55 %."""
 
 _log = logging.getLogger("atomic_usage.data")
+
+
+@dataclasses.dataclass(frozen=True)
+class SeriesIssue:
+    """A series (one id and metric) rejected by validation and left out of the forecast.
+
+    Attributes:
+        id: the series id.
+        metric: the metric column.
+        timestamp: ISO 8601 UTC time of the first offending value.
+        value: that value.
+        message: one sentence naming what is wrong, where, and what to do (without the file name).
+    """
+
+    id: str
+    metric: str
+    timestamp: str
+    value: float
+    message: str
 
 
 def require_columns(df: pd.DataFrame, columns: Sequence[str], *, path: str | None = None) -> None:
@@ -100,17 +148,20 @@ def validate_wide(
     time_col: str = "timestamp",
     path: str | None = None,
     out_of_range: RangePolicy = "clip",
+    issues: list[SeriesIssue] | None = None,
 ) -> pd.DataFrame:
     """Checks and normalizes a wide frame (``id,timestamp,<metric>...``).
 
     Returns a new frame with ``id`` as str, ``timestamp`` as UTC datetimes and metrics as float64.
-    Empty cells stay NaN (missing). Infinite values are rejected. Percents outside [0, 100] and
-    negative counts are clipped with a warning (``out_of_range="clip"``, the default for files:
-    monitoring systems overshoot by a little, and one sample must not block a fleet) or rejected
-    (``"error"``).
+    Empty cells stay NaN (missing). Out-of-range values follow ``out_of_range`` (RangePolicy:
+    monitoring systems overshoot by a little, and one sample must not block a fleet). Infinite
+    values, and under ``"reject"`` percents far out, reject their series: with an ``issues``
+    list, the series is masked (all NaN) and a SeriesIssue appended; without one, SchemaError
+    is raised.
 
     Raises:
-        SchemaError: a column is missing, a timestamp or number does not parse, a value is out of range.
+        SchemaError: a column is missing, a timestamp or number does not parse, or a value is out
+            of range (see above).
     """
     require_columns(df, [id_col, time_col], path=path)
     metrics = metric_columns(df, id_col=id_col, time_col=time_col, path=path)
@@ -125,7 +176,9 @@ def validate_wide(
         raise SchemaError(f"{path + ': ' if path else ''}Row {row} has no id; give every row an id.", path=path)
     for c in metrics:
         out[c] = pd.to_numeric(df[c], errors="coerce").astype("float64")
-    check_ranges(out, metrics, id_col=id_col, time_col=time_col, path=path, policy=out_of_range)
+    check_ranges(
+        out, metrics, id_col=id_col, time_col=time_col, path=path, policy=out_of_range, issues=issues
+    )
     return out
 
 
@@ -137,34 +190,68 @@ def check_ranges(
     time_col: str = "timestamp",
     path: str | None = None,
     policy: RangePolicy = "error",
+    issues: list[SeriesIssue] | None = None,
 ) -> None:
     """Finds infinite values, negatives and percents above 100, naming id, field and timestamp.
 
-    Infinite values always raise. Out-of-range finite values raise with ``policy="error"``;
-    with ``"clip"`` they are clipped in place into the valid range and a warning is logged.
+    Out-of-range finite values are handled by ``policy`` (see RangePolicy); clipping happens in
+    place with a logged warning. An infinite value, or under ``"reject"`` a percent more than
+    CLIP_TOLERANCE out, rejects its whole series: appended to ``issues`` with the series masked
+    in place when a list is given, raised otherwise.
 
     Raises:
-        SchemaError: an infinite value, or an out-of-range one under ``policy="error"``.
+        SchemaError: a rejected series without ``issues``, or a small overshoot under ``"error"``.
     """
     where = f"{path}: " if path else ""
     for c in metrics:
-        v = df[c].to_numpy(np.float64)
-        hi = 100.0 if c in BOUNDED_METRICS else np.inf
-        rng = "0 to 100 (percent)" if c in BOUNDED_METRICS else "finite and not negative"
-        inf = np.isinf(v)
-        bad = ((v < 0) | (v > hi)) & ~inf
-        for mask, fatal in ((inf, True), (bad, policy == "error")):
-            if not mask.any():
-                continue
-            i = int(mask.nonzero()[0][0])
+        v = df[c].to_numpy(np.float64).copy()
+        bounded = c in BOUNDED_METRICS
+        hi = 100.0 if bounded else np.inf
+        rng = "0 to 100 (percent)" if bounded else "finite and not negative"
+        far = np.isinf(v)
+        if bounded and policy == "reject":
+            far |= (v < -CLIP_TOLERANCE) | (v > 100.0 + CLIP_TOLERANCE)
+        if far.any():
+            ids = df[id_col].to_numpy()
+            bad_ids = pd.unique(ids[far])
+            in_bad = np.isin(ids, bad_ids)
+            for sid in bad_ids:
+                rows = np.flatnonzero(far & (ids == sid))
+                first = df.iloc[rows[0]]
+                issue = _series_issue(first, c, len(rows), id_col=id_col, time_col=time_col, rng=rng)
+                if issues is None:
+                    raise SchemaError(where + issue.message, path=path)
+                issues.append(issue)
+                _log.warning("%s%s", where, issue.message)
+            v[in_bad] = np.nan
+        small = ((v < 0) | (v > hi)) & ~np.isnan(v)
+        if small.any():
+            i = int(small.nonzero()[0][0])
             msg = (
-                f"{where}{c} of id {df[id_col].iloc[i]!r} at {df[time_col].iloc[i].isoformat()} is {float(v[i])!r}, "
-                f"outside {rng} ({int(mask.sum())} such value(s) in the column)"
+                f"{where}{c} of id {df[id_col].iloc[i]!r} at {_iso(df[time_col].iloc[i])} is "
+                f"{float(v[i])!r}, outside {rng} ({int(small.sum())} such value(s) in the column)"
             )
-            if fatal:
-                raise SchemaError(
-                    msg + "; fix or drop these rows (per-core sums must be divided by the core count).",
-                    path=path,
-                )
+            if policy == "error":
+                raise SchemaError(msg + "; fix or drop these rows.", path=path)
             _log.warning("%s; clipped into range.", msg)
-            df[c] = np.clip(v, 0.0, hi)
+        df[c] = np.clip(v, 0.0, hi)
+
+
+def _iso(ts: pd.Timestamp) -> str:
+    return str(ts.strftime("%Y-%m-%dT%H:%M:%SZ"))
+
+
+def _series_issue(
+    row: pd.Series, c: str, count: int, *, id_col: str, time_col: str, rng: str
+) -> SeriesIssue:
+    sid, ts, value = str(row[id_col]), _iso(row[time_col]), float(row[c])
+    if np.isinf(value):
+        what, fix = "infinite", "fix the collector or drop these rows"
+    else:
+        what = f"far outside {rng}"
+        fix = "send a percent of the whole machine (divide per-core sums by the core count)"
+    message = (
+        f"{c} of id {sid!r} is {value!r} at {ts} ({count} value(s) {what}), so this series was "
+        f"rejected; {fix}."
+    )
+    return SeriesIssue(sid, c, ts, value, message)

@@ -8,6 +8,8 @@ from typing import Any
 
 import numpy as np
 
+from ..models.base import interval_known
+
 __all__ = ["describe_forecast", "iso"]
 
 _FLAT_PER_HOUR = 0.05
@@ -40,12 +42,27 @@ def iso(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _crossing(path: np.ndarray, level: float, times: np.ndarray, now: float) -> dict[str, Any] | None:
-    hit = np.flatnonzero(path >= level)
+def _crossing(
+    path: np.ndarray, level: float, times: np.ndarray, now: float, last_value: float
+) -> dict[str, Any] | None:
+    """The first step at which ``path`` reaches ``level`` from below, or None.
+
+    Values are compared as reported (rounded to 4 decimals), so a line that shows 100.0 has
+    reached 100. A path already at or past the level at the origin (``last_value``) has no
+    crossing until it has dropped below it, so the time to a threshold is never 0 or negative,
+    and a flat or falling series never gets one.
+    """
+    above = np.round(path, 4) >= level
+    before = np.concatenate([[last_value >= level], above[:-1]])
+    hit = np.flatnonzero(above & ~before)
     if not len(hit):
         return None
     t = float(times[hit[0]])
-    return {"timestamp": iso(t), "secondsFromNow": max(t - now, 0.0)}
+    return {"timestamp": iso(t), "secondsFromNow": t - now}
+
+
+def _q(v: float, known: bool) -> float | None:
+    return round(float(v), 4) if known else None
 
 
 def describe_forecast(
@@ -75,12 +92,15 @@ def describe_forecast(
 
     Returns:
         ``{"steps": [...], "historyLength", "model", "trend", "peak", "thresholds"}``.
-        A threshold's ``p50``/``p90`` is the first step whose quantile reaches it, or null when
-        none within the horizon does; ``alreadyAbove`` says the newest value is at or past it.
+        A threshold's ``p50``/``p90`` is the first step whose quantile reaches it from below, or
+        null when none within the horizon does (a series already at or past it is reported by
+        ``alreadyAbove``, not as a crossing at +0). With fewer than MIN_INTERVAL observed values
+        p10 and p90 are null everywhere (steps, peak, thresholds), as in the file forecasts.
     """
     H = fc.shape[1]
     times = last_ts + step_s * np.arange(1, H + 1)
     p10, p50, p90 = (fc[k].astype(float) for k in range(3))
+    spread = interval_known(history_length)
     fit = None
     if recent is not None and len(recent):
         r = np.asarray(recent, float)[-TREND_STEPS:]
@@ -94,7 +114,7 @@ def describe_forecast(
     k = int(np.argmax(p50))
     return {
         "steps": [
-            {"timestamp": iso(t), "p10": round(a, 4), "p50": round(b, 4), "p90": round(c, 4)}
+            {"timestamp": iso(t), "p10": _q(a, spread), "p50": round(b, 4), "p90": _q(c, spread)}
             for t, a, b, c in zip(times, p10, p50, p90, strict=True)
         ],
         "historyLength": int(history_length),
@@ -103,14 +123,14 @@ def describe_forecast(
         "peak": {
             "timestamp": iso(float(times[k])),
             "p50": round(float(p50[k]), 4),
-            "p90": round(float(p90.max()), 4),
+            "p90": _q(float(p90.max()), spread),
         },
         "thresholds": [
             {
                 "level": float(level),
                 "alreadyAbove": bool(last_value >= level),
-                "p50": _crossing(p50, level, times, last_ts),
-                "p90": _crossing(p90, level, times, last_ts),
+                "p50": _crossing(p50, level, times, last_ts, last_value),
+                "p90": _crossing(p90, level, times, last_ts, last_value) if spread else None,
             }
             for level in thresholds
         ],

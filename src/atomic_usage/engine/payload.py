@@ -9,9 +9,10 @@ Rules (the README's "Data rules"): ``id`` is a non-empty string (a JSON integer 
 as its decimal string); each metric is a JSON number in [0, 100], or null/absent for
 "not measured"; at least one metric per record; strings, NaN and infinities are refused,
 not coerced; unknown fields are refused; a timestamp is ISO 8601 (no offset = UTC) or
-epoch seconds. One id may appear once per timestamp in a payload. Any bad record makes
-the whole payload fail with a :class:`~atomic_usage.errors.PayloadError` listing every
-bad field by index; nothing from it is applied.
+epoch seconds. Records of one id at one time (or in one 5-minute step) are averaged by the
+history, as repeated timestamps in a file are, so the result does not depend on their order.
+Any bad record makes the whole payload fail with a :class:`~atomic_usage.errors.PayloadError`
+listing every bad field by index; nothing from it is applied.
 """
 
 from __future__ import annotations
@@ -119,7 +120,6 @@ def parse_payload(payload: Any, *, now: float | None = None, max_records: int = 
         )
         raise PayloadTooLarge(errors)
     out: list[Observation] = []
-    seen: dict[tuple[str, float], int] = {}
     for i, rec in enumerate(data):
         if not isinstance(rec, Mapping):
             errors.append(RecordError(i, "record", f"must be an object, not {type(rec).__name__}"))
@@ -163,18 +163,6 @@ def parse_payload(payload: Any, *, now: float | None = None, max_records: int = 
             except ValueError as exc:
                 errors.append(RecordError(i, "timestamp", str(exc), rid))
         if rid is not None:
-            key = (rid, ts)
-            if key in seen:
-                errors.append(
-                    RecordError(
-                        i,
-                        "timestamp",
-                        f"repeats the observation of record {seen[key]} "
-                        "(same id and time); send one per machine and time",
-                        rid,
-                    )
-                )
-            seen[key] = i
             out.append(Observation(i, rid, ts, values, explicit))
     if errors:
         raise PayloadError(errors)

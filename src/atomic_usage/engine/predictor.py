@@ -34,7 +34,7 @@ import numpy as np
 from .._types import DEFAULT_METRICS
 from ..config import Settings
 from ..errors import EngineError, TaskNotFound
-from ..models.base import Forecaster
+from ..models.base import Forecaster, no_data_reason
 from .forecast import describe_forecast, iso
 from .history import FleetHistory
 from .meter import TpsMeter
@@ -148,8 +148,10 @@ class UsagePredictor:
 
         Returns:
             ``{"requestId", "taskId", "model": {"name", "version"}, "results": [{"index", "id",
-            "timestamp", "forecasts": {metric: ... | None}}], "sealed"?: [envelope, ...]}``;
-            see :func:`~atomic_usage.engine.forecast.describe_forecast` for a metric's fields.
+            "timestamp", "forecasts": {metric: ... | None}, "reasons": {metric: str}}],
+            "sealed"?: [envelope, ...]}``; see :func:`~atomic_usage.engine.forecast.describe_forecast`
+            for a metric's fields. A metric is None when the machine has no observation of it, and
+            ``reasons`` then says so ("no data: ...").
 
         Raises:
             PayloadError: a record is bad; every bad field is listed and nothing was applied.
@@ -259,30 +261,25 @@ class UsagePredictor:
         last_ts = self.history.last_step(machines)
         futures = self.pool.submit_many([WorkItem(ctx[i], horizon) for i in range(len(machines))])
         forecasts: list[MachineForecast] = [f.result(timeout=self.settings.wait_s) for f in futures]
-        per_machine: list[dict[str, Any]] = []
+        per_machine: list[tuple[dict[str, Any], dict[str, str]]] = []
         for i, mf in enumerate(forecasts):
             metrics: dict[str, Any] = {}
+            reasons: dict[str, str] = {}
             for j, m in enumerate(DEFAULT_METRICS):
                 if mf.models[j] is None:
                     metrics[m] = None
+                    reasons[m] = no_data_reason(machines[i], m)
                     continue
                 h = ctx[i, j]
                 seen = h[~np.isnan(h)]
                 metrics[m] = describe_forecast(
-                    mf.quantiles[j],
-                    last_ts=float(last_ts[i]),
-                    step_s=self.history.step_s,
-                    last_value=float(seen[-1]),
-                    history_length=len(seen),
-                    model=str(mf.models[j]),
-                    thresholds=self.settings.thresholds,
-                    recent=h,
-                )
-            per_machine.append(metrics)
+                    mf.quantiles[j], last_ts=float(last_ts[i]), step_s=self.history.step_s,
+                    last_value=float(seen[-1]), history_length=len(seen), model=str(mf.models[j]),
+                    thresholds=self.settings.thresholds, recent=h)
+            per_machine.append((metrics, reasons))
         pos = {m: i for i, m in enumerate(machines)}
-        return [
-            {"index": o.index, "id": o.id, "timestamp": iso(o.ts), "forecasts": per_machine[pos[o.id]]} for o in obs
-        ]
+        return [{"index": o.index, "id": o.id, "timestamp": iso(o.ts), "forecasts": per_machine[pos[o.id]][0],
+                 "reasons": per_machine[pos[o.id]][1]} for o in obs]
 
     def _wait(self, task_id: str) -> list[bytes]:
         """Waits for a task another caller (or recovery) is running; returns its results."""

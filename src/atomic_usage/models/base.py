@@ -22,9 +22,19 @@ import pandas as pd
 
 from .._types import BOUNDED_METRICS, QUANTILES
 from ..data.regularize import Panel, regularize
+from ..data.validation import SeriesIssue
 from ..errors import NotFittedError, SchemaError
 
-__all__ = ["Forecaster", "finalize_quantiles", "forecast_frame"]
+__all__ = [
+    "FRAME_COLUMNS",
+    "MIN_INTERVAL",
+    "NO_FORECAST",
+    "Forecaster",
+    "finalize_quantiles",
+    "forecast_frame",
+    "interval_known",
+    "no_data_reason",
+]
 
 
 def finalize_quantiles(fc: np.ndarray, bounded: np.ndarray) -> np.ndarray:
@@ -75,7 +85,8 @@ class Forecaster(abc.ABC):
         """Forecasts ``h`` steps after the end of every fitted series.
 
         Returns:
-            The long forecast frame: ``id,timestamp,metric,mean,p10,p50,p90,model``.
+            The long forecast frame (:func:`forecast_frame`): ``id,timestamp,metric,mean,p10,p50,p90,
+            model,reason``.
 
         Raises:
             NotFittedError: ``fit`` was not called.
@@ -88,47 +99,115 @@ class Forecaster(abc.ABC):
         return f"{type(self).__name__}()"
 
 
-def forecast_frame(model: Forecaster, panel: Panel, horizon: int) -> pd.DataFrame:
+MIN_INTERVAL = 3
+"""Observed values a history needs for an interval: with fewer there is at most one change to
+learn a spread from, so p10 and p90 are null (the point is the last value, flagged)."""
+
+FRAME_COLUMNS = ("id", "timestamp", "metric", "mean", "p10", "p50", "p90", "model", "reason")
+"""The columns of the long forecast frame."""
+
+NO_FORECAST = ("none", "error")
+"""``model`` values of rows without a forecast: ``none`` for a metric with no data while the id
+has others, ``error`` for an id or series that cannot be forecast; ``reason`` says why."""
+
+
+def interval_known(n_observed: int) -> bool:
+    """Whether a history with ``n_observed`` observed values gets p10/p90 (see MIN_INTERVAL)."""
+    return n_observed >= MIN_INTERVAL
+
+
+def _no_observations(sid: str, steps: int) -> str:
+    return (f"no observations: id {sid!r} has {steps} step(s) but no value in any metric, so it is not "
+            "forecast; send at least one value.")
+
+
+def no_data_reason(sid: str, metric: str) -> str:
+    """The reason given for a metric of an id that has no observation (files and ``process()``)."""
+    return (f"no data: {metric} of id {sid!r} has no observation, so it is not forecast (null, not 0); "
+            "send its values to get one.")
+
+
+def _short_history(sid: str, metric: str, k: int) -> str:
+    return (f"short history: {metric} of id {sid!r} has {k} observed value(s), fewer than the {MIN_INTERVAL} "
+            "an interval needs, so p10 and p90 are null; send more history for an interval.")
+
+
+def forecast_frame(
+    model: Forecaster, panel: Panel, horizon: int, *, issues: Sequence[SeriesIssue] = ()
+) -> pd.DataFrame:
     """Forecasts every series of ``panel`` and returns the long forecast frame.
 
-    Series with no observation at all of a metric are left out (nothing to forecast from).
+    Every id and metric of the panel gets ``horizon`` rows, so one bad series never hides or
+    aborts another. Rows without a forecast have null values, ``model`` ``none`` or ``error``
+    and a ``reason`` that starts with its kind:
+
+    - ``no data``: the metric has no observation while the id has others (null, not 0);
+    - ``no observations``: the id has rows but no value at all (an error for the id);
+    - ``rejected``: validation rejected the series (``issues``, e.g. per-core sums);
+    - ``short history``: fewer than MIN_INTERVAL observed values; p50 is the last value and
+      p10/p90 are null (the row has a forecast, flagged in ``model``).
+
+    Args:
+        model: the forecaster.
+        panel: the regular histories.
+        horizon: steps to forecast (at least 1).
+        issues: series rejected by validation (masked in ``panel``), from ``read_wide(issues=...)``.
 
     Returns:
-        Columns ``id,timestamp,metric,mean,p10,p50,p90,model``; timestamps are the
-        forecast steps (UTC), one row per id, metric and step.
+        Columns FRAME_COLUMNS; timestamps are the forecast steps (UTC) after the id's last step,
+        one row per id, metric and step. ``reason`` is empty for an ordinary forecast.
+
+    Raises:
+        SchemaError: ``horizon`` is below 1.
     """
     if horizon < 1:
-        raise SchemaError(f"The horizon must be at least 1 step; got {horizon}.")
-    hists, ids, metrics, ends = [], [], [], []
-    end = panel.end()
-    for i, m, s in panel.iter_series():
-        if np.isnan(s).all():
-            continue
-        hists.append(s)
-        ids.append(panel.ids[i])
-        metrics.append(m)
-        ends.append(end[i])
-    cols = ["id", "timestamp", "metric", "mean", "p10", "p50", "p90", "model"]
-    if not hists:
-        return pd.DataFrame({c: [] for c in cols})
-    bounded = np.isin(np.asarray(metrics, object), list(BOUNDED_METRICS))
-    fc = model.forecast_arrays(hists, horizon, bounded)
-    names = model.fallback_flags(hists)
-    n = len(hists)
+        raise SchemaError(f"The horizon must be at least 1 step; got {horizon}; pass --horizon 1 or more.")
+    rejected = {(i.id, i.metric): i.message for i in issues}
+    hists, where, n_obs = [], [], []
+    kind: list[tuple[str, str]] = []  # per (id, metric): (model or NO_FORECAST value, reason)
+    for i in range(len(panel)):
+        sid = str(panel.ids[i])
+        observed = {m: int(np.count_nonzero(~np.isnan(panel.series(i, m)))) for m in panel.metrics}
+        id_empty = not any(observed.values()) and not any((sid, m) in rejected for m in panel.metrics)
+        for m in panel.metrics:
+            if (sid, m) in rejected:
+                kind.append(("error", "rejected: " + rejected[(sid, m)]))
+            elif id_empty:
+                kind.append(("error", _no_observations(sid, int(panel.lengths[i]))))
+            elif not observed[m]:
+                kind.append(("none", no_data_reason(sid, m)))
+            else:
+                where.append(len(kind))
+                hists.append(panel.series(i, m))
+                n_obs.append(observed[m])
+                kind.append(("", ""))
+    n = len(kind)
+    fc = np.full((n, 3, horizon), np.nan)
+    names = np.asarray([k for k, _ in kind], object)
+    reasons = np.asarray([r for _, r in kind], object)
+    if hists:
+        bounded = np.isin(np.asarray([panel.metrics[w % len(panel.metrics)] for w in where], object),
+                          list(BOUNDED_METRICS))
+        fc[where] = model.forecast_arrays(hists, horizon, bounded)
+        names[where] = model.fallback_flags(hists)
+        n_m = len(panel.metrics)
+        for w, k in zip(where, n_obs, strict=True):
+            if not interval_known(k):
+                fc[w, [0, 2]] = np.nan
+                reasons[w] = _short_history(str(panel.ids[w // n_m]), panel.metrics[w % n_m], k)
     step = np.int64(panel.step.value)
-    ts = (np.asarray(ends, "datetime64[ns]").astype(np.int64)[:, None] + step * np.arange(1, horizon + 1)).ravel()
+    ends = np.repeat(panel.end().astype("datetime64[ns]").astype(np.int64), len(panel.metrics))
+    ts = (ends[:, None] + step * np.arange(1, horizon + 1)).ravel()
     q = {f"p{int(round(qq * 100))}": fc[:, k, :].ravel() for k, qq in enumerate(QUANTILES)}
-    return (
-        pd.DataFrame(
-            {
-                "id": np.repeat(np.asarray(ids, object), horizon),
-                "timestamp": pd.to_datetime(ts, utc=True),
-                "metric": np.repeat(np.asarray(metrics, object), horizon),
-                "mean": q["p50"],
-                **q,
-                "model": np.repeat(np.asarray(names, object), horizon),
-            }
-        )[cols].reset_index(drop=True)
-        if n
-        else pd.DataFrame({c: [] for c in cols})
+    return pd.DataFrame(
+        {
+            "id": np.repeat(np.repeat(panel.ids.astype(object), len(panel.metrics)), horizon),
+            "timestamp": pd.to_datetime(ts, utc=True),
+            "metric": np.repeat(np.tile(np.asarray(panel.metrics, object), len(panel)), horizon),
+            "mean": q["p50"],
+            **q,
+            "model": np.repeat(names, horizon),
+            "reason": np.repeat(reasons, horizon),
+        },
+        columns=list(FRAME_COLUMNS),
     )

@@ -23,11 +23,23 @@ import numpy as np
 from ..data.windows import last_windows
 from .base import Forecaster, finalize_quantiles
 from .baselines import naive_arrays
+from .lines import exact_lines
 
-__all__ = ["MIN_OBSERVED", "NeuralForecaster", "NeuralSpec", "build_network", "finish", "prepare"]
+__all__ = [
+    "EXACT_LINE",
+    "MIN_OBSERVED",
+    "NeuralForecaster",
+    "NeuralSpec",
+    "build_network",
+    "finish",
+    "prepare",
+]
 
 MIN_OBSERVED = 3
 """Observed values a history needs for the network; shorter ones get the naive forecast, flagged."""
+
+EXACT_LINE = "linear(exact-history)"
+"""What the ``model`` column says for a sloped history continued exactly (see models/lines.py)."""
 
 _CLIP = 30.0  # normalized inputs beyond +-30 scales carry no more information, only risk
 
@@ -177,17 +189,25 @@ class NeuralForecaster(Forecaster):
         return state
 
     def fallback_flags(self, histories: Sequence[np.ndarray]) -> list[str]:
-        """``self.name`` where the network served a history, ``naive(short-history)`` where it was too short."""
-        return [
+        """Per history: ``self.name`` where the network served it (or it was a constant, continued),
+        ``naive(short-history)`` where it was too short, EXACT_LINE where an exact sloped line was
+        continued."""
+        names = [
             self.name if _n_observed(h, self.spec.context) >= MIN_OBSERVED else "naive(short-history)"
             for h in histories
         ]
+        idx, slope, _ = exact_lines(histories, 1, self.spec.context)
+        for i in idx[slope != 0]:
+            names[i] = EXACT_LINE
+        return names
 
     def forecast_arrays(
         self, histories: Sequence[np.ndarray], horizon: int, bounded: np.ndarray, *, batch_size: int = 8192
     ) -> np.ndarray:
         """See :class:`~atomic_usage.models.base.Forecaster`. Horizons beyond the network's are
-        continued from its last step by the naive rule (its interval widening with sqrt of steps)."""
+        continued from its last step by the naive rule (its interval widening with sqrt of steps).
+        Histories that are exact lines (constants included) are continued exactly in float64
+        (:mod:`~atomic_usage.models.lines`)."""
         n = len(histories)
         H = min(horizon, self.spec.horizon)
         out = np.empty((n, 3, horizon), np.float64)
@@ -206,6 +226,8 @@ class NeuralForecaster(Forecaster):
         short = [i for i, h in enumerate(histories) if _n_observed(h, self.spec.context) < MIN_OBSERVED]
         if short:
             out[short] = naive_arrays([np.asarray(histories[i], np.float64) for i in short], horizon)
+        idx, _, lines = exact_lines(histories, horizon, self.spec.context)
+        out[idx] = lines
         return finalize_quantiles(out, np.asarray(bounded))
 
     def __repr__(self) -> str:
