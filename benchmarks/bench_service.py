@@ -143,11 +143,7 @@ def main() -> None:
         finally:
             proc.terminate()
             proc.wait(60)
-    batch = [
-        ln
-        for ln in metrics.splitlines()
-        if ln.startswith(("atomic_batch_size_sum", "atomic_batch_size_count"))
-    ]
+    batch = [ln for ln in metrics.splitlines() if ln.startswith(("atomic_batch_size_sum", "atomic_batch_size_count"))]
     print(
         f"sync={args.sync} concurrency={args.concurrency} records/payload={args.records} "
         f"model={args.model or 'bundled'} duration={wall:.1f}s"

@@ -426,9 +426,18 @@ def train(
     context: Annotated[int, typer.Option(min=12, help="Steps of history the network reads.")] = 288,
     horizon: Annotated[int, typer.Option(min=1, help="Steps the network forecasts.")] = 288,
     name: Annotated[str, typer.Option(help="The model's name in forecasts.")] = "atomic",
+    selection: Annotated[
+        str,
+        typer.Option(
+            help="backtest: serve each series with the network or naive, whichever did best on "
+            "its own recent history; none: the network alone."
+        ),
+    ] = "backtest",
 ) -> None:
     """Train the neural forecaster (PyTorch, CPU), export it to ONNX and write the model folder."""
     _settings()
+    if selection not in ("backtest", "none"):
+        raise typer.BadParameter(f"must be backtest or none, not {selection!r}", param_hint="--selection")
     with _errors():
         import datetime as dt
         import hashlib
@@ -472,6 +481,7 @@ def train(
                 "config": {"steps": steps, "batch_size": batch_size, "seed": seed},
             },
             validation=json.loads(json.dumps(result.validation, default=float)),
+            serving={"selection": "backtest", "k": 3, "candidates": ["naive"]} if selection == "backtest" else {},
         )
         save_artifact(out_dir, onnx_bytes, card)
         err.print(f"trained in {result.seconds:.0f}s; model {card.version} -> {out_dir}")
@@ -688,9 +698,7 @@ def stats(
 def serve(
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=0, max=65535, help="Port to listen on.")] = 8000,
-    tls_cert: Annotated[
-        Path | None, typer.Option("--tls-cert", help="PEM certificate chain: serve HTTPS.")
-    ] = None,
+    tls_cert: Annotated[Path | None, typer.Option("--tls-cert", help="PEM certificate chain: serve HTTPS.")] = None,
     tls_key: Annotated[Path | None, typer.Option("--tls-key", help="PEM private key of --tls-cert.")] = None,
     workers: Annotated[
         int | None, typer.Option(min=0, help="Engine worker threads (ATOMIC_WORKERS; 0: one per core).")
@@ -720,15 +728,24 @@ def serve(
 
             from .service.app import create_app
         except ImportError as exc:
-            err.print(f"[bold red]error:[/] serving needs the service extra ({exc.name} is missing); "
-                      "install it with `pip install 'atomic-usage[service]'`.", highlight=False)
+            err.print(
+                f"[bold red]error:[/] serving needs the service extra ({exc.name} is missing); "
+                "install it with `pip install 'atomic-usage[service]'`.",
+                highlight=False,
+            )
             raise typer.Exit(3) from None
         forecaster = _load_forecaster(model, settings) if model is not None else None
         api = create_app(settings, model=forecaster)
         config = uvicorn.Config(
-            api, host=host, port=port, ssl_certfile=tls_cert, ssl_keyfile=tls_key,
-            log_level=(log_level or settings.log_level).lower(), access_log=False,
-            timeout_graceful_shutdown=int(graceful_s) or None, lifespan="on",
+            api,
+            host=host,
+            port=port,
+            ssl_certfile=tls_cert,
+            ssl_keyfile=tls_key,
+            log_level=(log_level or settings.log_level).lower(),
+            access_log=False,
+            timeout_graceful_shutdown=int(graceful_s) or None,
+            lifespan="on",
         )
         uvicorn.Server(config).run()
 

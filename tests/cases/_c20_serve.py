@@ -32,9 +32,7 @@ class Blocking(Forecaster):
     def __init__(self, marker: str) -> None:
         self.marker = marker
 
-    def forecast_arrays(
-        self, histories: Sequence[np.ndarray], horizon: int, bounded: np.ndarray
-    ) -> np.ndarray:
+    def forecast_arrays(self, histories: Sequence[np.ndarray], horizon: int, bounded: np.ndarray) -> np.ndarray:
         Path(self.marker).touch()
         time.sleep(600)
         raise AssertionError("the test should have killed this process")

@@ -57,9 +57,7 @@ def case(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[[str], Path
 def forecast(path: Path, tmp_path: Path, *, model: str | None = None) -> tuple[pd.DataFrame, str]:
     """Runs `atomic-usage forecast` on ``path``; returns the output and stderr."""
     out = tmp_path / f"{path.stem}-out.csv"
-    args = ["forecast", "-i", str(path), "-H", str(HORIZON), "-o", str(out)] + (
-        ["-m", model] if model else []
-    )
+    args = ["forecast", "-i", str(path), "-H", str(HORIZON), "-o", str(out)] + (["-m", model] if model else [])
     res = CliRunner().invoke(app, args)
     assert res.exit_code == 0, res.output
     df = pd.read_csv(out)
@@ -102,10 +100,7 @@ def via_process(p: UsagePredictor, path: Path) -> dict[str, dict[str, Any]]:
         {
             "id": r["id"],
             "timestamp": r["timestamp"],
-            **{
-                m: (None if pd.isna(r[m]) else float(r[m]))
-                for m in ("cpuLoad", "memoryUsage", "storageUsage")
-            },
+            **{m: (None if pd.isna(r[m]) else float(r[m])) for m in ("cpuLoad", "memoryUsage", "storageUsage")},
         }
         for r in df.to_dict("records")
     ]
@@ -135,9 +130,7 @@ class TestSeriesCases:
             t = threshold(res[sid], "storageUsage")
             assert t["p50"] is None and t["p90"] is None and not t["alreadyAbove"]
 
-    def test_c03_short_newcomer_does_not_touch_the_others(
-        self, case: Callable[[str], Path], tmp_path: Path
-    ) -> None:
+    def test_c03_short_newcomer_does_not_touch_the_others(self, case: Callable[[str], Path], tmp_path: Path) -> None:
         """vm-new gets a flagged naive point without interval; vm-a/vm-b are as without it."""
         path = case("C03")
         df, _ = forecast(path, tmp_path)
@@ -183,9 +176,7 @@ class TestSeriesCases:
         assert first["cpuLoad"] == pytest.approx(20.0, abs=1.5)
         assert first["storageUsage"] == pytest.approx(60.0, abs=1e-9)
 
-    def test_c07_duplicates_merged_by_mean_in_any_order(
-        self, case: Callable[[str], Path], tmp_path: Path
-    ) -> None:
+    def test_c07_duplicates_merged_by_mean_in_any_order(self, case: Callable[[str], Path], tmp_path: Path) -> None:
         """Repeated timestamps are averaged: reversing the rows changes nothing."""
         path = case("C07")
         df, _ = forecast(path, tmp_path)
@@ -213,9 +204,7 @@ class TestSeriesCases:
         check_invariants(df)
         cpu = series(df, "vm-multicore", "cpuLoad")
         assert set(cpu["model"]) == {"error"}
-        assert (
-            cpu["reason"].str.contains("cpuLoad of id 'vm-multicore' is 180.0 at 2026-11-30T00:00:00Z").all()
-        )
+        assert cpu["reason"].str.contains("cpuLoad of id 'vm-multicore' is 180.0 at 2026-11-30T00:00:00Z").all()
         assert series(df, "vm-multicore", "memoryUsage")["p50"].eq(55.0).all()
         assert series(df, "vm-badmem", "memoryUsage")["p50"].notna().all()
         assert "vm-multicore" in err
@@ -248,9 +237,7 @@ class TestSeriesCases:
                 t = threshold(res[sid], "storageUsage", level)
                 assert t["p50"] is None and t["p90"] is None
 
-    def test_c16_noisy_quantiles_in_order_and_repeatable(
-        self, case: Callable[[str], Path], tmp_path: Path
-    ) -> None:
+    def test_c16_noisy_quantiles_in_order_and_repeatable(self, case: Callable[[str], Path], tmp_path: Path) -> None:
         """Every quantile is ordered and in [0, 100]; two runs are identical."""
         df, _ = forecast(case("C16"), tmp_path)
         check_invariants(df)
@@ -260,9 +247,7 @@ class TestSeriesCases:
 class TestPayloadCases:
     """The JSON cases through process()."""
 
-    def test_c18_strings_and_nan_are_refused_by_field(
-        self, case: Callable[[str], Path], tmp_path: Path
-    ) -> None:
+    def test_c18_strings_and_nan_are_refused_by_field(self, case: Callable[[str], Path], tmp_path: Path) -> None:
         """vm-1.cpuLoad, vm-2.memoryUsage ("45.2", strict) and vm-3.cpuLoad are named; nothing is stored."""
         payload = json.loads(case("C18").read_text())
         with UsagePredictor(Settings(data_dir=tmp_path / "d", workers=1), model=load_model(None)) as p:

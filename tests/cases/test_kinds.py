@@ -36,11 +36,7 @@ levels = st.floats(0.0, 100.0, allow_nan=False)
 
 
 def frame(values: dict[str, list[float | None]], *, metric: str = "cpuLoad") -> pd.DataFrame:
-    rows = [
-        (sid, T0 + STEP * k, np.nan if v is None else v)
-        for sid, vs in values.items()
-        for k, v in enumerate(vs)
-    ]
+    rows = [(sid, T0 + STEP * k, np.nan if v is None else v) for sid, vs in values.items() for k, v in enumerate(vs)]
     return pd.DataFrame(rows, columns=["id", "timestamp", metric])
 
 
@@ -101,9 +97,7 @@ class TestOrderAndDuplicates:
         seed=st.integers(0, 2**16),
         dups=st.lists(st.tuples(st.integers(0, 59), levels), max_size=5),
     )
-    def test_any_order_any_duplicates(
-        self, values: list[float], seed: int, dups: list[tuple[int, float]]
-    ) -> None:
+    def test_any_order_any_duplicates(self, values: list[float], seed: int, dups: list[tuple[int, float]]) -> None:
         df = frame({"a": list(values), "b": list(values[::-1])})
         extra = [("a", T0 + STEP * (k % len(values)), v) for k, v in dups]
         if extra:
@@ -146,9 +140,7 @@ class TestOutOfRange:
             ("bad", "cpuLoad", f"2026-11-30T{at // 12:02d}:{(at * 5) % 60:02d}:00Z")
         ]
         assert set(out.loc[out["id"] == "bad", "model"]) == {"error"}
-        pd.testing.assert_frame_equal(
-            out[out["id"] == "good"].reset_index(drop=True), run(frame({"good": good}))
-        )
+        pd.testing.assert_frame_equal(out[out["id"] == "good"].reset_index(drop=True), run(frame({"good": good})))
 
 
 class TestLengths:
@@ -183,9 +175,7 @@ class TestTrendsAndThresholds:
 
     @FEW
     @given(last=levels, drop=st.floats(0, 5), width=st.floats(0, 30), level=st.sampled_from([90.0, 100.0]))
-    def test_flat_or_falling_never_crosses(
-        self, last: float, drop: float, width: float, level: float
-    ) -> None:
+    def test_flat_or_falling_never_crosses(self, last: float, drop: float, width: float, level: float) -> None:
         p50 = np.clip(last - drop * np.arange(1, 13), 0, 100)
         fc = np.stack([np.clip(p50 - width, 0, 100), p50, np.minimum(p50, 100)])
         d = describe_forecast(
@@ -244,8 +234,7 @@ class TestMixedPayloads:
     def test_bad_records_are_named(self, recs: list[tuple[bool, object]]) -> None:
         payload = {
             "usageData": [
-                {"id": f"vm-{i}", "cpuLoad": 10.0 if ok else bad, "timestamp": i}
-                for i, (ok, bad) in enumerate(recs)
+                {"id": f"vm-{i}", "cpuLoad": 10.0 if ok else bad, "timestamp": i} for i, (ok, bad) in enumerate(recs)
             ]
         }
         bad_ids = {f"vm-{i}" for i, (ok, _) in enumerate(recs) if not ok}

@@ -116,9 +116,7 @@ class Server:
         with self.client(timeout=2) as c:
             while True:
                 if self.proc.poll() is not None:
-                    raise RuntimeError(
-                        f"the server exited with {self.proc.returncode}:\n{self.log.read_text()}"
-                    )
+                    raise RuntimeError(f"the server exited with {self.proc.returncode}:\n{self.log.read_text()}")
                 try:
                     if c.get("/readyz", headers=AUTH).status_code == 200:
                         return self

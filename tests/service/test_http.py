@@ -223,9 +223,7 @@ class TestErrors:
             ({}, {"Idempotency-Key": "k" * 201}),
         ],
     )
-    def test_bad_parameters_are_422(
-        self, server: Server, params: dict[str, object], headers: dict[str, str]
-    ) -> None:
+    def test_bad_parameters_are_422(self, server: Server, params: dict[str, object], headers: dict[str, str]) -> None:
         """Out-of-range query parameters and headers are 422 in the same error shape."""
         with server.client() as c:
             r = c.post("/v1/predict", json=payload(1), params=params, headers={**AUTH, **headers})

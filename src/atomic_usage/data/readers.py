@@ -71,9 +71,7 @@ def read_wide(
             f"cannot be read as {kind} ({type(exc).__name__}: {str(exc)[:200]}); "
             "give a CSV or Parquet file with columns id,timestamp,<metric>...",
         ) from None
-    return validate_wide(
-        df, id_col=id_col, time_col=time_col, path=str(p), issues=issues, out_of_range=out_of_range
-    )
+    return validate_wide(df, id_col=id_col, time_col=time_col, path=str(p), issues=issues, out_of_range=out_of_range)
 
 
 def read_nab(path: str | Path, *, metric: str = "value") -> pd.DataFrame:

@@ -176,9 +176,7 @@ def validate_wide(
         raise SchemaError(f"{path + ': ' if path else ''}Row {row} has no id; give every row an id.", path=path)
     for c in metrics:
         out[c] = pd.to_numeric(df[c], errors="coerce").astype("float64")
-    check_ranges(
-        out, metrics, id_col=id_col, time_col=time_col, path=path, policy=out_of_range, issues=issues
-    )
+    check_ranges(out, metrics, id_col=id_col, time_col=time_col, path=path, policy=out_of_range, issues=issues)
     return out
 
 
@@ -241,17 +239,12 @@ def _iso(ts: pd.Timestamp) -> str:
     return str(ts.strftime("%Y-%m-%dT%H:%M:%SZ"))
 
 
-def _series_issue(
-    row: pd.Series, c: str, count: int, *, id_col: str, time_col: str, rng: str
-) -> SeriesIssue:
+def _series_issue(row: pd.Series, c: str, count: int, *, id_col: str, time_col: str, rng: str) -> SeriesIssue:
     sid, ts, value = str(row[id_col]), _iso(row[time_col]), float(row[c])
     if np.isinf(value):
         what, fix = "infinite", "fix the collector or drop these rows"
     else:
         what = f"far outside {rng}"
         fix = "send a percent of the whole machine (divide per-core sums by the core count)"
-    message = (
-        f"{c} of id {sid!r} is {value!r} at {ts} ({count} value(s) {what}), so this series was "
-        f"rejected; {fix}."
-    )
+    message = f"{c} of id {sid!r} is {value!r} at {ts} ({count} value(s) {what}), so this series was rejected; {fix}."
     return SeriesIssue(sid, c, ts, value, message)

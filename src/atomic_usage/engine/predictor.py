@@ -166,13 +166,14 @@ class UsagePredictor:
         rows = [(o.id, m, o.ts, v) for o in obs for m, v in o.values.items()]
         acc = self.store.accept(request, request_id=request_id, observations=rows, owner=self.owner)
         task = acc.task
+        plain: list[dict[str, Any]] | None = None
         if acc.created:
             self.history.append(obs)
-            bodies = self._run_task(task, obs, H)
+            bodies, plain = self._run_task(task, obs, H)
         else:
             done = task.status is TaskStatus.DONE and acc.results is not None
             bodies = list(acc.results or []) if done else self._wait(task.task_id)
-        out = self._response(task, bodies, sealed=sealed)
+        out = self._response(task, bodies, sealed=sealed, results=plain)
         self.meter.record(len(obs), latencies_s=[time.monotonic() - t0])
         return out
 
@@ -234,16 +235,21 @@ class UsagePredictor:
         return self.task(task.task_id)
 
     # --- running tasks ----------------------------------------------------------------
-    def _run_task(self, task: Task, obs: list[Observation], horizon: int) -> list[bytes]:
+    def _run_task(
+        self, task: Task, obs: list[Observation], horizon: int
+    ) -> tuple[list[bytes], list[dict[str, Any]] | None]:
+        """Runs a task and stores its results once; returns the stored bodies and, when they are
+        the ones this call wrote, the plain results (so they need not be opened again)."""
         claimed = self.store.claim(task.task_id, owner=self.owner)
         if claimed is None:
-            return self._wait(task.task_id)
+            return self._wait(task.task_id), None
         with self._open_lock:
             self._open.add(task.task_id)
         try:
             results = self._forecast(obs, horizon)
             bodies = [self._encode(task.task_id, i, r) for i, r in enumerate(results)]
-            return self.store.complete(task.task_id, bodies)
+            stored = self.store.complete(task.task_id, bodies)
+            return stored, (results if stored == bodies else None)
         except Exception as exc:
             reason = f"{type(exc).__name__}: {exc}"
             self.store.fail(task.task_id, reason)
@@ -273,13 +279,27 @@ class UsagePredictor:
                 h = ctx[i, j]
                 seen = h[~np.isnan(h)]
                 metrics[m] = describe_forecast(
-                    mf.quantiles[j], last_ts=float(last_ts[i]), step_s=self.history.step_s,
-                    last_value=float(seen[-1]), history_length=len(seen), model=str(mf.models[j]),
-                    thresholds=self.settings.thresholds, recent=h)
+                    mf.quantiles[j],
+                    last_ts=float(last_ts[i]),
+                    step_s=self.history.step_s,
+                    last_value=float(seen[-1]),
+                    history_length=len(seen),
+                    model=str(mf.models[j]),
+                    thresholds=self.settings.thresholds,
+                    recent=h,
+                )
             per_machine.append((metrics, reasons))
         pos = {m: i for i, m in enumerate(machines)}
-        return [{"index": o.index, "id": o.id, "timestamp": iso(o.ts), "forecasts": per_machine[pos[o.id]][0],
-                 "reasons": per_machine[pos[o.id]][1]} for o in obs]
+        return [
+            {
+                "index": o.index,
+                "id": o.id,
+                "timestamp": iso(o.ts),
+                "forecasts": per_machine[pos[o.id]][0],
+                "reasons": per_machine[pos[o.id]][1],
+            }
+            for o in obs
+        ]
 
     def _wait(self, task_id: str) -> list[bytes]:
         """Waits for a task another caller (or recovery) is running; returns its results."""
@@ -316,8 +336,11 @@ class UsagePredictor:
 
         return open_result(body, keyring=self.keyring, task_id=task_id)
 
-    def _response(self, task: Task, bodies: list[bytes], *, sealed: bool) -> dict[str, Any]:
-        results = [self._decode(task.task_id, b) for b in bodies]
+    def _response(
+        self, task: Task, bodies: list[bytes], *, sealed: bool, results: list[dict[str, Any]] | None = None
+    ) -> dict[str, Any]:
+        if results is None:
+            results = [self._decode(task.task_id, b) for b in bodies]
         out: dict[str, Any] = {
             "requestId": task.request_id,
             "taskId": task.task_id,

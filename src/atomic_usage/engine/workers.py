@@ -199,7 +199,8 @@ class ThreadWorker(Worker):
         """See :meth:`Worker.stop`; a thread that does not exit in time is abandoned."""
         self.retired = True
         self._inbox.put(None)
-        self._thread.join(timeout_s)
+        if self._thread.ident is not None:  # close() may race a worker spawned but not yet started
+            self._thread.join(timeout_s)
 
     def kill(self) -> None:
         """See :meth:`Worker.kill`."""
@@ -430,10 +431,13 @@ class ProcessWorker(Worker):
             self._conn.send(None)
         except (OSError, ValueError):
             pass
+        if self._proc.pid is None:  # spawned but never started: nothing to wait for
+            return
         self._proc.join(timeout_s)
         if self._proc.is_alive():
             self.kill()
-        self._reader.join(timeout_s)
+        if self._reader.ident is not None:
+            self._reader.join(timeout_s)
 
     def kill(self) -> None:
         """See :meth:`Worker.kill`."""

@@ -19,6 +19,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ..errors import ArtifactError
+from .base import Forecaster
 from .neural import NeuralForecaster, NeuralSpec
 
 __all__ = ["FORMAT_VERSION", "ModelCard", "default_model_dir", "load_model", "save_artifact"]
@@ -45,6 +46,11 @@ class ModelCard(BaseModel):
     spec: dict[str, Any]
     training: dict[str, Any] = Field(default_factory=dict, description="command, data fingerprint, sources, time.")
     validation: dict[str, Any] = Field(default_factory=dict)
+    serving: dict[str, Any] = Field(
+        default_factory=dict,
+        description='How to serve: {"selection": "backtest", "k": 3, "candidates": ["naive"]} serves each series '
+        "with the network or a baseline, whichever backtested best on that series' own history.",
+    )
 
 
 def default_model_dir() -> Path:
@@ -112,21 +118,38 @@ def read_card(model_dir: str | Path) -> ModelCard:
     return card
 
 
-def load_model(model_dir: str | Path | None = None, *, threads: int = 0) -> NeuralForecaster:
+def load_model(model_dir: str | Path | None = None, *, threads: int = 0, raw: bool = False) -> Forecaster:
     """Loads a model folder (default: the bundled model) as a forecaster served by ONNX Runtime.
 
     Args:
         model_dir: a folder written by ``atomic-usage train``; None for the bundled model.
         threads: ONNX Runtime intra-op threads (0 = its default).
+        raw: the network alone, without the per-series selection that ``model.json`` may ask for.
 
     Raises:
         ArtifactError: the folder is missing, incomplete or malformed.
 
-    >>> load_model().spec.horizon >= 12
+    >>> load_model(raw=True).spec.horizon >= 12
     True
     """
     d = Path(model_dir) if model_dir is not None else default_model_dir()
     card = read_card(d)
     model = NeuralForecaster(d / "model.onnx", NeuralSpec.from_dict(card.spec), name=card.name, threads=threads)
     model.card = card  # type: ignore[attr-defined]
-    return model
+    sel = card.serving.get("selection")
+    if raw or not sel:
+        return model
+    if sel != "backtest":
+        raise ArtifactError(
+            f"{d}: unknown serving selection {sel!r} in model.json; use 'backtest' or none.", path=str(d)
+        )
+    from .baselines import BASELINES
+    from .ensemble import BacktestSelector
+
+    names = card.serving.get("candidates", ["naive"])
+    unknown = [c for c in names if c not in BASELINES]
+    if unknown:
+        raise ArtifactError(
+            f"{d}: unknown serving candidates {unknown} in model.json; use {sorted(BASELINES)}.", path=str(d)
+        )
+    return BacktestSelector([model, *(BASELINES[c]() for c in names)], k=int(card.serving.get("k", 3)))

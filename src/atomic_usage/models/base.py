@@ -117,19 +117,25 @@ def interval_known(n_observed: int) -> bool:
 
 
 def _no_observations(sid: str, steps: int) -> str:
-    return (f"no observations: id {sid!r} has {steps} step(s) but no value in any metric, so it is not "
-            "forecast; send at least one value.")
+    return (
+        f"no observations: id {sid!r} has {steps} step(s) but no value in any metric, so it is not "
+        "forecast; send at least one value."
+    )
 
 
 def no_data_reason(sid: str, metric: str) -> str:
     """The reason given for a metric of an id that has no observation (files and ``process()``)."""
-    return (f"no data: {metric} of id {sid!r} has no observation, so it is not forecast (null, not 0); "
-            "send its values to get one.")
+    return (
+        f"no data: {metric} of id {sid!r} has no observation, so it is not forecast (null, not 0); "
+        "send its values to get one."
+    )
 
 
 def _short_history(sid: str, metric: str, k: int) -> str:
-    return (f"short history: {metric} of id {sid!r} has {k} observed value(s), fewer than the {MIN_INTERVAL} "
-            "an interval needs, so p10 and p90 are null; send more history for an interval.")
+    return (
+        f"short history: {metric} of id {sid!r} has {k} observed value(s), fewer than the {MIN_INTERVAL} "
+        "an interval needs, so p10 and p90 are null; send more history for an interval."
+    )
 
 
 def forecast_frame(
@@ -186,8 +192,9 @@ def forecast_frame(
     names = np.asarray([k for k, _ in kind], object)
     reasons = np.asarray([r for _, r in kind], object)
     if hists:
-        bounded = np.isin(np.asarray([panel.metrics[w % len(panel.metrics)] for w in where], object),
-                          list(BOUNDED_METRICS))
+        bounded = np.isin(
+            np.asarray([panel.metrics[w % len(panel.metrics)] for w in where], object), list(BOUNDED_METRICS)
+        )
         fc[where] = model.forecast_arrays(hists, horizon, bounded)
         names[where] = model.fallback_flags(hists)
         n_m = len(panel.metrics)

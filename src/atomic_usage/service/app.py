@@ -77,17 +77,13 @@ class _LatencyMiddleware:
         finally:
             route = scope.get("route")
             path = getattr(route, "path", "unmatched")
-            self.state.http_latency.labels(scope["method"], path, str(status[0])).observe(
-                time.perf_counter() - t0
-            )
+            self.state.http_latency.labels(scope["method"], path, str(status[0])).observe(time.perf_counter() - t0)
 
 
 def _openapi(app: FastAPI) -> dict[str, Any]:
     """The generated document plus the request payload's schema (the body is read raw)."""
     if app.openapi_schema is None:
-        doc = get_openapi(
-            title=app.title, version=app.version, description=app.description, routes=app.routes
-        )
+        doc = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
         schema = PredictRequest.model_json_schema(ref_template="#/components/schemas/{model}")
         components = doc.setdefault("components", {}).setdefault("schemas", {})
         components.update(schema.pop("$defs", {}))

@@ -38,11 +38,7 @@ def _read_hashes(path: Path) -> list[bytes]:
         if not line or line.startswith("#"):
             continue
         digest = line.removeprefix(_PREFIX)
-        if (
-            not line.startswith(_PREFIX)
-            or len(digest) != 64
-            or any(c not in "0123456789abcdef" for c in digest)
-        ):
+        if not line.startswith(_PREFIX) or len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
             raise ConfigError(
                 f"ATOMIC_API_TOKENS_FILE={str(path)!r} line {n} is not 'sha256:<64 lowercase hex>'; "
                 "write hashes made with `atomic-usage token-hash`, never the tokens themselves.",

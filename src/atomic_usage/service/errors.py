@@ -51,9 +51,7 @@ ERROR_STATUS: Final[tuple[tuple[type[BaseException], int, str], ...]] = (
 class RecordErrorBody(BaseModel):
     """One problem with one record of a payload."""
 
-    index: int = Field(
-        description="Position of the record in usageData; -1 for the payload or request as a whole."
-    )
+    index: int = Field(description="Position of the record in usageData; -1 for the payload or request as a whole.")
     id: str | None = Field(description="The record's machine id, when it could be read.")
     field: str = Field(description="The field (or header, or query parameter) that is wrong.")
     message: str = Field(description="What is wrong and what to do about it.")
@@ -102,9 +100,7 @@ async def _atomic_handler(request: Request, exc: Exception) -> JSONResponse:
 async def _validation_handler(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
     errors = [
-        RecordError(
-            -1, str(e["loc"][-1]) if e.get("loc") else "request", str(e.get("msg", "is invalid"))
-        ).as_dict()
+        RecordError(-1, str(e["loc"][-1]) if e.get("loc") else "request", str(e.get("msg", "is invalid"))).as_dict()
         for e in exc.errors()
     ]
     return _response(422, "A query parameter or header is out of range.", errors)

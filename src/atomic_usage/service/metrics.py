@@ -56,16 +56,12 @@ class EngineCollector(Collector):
         yield GaugeMetricFamily("atomic_up", "1 when the engine is running", value=0 if s is None else 1)
         if s is None:
             return
-        tps = GaugeMetricFamily(
-            "atomic_records_per_second", "Records processed per second", labels=["window"]
-        )
+        tps = GaugeMetricFamily("atomic_records_per_second", "Records processed per second", labels=["window"])
         for window, rate in s["tps"].items():
             tps.add_metric([window], float(rate))
         yield tps
         yield CounterMetricFamily("atomic_records", "Records processed", value=s["records_total"])
-        yield CounterMetricFamily(
-            "atomic_records_failed", "Records that failed", value=s.get("failed_total", 0)
-        )
+        yield CounterMetricFamily("atomic_records_failed", "Records that failed", value=s.get("failed_total", 0))
         lat = s["latency_s"]
         q = GaugeMetricFamily(
             "atomic_process_latency_seconds",
@@ -93,9 +89,7 @@ class EngineCollector(Collector):
         yield CounterMetricFamily(
             "atomic_worker_restarts", "Workers replaced by the watchdog", value=s["worker_restarts"]
         )
-        yield CounterMetricFamily(
-            "atomic_recovered_tasks", "Tasks resumed after a crash", value=s["recovered_tasks"]
-        )
+        yield CounterMetricFamily("atomic_recovered_tasks", "Tasks resumed after a crash", value=s["recovered_tasks"])
         tasks = GaugeMetricFamily("atomic_tasks", "Stored tasks by status", labels=["status"])
         for status, n in s["tasks"].items():
             tasks.add_metric([status], n)

@@ -28,9 +28,7 @@ def _state(request: Request) -> Any:
     return request.app.state.atomic
 
 
-def require_token(
-    request: Request, creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
-) -> None:
+def require_token(request: Request, creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> None:
     """Refuses the request with 401 unless it carries an accepted bearer token."""
     _state(request).verifier.check(creds.credentials if creds is not None else None)
 
@@ -52,8 +50,7 @@ async def _read_body(request: Request, limit: int) -> bytes:
                 RecordError(
                     -1,
                     "body",
-                    f"holds {declared} bytes, more than the {limit} allowed "
-                    "(ATOMIC_MAX_BODY_BYTES); split the payload",
+                    f"holds {declared} bytes, more than the {limit} allowed (ATOMIC_MAX_BODY_BYTES); split the payload",
                 )
             ]
         )
@@ -66,8 +63,7 @@ async def _read_body(request: Request, limit: int) -> bytes:
                     RecordError(
                         -1,
                         "body",
-                        f"holds more than the {limit} bytes allowed "
-                        "(ATOMIC_MAX_BODY_BYTES); split the payload",
+                        f"holds more than the {limit} bytes allowed (ATOMIC_MAX_BODY_BYTES); split the payload",
                     )
                 ]
             )
@@ -82,9 +78,7 @@ def _no_constant(name: str) -> Any:
 def _decode(body: bytes) -> Any:
     """Parses strict JSON (no NaN/Infinity); a 400 names the line and column where it breaks."""
     if not body.strip():
-        raise PayloadSyntaxError(
-            [RecordError(-1, "body", "is empty; send a JSON object with a usageData list")]
-        )
+        raise PayloadSyntaxError([RecordError(-1, "body", "is empty; send a JSON object with a usageData list")])
     try:
         return json.loads(body.decode("utf-8"), parse_constant=_no_constant)
     except UnicodeDecodeError as exc:
@@ -116,9 +110,7 @@ async def predict(
         int | None,
         Query(ge=1, le=MAX_HORIZON, description="Steps (5 min) to forecast; default ATOMIC_HORIZON."),
     ] = None,
-    sealed: Annotated[
-        bool, Query(description="Also return each result sealed (AES-256-GCM envelopes).")
-    ] = False,
+    sealed: Annotated[bool, Query(description="Also return each result sealed (AES-256-GCM envelopes).")] = False,
     idempotency_key: Annotated[
         str | None,
         Header(
@@ -154,9 +146,7 @@ async def predict(
 )
 def get_task(
     request: Request,
-    task_id: Annotated[
-        str, Path(min_length=1, max_length=64, description="The taskId of a predict response.")
-    ],
+    task_id: Annotated[str, Path(min_length=1, max_length=64, description="The taskId of a predict response.")],
 ) -> Response:
     """Returns the task; ``results`` is present once it is done. Unknown ids are a 404."""
     return JSONResponse(_state(request).predictor.task(task_id))

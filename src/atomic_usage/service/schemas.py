@@ -51,8 +51,7 @@ class UsageRecord(BaseModel):
     )
     timestamp: str | float | None = Field(
         None,
-        description="When it was observed: ISO 8601 (no offset = UTC) or epoch seconds (>= 0); "
-        "absent: receive time.",
+        description="When it was observed: ISO 8601 (no offset = UTC) or epoch seconds (>= 0); absent: receive time.",
         json_schema_extra={
             "anyOf": [
                 {"type": "string", "format": "date-time"},
@@ -118,9 +117,7 @@ class MetricForecast(BaseModel):
 
     steps: list[StepForecast] = Field(description="One entry per step ahead (5 minutes each).")
     historyLength: int = Field(description="Observed steps the forecast was made from.")
-    model: str = Field(
-        description="What produced it (the model name, or a fallback such as naive(short-history))."
-    )
+    model: str = Field(description="What produced it (the model name, or a fallback such as naive(short-history)).")
     trend: Trend
     peak: Peak
     thresholds: list[Threshold]
@@ -169,9 +166,7 @@ class TaskBody(BaseModel):
 
     task_id: str = Field(description="The engine's task id.")
     request_id: str = Field(description="The Idempotency-Key (or generated id) it was accepted under.")
-    status: Literal["accepted", "running", "done", "failed"] = Field(
-        description="Where it is in its life cycle."
-    )
+    status: Literal["accepted", "running", "done", "failed"] = Field(description="Where it is in its life cycle.")
     attempts: int = Field(description="Times it was claimed to run.")
     error: str | None = Field(description="Why it failed; null unless failed.")
     lease_until: float | None = Field(description="Epoch seconds until which its owner holds it.")
