@@ -36,6 +36,7 @@ model: $(VENV)/.dev
 	$(BIN)/atomic-usage train \
 	  --data $(DATA)/gcd2011_vms --holdout-last 4h --holdout-machines yes \
 	  --data $(DATA)/nab_aws --holdout-last 4d2h --holdout-machines no \
+	  --steps 2500 --batch-size 256 --seed 0 \
 	  --out src/atomic_usage/models/_default
 
 evaluate: $(VENV)/.run

@@ -145,3 +145,21 @@ class TestForecastGauges:
         ):
             assert f"# TYPE {name} gauge" in text
         assert "+Inf" in text
+
+
+class TestShortHistory:
+    """A forecast whose interval is unknown (too short a history) exports p50 only."""
+
+    def test_null_interval_exports_p50_only(self) -> None:
+        """p10/p90 gauges and the p90 time-to-threshold are left out, not faked."""
+        fc = np.array([[60.0, 61.0], [60.0, 61.0], [60.0, 61.0]])
+        desc = describe_forecast(
+            fc, last_ts=T0, step_s=300, last_value=60.0, history_length=1, model="naive", thresholds=(90,)
+        )
+        assert desc["steps"][0]["p90"] is None
+        g = ForecastGauges()
+        g.update({"index": 0, "id": "m1", "timestamp": "2023-11-14T22:13:20Z", "forecasts": {"cpuLoad": desc}})
+        samples = _samples(g)
+        names = {k[0] for k in samples}
+        assert "atomic_forecast_value" in names
+        assert all(dict(k[1]).get("quantile") != "0.9" for k in samples if k[0] == "atomic_forecast_value")

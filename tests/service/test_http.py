@@ -145,6 +145,26 @@ class TestPredict:
         ):
             assert name in r.text, name
 
+    def test_forecast_gauges_after_predict(self, server: Server) -> None:
+        """A predicted machine's forecast and time-to-threshold appear as gauges in the scrape."""
+        with server.client() as c:
+            body = c.post("/v1/predict", json=payload(2), headers=AUTH).json()
+            text = c.get("/metrics", headers=AUTH).text
+        mid = body["results"][0]["id"]
+        value = [
+            ln
+            for ln in text.splitlines()
+            if ln.startswith("atomic_forecast_value{")
+            and f'instance="{mid}"' in ln
+            and 'quantile="0.5"' in ln
+            and 'step="1"' in ln
+        ]
+        assert value, "no atomic_forecast_value gauge for the predicted machine"
+        assert any(
+            ln.startswith("atomic_forecast_seconds_to_threshold{") and f'instance="{mid}"' in ln
+            for ln in text.splitlines()
+        )
+
 
 class TestErrors:
     """Bad input gets a 4xx with the per-record error list, and nothing is applied."""

@@ -38,6 +38,8 @@ class TrainConfig:
         val_frac: share of the end of every training series kept for validation.
         threads: torch threads (0 = all cores).
         time_budget_s: stop early after this many seconds (0 = no limit).
+        truncate_share: share of training windows whose older history is masked at random,
+            so the network meets every history length it may serve.
     """
 
     steps: int = 3000
@@ -47,6 +49,7 @@ class TrainConfig:
     val_frac: float = 0.1
     threads: int = 0
     time_budget_s: float = 0.0
+    truncate_share: float = 0.5
 
 
 @dataclasses.dataclass
@@ -89,6 +92,26 @@ class _Windows:
     def batch(self, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         w = self.view[self.starts[idx]]  # the only copy: one mini-batch
         return w[:, : self.C], w[:, self.C :]
+
+
+def _truncate_history(ctx: np.ndarray, rng: np.random.Generator, share: float) -> np.ndarray:
+    """Masks the older part of the context of a random ``share`` of windows, keeping the last
+    k steps, k uniform in [MIN_OBSERVED, context].
+
+    Without it the network only ever sees the history lengths the training series happen to
+    have (a 240-step trace never gives a window with more than 240 steps) and is out of its
+    depth on a longer history at serving time.
+    """
+    n, C = ctx.shape
+    pick = rng.random(n) < share
+    if not pick.any():
+        return ctx
+    keep = rng.integers(MIN_OBSERVED, C + 1, int(pick.sum()))
+    cols = np.arange(C)[None, :]
+    ctx = ctx.copy()
+    rows = np.flatnonzero(pick)
+    ctx[rows] = np.where(cols >= (C - keep)[:, None], ctx[rows], np.nan)
+    return ctx
 
 
 def _normalized_batch(ctx: np.ndarray, tgt: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -197,7 +220,8 @@ def train_neural(
     loss_v = float("nan")
     for step in range(config.steps):
         idx = rng.integers(0, len(tr.starts), config.batch_size)
-        x, y, m = _normalized_batch(*tr.batch(idx))
+        ctx, tgt = tr.batch(idx)
+        x, y, m = _normalized_batch(_truncate_history(ctx, rng, config.truncate_share), tgt)
         pred = net(torch.from_numpy(x))
         loss = _pinball(torch, pred, torch.from_numpy(y), torch.from_numpy(m))
         opt.zero_grad()

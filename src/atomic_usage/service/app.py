@@ -23,7 +23,11 @@ from .. import __version__
 from ..config import Settings
 from .auth import TokenVerifier
 from .errors import install_handlers
+from .gauges import ForecastGauges
 from .metrics import make_registry
+
+GAUGE_STEPS = (1, 3, 6, 12, 24, 72, 144, 288)
+"""Forecast steps exported as gauges (where the horizon reaches them): 5 min to 24 h ahead."""
 from .routes import router
 from .schemas import PredictRequest
 
@@ -48,6 +52,9 @@ class ServiceState:
         self.predictor = predictor
         self.stopping = False
         self.registry, self.http_latency = make_registry(self._stats)
+        # The latest forecast of every machine, as gauges alert rules can use (deploy/).
+        self.gauges = ForecastGauges(steps=GAUGE_STEPS)
+        self.registry.register(self.gauges)
 
     def _stats(self) -> dict[str, Any] | None:
         return None if self.predictor is None or self.stopping else self.predictor.stats()  # type: ignore[no-any-return]

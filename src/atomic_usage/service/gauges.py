@@ -95,10 +95,14 @@ def forecast_metric_families(
                 if wanted is not None and k not in wanted:
                     continue
                 for key, q in _QUANTILES:
-                    value.add_metric([machine, metric, q, str(k)], float(step[key]))
+                    if step.get(key) is not None:  # p10/p90 are null when the history is too short
+                        value.add_metric([machine, metric, q, str(k)], float(step[key]))
+            interval_known = fc["steps"][0].get("p90") is not None
             for th in fc.get("thresholds", []):
                 level = f"{float(th['level']):g}"
                 for key, q in (("p50", "0.5"), ("p90", "0.9")):
+                    if key == "p90" and not interval_known:
+                        continue
                     hit = th.get(key)
                     if th.get("alreadyAbove"):
                         secs = 0.0

@@ -133,6 +133,7 @@ async def predict(
     result = await run_in_threadpool(
         st.predictor.process, payload, request_id=idempotency_key, horizon=horizon, sealed=sealed
     )
+    st.gauges.update(result)
     return JSONResponse(result)
 
 
