@@ -25,13 +25,13 @@ from .auth import TokenVerifier
 from .errors import install_handlers
 from .gauges import ForecastGauges
 from .metrics import make_registry
-
-GAUGE_STEPS = (1, 3, 6, 12, 24, 72, 144, 288)
-"""Forecast steps exported as gauges (where the horizon reaches them): 5 min to 24 h ahead."""
 from .routes import router
 from .schemas import PredictRequest
 
 __all__ = ["ServiceState", "create_app"]
+
+GAUGE_STEPS = (1, 3, 6, 12, 24, 72, 144, 288)
+"""Forecast steps exported as gauges (where the horizon reaches them): 5 min to 24 h ahead."""
 
 _log = logging.getLogger("atomic_usage.service")
 
