@@ -104,3 +104,20 @@ class TestBundledModel:
         assert card.training["command"].startswith("atomic-usage train")
         assert len(card.training["data_fingerprint"]) == 64
         assert (d / "model.onnx").stat().st_size < 20 * 2**20
+
+
+class TestTraining:
+    """Training-time helpers."""
+
+    def test_truncate_history_masks_only_the_older_part(self) -> None:
+        """Masked windows keep a suffix of at least MIN_OBSERVED steps; the others are untouched."""
+        from atomic_usage.models.train import _truncate_history
+
+        ctx = np.arange(40, dtype=np.float32).reshape(4, 10) + 1
+        out = _truncate_history(ctx, np.random.default_rng(0), 1.0)
+        for row, orig in zip(out, ctx, strict=True):
+            kept = ~np.isnan(row)
+            first = int(np.argmax(kept))
+            assert kept[first:].all() and kept.sum() >= MIN_OBSERVED
+            assert np.array_equal(row[first:], orig[first:])
+        assert np.array_equal(_truncate_history(ctx, np.random.default_rng(0), 0.0), ctx)
