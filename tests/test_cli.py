@@ -172,3 +172,13 @@ class TestEvaluateOnRealTraces:
         for name in ("tiny", "naive", "predict_linear", "seasonal_naive"):
             assert f"| {name} |" in text
         assert text.count("| nab | 288 |") == 4
+
+
+class TestOutputErrors:
+    """An output path that cannot be written is a clear error, not a traceback."""
+
+    def test_output_is_a_folder(self, tmp_path: Path) -> None:
+        """Exit 2 naming the folder."""
+        inp = write_fleet(tmp_path / "in.csv")
+        res = runner.invoke(app, ["forecast", "-i", str(inp), "-H", "3", "-o", str(tmp_path), "-m", "naive"])
+        assert res.exit_code == 2 and "the output is a folder" in " ".join(res.output.split())

@@ -244,15 +244,28 @@ def forecast(
 
 
 def _write_table(df: Any, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Writes a frame as CSV or Parquet (by suffix) under a temporary name, then renames it."""
+    from .errors import SchemaError
+
+    if path.is_dir():
+        raise SchemaError(
+            f"{path}: the output is a folder; give a file name such as {path / 'forecast.csv'}.", path=str(path)
+        )
     tmp = path.with_name(path.name + ".tmp")
-    if path.suffix.lower() in (".parquet", ".pq"):
-        df.to_parquet(tmp, index=False)
-    else:
-        out_df = df.copy()
-        out_df["timestamp"] = out_df["timestamp"].dt.strftime("%Y-%m-%dT%H:%M:%SZ")
-        out_df.to_csv(tmp, index=False, float_format="%.6g")
-    tmp.replace(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.suffix.lower() in (".parquet", ".pq"):
+            df.to_parquet(tmp, index=False)
+        else:
+            out_df = df.copy()
+            out_df["timestamp"] = out_df["timestamp"].dt.strftime("%Y-%m-%dT%H:%M:%SZ")
+            out_df.to_csv(tmp, index=False, float_format="%.6g")
+        tmp.replace(path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise SchemaError(
+            f"{path}: cannot write the output ({exc.strerror or exc}); choose a writable path.", path=str(path)
+        ) from None
 
 
 @app.command()
@@ -621,9 +634,9 @@ def tasks_list(
         tasks = store.list_tasks(status=st, limit=limit)
         counts = store.counts()
         store.close()
-        if as_json:
+        if as_json:  # JSON lines: one task per line
             for t in tasks:
-                out.print_json(json.dumps(t.as_dict()))
+                print(json.dumps(t.as_dict()))
             return
         table = Table(title="tasks: " + ", ".join(f"{k.value} {v}" for k, v in counts.items()))
         for c in ("task", "request", "status", "attempts", "created", "error"):

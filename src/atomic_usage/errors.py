@@ -109,7 +109,9 @@ class RecordError:
         return {"index": self.index, "id": self.record_id, "field": self.field, "message": self.message}
 
     def __str__(self) -> str:
-        who = f"record {self.index}" + (f" (id {self.record_id!r})" if self.record_id is not None else "")
+        who = ("the request" if self.index < 0 else f"record {self.index}") + (
+            f" (id {self.record_id!r})" if self.record_id is not None else ""
+        )
         return f"{who}, field {self.field!r}: {self.message}"
 
     def __repr__(self) -> str:

@@ -142,3 +142,26 @@ class TestRealTraces:
         """GCD: 1,200 VMs of 288 steps."""
         panel, _ = regularize(read_source(shared_dir / "data" / "gcd2011_vms"))
         assert len(panel) == 1200 and set(panel.lengths.tolist()) == {288}
+
+
+class TestAdversarialFiles:
+    """Files found by trying to break the readers."""
+
+    def test_mixed_offsets_keep_naive_as_utc(self, tmp_path: Path) -> None:
+        """A naive timestamp stays UTC even when another row carries an offset."""
+        p = tmp_path / "mix.csv"
+        p.write_text("id,timestamp,cpuLoad\na,2024-01-01T00:00:00-03:00,10\nb,2024-01-01T00:00:00,20\nc,2024-01-02,5\n")
+        ts = read_wide(p).set_index("id")["timestamp"]
+        assert ts["a"] == pd.Timestamp("2024-01-01T03:00Z") and ts["b"] == pd.Timestamp("2024-01-01T00:00Z")
+        assert ts["c"] == pd.Timestamp("2024-01-02T00:00Z")
+
+    def test_values_beyond_float32_reject_their_series(self, tmp_path: Path) -> None:
+        """A count too large for the model rejects its series only, naming id and value."""
+        from atomic_usage.data.validation import SeriesIssue
+
+        p = tmp_path / "huge.csv"
+        p.write_text("id,timestamp,bytes\na,2024-01-01T00:00:00Z,1e300\nb,2024-01-01T00:00:00Z,5\n")
+        issues: list[SeriesIssue] = []
+        df = read_wide(p, issues=issues)
+        assert [(i.id, i.metric) for i in issues] == [("a", "bytes")] and "larger unit" in issues[0].message
+        assert np.isnan(df.loc[df["id"] == "a", "bytes"]).all() and df.loc[df["id"] == "b", "bytes"].tolist() == [5]

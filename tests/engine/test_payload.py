@@ -118,3 +118,25 @@ class TestParsePayload:
             return
         for o in obs:
             assert all(0 <= v <= 100 for v in o.values.values())
+
+
+class TestAdversarialValues:
+    """Values found by trying to break the engine: refused up front, never stored."""
+
+    @pytest.mark.parametrize(
+        ("record", "field"),
+        [
+            ({"id": "m", "cpuLoad": 5, "timestamp": 1_700_000_000_000}, "timestamp"),  # milliseconds
+            ({"id": "m", "cpuLoad": 5, "timestamp": 1e20}, "timestamp"),
+            ({"id": "m", "cpuLoad": 5, "timestamp": "9999-12-31T23:59:59Z"}, "timestamp"),
+            ({"id": "m", "cpuLoad": 5, "timestamp": "1600-01-01T00:00:00Z"}, "timestamp"),
+            ({"id": "m", "cpuLoad": 10**400}, "cpuLoad"),
+            ({"id": 10**5000, "cpuLoad": 1}, "id"),
+            ({"id": "x" * 300, "cpuLoad": 1}, "id"),
+        ],
+    )
+    def test_refused(self, record: dict[str, Any], field: str) -> None:
+        """Timestamps in the future or before 1970, huge numbers and huge ids are PayloadErrors."""
+        with pytest.raises(PayloadError) as info:
+            parse_payload({"usageData": [record]}, now=1_767_600_000.0)
+        assert [e.field for e in info.value.errors] == [field]

@@ -142,3 +142,24 @@ class TestProcess:
         with UsagePredictor(Settings(data_dir=tmp_path, skip_persistence=True)) as p:
             r = p.process({"usageData": [{"id": "1", "cpuLoad": 30, "memoryUsage": 70, "storageUsage": 20}]})
         assert r["model"]["name"] == p.model.name and r["results"][0]["forecasts"]["cpuLoad"]["steps"]
+
+
+class TestCallArguments:
+    """process()'s own arguments are checked before anything is stored."""
+
+    @pytest.mark.parametrize(
+        "kwargs",
+        [
+            {"horizon": 0},
+            {"horizon": -1},
+            {"horizon": 10**6},
+            {"horizon": True},
+            {"request_id": ""},
+            {"request_id": {"a": 1}},
+        ],
+    )
+    def test_bad_arguments(self, predictor: UsagePredictor, kwargs: dict[str, object]) -> None:
+        """A bad horizon or request id is a PayloadError naming it; no task is stored."""
+        with pytest.raises(PayloadError, match="the request, field"):
+            predictor.process({"usageData": [rec("a", 0, cpuLoad=1.0)]}, **kwargs)  # type: ignore[arg-type]
+        assert sum(predictor.store.counts().values()) == 0

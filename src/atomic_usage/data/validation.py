@@ -117,6 +117,26 @@ def metric_columns(
     return cols
 
 
+_NAIVE_TIME = r"[T ]\d{1,2}:\d{2}(?::\d{2}(?:\.\d+)?)?$"
+_DATE_ONLY = r"^\d{4}-\d{2}-\d{2}$"
+
+
+def _mark_naive_as_utc(values: pd.Series) -> pd.Series:
+    """Gives every ISO 8601 string without an offset an explicit ``+00:00``.
+
+    pandas parses a column that mixes strings with and without offsets by shifting the naive
+    ones by another row's offset; spelling out UTC first keeps each row's own meaning.
+    """
+    if not (pd.api.types.is_object_dtype(values) or pd.api.types.is_string_dtype(values)):
+        return values
+    text = values.astype("string").str.strip()
+    naive_time = text.str.contains(_NAIVE_TIME, regex=True, na=False)
+    date_only = text.str.contains(_DATE_ONLY, regex=True, na=False)
+    text = text.where(~naive_time, text + "+00:00")
+    text = text.where(~date_only, text + "T00:00:00+00:00")
+    return text.astype(object).where(values.notna(), None)
+
+
 def ensure_utc(values: pd.Series, *, column: str = "timestamp", path: str | None = None) -> pd.Series:
     """Parses ISO 8601 timestamps to UTC; naive ones are taken as UTC.
 
@@ -128,7 +148,7 @@ def ensure_utc(values: pd.Series, *, column: str = "timestamp", path: str | None
     try:
         if pd.api.types.is_datetime64_any_dtype(values):
             return values.dt.tz_localize("UTC")
-        return pd.to_datetime(values, utc=True, format="ISO8601")
+        return pd.to_datetime(_mark_naive_as_utc(values), utc=True, format="ISO8601")
     except (ValueError, TypeError) as exc:
         parsed = pd.to_datetime(values, utc=True, errors="coerce", format="ISO8601")
         bad = values[parsed.isna() & values.notna()]
@@ -180,6 +200,10 @@ def validate_wide(
     return out
 
 
+MAX_MAGNITUDE = 1e30
+"""Largest magnitude a value may have (the model computes in float32, whose range ends at 3.4e38)."""
+
+
 def check_ranges(
     df: pd.DataFrame,
     metrics: Sequence[str],
@@ -205,8 +229,9 @@ def check_ranges(
         v = df[c].to_numpy(np.float64).copy()
         bounded = c in BOUNDED_METRICS
         hi = 100.0 if bounded else np.inf
-        rng = "0 to 100 (percent)" if bounded else "finite and not negative"
-        far = np.isinf(v)
+        rng = "0 to 100 (percent)" if bounded else f"0 to {MAX_MAGNITUDE:g}"
+        # Beyond MAX_MAGNITUDE a value cannot be held in the float32 the model computes in.
+        far = np.isinf(v) | (np.abs(v) > MAX_MAGNITUDE)
         if bounded and policy == "reject":
             far |= (v < -CLIP_TOLERANCE) | (v > 100.0 + CLIP_TOLERANCE)
         if far.any():
@@ -243,8 +268,11 @@ def _series_issue(row: pd.Series, c: str, count: int, *, id_col: str, time_col: 
     sid, ts, value = str(row[id_col]), _iso(row[time_col]), float(row[c])
     if np.isinf(value):
         what, fix = "infinite", "fix the collector or drop these rows"
-    else:
+    elif c in BOUNDED_METRICS:
         what = f"far outside {rng}"
         fix = "send a percent of the whole machine (divide per-core sums by the core count)"
+    else:
+        what = f"far outside {rng}"
+        fix = "send the values in a larger unit (e.g. GB instead of bytes)"
     message = f"{c} of id {sid!r} is {value!r} at {ts} ({count} value(s) {what}), so this series was rejected; {fix}."
     return SeriesIssue(sid, c, ts, value, message)

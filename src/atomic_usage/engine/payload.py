@@ -53,13 +53,34 @@ class Observation:
     explicit_time: bool
 
 
-def _parse_ts(raw: Any) -> float:
+MAX_FUTURE_S = 86_400.0
+"""How far past the receive time a record's timestamp may lie (clock skew), in seconds."""
+
+MAX_ID_LENGTH = 256
+"""Characters a machine id may have at most."""
+
+
+def _parse_ts(raw: Any, received: float) -> float:
+    ts = _to_epoch(raw)
+    if ts > received + MAX_FUTURE_S:
+        raise ValueError(
+            f"{raw!r} lies more than a day after the receive time; send epoch seconds (not "
+            "milliseconds) or an ISO 8601 time that has happened"
+        )
+    return ts
+
+
+def _to_epoch(raw: Any) -> float:
     if isinstance(raw, bool):
         raise ValueError("is a boolean, not a timestamp")
     if isinstance(raw, int | float):
-        if not math.isfinite(raw) or raw < 0:
-            raise ValueError(f"{raw!r} is not a valid epoch time")
-        return float(raw)
+        try:
+            value = float(raw)
+        except OverflowError:
+            raise ValueError("is too large to be an epoch time; send seconds since 1970") from None
+        if not math.isfinite(value) or value < 0:
+            raise ValueError(f"{raw!r} is not a valid epoch time; send seconds since 1970")
+        return value
     if isinstance(raw, str):
         s = raw.strip()
         if s.endswith("Z"):
@@ -70,6 +91,8 @@ def _parse_ts(raw: Any) -> float:
             raise ValueError(f"{raw!r} is not an ISO 8601 timestamp (e.g. 2026-01-05T10:00:00Z)") from None
         if dt.tzinfo is None:
             dt = dt.replace(tzinfo=UTC)
+        if dt.year < 1970:
+            raise ValueError(f"{raw!r} is before 1970; send the time the sample was taken")
         return dt.timestamp()
     raise ValueError(f"must be an ISO 8601 string or epoch seconds, not {type(raw).__name__}")
 
@@ -126,14 +149,23 @@ def parse_payload(payload: Any, *, now: float | None = None, max_records: int = 
             continue
         rid_raw = rec.get("id")
         rid: str | None = None
-        if isinstance(rid_raw, str) and rid_raw.strip():
+        if isinstance(rid_raw, str) and rid_raw.strip() and len(rid_raw) <= MAX_ID_LENGTH:
             rid = rid_raw
-        elif isinstance(rid_raw, int) and not isinstance(rid_raw, bool):
+        elif isinstance(rid_raw, int) and not isinstance(rid_raw, bool) and abs(rid_raw) < 10**64:
             rid = str(rid_raw)
         elif "id" not in rec or rid_raw is None:
             errors.append(RecordError(i, "id", "is missing; every record needs the machine's id"))
         else:
-            errors.append(RecordError(i, "id", f"must be a non-empty string, not {rid_raw!r}"))
+            shown = (
+                f"a {type(rid_raw).__name__}"
+                if isinstance(rid_raw, int | float | list | dict)
+                else repr(rid_raw)
+                if len(repr(rid_raw)) <= 40
+                else repr(rid_raw)[:37] + "..."
+            )
+            errors.append(
+                RecordError(i, "id", f"must be a non-empty string of at most {MAX_ID_LENGTH} characters, not {shown}")
+            )
         for k in sorted(set(rec) - _ALLOWED):
             errors.append(
                 RecordError(i, str(k), "is not a known field; use id, timestamp, " + ", ".join(DEFAULT_METRICS), rid)
@@ -145,7 +177,13 @@ def parse_payload(payload: Any, *, now: float | None = None, max_records: int = 
                 continue
             if isinstance(v, bool) or not isinstance(v, int | float):
                 errors.append(RecordError(i, m, f"must be a number, not {v!r} ({type(v).__name__})", rid))
-            elif not math.isfinite(v):
+                continue
+            try:
+                v = float(v)
+            except OverflowError:
+                errors.append(RecordError(i, m, "is far outside 0 to 100 percent", rid))
+                continue
+            if not math.isfinite(v):
                 errors.append(RecordError(i, m, f"must be finite, not {v!r}", rid))
             elif not 0 <= v <= 100:
                 errors.append(RecordError(i, m, f"is {v!r}, outside 0 to 100 percent", rid))
@@ -159,7 +197,7 @@ def parse_payload(payload: Any, *, now: float | None = None, max_records: int = 
         ts = received
         if explicit:
             try:
-                ts = _parse_ts(rec["timestamp"])
+                ts = _parse_ts(rec["timestamp"], received)
             except ValueError as exc:
                 errors.append(RecordError(i, "timestamp", str(exc), rid))
         if rid is not None:

@@ -33,7 +33,7 @@ import numpy as np
 
 from .._types import DEFAULT_METRICS
 from ..config import Settings
-from ..errors import EngineError, TaskNotFound
+from ..errors import EngineError, PayloadError, RecordError, TaskNotFound
 from ..models.base import Forecaster, no_data_reason
 from .forecast import describe_forecast, iso
 from .history import FleetHistory
@@ -160,7 +160,7 @@ class UsagePredictor:
             EngineError: the task failed (the message says why) or did not finish in time.
         """
         t0 = time.monotonic()
-        H = int(horizon or self.settings.horizon)
+        H = _check_call(request_id, horizon, self.settings.horizon)
         obs = parse_payload(payload, max_records=self.settings.max_records)
         request = {"usageData": list(payload["usageData"]), "horizon": H}
         rows = [(o.id, m, o.ts, v) for o in obs for m, v in o.values.items()]
@@ -436,6 +436,26 @@ class UsagePredictor:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+MAX_HORIZON = 2016
+"""Steps process() forecasts at most (7 days of 5-minute steps)."""
+
+
+def _check_call(request_id: Any, horizon: Any, default_horizon: int) -> int:
+    """Validates process()'s own arguments; returns the horizon to use."""
+    errors = []
+    if request_id is not None and not (isinstance(request_id, str) and 1 <= len(request_id) <= 200):
+        errors.append(RecordError(-1, "request_id", "must be a string of 1 to 200 characters"))
+    if horizon is not None and (
+        isinstance(horizon, bool) or not isinstance(horizon, int) or not 1 <= horizon <= MAX_HORIZON
+    ):
+        errors.append(
+            RecordError(-1, "horizon", f"must be a whole number of steps from 1 to {MAX_HORIZON}, not {horizon!r}")
+        )
+    if errors:
+        raise PayloadError(errors)
+    return int(horizon if horizon is not None else default_horizon)
 
 
 _default: UsagePredictor | None = None
