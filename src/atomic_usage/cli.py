@@ -311,13 +311,14 @@ def evaluate(
 
 
 def _print_scores(rows: list[dict[str, Any]]) -> None:
+    console = out if out.is_terminal else Console(width=160)
     table = Table(title="UsageBench v1 (lower is better; coverage80 should be 0.80)")
     cols = list(dict.fromkeys(k for r in rows for k in r))
     for c in cols:
         table.add_column(c, justify="right" if c not in ("dataset", "model") else "left")
     for r in rows:
         table.add_row(*[f"{r[c]:.3f}" if isinstance(r.get(c), float) else str(r.get(c, "")) for c in cols])
-    out.print(table)
+    console.print(table)
 
 
 def _markdown(rows: list[dict[str, Any]]) -> str:
@@ -576,7 +577,8 @@ def _print_demo(
         f"daily cycles, noise, bursts, filling disks), forecast {hours} h ahead by the bundled model "
         f"{result['model']['name']} {result['model']['version']}."
     )
-    table = Table(title=f"In {hours} h, per machine and metric (percent)")
+    table = Table(title=f"In {hours} h, per machine and metric (percent); trend/h = slope of the last hour, "
+                  "an arrow only where it stands out of the noise")
     for c in ("machine", "metric", "now", f"p50 +{hours}h", "p10–p90", "trend/h", "≥90% at p90", "model"):
         table.add_column(c, justify="left" if c in ("machine", "metric", "model") else "right", no_wrap=True)
     arrows = {"rising": "[red]↑[/]", "falling": "[green]↓[/]", "flat": "→"}

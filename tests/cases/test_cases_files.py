@@ -61,7 +61,7 @@ def forecast(path: Path, tmp_path: Path, *, model: str | None = None) -> tuple[p
     res = CliRunner().invoke(app, args)
     assert res.exit_code == 0, res.output
     df = pd.read_csv(out)
-    df["reason"] = df["reason"].fillna("").astype(str)
+    df["reason"] = df["reason"].astype(object).where(df["reason"].notna(), "").astype(str)
     return df, res.output
 
 
