@@ -278,3 +278,20 @@ class TestBundledModel:
             body = c.post("/v1/predict", json=payload(3), headers=AUTH).json()
             assert body["model"]["version"] == version
             assert f'version="{version}"' in c.get("/metrics", headers=AUTH).text
+
+
+class TestCasePayloads:
+    """The JSON cases of ../shared/cases through POST /v1/predict behave as through process()."""
+
+    @pytest.mark.shared
+    def test_c18_strings_and_nan(self, server: Server, shared_dir: Path) -> None:
+        """C18: a 422 naming vm-1.cpuLoad and vm-3.cpuLoad (and the strict "45.2"), nothing stored."""
+        body = json.loads((shared_dir / "cases" / "C18.json").read_text())
+        with server.client() as c:
+            before = _tasks_total(c)
+            r = c.post("/v1/predict", json=body, headers=AUTH)
+            after = _tasks_total(c)
+        assert r.status_code == 422
+        named = {(e["id"], e["field"]) for e in r.json()["errors"]}
+        assert {("vm-1", "cpuLoad"), ("vm-3", "cpuLoad"), ("vm-2", "memoryUsage")} <= named
+        assert all(e["id"] != "vm-4" for e in r.json()["errors"]) and after == before
