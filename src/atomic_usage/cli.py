@@ -203,7 +203,7 @@ def forecast(
         return
     with _errors():
         from .data.regularize import regularize
-        from .models.base import NO_FORECAST, forecast_frame
+        from .models.base import NO_FORECAST
 
         issues: list[Any] = []
         frame, grid = _read_source(
@@ -213,18 +213,7 @@ def forecast(
         logging.getLogger("atomic_usage").info("%s: %s", input or prometheus or "store", report.summary())
         fc_model = _load_forecaster(model, settings)
         t = time.perf_counter()
-        chunk = 20_000
-        parts = []
-        with _progress("forecasting", len(panel)) as advance:
-            for a in range(0, len(panel), chunk):
-                sub = panel.select(range(a, min(a + chunk, len(panel))))
-                parts.append(forecast_frame(fc_model, sub, horizon, issues=issues))
-                advance(len(sub))
-        import pandas as pd
-
-        result = (
-            pd.concat(parts, ignore_index=True) if parts else forecast_frame(fc_model, panel, horizon, issues=issues)
-        )
+        result = _forecast_panel(fc_model, panel, horizon, issues)
         _write_table(result, output)
         dt = time.perf_counter() - t
         firsts = result.drop_duplicates(["id", "metric"])
@@ -241,6 +230,23 @@ def forecast(
         )
         if plot is not None:
             _plot(plot, frame, result, settings)
+
+
+def _forecast_panel(fc_model: Any, panel: Any, horizon: int, issues: list[Any], chunk: int = 20_000) -> Any:
+    """Forecasts a panel in chunks of ids behind a progress bar; returns the long forecast frame."""
+    import pandas as pd
+
+    from .models.base import forecast_frame
+
+    if not len(panel):
+        return forecast_frame(fc_model, panel, horizon, issues=issues)
+    parts = []
+    with _progress("forecasting", len(panel)) as advance:
+        for a in range(0, len(panel), chunk):
+            sub = panel.select(range(a, min(a + chunk, len(panel))))
+            parts.append(forecast_frame(fc_model, sub, horizon, issues=issues))
+            advance(len(sub))
+    return pd.concat(parts, ignore_index=True)
 
 
 def _write_table(df: Any, path: Path) -> None:
@@ -577,8 +583,10 @@ def _print_demo(
         f"daily cycles, noise, bursts, filling disks), forecast {hours} h ahead by the bundled model "
         f"{result['model']['name']} {result['model']['version']}."
     )
-    table = Table(title=f"In {hours} h, per machine and metric (percent); trend/h = slope of the last hour, "
-                  "an arrow only where it stands out of the noise")
+    table = Table(
+        title=f"In {hours} h, per machine and metric (percent); trend/h = slope of the last hour, "
+        "an arrow only where it stands out of the noise"
+    )
     for c in ("machine", "metric", "now", f"p50 +{hours}h", "p10–p90", "trend/h", "≥90% at p90", "model"):
         table.add_column(c, justify="left" if c in ("machine", "metric", "model") else "right", no_wrap=True)
     arrows = {"rising": "[red]↑[/]", "falling": "[green]↓[/]", "flat": "→"}
@@ -970,22 +978,16 @@ def report(
     """Write one self-contained HTML page: machines closest to exhausting a resource, with charts."""
     settings = _settings()
     with _errors():
-        import pandas as pd
-
         from .data.regularize import regularize
-        from .models.base import forecast_frame
         from .report.html import write_report
 
-        frame, grid = _read_source(input, prometheus, range_, step, selector, mount, query, from_store, settings)
+        issues: list[Any] = []
+        frame, grid = _read_source(
+            input, prometheus, range_, step, selector, mount, query, from_store, settings, issues=issues
+        )
         panel, _ = regularize(frame, grid)
         fc_model = _load_forecaster(model, settings)
-        parts = []
-        with _progress("forecasting", len(panel)) as advance:
-            for a in range(0, len(panel), 20_000):
-                sub = panel.select(range(a, min(a + 20_000, len(panel))))
-                parts.append(forecast_frame(fc_model, sub, horizon))
-                advance(len(sub))
-        result = pd.concat(parts, ignore_index=True)
+        result = _forecast_panel(fc_model, panel, horizon, issues)
         with _progress("charts", min(top, int(result["id"].nunique()))) as advance:
             write_report(
                 output,

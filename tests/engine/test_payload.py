@@ -30,9 +30,9 @@ class TestParsePayload:
                     {"id": 7, "storageUsage": 2.5, "timestamp": "2026-01-05T10:00:00Z"},
                 ]
             },
-            now=1000.0,
+            now=1_767_700_000.0,
         )
-        assert obs[0].values == {"cpuLoad": 30.0} and obs[0].ts == 1000.0 and not obs[0].explicit_time
+        assert obs[0].values == {"cpuLoad": 30.0} and obs[0].ts == 1_767_700_000.0 and not obs[0].explicit_time
         assert obs[1].id == "7" and obs[1].ts == 1767607200.0
 
     def test_every_bad_field_is_listed(self) -> None:

@@ -79,9 +79,10 @@ class BacktestSelector(Forecaster):
             actual = np.stack([np.asarray(histories[i][cuts[i] : cuts[i] + b], np.float64) for i in idx])
             for m, model in enumerate(self.candidates):
                 p50 = model.forecast_arrays(past, b, bounded[idx])[:, 1]
-                with np.errstate(invalid="ignore"):
-                    e = np.nanmean(np.abs(p50 - actual), axis=1)
-                err[idx, m] += np.nan_to_num(e, nan=0.0)
+                d = np.abs(p50 - actual)
+                seen = ~np.isnan(d)
+                # Mean over the observed steps; a stretch with none observed adds nothing.
+                err[idx, m] += np.where(seen, d, 0.0).sum(1) / np.maximum(seen.sum(1), 1)
         return np.argmin(err, axis=1)  # all-zero rows (no backtest) pick the first candidate
 
     def forecast_arrays(self, histories: Sequence[np.ndarray], horizon: int, bounded: np.ndarray) -> np.ndarray:

@@ -33,11 +33,12 @@ class TrainConfig:
     Attributes:
         steps: optimizer steps.
         batch_size: windows per step.
-        lr: peak learning rate (one-cycle schedule).
+        lr: peak learning rate (one-cycle schedule over the steps or the time budget).
         seed: random seed for initialization and sampling.
         val_frac: share of the end of every training series kept for validation.
         threads: torch threads (0 = all cores).
-        time_budget_s: stop early after this many seconds (0 = no limit).
+        time_budget_s: train for at most this many seconds (0 = no limit); the learning-rate
+            schedule follows whichever of steps and time runs out first.
         truncate_share: share of training windows whose older history is masked at random,
             so the network meets every history length it may serve.
     """
@@ -92,6 +93,14 @@ class _Windows:
     def batch(self, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         w = self.view[self.starts[idx]]  # the only copy: one mini-batch
         return w[:, : self.C], w[:, self.C :]
+
+
+def _one_cycle(done: float, peak: float, warmup: float = 0.1) -> float:
+    """Learning rate at fraction ``done`` of training: linear warm-up, then cosine decay to 1 %."""
+    if done < warmup:
+        return peak * (0.04 + 0.96 * done / warmup)
+    t = (done - warmup) / (1 - warmup)
+    return peak * (0.01 + 0.99 * 0.5 * (1 + np.cos(np.pi * min(t, 1.0))))
 
 
 def _truncate_history(ctx: np.ndarray, rng: np.random.Generator, share: float) -> np.ndarray:
@@ -215,10 +224,20 @@ def train_neural(
 
     net = build_network(spec)
     opt = torch.optim.AdamW(net.parameters(), lr=config.lr, weight_decay=1e-4)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=config.lr, total_steps=config.steps, pct_start=0.1)
     net.train()
     loss_v = float("nan")
+    t_train = time.perf_counter()
+    ran = 0
     for step in range(config.steps):
+        # One-cycle schedule over whichever runs out first, the steps or the time budget, so a
+        # run stopped by the budget still ends with a small learning rate.
+        done = step / config.steps
+        if config.time_budget_s:
+            done = max(done, (time.perf_counter() - t_train) / config.time_budget_s)
+        if done >= 1.0:
+            break
+        for group in opt.param_groups:
+            group["lr"] = _one_cycle(done, config.lr)
         idx = rng.integers(0, len(tr.starts), config.batch_size)
         ctx, tgt = tr.batch(idx)
         x, y, m = _normalized_batch(_truncate_history(ctx, rng, config.truncate_share), tgt)
@@ -228,15 +247,13 @@ def train_neural(
         loss.backward()
         torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
         opt.step()
-        sched.step()
         loss_v = float(loss.detach())
+        ran += 1
         if progress:
             progress(step + 1, config.steps, loss_v)
-        if config.time_budget_s and time.perf_counter() - t0 > config.time_budget_s:
-            break
     net.eval()
 
-    validation: dict[str, Any] = {"final_loss": loss_v}
+    validation: dict[str, Any] = {"final_loss": loss_v, "steps_run": ran}
     factors = np.ones(spec.horizon)
     if len(val.starts):
         pick = val.starts if len(val.starts) <= 50_000 else rng.choice(val.starts, 50_000, replace=False)
