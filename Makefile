@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 SHARED ?= ../shared
 DATA   := $(SHARED)/data
 
-.PHONY: demo test test-slow model evaluate bench bench-service fuzz lint typecheck clean
+.PHONY: demo test test-slow model evaluate anchors bench bench-service fuzz lint typecheck clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -44,6 +44,15 @@ model: $(VENV)/.dev
 evaluate: $(VENV)/.run
 	$(BIN)/atomic-usage evaluate --dataset gcd --data-dir $(DATA)/gcd2011_vms
 	$(BIN)/atomic-usage evaluate --dataset nab --data-dir $(DATA)/nab_aws
+
+# UsageBench's anchors (statsforecast AutoETS/AutoTheta, LightGBM) beside the model and baselines:
+# a few minutes on nab, about 10 on gcd (2 cores). Tables and charts go to docs/.
+anchors: $(VENV)/.run
+	$(BIN)/python -m pip install -q -e '.[bench,report]'
+	$(BIN)/atomic-usage evaluate --dataset nab --data-dir $(DATA)/nab_aws --anchors \
+	  --markdown docs/anchors-nab.md --chart docs/anchors-nab.png
+	$(BIN)/atomic-usage evaluate --dataset gcd --data-dir $(DATA)/gcd2011_vms --anchors \
+	  --markdown docs/anchors-gcd.md --chart docs/anchors-gcd.png
 
 bench: $(VENV)/.dev
 	$(BIN)/python benchmarks/bench_throughput.py

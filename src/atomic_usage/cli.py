@@ -284,19 +284,52 @@ def evaluate(
     chart: Annotated[
         Path | None, typer.Option("--chart", help="Also write MASE and SQL per model as a PNG bar chart.")
     ] = None,
+    anchors: Annotated[
+        bool,
+        typer.Option(
+            "--anchors",
+            help="Also score UsageBench's anchors: statsforecast AutoETS and AutoTheta, and LightGBM "
+            "(needs `pip install 'atomic-usage[bench]'`; minutes on gcd).",
+        ),
+    ] = False,
+    models_opt: Annotated[
+        str | None,
+        typer.Option(
+            "--models",
+            help="Comma-separated models to score instead of the default set (the model, the baselines and, "
+            "with --anchors, the anchors), e.g. `atomic,naive,autotheta`; anchors named here need no --anchors.",
+        ),
+    ] = None,
 ) -> None:
     """Score the model and the baselines on UsageBench, side by side (MASE, SQL, coverage80, seconds)."""
     settings = _settings()
     with _errors():
+        from .models.anchors import ANCHORS
         from .models.baselines import Naive, PredictLinear, SeasonalNaive
         from .models.evaluate import evaluate as run_eval
         from .models.evaluate import load_dataset
 
-        series = load_dataset(dataset, data_dir)
-        nn = _load_forecaster(model, settings)
-        models: dict[str, Any] = {nn.name: nn, "naive": Naive(), "predict_linear": PredictLinear()}
+        makers: dict[str, Any] = {"naive": Naive, "predict_linear": PredictLinear}
         if dataset == "nab":
-            models["seasonal_naive"] = SeasonalNaive()
+            makers["seasonal_naive"] = SeasonalNaive
+        default = [*makers, *(ANCHORS if anchors else ())]
+        makers.update(ANCHORS)
+        chosen = _model_list(models_opt) or default
+        series = load_dataset(dataset, data_dir)
+        models: dict[str, Any] = {}
+        if models_opt is None or set(chosen) - set(makers):  # our model is asked for (or a typo)
+            nn = _load_forecaster(model, settings)
+            models[nn.name] = nn
+            chosen = [m for m in chosen if m != nn.name]
+        unknown = [m for m in chosen if m not in makers]
+        if unknown:
+            raise typer.BadParameter(
+                f"Unknown model(s) {unknown}; choose from {[*models, *makers]}.", param_hint="'--models'"
+            )
+        models.update((m, makers[m]()) for m in chosen)
+        for m in models.values():
+            if hasattr(m, "warm_up"):  # imports and first-call set-up are not timed, as in the harness
+                m.warm_up()
         n_runs = len(models) * (2 if dataset == "nab" else 1)
         with _progress("evaluating", n_runs) as advance:
             results = run_eval(dataset, series, models, progress=lambda label: advance(1, note=label))
@@ -316,6 +349,23 @@ def evaluate(
             _eval_chart(rows, chart)
 
 
+def _model_list(text: str | None) -> list[str] | None:
+    """``--models a,b`` as a list of names (None when not given)."""
+    if text is None:
+        return None
+    names = [m.strip() for m in text.split(",") if m.strip()]
+    if not names:
+        raise typer.BadParameter("Name at least one model, e.g. `--models naive,autotheta`.", param_hint="'--models'")
+    return list(dict.fromkeys(names))
+
+
+def _cell(value: Any) -> str:
+    """A table cell: floats to 3 decimals, or 3 significant digits past 1e6 (exploded anchor intervals)."""
+    if isinstance(value, float):
+        return f"{value:.3f}" if abs(value) < 1e6 else f"{value:.3g}"
+    return str(value)
+
+
 def _print_scores(rows: list[dict[str, Any]]) -> None:
     console = out if out.is_terminal else Console(width=160)
     table = Table(title="UsageBench v1 (lower is better; coverage80 should be 0.80)")
@@ -323,7 +373,7 @@ def _print_scores(rows: list[dict[str, Any]]) -> None:
     for c in cols:
         table.add_column(c, justify="right" if c not in ("dataset", "model") else "left")
     for r in rows:
-        table.add_row(*[f"{r[c]:.3f}" if isinstance(r.get(c), float) else str(r.get(c, "")) for c in cols])
+        table.add_row(*[_cell(r.get(c, "")) for c in cols])
     console.print(table)
 
 
@@ -331,9 +381,7 @@ def _markdown(rows: list[dict[str, Any]]) -> str:
     cols = list(dict.fromkeys(k for r in rows for k in r))
     lines = ["| " + " | ".join(cols) + " |", "|" + "|".join(" --- " for _ in cols) + "|"]
     for r in rows:
-        lines.append(
-            "| " + " | ".join(f"{r[c]:.3f}" if isinstance(r.get(c), float) else str(r.get(c, "")) for c in cols) + " |"
-        )
+        lines.append("| " + " | ".join(_cell(r.get(c, "")) for c in cols) + " |")
     return "\n".join(lines) + "\n"
 
 

@@ -131,3 +131,13 @@ class TestReport:
         png = figure_png(eval_chart(rows))
         assert png[:4] == b"\x89PNG" and len(png) > 5000
         assert np.isfinite(len(png))
+
+    def test_eval_chart_cuts_exploded_scores(self) -> None:
+        """A score far beyond the others (an exploded interval) is cut, hatched and labelled with its value."""
+        rows = [
+            {"dataset": "nab", "horizon": 12, "model": m, "MASE": 1.0, "SQL": sql}
+            for m, sql in (("atomic", 0.5), ("naive", 0.6), ("autoets", 1.2e19))
+        ]
+        ax = eval_chart(rows).axes[1]
+        assert ax.get_ylim()[1] < 10 and "cut at" in ax.get_title()
+        assert "1.2e+19" in [t.get_text() for t in ax.texts]

@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
+import numpy as np
 import pandas as pd
 
 from .._types import BOUNDED_METRICS
@@ -133,6 +134,16 @@ def write_fan_charts(
     return paths
 
 
+def _axis_top(values: np.ndarray) -> float:
+    """Where to cut the bars: 5x the median score when some score is far beyond it (an exploded
+    interval gives SQL ~1e18 and would flatten every other bar), else no cut (inf)."""
+    finite = values[np.isfinite(values)]
+    if not finite.size:
+        return float("inf")
+    top = 5 * float(np.median(np.abs(finite)))
+    return top if top > 0 and (values > top).any() else float("inf")
+
+
 def eval_chart(rows: Sequence[Mapping[str, Any]], *, scores: Sequence[str] = ("MASE", "SQL")) -> Figure:
     """A bar chart of scores per model, one group per data set and horizon (lower is better).
 
@@ -156,13 +167,23 @@ def eval_chart(rows: Sequence[Mapping[str, Any]], *, scores: Sequence[str] = ("M
     axes = fig.subplots(1, len(scores), squeeze=False)[0]
     width = 0.8 / len(models)
     for ax, score in zip(axes, scores, strict=True):
+        top = _axis_top(df[score].to_numpy(float))
         for k, model in enumerate(models):
-            sub = df[df["model"] == model].set_index("group")[score].reindex(groups)
+            values = df[df["model"] == model].set_index("group")[score].reindex(groups).to_numpy(float)
             xs = [g + (k - (len(models) - 1) / 2) * width for g in range(len(groups))]
-            bars = ax.bar(xs, sub.to_numpy(float), width=width * 0.95, label=model)
-            ax.bar_label(bars, fmt="%.3f", fontsize=7, padding=1)
+            cut = values > top
+            bars = ax.bar(xs, np.where(cut, top, values), width=width * 0.95, label=model)
+            for bar, c in zip(bars, cut, strict=True):
+                if c:
+                    bar.set_hatch("//")
+            labels = [f"{v:.3g}" if c else f"{v:.3f}" for v, c in zip(values, cut, strict=True)]
+            ax.bar_label(bars, labels=labels, fontsize=7, padding=1)
         ax.set_xticks(range(len(groups)), groups)
-        ax.set_title(f"{score} (lower is better)", fontsize=10)
+        title = f"{score} (lower is better)"
+        if np.isfinite(top):
+            ax.set_ylim(0, top * 1.12)
+            title += f"; hatched bars cut at {top:.3g}"
+        ax.set_title(title, fontsize=10)
         ax.grid(axis="y", alpha=0.25)
     axes[0].legend(fontsize=8, frameon=False)
     return fig
