@@ -55,3 +55,16 @@ class TestBacktestSelector:
     def test_contract(self) -> None:
         """The selector passes the forecaster contract suite."""
         check_forecaster(BacktestSelector([PredictLinear(), Naive()]))
+
+    def test_bundled_model_warms_up(self) -> None:
+        """The bundled model, served through the selector, opens its session on warm_up (as Dask workers do)."""
+        from atomic_usage.models.artifact import default_model_dir, load_model
+
+        if not (default_model_dir() / "model.onnx").exists():
+            import pytest
+
+            pytest.skip("no bundled model in this checkout")
+        model = load_model()
+        assert isinstance(model, BacktestSelector)
+        model.warm_up()
+        assert model.candidates[0]._session is not None  # type: ignore[attr-defined]

@@ -80,7 +80,7 @@ class ModelPlugin(WorkerPlugin):
             self.model = BASELINES[self.ref]()
         else:
             self.model = load_model(self.ref, threads=self.threads)
-            self.model._get_session()  # open the ONNX session now, not in the first task
+            self.model.warm_up()  # open the ONNX session now, not in the first task
 
     def teardown(self, worker: Any) -> None:
         """Drops the model (and its ONNX session)."""

@@ -65,6 +65,10 @@ class Forecaster(abc.ABC):
     def forecast_arrays(self, histories: Sequence[np.ndarray], horizon: int, bounded: np.ndarray) -> np.ndarray:
         """Forecasts p10/p50/p90 for each history; returns an array (n, 3, horizon)."""
 
+    def warm_up(self) -> None:
+        """Loads what the first forecast would otherwise load (a session, a file); nothing by default."""
+        return None
+
     def fallback_flags(self, histories: Sequence[np.ndarray]) -> list[str]:
         """Per history, the name of the path that served it (the model itself by default)."""
         return [self.name] * len(histories)

@@ -55,6 +55,11 @@ class BacktestSelector(Forecaster):
         """The primary candidate's model card, when it has one."""
         return getattr(self.candidates[0], "card", None)
 
+    def warm_up(self) -> None:
+        """Warms every candidate."""
+        for model in self.candidates:
+            model.warm_up()
+
     def choose(self, histories: Sequence[np.ndarray], horizon: int, bounded: np.ndarray) -> np.ndarray:
         """Index of the candidate with the lowest backtest error, per history."""
         n, c = len(histories), len(self.candidates)
@@ -75,15 +80,15 @@ class BacktestSelector(Forecaster):
             idx = np.flatnonzero(ok)
             if not len(idx):
                 break
-            past = [np.asarray(histories[i][: cuts[i]]) for i in idx]
-            actual = np.stack([np.asarray(histories[i][cuts[i] : cuts[i] + b], np.float64) for i in idx])
+            past = [np.asarray(histories[int(i)][: cuts[i]]) for i in idx]
+            actual = np.stack([np.asarray(histories[int(i)][cuts[i] : cuts[i] + b], np.float64) for i in idx])
             for m, model in enumerate(self.candidates):
                 p50 = model.forecast_arrays(past, b, bounded[idx])[:, 1]
                 d = np.abs(p50 - actual)
                 seen = ~np.isnan(d)
                 # Mean over the observed steps; a stretch with none observed adds nothing.
                 err[idx, m] += np.where(seen, d, 0.0).sum(1) / np.maximum(seen.sum(1), 1)
-        return np.argmin(err, axis=1)  # all-zero rows (no backtest) pick the first candidate
+        return np.asarray(np.argmin(err, axis=1))  # all-zero rows (no backtest) pick the first candidate
 
     def forecast_arrays(self, histories: Sequence[np.ndarray], horizon: int, bounded: np.ndarray) -> np.ndarray:
         """See :class:`~atomic_usage.models.base.Forecaster`."""
@@ -94,7 +99,7 @@ class BacktestSelector(Forecaster):
         for m, model in enumerate(self.candidates):
             idx = np.flatnonzero(choice == m)
             if len(idx):
-                sub = [histories[i] for i in idx]
+                sub = [histories[int(i)] for i in idx]
                 out[idx] = model.forecast_arrays(sub, horizon, bounded[idx])
                 names[idx] = model.fallback_flags(sub)
         self._local.names = names

@@ -183,6 +183,10 @@ class NeuralForecaster(Forecaster):
             self._session = ort.InferenceSession(str(self.onnx_path), opts, providers=["CPUExecutionProvider"])
         return self._session
 
+    def warm_up(self) -> None:
+        """Opens the ONNX Runtime session now rather than in the first forecast."""
+        self._get_session()
+
     def __getstate__(self) -> dict[str, Any]:  # sessions do not pickle; workers open their own
         state = self.__dict__.copy()
         state["_session"] = None

@@ -100,7 +100,7 @@ def _one_cycle(done: float, peak: float, warmup: float = 0.1) -> float:
     if done < warmup:
         return peak * (0.04 + 0.96 * done / warmup)
     t = (done - warmup) / (1 - warmup)
-    return peak * (0.01 + 0.99 * 0.5 * (1 + np.cos(np.pi * min(t, 1.0))))
+    return float(peak * (0.01 + 0.99 * 0.5 * (1 + np.cos(np.pi * min(t, 1.0)))))
 
 
 def _truncate_history(ctx: np.ndarray, rng: np.random.Generator, share: float) -> np.ndarray:
@@ -112,7 +112,7 @@ def _truncate_history(ctx: np.ndarray, rng: np.random.Generator, share: float) -
     depth on a longer history at serving time.
     """
     n, C = ctx.shape
-    pick = rng.random(n) < share
+    pick = np.asarray(rng.random(n) < share)
     if not pick.any():
         return ctx
     keep = rng.integers(MIN_OBSERVED, C + 1, int(pick.sum()))

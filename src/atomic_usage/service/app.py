@@ -57,7 +57,7 @@ class ServiceState:
         self.registry.register(self.gauges)
 
     def _stats(self) -> dict[str, Any] | None:
-        return None if self.predictor is None or self.stopping else self.predictor.stats()  # type: ignore[no-any-return]
+        return None if self.predictor is None or self.stopping else self.predictor.stats()
 
 
 class _LatencyMiddleware:

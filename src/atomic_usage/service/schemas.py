@@ -29,8 +29,6 @@ __all__ = [
     "UsageRecord",
 ]
 
-_PERCENT = {"ge": 0, "le": 100}
-
 
 class UsageRecord(BaseModel):
     """One observation of one machine (percent values)."""
@@ -41,13 +39,13 @@ class UsageRecord(BaseModel):
         description="The machine's id: a non-empty string (an integer is taken as its decimal string)."
     )
     cpuLoad: float | None = Field(
-        None, description="CPU use in percent (0-100); null or absent: not measured.", **_PERCENT
+        None, description="CPU use in percent (0-100); null or absent: not measured.", ge=0, le=100
     )
     memoryUsage: float | None = Field(
-        None, description="Memory use in percent (0-100); null or absent: not measured.", **_PERCENT
+        None, description="Memory use in percent (0-100); null or absent: not measured.", ge=0, le=100
     )
     storageUsage: float | None = Field(
-        None, description="Storage use in percent (0-100); null or absent: not measured.", **_PERCENT
+        None, description="Storage use in percent (0-100); null or absent: not measured.", ge=0, le=100
     )
     timestamp: str | float | None = Field(
         None,
