@@ -39,7 +39,6 @@ app.add_typer(tasks_app, name="tasks")
 err = Console(stderr=True)
 out = Console()
 
-BASELINE_NAMES = ("naive", "seasonal_naive", "predict_linear")
 
 ClusterOpt = Annotated[
     str | None,
@@ -136,15 +135,10 @@ def _settings() -> Settings:
     return s
 
 
-def _load_forecaster(model: str | None, settings: Settings, *, season: int | None = None) -> Any:
-    from .models.artifact import load_model
-    from .models.baselines import BASELINES, SeasonalNaive
+def _load_forecaster(model: str | None, settings: Settings) -> Any:
+    from .models.artifact import load_forecaster
 
-    if model in BASELINE_NAMES:
-        if season and model == "seasonal_naive":
-            return SeasonalNaive(season)
-        return BASELINES[model]()
-    return load_model(model if model is not None else settings.model_dir)
+    return load_forecaster(model if model is not None else settings.model_dir)
 
 
 @app.command()

@@ -8,10 +8,9 @@ Precedence is CLI flag > environment > default.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import os
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
@@ -224,22 +223,3 @@ class Settings:
     def n_workers(self) -> int:
         """Workers to start: ``workers``, or one per core when it is 0."""
         return self.workers or (os.cpu_count() or 1)
-
-
-@contextlib.contextmanager
-def env_override(**values: str | None) -> Iterator[None]:
-    """Sets (or with ``None`` removes) environment variables for a block, then restores them."""
-    old = {k: os.environ.get(k) for k in values}
-    try:
-        for k, v in values.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-        yield
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v

@@ -17,13 +17,14 @@ from distributed import get_worker
 from distributed.diagnostics.plugin import WorkerPlugin
 
 from ..errors import ClusterError, ConfigError
+from ..models.baselines import BASELINES
 
 if TYPE_CHECKING:
     from ..models.base import Forecaster
 
 __all__ = ["BASELINE_NAMES", "ModelPlugin", "resolve_model", "worker_model"]
 
-BASELINE_NAMES = ("naive", "seasonal_naive", "predict_linear")
+BASELINE_NAMES = tuple(BASELINES)
 """Model references that name a baseline instead of a folder."""
 
 
@@ -70,17 +71,11 @@ class ModelPlugin(WorkerPlugin):
 
     def setup(self, worker: Any) -> None:
         """Loads the model on ``worker`` (Dask calls this once per worker)."""
-        from ..models.artifact import load_model
+        from ..models.artifact import load_forecaster
         from ..models.base import Forecaster
-        from ..models.baselines import BASELINES
 
-        if isinstance(self.ref, Forecaster):
-            self.model = self.ref
-        elif self.ref in BASELINE_NAMES:
-            self.model = BASELINES[self.ref]()
-        else:
-            self.model = load_model(self.ref, threads=self.threads)
-            self.model.warm_up()  # open the ONNX session now, not in the first task
+        self.model = self.ref if isinstance(self.ref, Forecaster) else load_forecaster(self.ref, threads=self.threads)
+        self.model.warm_up()  # open the ONNX session now, not in the first task
 
     def teardown(self, worker: Any) -> None:
         """Drops the model (and its ONNX session)."""

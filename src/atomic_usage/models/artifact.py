@@ -22,7 +22,7 @@ from ..errors import ArtifactError
 from .base import Forecaster
 from .neural import NeuralForecaster, NeuralSpec
 
-__all__ = ["FORMAT_VERSION", "ModelCard", "default_model_dir", "load_model", "save_artifact"]
+__all__ = ["FORMAT_VERSION", "ModelCard", "default_model_dir", "load_forecaster", "load_model", "save_artifact"]
 
 FORMAT_VERSION = 1
 """The model folder format this version reads and writes."""
@@ -153,3 +153,17 @@ def load_model(model_dir: str | Path | None = None, *, threads: int = 0, raw: bo
             f"{d}: unknown serving candidates {unknown} in model.json; use {sorted(BASELINES)}.", path=str(d)
         )
     return BacktestSelector([model, *(BASELINES[c]() for c in names)], k=int(card.serving.get("k", 3)))
+
+
+def load_forecaster(ref: str | Path | None, *, threads: int = 0) -> Forecaster:
+    """What a ``--model`` value names: a baseline (``naive``, ``seasonal_naive``,
+    ``predict_linear``), a model folder, or the bundled model when None.
+
+    Raises:
+        ArtifactError: the folder is missing, incomplete or malformed.
+    """
+    from .baselines import BASELINES
+
+    if isinstance(ref, str) and ref in BASELINES:
+        return BASELINES[ref]()
+    return load_model(ref, threads=threads)
