@@ -113,6 +113,19 @@ class TestTrainAndDataset:
 
         card = read_card(out)
         assert card.training["command"].startswith("atomic-usage train") and card.context_length == 24
+        # train calibrates the served interval on the ends of its training series
+        assert len(card.serving["interval_scale"]) == 12 and card.serving["calibration"]["windows"] > 0
+        assert card.serving["backtest_max"] == 12
+        served = load_model(out)
+        assert served.interval_scale.tolist() == card.serving["interval_scale"]  # type: ignore[attr-defined]
+        # calibrate redoes it in place, recording its own command
+        res = runner.invoke(app, ["calibrate", "--model", str(out), "--data", str(ts)])
+        assert res.exit_code == 0, res.output
+        again = read_card(out)
+        assert again.serving["calibration"]["command"].startswith("atomic-usage calibrate")
+        assert again.version == card.version  # the network is untouched
+        res = runner.invoke(app, ["calibrate", "--model", str(tmp_path / "nowhere"), "--data", str(ts)])
+        assert res.exit_code != 0 and "model.json is missing" in res.output
         assert load_model(out).forecast_arrays(
             [pd.Series(range(30), dtype=float).to_numpy()], 12, pd.Series([True]).to_numpy()
         ).shape == (1, 3, 12)

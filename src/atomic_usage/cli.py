@@ -10,7 +10,9 @@ import contextlib
 import json
 import logging
 import shlex
+import shutil
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -543,10 +545,57 @@ def train(
                 "config": {"steps": steps, "batch_size": batch_size, "seed": seed},
             },
             validation=json.loads(json.dumps(result.validation, default=float)),
-            serving={"selection": "backtest", "k": 3, "candidates": ["naive"]} if selection == "backtest" else {},
+            serving={"selection": "backtest", "k": 3, "backtest_max": 12, "candidates": ["naive"]}
+            if selection == "backtest"
+            else {},
         )
         save_artifact(out_dir, onnx_bytes, card)
         err.print(f"trained in {result.seconds:.0f}s; model {card.version} -> {out_dir}")
+        if selection == "backtest":
+            _calibrate_served(out_dir, bank, holdout, _command_line(ctx))
+
+
+def _calibrate_served(model_dir: Path, bank: Any, holdout: Any, command: str) -> None:
+    """Fits the served interval's factors (models/calibrate.py) and rewrites model.json."""
+    from .models.artifact import load_model, read_card, save_artifact
+    from .models.calibrate import served_interval_scale
+
+    card = read_card(model_dir)
+    if card.serving.get("selection") != "backtest":
+        raise ModelError(f"{model_dir}: calibrate serves through backtest selection; this model has none.")
+    serving = {k: v for k, v in card.serving.items() if k not in ("interval_scale", "calibration")}
+    bare = card.model_copy(update={"serving": serving})
+    tmp_card = Path(tempfile.mkdtemp(prefix=".calibrate-"))
+    try:
+        onnx_bytes = (Path(model_dir) / "model.onnx").read_bytes()
+        (tmp_card / "model.onnx").write_bytes(onnx_bytes)
+        (tmp_card / "model.json").write_text(bare.model_dump_json())
+        with err.status("calibrating the served interval"):
+            factors, report = served_interval_scale(load_model(tmp_card), bank, holdout, card.horizon)
+    finally:
+        shutil.rmtree(tmp_card, ignore_errors=True)
+    serving["interval_scale"] = [round(float(f), 4) for f in factors]
+    serving["calibration"] = {"command": command, **report}
+    save_artifact(model_dir, onnx_bytes, card.model_copy(update={"serving": serving}))
+    err.print(
+        f"served interval calibrated on {report.get('windows', 0)} windows: coverage80 "
+        f"{report.get('cov80_before', {}).get('all')} -> {report.get('cov80_after', {}).get('all')}"
+    )
+
+
+@app.command()
+def calibrate(
+    ctx: typer.Context,
+    model_dir: Annotated[Path, typer.Option("--model", help="Model folder to calibrate (rewritten in place).")],
+    data: Annotated[list[Path], typer.Option("--data", help="The sources the model was trained on.")],
+    holdout_last: Annotated[list[str] | None, typer.Option("--holdout-last", help="As in `train`.")] = None,
+    holdout_machines: Annotated[list[str] | None, typer.Option("--holdout-machines", help="As in `train`.")] = None,
+) -> None:
+    """Calibrate a model's served p10-p90 band on the ends of its training series (train does this too)."""
+    _settings()
+    with _errors():
+        bank, holdout, _ = _build_bank(data, holdout_last, holdout_machines)
+        _calibrate_served(model_dir, bank, holdout, _command_line(ctx))
 
 
 @app.command()

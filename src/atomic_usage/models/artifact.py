@@ -48,8 +48,10 @@ class ModelCard(BaseModel):
     validation: dict[str, Any] = Field(default_factory=dict)
     serving: dict[str, Any] = Field(
         default_factory=dict,
-        description='How to serve: {"selection": "backtest", "k": 3, "candidates": ["naive"]} serves each series '
-        "with the network or a baseline, whichever backtested best on that series' own history.",
+        description='How to serve: {"selection": "backtest", "k": 3, "backtest_max": 12, "candidates": ["naive"], '
+        '"interval_scale": [...]} serves each series with the network or a baseline, whichever backtested best '
+        "on k stretches of at most backtest_max steps of that series' own history, and scales the p10/p90 "
+        "distances from p50 by interval_scale per step (fit by `atomic-usage calibrate`).",
     )
 
 
@@ -152,7 +154,12 @@ def load_model(model_dir: str | Path | None = None, *, threads: int = 0, raw: bo
         raise ArtifactError(
             f"{d}: unknown serving candidates {unknown} in model.json; use {sorted(BASELINES)}.", path=str(d)
         )
-    return BacktestSelector([model, *(BASELINES[c]() for c in names)], k=int(card.serving.get("k", 3)))
+    return BacktestSelector(
+        [model, *(BASELINES[c]() for c in names)],
+        k=int(card.serving.get("k", 3)),
+        backtest_max=int(card.serving.get("backtest_max", 288)),
+        interval_scale=[float(f) for f in card.serving.get("interval_scale", [])],
+    )
 
 
 def load_forecaster(ref: str | Path | None, *, threads: int = 0) -> Forecaster:

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from .base import Forecaster, finalize_quantiles
+from .calibrate import apply_interval_scale
 
 __all__ = ["BacktestSelector"]
 
@@ -31,17 +32,26 @@ class BacktestSelector(Forecaster):
         k: backtest origins per series.
         backtest_max: longest backtest stretch, in steps.
         min_history: observed values a backtest origin needs before it.
+        interval_scale: per forecast step, the factor on the p10/p90 distances from p50 of
+            the served forecast (``models/calibrate.py``; empty = as the candidates give them).
 
     The ``model`` column names the candidate that served each series.
     """
 
     def __init__(
-        self, candidates: Sequence[Forecaster], *, k: int = 3, backtest_max: int = 288, min_history: int = 12
+        self,
+        candidates: Sequence[Forecaster],
+        *,
+        k: int = 3,
+        backtest_max: int = 288,
+        min_history: int = 12,
+        interval_scale: Sequence[float] = (),
     ) -> None:
         self.candidates = list(candidates)
         self.k = k
         self.backtest_max = backtest_max
         self.min_history = min_history
+        self.interval_scale = np.asarray(interval_scale, np.float64)
         self.name = self.candidates[0].name
         self._local = threading.local()  # which candidate served the last call, per thread
 
@@ -103,7 +113,7 @@ class BacktestSelector(Forecaster):
                 out[idx] = model.forecast_arrays(sub, horizon, bounded[idx])
                 names[idx] = model.fallback_flags(sub)
         self._local.names = names
-        return finalize_quantiles(out, bounded)
+        return apply_interval_scale(finalize_quantiles(out, bounded), self.interval_scale, bounded)
 
     def fallback_flags(self, histories: Sequence[np.ndarray]) -> list[str]:
         """Which candidate (or its own fallback) served each history in the last forecast."""

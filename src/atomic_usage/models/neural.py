@@ -24,6 +24,7 @@ from ..data.windows import last_windows
 from .base import Forecaster, finalize_quantiles
 from .baselines import naive_arrays
 from .lines import exact_lines
+from .shifts import regime_starts
 
 __all__ = [
     "EXACT_LINE",
@@ -215,7 +216,7 @@ class NeuralForecaster(Forecaster):
         n = len(histories)
         H = min(horizon, self.spec.horizon)
         out = np.empty((n, 3, horizon), np.float64)
-        ctx = last_windows(list(histories), self.spec.context)
+        ctx = _current_regime(histories, last_windows(list(histories), self.spec.context))
         sess = self._get_session()
         for a in range(0, n, batch_size):
             b = min(n, a + batch_size)
@@ -236,6 +237,16 @@ class NeuralForecaster(Forecaster):
 
     def __repr__(self) -> str:
         return f"NeuralForecaster({str(self.onnx_path)!r}, context={self.spec.context}, horizon={self.spec.horizon})"
+
+
+def _current_regime(histories: Sequence[np.ndarray], ctx: np.ndarray) -> np.ndarray:
+    """Masks the part of each context window older than its current regime (models/shifts.py)."""
+    C = ctx.shape[1]
+    lens = np.array([len(h) for h in histories], np.int64)
+    cut = regime_starts(histories) - (lens - C)  # window columns before the regime's start
+    if (cut > 0).any():
+        ctx[np.arange(C)[None, :] < cut[:, None]] = np.nan
+    return ctx
 
 
 def _n_observed(h: np.ndarray, context: int) -> int:

@@ -18,6 +18,7 @@ import numpy as np
 
 from .._types import QUANTILES
 from ..data.windows import SeriesBank, make_windows
+from .calibrate import calibrate_intervals
 from .neural import MIN_OBSERVED, NeuralSpec, build_network, prepare
 
 __all__ = ["TrainConfig", "TrainResult", "train_neural"]
@@ -146,25 +147,6 @@ def _predict_norm(torch: Any, net: Any, x: np.ndarray, bs: int = 4096) -> np.nda
     return np.concatenate(outs) if outs else np.zeros((0, 3, 1), np.float32)
 
 
-def _calibrate(pred: np.ndarray, y: np.ndarray, mask: np.ndarray, target: float = 0.8) -> np.ndarray:
-    """Per forecast step, the factor on the p10/p90 distances that covers ``target`` of outcomes."""
-    H = pred.shape[2]
-    f = np.ones(H)
-    grid = np.exp(np.linspace(np.log(0.2), np.log(5.0), 161))
-    for h in range(H):
-        m = mask[:, h] > 0
-        if m.sum() < 50:
-            f[h] = f[h - 1] if h else 1.0
-            continue
-        mid, lo, hi, yy = pred[m, 1, h], pred[m, 0, h], pred[m, 2, h], y[m, h]
-        cov = [np.mean((yy >= mid + g * (lo - mid)) & (yy <= mid + g * (hi - mid))) for g in grid]
-        f[h] = grid[int(np.argmin(np.abs(np.asarray(cov) - target)))]
-    # Smooth across steps: neighbouring horizons share most of their uncertainty.
-    k = np.ones(5) / 5
-    padded = np.concatenate([np.repeat(f[:1], 2), f, np.repeat(f[-1:], 2)])
-    return np.convolve(padded, k, mode="valid")
-
-
 def _scores(pred: np.ndarray, y: np.ndarray, mask: np.ndarray, H: int) -> dict[str, float]:
     p, yy, m = pred[:, :, :H], y[:, :H], mask[:, :H] > 0
     if not m.any():
@@ -261,7 +243,7 @@ def train_neural(
         x, y, m = _normalized_batch(w[:, : spec.context], w[:, spec.context :])
         pred = _predict_norm(torch, net, x)
         validation["val_uncalibrated"] = {h: _scores(pred, y, m, h) for h in (12, spec.horizon)}
-        factors = _calibrate(pred, y, m)
+        factors = calibrate_intervals(pred, y, m)
         mid = pred[:, 1:2]
         cal = mid + (pred - mid) * factors[None, None, :]
         validation["val_calibrated"] = {h: _scores(cal, y, m, h) for h in (12, spec.horizon)}
