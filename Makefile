@@ -34,6 +34,8 @@ test-slow: $(VENV)/.dev
 # 15 min on 2 cores; on a busy machine it runs fewer steps.
 # Only what precedes UsageBench's cutoffs is read: GCD steps before 240 (the last 4 h cut), NAB all
 # but the last 4 days (plus 2 h of margin for gaps); 1 GCD VM in 5, by hash of its name, is held out.
+# After training, train calibrates the served p10-p90 band on the ends of the same training series
+# (about 15 s; `atomic-usage calibrate` with the same --data options redoes only that step).
 model: $(VENV)/.dev
 	$(BIN)/atomic-usage train \
 	  --data $(DATA)/gcd2011_vms --holdout-last 4h --holdout-machines yes \
