@@ -75,6 +75,15 @@ def _quantiles(blocks: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return out[0], out[1], k
 
 
+def _from(flags: np.ndarray, g: np.ndarray, col: np.ndarray) -> np.ndarray:
+    """For flags (n, G, LOOK): per row and candidate, how many flags of band ``g`` are set from
+    column ``col`` on, shape (n, len(col))."""
+    before = np.cumsum(flags, axis=-1, dtype=np.int32)  # contiguous, forward
+    total = before[:, :, -1]
+    head = np.where(col > 0, before[:, g, np.maximum(col - 1, 0)], 0)
+    return total[:, g] - head
+
+
 def _starts_chunk(W: np.ndarray) -> np.ndarray:
     """Window coordinates of the new regime's start per row of ``W`` (n, BAND + LOOK), -1 if none."""
     n, L = W.shape
@@ -92,10 +101,11 @@ def _starts_chunk(W: np.ndarray) -> np.ndarray:
     with np.errstate(invalid="ignore"):
         above = recent[:, None, :] > (hi + MARGIN * width)[:, :, None]  # (n, G, LOOK)
         below = recent[:, None, :] < (lo - MARGIN * width)[:, :, None]
-    # Counts from each step to the end, so a candidate reads its count in one lookup.
-    n_above = np.cumsum(above[:, :, ::-1], axis=-1)[:, :, ::-1][:, g, col]  # (n, T)
-    n_below = np.cumsum(below[:, :, ::-1], axis=-1)[:, :, ::-1][:, g, col]
-    n_after = np.cumsum(seen[:, ::-1], axis=-1)[:, ::-1][:, col]
+    # Counts from each step to the end (total minus what came before), so a candidate reads
+    # its count in one lookup.
+    n_above = _from(above, g, col)
+    n_below = _from(below, g, col)
+    n_after = _from(seen[:, None, :], np.zeros_like(g), col)
     denom = np.maximum(n_after, 1)
     # The regime's first value is itself beyond the band, on the side the regime is on.
     up = (n_above / denom >= SHARE) & above[:, g, col]
