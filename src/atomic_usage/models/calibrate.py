@@ -12,7 +12,9 @@ not see, applied to new ones).
 The windows come from the training series as the training run cut them (``--holdout-last``
 already removed the evaluation period; held-out machines are not used), at origins ``k * 12``
 and ``k * horizon`` steps before each series' end, so short and long horizons both have
-outcomes.
+outcomes. Only origins inside the end that training kept for validation (:func:`val_steps`)
+are used: the network never took a gradient step on those outcomes, so its errors there are
+the errors of new data, not of data it fit.
 """
 
 from __future__ import annotations
@@ -25,12 +27,19 @@ from .._types import BOUNDED_METRICS
 from ..data.windows import SeriesBank
 from .base import Forecaster, finalize_quantiles
 
-__all__ = ["MAX_HISTORY", "apply_interval_scale", "calibrate_intervals", "served_interval_scale"]
+__all__ = ["MAX_HISTORY", "apply_interval_scale", "calibrate_intervals", "served_interval_scale", "val_steps"]
 
 MAX_HISTORY = 2016
 """Steps of history each calibration window gives the forecaster (7 days)."""
 
 _SHORT = 12
+
+
+def val_steps(lengths: np.ndarray, val_frac: float) -> np.ndarray:
+    """Steps at the end of each training series kept out of training for validation: ``val_frac``
+    of its length, at least 12, and none for a series shorter than twice that."""
+    n_val = np.maximum((np.asarray(lengths) * val_frac).astype(np.int64), _SHORT)
+    return np.where(lengths > 2 * n_val, n_val, 0)
 
 
 def calibrate_intervals(pred: np.ndarray, y: np.ndarray, mask: np.ndarray, target: float = 0.8) -> np.ndarray:
@@ -73,15 +82,16 @@ def apply_interval_scale(fc: np.ndarray, scale: np.ndarray, bounded: np.ndarray)
 
 
 def _windows(
-    bank: SeriesBank, use: np.ndarray, horizon: int, origins: int
+    bank: SeriesBank, use: np.ndarray, horizon: int, origins: int, val_frac: float
 ) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
     hists, ys, bounded = [], [], []
+    held = val_steps(bank.lengths, val_frac)
     for i in np.flatnonzero(use):
         s = bank.series(int(i))
         n = len(s)
         cuts = {n - j * _SHORT for j in range(1, origins + 1)} | {n - j * horizon for j in range(1, origins + 1)}
         for c in sorted(cuts):
-            if c < 2 * _SHORT or np.count_nonzero(~np.isnan(s[:c])) < _SHORT:
+            if c < n - held[i] or c < 2 * _SHORT or np.count_nonzero(~np.isnan(s[:c])) < _SHORT:
                 continue
             y = np.full(horizon, np.nan)
             tail = s[c : c + horizon]
@@ -101,6 +111,7 @@ def served_interval_scale(
     origins: int = 4,
     max_series: int = 3000,
     seed: int = 0,
+    val_frac: float = 0.1,
 ) -> tuple[np.ndarray, dict[str, Any]]:
     """Conformal factors for ``model``'s served interval, fit on the ends of the training series.
 
@@ -111,6 +122,8 @@ def served_interval_scale(
         horizon: steps to calibrate (the network's horizon).
         origins: forecast origins per series and horizon.
         max_series: at most this many series are used (a seeded sample).
+        val_frac: the share of each series' end that training kept for validation
+            (``TrainConfig.val_frac``); origins come from there only.
 
     Returns:
         ``(factors, report)``: one factor per step, and coverage of the 80 % band before and
@@ -122,7 +135,7 @@ def served_interval_scale(
         keep = np.random.default_rng(seed).choice(idx, max_series, replace=False)
         use = np.zeros(len(bank), bool)
         use[keep] = True
-    hists, y, bounded = _windows(bank, use, horizon, origins)
+    hists, y, bounded = _windows(bank, use, horizon, origins, val_frac)
     if not hists:
         return np.ones(0), {"windows": 0}
     fc = model.forecast_arrays(hists, horizon, bounded)

@@ -18,7 +18,7 @@ import numpy as np
 
 from .._types import QUANTILES
 from ..data.windows import SeriesBank, make_windows
-from .calibrate import calibrate_intervals
+from .calibrate import calibrate_intervals, val_steps
 from .neural import MIN_OBSERVED, NeuralSpec, build_network, prepare
 
 __all__ = ["TrainConfig", "TrainResult", "train_neural"]
@@ -192,8 +192,7 @@ def train_neural(
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
     lengths = bank.lengths
-    n_val = np.maximum((lengths * config.val_frac).astype(np.int64), 12)
-    n_val = np.where(lengths > 2 * n_val, n_val, 0)
+    n_val = val_steps(lengths, config.val_frac)
     train = ~np.asarray(holdout, bool)
     zeros = np.zeros(len(bank), np.int64)
     tr = _Windows(bank, train, spec, lengths - n_val, zeros)
