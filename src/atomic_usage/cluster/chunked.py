@@ -186,8 +186,8 @@ def _raw_chunks(path: Path, rows: int, id_col: str, columns: list[str] | None = 
             import pyarrow as pa
             import pyarrow.parquet as pq
 
-            # pre_buffer caches every column chunk read so far until the file is closed: memory grew
-            # with the file (about 6 MB per million rows here), so reading is not bounded with it.
+            # With pre_buffer (the default), pyarrow's allocated memory grew by about 6 MB per million
+            # rows read until the file was closed, so the peak grew with the file.
             pf = stack.enter_context(pq.ParquetFile(path, pre_buffer=False))
             batches = pf.iter_batches(batch_size=rows, columns=columns)
             chunks: Iterator[pd.DataFrame] = (pa.Table.from_batches([b]).to_pandas() for b in batches)
