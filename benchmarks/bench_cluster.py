@@ -2,13 +2,18 @@
 
 Run: ``PYTHONPATH=src python benchmarks/bench_cluster.py --n-series 100000 [--workers 2] [--model naive]``.
 Writes one Parquet file of ``n_series`` machines x 288 five-minute steps x 3 metrics
-(row groups of 10,000 machines), then measures, each in a fresh process or cluster:
+(row groups of 10,000 machines; sorted by id only with ``--sorted-ids``), then measures, each
+in a fresh process or cluster:
 
-* ``single``: ``atomic-usage forecast`` without cluster options (read_wide, regularize,
-  forecast, one output file): wall time and peak RSS of the process.
+* ``single``: ``atomic-usage forecast`` without cluster options, one output file: wall time
+  and peak RSS of the process. A file of more than ``--rows-per-bucket`` rows (default
+  1,000,000, i.e. more than about 3,500 machines here) is forecast in chunks of whole
+  machines: shuffled by id range through a scratch folder, or streamed with ``--sorted-ids``
+  (see ``src/atomic_usage/cluster/chunked.py``). The JSON line holds the command's summary,
+  which says which.
 * ``cluster-K`` for K = 1 and ``--workers``: ``forecast_distributed`` on a LocalCluster of K
   worker processes (one thread each): job wall time (cluster start-up shown apart) and
-  peak RSS (VmHWM) of each worker.
+  peak RSS (VmHWM) of each worker. ``--skip-cluster`` leaves these out.
 
 Scaling efficiency is ``T(single) / (K * T(cluster-K))`` and, apart from the shuffle's
 cost, ``T(cluster-1) / (K * T(cluster-K))``. Prints one JSON line per measurement.
@@ -53,8 +58,14 @@ def vmhwm_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def generate(path: Path, n_series: int, n_steps: int = 288, batch: int = 10_000) -> float:
-    """Writes the fleet to one Parquet file, a row group per ``batch`` machines; returns seconds."""
+def generate(path: Path, n_series: int, n_steps: int = 288, batch: int = 10_000, *, sorted_ids: bool = False) -> float:
+    """Writes the fleet to one Parquet file, a row group per ``batch`` machines; returns seconds.
+
+    Each machine's rows are together, machines in generation order. The ids are ``m0000-0``
+    to ``m0000-9999`` (row group 0), ``m0001-0``...: in string order ``m0000-10`` comes before
+    ``m0000-9``, so the file is not sorted by id. With ``sorted_ids`` they are zero-padded
+    (``m0000-00009``), and it is.
+    """
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -63,7 +74,10 @@ def generate(path: Path, n_series: int, n_steps: int = 288, batch: int = 10_000)
     t = time.perf_counter()
     writer = None
     for k, a in enumerate(range(0, n_series, batch)):
-        df = generate_series(min(batch, n_series - a), n_steps=n_steps, seed=k, id_prefix=f"m{k:04d}-")
+        prefix = f"m{k:04d}-"
+        df = generate_series(min(batch, n_series - a), n_steps=n_steps, seed=k, id_prefix=prefix)
+        if sorted_ids:
+            df["id"] = prefix + df["id"].str.slice(len(prefix)).str.zfill(5)
         table = pa.Table.from_pandas(df, preserve_index=False)
         if writer is None:
             writer = pq.ParquetWriter(path, table.schema)
@@ -73,16 +87,18 @@ def generate(path: Path, n_series: int, n_steps: int = 288, batch: int = 10_000)
     return time.perf_counter() - t
 
 
-def run_single(inp: Path, out: Path, horizon: int, model: str) -> dict[str, float]:
-    """The CLI without cluster options, in a child process; wall time and the child's peak RSS."""
+def run_single(inp: Path, out: Path, horizon: int, model: str) -> dict[str, object]:
+    """The CLI without cluster options, in a child process; wall time, the child's peak RSS and its summary."""
     hwm_file = out.with_suffix(".hwm")
     env = dict(os.environ, PYTHONPATH=str(ROOT / "src"), LOG_LEVEL="WARNING", BENCH_HWM_FILE=str(hwm_file))
     cmd = [sys.executable, "-c", _CLI_WRAPPER, "forecast", "-i", str(inp), "-H", str(horizon)]
     t = time.perf_counter()
-    subprocess.run([*cmd, "-o", str(out), "-m", model], check=True, env=env)
+    done = subprocess.run([*cmd, "-o", str(out), "-m", model], check=True, env=env, capture_output=True, text=True)
     wall = time.perf_counter() - t
     peak_kb = int(hwm_file.read_text())
-    return {"seconds": round(wall, 2), "peak_rss_mb": round(peak_kb / 1024, 1)}
+    lines = done.stderr.strip().splitlines()
+    summary = lines[-1] if lines else ""
+    return {"seconds": round(wall, 2), "peak_rss_mb": round(peak_kb / 1024, 1), "cli": summary}
 
 
 def run_cluster(inp: Path, out: Path, horizon: int, model: str, workers: int) -> dict[str, object]:
@@ -113,7 +129,11 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--horizon", type=int, default=12)
     ap.add_argument("--model", default="naive", help="naive | predict_linear | a model folder")
-    ap.add_argument("--skip-single", action="store_true", help="Only the cluster runs (large sizes).")
+    ap.add_argument("--skip-single", action="store_true", help="Only the cluster runs.")
+    ap.add_argument("--skip-cluster", action="store_true", help="Only the single-process run.")
+    ap.add_argument(
+        "--sorted-ids", action="store_true", help="Zero-padded ids: the file is sorted by id, the single path streams."
+    )
     ap.add_argument("--workdir", type=Path, default=None)
     args = ap.parse_args()
     work = args.workdir or Path(tempfile.mkdtemp(prefix="bench-cluster-"))
@@ -125,8 +145,9 @@ def main() -> None:
         "metrics": 3,
         "horizon": args.horizon,
         "model": args.model,
+        "sorted_ids": args.sorted_ids,
     }
-    gen_s = generate(inp, args.n_series)
+    gen_s = generate(inp, args.n_series, sorted_ids=args.sorted_ids)
     size_mb = inp.stat().st_size / 2**20
     print(
         json.dumps(
@@ -144,18 +165,19 @@ def main() -> None:
     if not args.skip_single:
         rows["single"] = run_single(inp, work / "single.parquet", args.horizon, args.model)
         print(json.dumps({**base, "what": "single", **rows["single"]}), flush=True)
-    for k in sorted({1, args.workers}):
+    for k in [] if args.skip_cluster else sorted({1, args.workers}):
         out = work / f"parts-{k}"
         rows[f"cluster-{k}"] = run_cluster(inp, out, args.horizon, args.model, k)
         print(json.dumps({**base, "what": f"cluster-{k}", **rows[f"cluster-{k}"]}), flush=True)
         shutil.rmtree(out, ignore_errors=True)
     k = args.workers
-    tk = float(rows[f"cluster-{k}"]["seconds"])  # type: ignore[arg-type]
-    eff = {"what": "scaling", "workers": k}
-    if "single" in rows:
-        eff["efficiency_vs_single"] = round(float(rows["single"]["seconds"]) / (k * tk), 3)  # type: ignore[arg-type]
-    eff["efficiency_vs_cluster_1"] = round(float(rows["cluster-1"]["seconds"]) / (k * tk), 3)  # type: ignore[arg-type]
-    print(json.dumps({**base, **eff}))
+    if f"cluster-{k}" in rows:
+        tk = float(rows[f"cluster-{k}"]["seconds"])  # type: ignore[arg-type]
+        eff = {"what": "scaling", "workers": k}
+        if "single" in rows:
+            eff["efficiency_vs_single"] = round(float(rows["single"]["seconds"]) / (k * tk), 3)  # type: ignore[arg-type]
+        eff["efficiency_vs_cluster_1"] = round(float(rows["cluster-1"]["seconds"]) / (k * tk), 3)  # type: ignore[arg-type]
+        print(json.dumps({**base, **eff}))
     if args.workdir is None:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -66,6 +66,23 @@ RowsPerBucketOpt = Annotated[
     int,
     typer.Option("--rows-per-bucket", min=1, help="On a cluster: input rows per task (bounds worker memory)."),
 ]
+ForecastRowsOpt = Annotated[
+    int,
+    typer.Option(
+        "--rows-per-bucket",
+        min=1,
+        help="Input rows per task on a cluster. In one process, a file with more rows is forecast in "
+        "chunks of about this many rows of whole machines (bounds memory); a smaller one is read whole.",
+    ),
+]
+ScratchOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--scratch",
+        help="Folder for the temporary shuffle of a large file not sorted by id, or of a cluster run "
+        "(default: beside --output; needs about the input's size).",
+    ),
+]
 
 
 @contextlib.contextmanager
@@ -167,12 +184,15 @@ def forecast(
     cluster: ClusterOpt = None,
     scheduler: SchedulerOpt = None,
     protocol: ProtocolOpt = None,
-    rows_per_bucket: RowsPerBucketOpt = 1_000_000,
+    rows_per_bucket: ForecastRowsOpt = 1_000_000,
+    scratch: ScratchOpt = None,
 ) -> None:
     """Forecast every series of a file; write id,timestamp,metric,mean,p10,p50,p90,model,reason.
 
     An id or metric that cannot be forecast gets rows with empty values, model `none` or `error`
     and a reason; it is listed on stderr, and the other ids are forecast as usual (exit 0).
+    An --input file of more than --rows-per-bucket rows is forecast in chunks of whole machines,
+    so memory follows the chunk, not the file; the output is the same.
     With --cluster or --scheduler, --input may also be a folder of CSV/Parquet partitions,
     and --output is a folder of part-XXXXX.parquet files (ids hash-partitioned).
     """
@@ -191,11 +211,16 @@ def forecast(
                 model=model,
                 default_model_dir=settings.model_dir,
                 rows_per_bucket=rows_per_bucket,
+                scratch=scratch,
             )
             err.print(
                 job.summary()
                 + (f" ({job.fallback} series on a fallback: see the model column)" if job.fallback else "")
             )
+        return
+    if input is not None and not prometheus and not from_store and _is_large(input, rows_per_bucket):
+        with _errors():
+            _forecast_chunked(input, horizon, output, model, rows_per_bucket, scratch, plot, settings)
         return
     with _errors():
         from .data.regularize import regularize
@@ -228,6 +253,93 @@ def forecast(
             _plot(plot, frame, result, settings)
 
 
+def _is_large(path: Path, rows: int) -> bool:
+    """Whether a wide file has more than ``rows`` rows (Parquet: its footer; CSV: guessed from the size)."""
+    from .cluster.partitions import estimate_rows
+
+    return path.is_file() and estimate_rows(path) > rows
+
+
+def _forecast_chunked(
+    input: Path,
+    horizon: int,
+    output: Path,
+    model: str | None,
+    rows: int,
+    scratch: Path | None,
+    plot: Path | None,
+    settings: Settings,
+) -> None:
+    """The single-process forecast of a large file, in chunks of whole machines (see cluster/chunked.py)."""
+    from .cluster.chunked import forecast_chunked
+
+    fc_model = _load_forecaster(model, settings)
+    charts = 0
+    on_chunk = None
+    if plot is not None:
+        directory = plot
+
+        def on_chunk(history: Any, fc: Any) -> None:
+            nonlocal charts
+            from .report.charts import write_fan_charts
+
+            charts += len(write_fan_charts(directory, history, fc, thresholds=settings.thresholds))
+
+    with _stages() as progress:
+        job = forecast_chunked(
+            input,
+            horizon,
+            output,
+            model=fc_model,
+            rows_per_chunk=rows,
+            scratch=scratch,
+            progress=progress,
+            on_chunk=on_chunk,
+        )
+    logging.getLogger("atomic_usage").info("%s: %s", input, job.regularize.summary())
+    for reason in job.reasons:
+        err.print(f"[yellow]not forecast:[/] {reason}", highlight=False, soft_wrap=True)
+    err.print(
+        job.summary()
+        + (f" ({job.fallback} series on a fallback: see the model column)" if job.fallback else "")
+        + (f" ({job.missing} series not forecast: see the reason column)" if job.missing else ""),
+        highlight=False,
+        soft_wrap=True,
+    )
+    if plot is not None:
+        err.print(f"{charts} charts -> {plot}")
+
+
+@contextlib.contextmanager
+def _stages() -> Iterator[Any]:
+    """A rich progress bar that follows ``progress(stage, done, total)`` calls; None off a terminal."""
+    if not err.is_terminal:
+        yield None
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("rows"),
+        TimeRemainingColumn(),
+        console=err,
+        transient=False,
+    ) as bar:
+        task = bar.add_task("reading", total=None)
+        current = ""
+
+        def update(stage: str, done: int, total: int | None) -> None:
+            nonlocal current
+            if stage != current:
+                current = stage
+                bar.reset(task, total=total, description=stage)
+            bar.update(task, completed=done, total=total)
+
+        yield update
+
+
 def _forecast_panel(fc_model: Any, panel: Any, horizon: int, issues: list[Any], chunk: int = 20_000) -> Any:
     """Forecasts a panel in chunks of ids behind a progress bar; returns the long forecast frame."""
     import pandas as pd
@@ -247,27 +359,10 @@ def _forecast_panel(fc_model: Any, panel: Any, horizon: int, issues: list[Any], 
 
 def _write_table(df: Any, path: Path) -> None:
     """Writes a frame as CSV or Parquet (by suffix) under a temporary name, then renames it."""
-    from .errors import SchemaError
+    from .cluster.writer import FrameWriter
 
-    if path.is_dir():
-        raise SchemaError(
-            f"{path}: the output is a folder; give a file name such as {path / 'forecast.csv'}.", path=str(path)
-        )
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if path.suffix.lower() in (".parquet", ".pq"):
-            df.to_parquet(tmp, index=False)
-        else:
-            out_df = df.copy()
-            out_df["timestamp"] = out_df["timestamp"].dt.strftime("%Y-%m-%dT%H:%M:%SZ")
-            out_df.to_csv(tmp, index=False, float_format="%.6g")
-        tmp.replace(path)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise SchemaError(
-            f"{path}: cannot write the output ({exc.strerror or exc}); choose a writable path.", path=str(path)
-        ) from None
+    with FrameWriter(path) as writer:
+        writer.write(df)
 
 
 @app.command()

@@ -34,11 +34,13 @@ __all__ = [
     "Chunk",
     "bucket_dir",
     "bucket_of",
+    "estimate_rows",
     "plan_chunks",
     "read_bucket",
     "read_chunk",
     "split_chunk",
     "write_parquet_atomic",
+    "write_pieces",
 ]
 
 CSV_BLOCK_BYTES = 64 * 2**20
@@ -165,6 +167,22 @@ def plan_chunks(
     return chunks
 
 
+def estimate_rows(path: str | Path) -> int:
+    """Rows of one wide file, without reading its data: exact for Parquet (the footer), guessed
+    from the size for CSV (four times the size for a compressed one). 0 for a Parquet file whose
+    footer cannot be read (the reader then reports it)."""
+    p = Path(path)
+    if p.name.lower().endswith(_PARQUET_SUFFIXES):
+        import pyarrow.parquet as pq
+
+        try:
+            return int(pq.ParquetFile(p).metadata.num_rows)
+        except Exception:  # pyarrow raises ArrowInvalid, OSError...; the reader names the file
+            return 0
+    size = p.stat().st_size if p.is_file() else 0
+    return (size if p.suffix.lower() == ".csv" else 4 * size) // _CSV_ROW_BYTES_GUESS
+
+
 def _is_nab_dir(path: Path) -> bool:
     first = next(iter(sorted(path.glob("*.csv"))), None)
     if first is None:
@@ -279,7 +297,25 @@ def split_chunk(
     """
     df = read_chunk(chunk, id_col=id_col, time_col=time_col)
     df = df.rename(columns={id_col: "id", time_col: "timestamp"})
-    buckets = bucket_of(df["id"].to_numpy(), n_buckets)
+    counts = write_pieces(df, bucket_of(df["id"].to_numpy(), n_buckets), scratch, chunk.source, chunk_no)
+    return {"rows": len(df), "buckets": counts}
+
+
+def write_pieces(
+    df: pd.DataFrame, buckets: np.ndarray, scratch: str | Path, source: int, chunk_no: int
+) -> dict[int, int]:
+    """Writes the rows of ``df`` to ``bucket_dir(scratch, source, b) / c{chunk_no}.parquet``, by bucket.
+
+    Args:
+        df: a validated wide frame.
+        buckets: the bucket of each row, shape (len(df),).
+        scratch: the scratch folder.
+        source: the source the rows come from.
+        chunk_no: the chunk's number; pieces are read back in this order.
+
+    Returns:
+        Rows written per bucket.
+    """
     counts: dict[int, int] = {}
     # A stable sort keeps each id's rows in their order within the chunk.
     order = np.argsort(buckets, kind="stable")
@@ -291,8 +327,8 @@ def split_chunk(
         b = int(buckets[part[0]])
         counts[b] = len(part)
         piece = df.iloc[part]
-        write_parquet_atomic(piece, bucket_dir(scratch, chunk.source, b) / f"c{chunk_no:06d}.parquet")
-    return {"rows": len(df), "buckets": counts}
+        write_parquet_atomic(piece, bucket_dir(scratch, source, b) / f"c{chunk_no:06d}.parquet")
+    return counts
 
 
 def read_bucket(directory: str | Path) -> pd.DataFrame:

@@ -7,6 +7,8 @@ deduplicated): :func:`~atomic_usage.data.regularize.regularize` does that.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +17,17 @@ import pandas as pd
 from ..errors import SchemaError
 from .validation import RangePolicy, SeriesIssue, validate_wide
 
-__all__ = ["GCD_START", "GCD_STEP", "read_gcd", "read_gcd_dir", "read_nab", "read_nab_dir", "read_wide"]
+__all__ = [
+    "GCD_START",
+    "GCD_STEP",
+    "is_parquet",
+    "map_read_errors",
+    "read_gcd",
+    "read_gcd_dir",
+    "read_nab",
+    "read_nab_dir",
+    "read_wide",
+]
 
 GCD_START = pd.Timestamp("2011-05-01T00:00:00Z")
 """Timestamp of the first row of every GCD VM file (the files carry none)."""
@@ -26,6 +38,35 @@ GCD_STEP = pd.Timedelta(minutes=5)
 
 def _fail(path: Path, what: str) -> SchemaError:
     return SchemaError(f"{path}: {what}", path=str(path))
+
+
+def is_parquet(path: str | Path) -> bool:
+    """Whether a wide file is read as Parquet (by its suffix); anything else is read as CSV."""
+    return Path(path).suffix.lower() in (".parquet", ".pq")
+
+
+@contextlib.contextmanager
+def map_read_errors(path: str | Path) -> Iterator[None]:
+    """Turns pandas' and pyarrow's errors while reading a wide file into a SchemaError naming it.
+
+    Used around a whole read (:func:`read_wide`) and around each chunk of a chunked read, so
+    both report an unreadable file the same way.
+
+    Raises:
+        SchemaError: the file cannot be read as CSV or Parquet.
+    """
+    p = Path(path)
+    try:
+        yield
+    except SchemaError:
+        raise
+    except (ValueError, OSError, UnicodeDecodeError, pd.errors.ParserError) as exc:
+        kind = "Parquet" if is_parquet(p) else "CSV"
+        raise _fail(
+            p,
+            f"cannot be read as {kind} ({type(exc).__name__}: {str(exc)[:200]}); "
+            "give a CSV or Parquet file with columns id,timestamp,<metric>...",
+        ) from None
 
 
 def read_wide(
@@ -59,18 +100,8 @@ def read_wide(
     p = Path(path)
     if not p.is_file():
         raise _fail(p, "the file does not exist or is not a file; check the path.")
-    try:
-        if p.suffix.lower() in (".parquet", ".pq"):
-            df = pd.read_parquet(p)
-        else:
-            df = pd.read_csv(p, dtype={id_col: str})
-    except (ValueError, OSError, UnicodeDecodeError, pd.errors.ParserError) as exc:
-        kind = "Parquet" if p.suffix.lower() in (".parquet", ".pq") else "CSV"
-        raise _fail(
-            p,
-            f"cannot be read as {kind} ({type(exc).__name__}: {str(exc)[:200]}); "
-            "give a CSV or Parquet file with columns id,timestamp,<metric>...",
-        ) from None
+    with map_read_errors(p):
+        df = pd.read_parquet(p) if is_parquet(p) else pd.read_csv(p, dtype={id_col: str})
     return validate_wide(df, id_col=id_col, time_col=time_col, path=str(p), issues=issues, out_of_range=out_of_range)
 
 

@@ -26,6 +26,7 @@ __all__ = [
     "RangePolicy",
     "SeriesIssue",
     "check_ranges",
+    "combine_issues",
     "ensure_utc",
     "metric_columns",
     "require_columns",
@@ -60,6 +61,7 @@ class SeriesIssue:
         timestamp: ISO 8601 UTC time of the first offending value.
         value: that value.
         message: one sentence naming what is wrong, where, and what to do (without the file name).
+        count: how many values of the series were far out.
     """
 
     id: str
@@ -67,6 +69,22 @@ class SeriesIssue:
     timestamp: str
     value: float
     message: str
+    count: int = 1
+
+
+def combine_issues(first: SeriesIssue, later: SeriesIssue) -> SeriesIssue:
+    """One issue for a series whose rows were checked in two parts (chunks of one file, in order).
+
+    Keeps the first part's offending value and timestamp and sums the counts, so the message
+    is the one a check of all the rows at once writes.
+
+    >>> a = SeriesIssue("vm-1", "cpuLoad", "2024-01-01T00:00:00Z", 180.0, "", 2)
+    >>> combine_issues(a, a).message.startswith("cpuLoad of id 'vm-1' is 180.0 at 2024-01-01T00:00:00Z (4 value(s)")
+    True
+    """
+    count = first.count + later.count
+    message = _issue_message(first.id, first.metric, first.timestamp, first.value, count)
+    return dataclasses.replace(first, count=count, message=message)
 
 
 def require_columns(df: pd.DataFrame, columns: Sequence[str], *, path: str | None = None) -> None:
@@ -106,12 +124,13 @@ def metric_columns(
     for c in cols:
         if not pd.api.types.is_numeric_dtype(df[c]):
             converted = pd.to_numeric(df[c], errors="coerce")
-            bad = df[c][converted.isna() & df[c].notna()]
+            bad = np.flatnonzero((converted.isna() & df[c].notna()).to_numpy())
             if len(bad):
-                row = int(bad.index[0])
+                # The row's index label (a chunk of a file keeps its rows' numbers), its id by position.
+                i = int(bad[0])
                 raise SchemaError(
-                    f"{where}Column {c!r} holds a non-numeric value {bad.iloc[0]!r} (row {row}, "
-                    f"id {df[id_col].iloc[row] if id_col in df else '?'!s}); metric columns must be numbers.",
+                    f"{where}Column {c!r} holds a non-numeric value {df[c].iloc[i]!r} (row {df.index[i]}, "
+                    f"id {df[id_col].iloc[i] if id_col in df else '?'!s}); metric columns must be numbers.",
                     path=path,
                 )
     return cols
@@ -192,7 +211,8 @@ def validate_wide(
         }
     )
     if df[id_col].isna().any():
-        row = int(df[id_col].isna().to_numpy().nonzero()[0][0])
+        # The index label, as for a non-numeric value: a chunk of a file keeps its rows' numbers.
+        row = df.index[df[id_col].isna().to_numpy()][0]
         raise SchemaError(f"{path + ': ' if path else ''}Row {row} has no id; give every row an id.", path=path)
     for c in metrics:
         out[c] = pd.to_numeric(df[c], errors="coerce").astype("float64")
@@ -241,7 +261,7 @@ def check_ranges(
             for sid in bad_ids:
                 rows = np.flatnonzero(far & (ids == sid))
                 first = df.iloc[rows[0]]
-                issue = _series_issue(first, c, len(rows), id_col=id_col, time_col=time_col, rng=rng)
+                issue = _series_issue(first, c, len(rows), id_col=id_col, time_col=time_col)
                 if issues is None:
                     raise SchemaError(where + issue.message, path=path)
                 issues.append(issue)
@@ -264,15 +284,20 @@ def _iso(ts: pd.Timestamp) -> str:
     return str(ts.strftime("%Y-%m-%dT%H:%M:%SZ"))
 
 
-def _series_issue(row: pd.Series, c: str, count: int, *, id_col: str, time_col: str, rng: str) -> SeriesIssue:
+def _series_issue(row: pd.Series, c: str, count: int, *, id_col: str, time_col: str) -> SeriesIssue:
     sid, ts, value = str(row[id_col]), _iso(row[time_col]), float(row[c])
+    return SeriesIssue(sid, c, ts, value, _issue_message(sid, c, ts, value, count), count)
+
+
+def _issue_message(sid: str, c: str, ts: str, value: float, count: int) -> str:
+    bounded = c in BOUNDED_METRICS
+    rng = "0 to 100 (percent)" if bounded else f"0 to {MAX_MAGNITUDE:g}"
     if np.isinf(value):
         what, fix = "infinite", "fix the collector or drop these rows"
-    elif c in BOUNDED_METRICS:
+    elif bounded:
         what = f"far outside {rng}"
         fix = "send a percent of the whole machine (divide per-core sums by the core count)"
     else:
         what = f"far outside {rng}"
         fix = "send the values in a larger unit (e.g. GB instead of bytes)"
-    message = f"{c} of id {sid!r} is {value!r} at {ts} ({count} value(s) {what}), so this series was rejected; {fix}."
-    return SeriesIssue(sid, c, ts, value, message)
+    return f"{c} of id {sid!r} is {value!r} at {ts} ({count} value(s) {what}), so this series was rejected; {fix}."
