@@ -132,6 +132,9 @@ def main() -> None:
     ap.add_argument("--skip-single", action="store_true", help="Only the cluster runs.")
     ap.add_argument("--skip-cluster", action="store_true", help="Only the single-process run.")
     ap.add_argument(
+        "--skip-one-worker", action="store_true", help="No 1-worker cluster run (large sizes: it is the longest)."
+    )
+    ap.add_argument(
         "--sorted-ids", action="store_true", help="Zero-padded ids: the file is sorted by id, the single path streams."
     )
     ap.add_argument("--workdir", type=Path, default=None)
@@ -165,7 +168,8 @@ def main() -> None:
     if not args.skip_single:
         rows["single"] = run_single(inp, work / "single.parquet", args.horizon, args.model)
         print(json.dumps({**base, "what": "single", **rows["single"]}), flush=True)
-    for k in [] if args.skip_cluster else sorted({1, args.workers}):
+    sizes = sorted({args.workers} if args.skip_one_worker else {1, args.workers})
+    for k in [] if args.skip_cluster else sizes:
         out = work / f"parts-{k}"
         rows[f"cluster-{k}"] = run_cluster(inp, out, args.horizon, args.model, k)
         print(json.dumps({**base, "what": f"cluster-{k}", **rows[f"cluster-{k}"]}), flush=True)
