@@ -106,18 +106,29 @@ class TestTrainAndDataset:
                 "24",
                 "--horizon",
                 "12",
+                "--near-context",
+                "12",
+                "--near-horizon",
+                "6",
+                "--near-steps",
+                "5",
             ],
         )
         assert res.exit_code == 0, res.output
         from atomic_usage.models.artifact import load_model, read_card
+        from atomic_usage.models.neural import SplitHorizon
 
         card = read_card(out)
         assert card.training["command"].startswith("atomic-usage train") and card.context_length == 24
         # train calibrates the served interval on the ends of its training series
         assert len(card.serving["interval_scale"]) == 12 and card.serving["calibration"]["windows"] > 0
-        assert card.serving["backtest_max"] == 12
+        assert card.serving["selection"] == "none"  # the networks serve every series (docs/accuracy.md)
         served = load_model(out)
         assert served.interval_scale.tolist() == card.serving["interval_scale"]  # type: ignore[attr-defined]
+        # the short network serves the first 6 steps, from its own file
+        assert card.near["file"] == "near.onnx" and (out / "near.onnx").is_file()
+        raw = load_model(out, raw=True)
+        assert isinstance(raw, SplitHorizon) and raw.near.spec.context == 12 and raw.near.spec.horizon == 6
         # calibrate redoes it in place, recording its own command
         res = runner.invoke(app, ["calibrate", "--model", str(out), "--data", str(ts)])
         assert res.exit_code == 0, res.output

@@ -588,12 +588,27 @@ def train(
     selection: Annotated[
         str,
         typer.Option(
-            help="backtest: serve each series with the network or naive, whichever did best on "
-            "its own recent history; none: the network alone."
+            help="none: the networks serve every series; backtest: serve each series with the networks or "
+            "naive, whichever did best on its own recent history. Either way the served band is calibrated."
         ),
-    ] = "backtest",
+    ] = "none",
+    near_context: Annotated[
+        int,
+        typer.Option(
+            min=0, help="Context of the short network that forecasts the first --near-horizon steps (0: none)."
+        ),
+    ] = 36,
+    near_horizon: Annotated[int, typer.Option(min=1, help="Steps the short network forecasts.")] = 12,
+    near_steps: Annotated[int, typer.Option(min=1, help="Optimizer steps of the short network.")] = 4000,
+    near_time_budget: Annotated[
+        float, typer.Option(help="Stop the short network's training after this many seconds (0: no limit).")
+    ] = 0.0,
 ) -> None:
-    """Train the neural forecaster (PyTorch, CPU), export it to ONNX and write the model folder."""
+    """Train the neural forecaster (PyTorch, CPU), export it to ONNX and write the model folder.
+
+    Two networks are trained: the long one (--context, --horizon) and, unless --near-context
+    is 0, a short-context one that serves the first --near-horizon steps.
+    """
     _settings()
     if selection not in ("backtest", "none"):
         raise typer.BadParameter(f"must be backtest or none, not {selection!r}", param_hint="--selection")
@@ -603,7 +618,7 @@ def train(
 
         try:
             from .models.export import to_onnx
-            from .models.train import TrainConfig, train_neural
+            from .models.train import TrainConfig, near_config, near_spec, train_neural
         except ImportError as exc:  # pragma: no cover
             raise ModelError(f"{exc}; install the train extra: pip install 'atomic-usage[train]'") from None
         from .data.trainset import fingerprint
@@ -611,6 +626,10 @@ def train(
         from .models.neural import NeuralSpec
 
         bank, holdout, _ = _build_bank(data, holdout_last, holdout_machines)
+        if near_context and near_horizon >= horizon:
+            raise typer.BadParameter(
+                f"must be below --horizon ({horizon}), not {near_horizon}", param_hint="--near-horizon"
+            )
         spec = NeuralSpec(context=context, horizon=horizon)
         config = TrainConfig(steps=steps, batch_size=batch_size, seed=seed, time_budget_s=time_budget)
         with _progress("training", steps) as advance:
@@ -618,9 +637,30 @@ def train(
                 bank, holdout, spec, config, progress=lambda s, n, loss: advance(1, note=f"loss {loss:.4f}")
             )
         onnx_bytes = to_onnx(result.network, result.spec)
+        near: dict[str, Any] = {}
+        near_bytes = None
+        if near_context:
+            n_spec = near_spec(near_context, near_horizon)
+            n_config = near_config(steps=near_steps, seed=seed, time_budget_s=near_time_budget)
+            with _progress("training the short network", near_steps) as advance:
+                n_result = train_neural(
+                    bank, holdout, n_spec, n_config, progress=lambda s, n, loss: advance(1, note=f"loss {loss:.4f}")
+                )
+            near_bytes = to_onnx(n_result.network, n_result.spec)
+            near = {
+                "file": "near.onnx",
+                "version": hashlib.sha256(near_bytes).hexdigest()[:12],
+                "spec": n_result.spec.to_dict(),
+                "training": {
+                    "seconds": round(n_result.seconds, 1),
+                    "config": {"steps": near_steps, "batch_size": n_config.batch_size, "lr": n_config.lr, "seed": seed},
+                },
+                "validation": json.loads(json.dumps(n_result.validation, default=float)),
+            }
+        version_of = hashlib.sha256(onnx_bytes + (near_bytes or b""))
         card = ModelCard(
             name=name,
-            version=hashlib.sha256(onnx_bytes).hexdigest()[:12],
+            version=version_of.hexdigest()[:12],
             created=dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
             context_length=result.spec.context,
             horizon=result.spec.horizon,
@@ -640,38 +680,40 @@ def train(
                 "config": {"steps": steps, "batch_size": batch_size, "seed": seed},
             },
             validation=json.loads(json.dumps(result.validation, default=float)),
+            near=near,
             serving={"selection": "backtest", "k": 3, "backtest_max": 12, "candidates": ["naive"]}
             if selection == "backtest"
-            else {},
+            else {"selection": "none"},
         )
-        save_artifact(out_dir, onnx_bytes, card)
+        save_artifact(out_dir, onnx_bytes, card, near_bytes=near_bytes)
         err.print(f"trained in {result.seconds:.0f}s; model {card.version} -> {out_dir}")
-        if selection == "backtest":
-            _calibrate_served(out_dir, bank, holdout, _command_line(ctx))
+        _calibrate_served(out_dir, bank, holdout, _command_line(ctx))
 
 
 def _calibrate_served(model_dir: Path, bank: Any, holdout: Any, command: str) -> None:
     """Fits the served interval's factors (models/calibrate.py) and rewrites model.json."""
-    from .models.artifact import load_model, read_card, save_artifact
+    from .models.artifact import load_model, read_card, read_networks, save_artifact
     from .models.calibrate import served_interval_scale
 
     card = read_card(model_dir)
-    if card.serving.get("selection") != "backtest":
-        raise ModelError(f"{model_dir}: calibrate serves through backtest selection; this model has none.")
+    if card.serving.get("selection") not in ("backtest", "none"):
+        raise ModelError(
+            f"{model_dir}: model.json says nothing of how it is served (serving.selection); "
+            "retrain it with `atomic-usage train`."
+        )
     serving = {k: v for k, v in card.serving.items() if k not in ("interval_scale", "calibration")}
     bare = card.model_copy(update={"serving": serving})
     tmp_card = Path(tempfile.mkdtemp(prefix=".calibrate-"))
     try:
-        onnx_bytes = (Path(model_dir) / "model.onnx").read_bytes()
-        (tmp_card / "model.onnx").write_bytes(onnx_bytes)
-        (tmp_card / "model.json").write_text(bare.model_dump_json())
+        onnx_bytes, near_bytes = read_networks(model_dir)
+        save_artifact(tmp_card, onnx_bytes, bare, near_bytes=near_bytes)
         with err.status("calibrating the served interval"):
             factors, report = served_interval_scale(load_model(tmp_card), bank, holdout, card.horizon)
     finally:
         shutil.rmtree(tmp_card, ignore_errors=True)
     serving["interval_scale"] = [round(float(f), 4) for f in factors]
     serving["calibration"] = {"command": command, **report}
-    save_artifact(model_dir, onnx_bytes, card.model_copy(update={"serving": serving}))
+    save_artifact(model_dir, onnx_bytes, card.model_copy(update={"serving": serving}), near_bytes=near_bytes)
     err.print(
         f"served interval calibrated on {report.get('windows', 0)} windows: coverage80 "
         f"{report.get('cov80_before', {}).get('all')} -> {report.get('cov80_after', {}).get('all')}"

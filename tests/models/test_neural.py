@@ -121,3 +121,89 @@ class TestTraining:
             assert kept[first:].all() and kept.sum() >= MIN_OBSERVED
             assert np.array_equal(row[first:], orig[first:])
         assert np.array_equal(_truncate_history(ctx, np.random.default_rng(0), 0.0), ctx)
+
+    def test_long_change_per_origin_equals_a_direct_count(self) -> None:
+        """The ratio input's long mean change at every origin is the mean |one-step change| of the
+        last ``ratio_window`` steps of that series before the origin, gaps and series bounds kept."""
+        import dataclasses
+
+        from atomic_usage.data import SeriesBank
+        from atomic_usage.models.neural import NeuralSpec, mean_abs_change
+        from atomic_usage.models.train import _Windows
+
+        rng = np.random.default_rng(1)
+        series = [rng.normal(size=n).cumsum().astype(np.float32) for n in (30, 70, 5)]
+        series[1][[10, 11, 40]] = np.nan
+        offsets = np.cumsum([0] + [len(s) for s in series])
+        bank = SeriesBank(
+            np.concatenate(series),
+            offsets,
+            np.array(["a", "b", "c"]),
+            np.array(["cpuLoad"] * 3),
+            np.zeros(3, "datetime64[ns]"),
+            300.0,
+        )
+        spec = dataclasses.replace(NeuralSpec(context=8, horizon=4), ratio_window=20)
+        w = _Windows(bank, np.ones(3, bool), spec, bank.lengths, np.zeros(3, np.int64))
+        idx = np.arange(len(w))
+        ctx, _, long_mad = w.batch(idx)
+        assert long_mad is not None and len(long_mad) == len(w)
+        # origin o of series i: history series[i][:o]; rebuild each origin's history from the view
+        pos, want = 0, []
+        for s in series:
+            for o in range(MIN_OBSERVED, len(s)):
+                h = s[max(0, o - 20) : o]
+                want.append(mean_abs_change(h[None, :])[0])
+            pos += len(s)
+        np.testing.assert_allclose(long_mad, want, rtol=1e-5, atol=1e-6)
+        assert ctx.shape == (len(w), 8)
+
+
+class TestMembersAndSplit:
+    """Averaged members in one graph, and the short network serving the first steps."""
+
+    def test_members_average_in_order(self) -> None:
+        """A 3-member network outputs the mean of its members, quantiles in order, exported as one graph."""
+        torch = pytest.importorskip("torch")
+        from atomic_usage.models.export import to_onnx
+        from atomic_usage.models.neural import NeuralSpec, build_network
+
+        spec = NeuralSpec(context=6, horizon=3, hidden=8, layers=1, members=3, ratio_window=12)
+        net = build_network(spec).eval()
+        x = torch.randn(5, spec.n_inputs)
+        with torch.no_grad():
+            each = net.members_forward(x)
+            out = net(x)
+        assert each.shape == (3, 5, 3, 3)
+        torch.testing.assert_close(out, each.mean(0))
+        assert (out[:, 0] <= out[:, 1]).all() and (out[:, 1] <= out[:, 2]).all()
+        assert len(to_onnx(net, spec)) > 0  # the export check compares ONNX Runtime with torch
+
+    def test_split_horizon(self, tiny_model_dir: Path) -> None:
+        """The near network alone serves short horizons; beyond them it serves its first steps and
+        the long network the rest."""
+        from atomic_usage.models.neural import NeuralForecaster, NeuralSpec, SplitHorizon
+
+        far = load_model(tiny_model_dir, raw=True)
+        assert isinstance(far, NeuralForecaster)
+        near = NeuralForecaster(far.onnx_path, far.spec, name="tiny")  # same graph, 24 steps; called for its first 6
+        near.spec = NeuralSpec(**{**far.spec.to_dict(), "horizon": 6})  # type: ignore[arg-type]
+        calls: list[int] = []
+        orig = far.forecast_arrays
+
+        def spy(h, H, b):  # type: ignore[no-untyped-def]
+            calls.append(H)
+            return orig(h, H, b)
+
+        far.forecast_arrays = spy  # type: ignore[method-assign]
+        split = SplitHorizon(near, far)
+        hists = [15 + 5 * np.sin(np.arange(60.0) / 3), np.linspace(20, 30, 60)]
+        b = np.array([True, True])
+        short = split.forecast_arrays(hists, 4, b)
+        assert calls == [] and short.shape == (2, 3, 4)
+        np.testing.assert_array_equal(short, near.forecast_arrays(hists, 4, b))
+        both = split.forecast_arrays(hists, 20, b)
+        assert calls == [20]
+        np.testing.assert_array_equal(both[:, :, :6], near.forecast_arrays(hists, 6, b))
+        np.testing.assert_array_equal(both[:, :, 6:], orig(hists, 20, b)[:, :, 6:])
+        assert split.spec is far.spec and split.fallback_flags(hists) == ["tiny", "linear(exact-history)"]

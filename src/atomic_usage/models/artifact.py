@@ -1,5 +1,8 @@
 """Model folders: ``model.onnx`` plus ``model.json`` (the model card), written and read safely.
 
+A folder may hold a second network, ``near.onnx``, that forecasts the first steps from a
+short context (``model.json``'s ``near``; see :class:`~atomic_usage.models.neural.SplitHorizon`).
+
 ``model.json`` holds the format version, context length, horizon, quantiles, step, metrics,
 normalization, the training data's fingerprint, validation scores and the command that
 trained the model. A folder is written under a temporary name and renamed into place, so
@@ -20,9 +23,17 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ..errors import ArtifactError
 from .base import Forecaster
-from .neural import NeuralForecaster, NeuralSpec
+from .neural import NeuralForecaster, NeuralSpec, SplitHorizon
 
-__all__ = ["FORMAT_VERSION", "ModelCard", "default_model_dir", "load_forecaster", "load_model", "save_artifact"]
+__all__ = [
+    "FORMAT_VERSION",
+    "ModelCard",
+    "default_model_dir",
+    "load_forecaster",
+    "load_model",
+    "read_networks",
+    "save_artifact",
+]
 
 FORMAT_VERSION = 1
 """The model folder format this version reads and writes."""
@@ -46,12 +57,18 @@ class ModelCard(BaseModel):
     spec: dict[str, Any]
     training: dict[str, Any] = Field(default_factory=dict, description="command, data fingerprint, sources, time.")
     validation: dict[str, Any] = Field(default_factory=dict)
+    near: dict[str, Any] = Field(
+        default_factory=dict,
+        description='The short-context network for the first steps, if any: {"file": "near.onnx", "spec": {...}, '
+        '"version": ..., "validation": {...}}.',
+    )
     serving: dict[str, Any] = Field(
         default_factory=dict,
         description='How to serve: {"selection": "backtest", "k": 3, "backtest_max": 12, "candidates": ["naive"], '
         '"interval_scale": [...]} serves each series with the network or a baseline, whichever backtested best '
         "on k stretches of at most backtest_max steps of that series' own history, and scales the p10/p90 "
-        "distances from p50 by interval_scale per step (fit by `atomic-usage calibrate`).",
+        'distances from p50 by interval_scale per step (fit by `atomic-usage calibrate`); {"selection": "none", '
+        '"interval_scale": [...]} serves every series with the network, the band scaled the same way.',
     )
 
 
@@ -60,8 +77,15 @@ def default_model_dir() -> Path:
     return Path(str(resources.files("atomic_usage.models") / "_default"))
 
 
-def save_artifact(out_dir: str | Path, onnx_bytes: bytes, card: ModelCard) -> Path:
+def save_artifact(out_dir: str | Path, onnx_bytes: bytes, card: ModelCard, *, near_bytes: bytes | None = None) -> Path:
     """Writes a model folder atomically (replacing an existing one).
+
+    Args:
+        out_dir: the folder.
+        onnx_bytes: the (long) network, written as ``model.onnx``.
+        card: ``model.json``.
+        near_bytes: the short-context network, written as ``card.near["file"]``; required
+            when the card names one.
 
     Returns:
         The folder's path.
@@ -72,6 +96,10 @@ def save_artifact(out_dir: str | Path, onnx_bytes: bytes, card: ModelCard) -> Pa
     tmp.chmod(0o755)  # mkdtemp makes it private; a model folder is meant to be read by all
     try:
         (tmp / "model.onnx").write_bytes(onnx_bytes)
+        if card.near:
+            if near_bytes is None:
+                raise ArtifactError(f"{out}: model.json names {card.near.get('file')!r} but no network was given.")
+            (tmp / _near_file(card, out)).write_bytes(near_bytes)
         (tmp / "model.json").write_text(json.dumps(card.model_dump(), indent=2) + "\n")
         for f in tmp.iterdir():
             with open(f, "rb") as fh:
@@ -111,6 +139,10 @@ def read_card(model_dir: str | Path) -> ModelCard:
         raise ArtifactError(
             f"{card_path}: model.json is malformed ({str(exc).splitlines()[0]}).", path=str(d)
         ) from None
+    if card.near and not (d / _near_file(card, d)).is_file():
+        raise ArtifactError(
+            f"{d}: {_near_file(card, d)} is missing; model.json names it as the short-context network.", path=str(d)
+        )
     if card.format_version != FORMAT_VERSION:
         raise ArtifactError(
             f"{card_path}: format version {card.format_version} is not {FORMAT_VERSION}; "
@@ -136,19 +168,28 @@ def load_model(model_dir: str | Path | None = None, *, threads: int = 0, raw: bo
     """
     d = Path(model_dir) if model_dir is not None else default_model_dir()
     card = read_card(d)
-    model = NeuralForecaster(d / "model.onnx", NeuralSpec.from_dict(card.spec), name=card.name, threads=threads)
-    model.card = card  # type: ignore[attr-defined]
+    far = NeuralForecaster(d / "model.onnx", NeuralSpec.from_dict(card.spec), name=card.name, threads=threads)
+    model: NeuralForecaster | SplitHorizon = far
+    if card.near:
+        try:
+            near_spec = NeuralSpec.from_dict(card.near["spec"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ArtifactError(f"{d}: model.json's near network is malformed ({exc}).", path=str(d)) from None
+        near = NeuralForecaster(d / _near_file(card, d), near_spec, name=card.name, threads=threads)
+        model = SplitHorizon(near, far)
+    model.card = card  # type: ignore[union-attr]
     sel = card.serving.get("selection")
     if raw or not sel:
         return model
-    if sel != "backtest":
+    if sel not in ("backtest", "none"):
         raise ArtifactError(
-            f"{d}: unknown serving selection {sel!r} in model.json; use 'backtest' or none.", path=str(d)
+            f"{d}: unknown serving selection {sel!r} in model.json; use 'backtest' or 'none'.", path=str(d)
         )
     from .baselines import BASELINES
     from .ensemble import BacktestSelector
 
-    names = card.serving.get("candidates", ["naive"])
+    # "none": the network serves every series; only the served interval scale applies.
+    names = card.serving.get("candidates", ["naive"]) if sel == "backtest" else []
     unknown = [c for c in names if c not in BASELINES]
     if unknown:
         raise ArtifactError(
@@ -160,6 +201,21 @@ def load_model(model_dir: str | Path | None = None, *, threads: int = 0, raw: bo
         backtest_max=int(card.serving.get("backtest_max", 288)),
         interval_scale=[float(f) for f in card.serving.get("interval_scale", [])],
     )
+
+
+def read_networks(model_dir: str | Path) -> tuple[bytes, bytes | None]:
+    """The bytes of a folder's ``model.onnx`` and of its near network (None if it has none)."""
+    d = Path(model_dir)
+    card = read_card(d)
+    near = (d / _near_file(card, d)).read_bytes() if card.near else None
+    return (d / "model.onnx").read_bytes(), near
+
+
+def _near_file(card: ModelCard, d: Path) -> str:
+    name = str(card.near.get("file", "near.onnx"))
+    if Path(name).name != name or not name.endswith(".onnx") or name == "model.onnx":
+        raise ArtifactError(f"{d}: model.json's near file {name!r} must be a plain *.onnx name.", path=str(d))
+    return name
 
 
 def load_forecaster(ref: str | Path | None, *, threads: int = 0) -> Forecaster:

@@ -73,6 +73,8 @@ class BacktestSelector(Forecaster):
     def choose(self, histories: Sequence[np.ndarray], horizon: int, bounded: np.ndarray) -> np.ndarray:
         """Index of the candidate with the lowest backtest error, per history."""
         n, c = len(histories), len(self.candidates)
+        if c == 1:  # nothing to choose between: no backtest
+            return np.zeros(n, np.int64)
         err = np.zeros((n, c))
         b = max(1, min(horizon, self.backtest_max))
         for j in range(1, self.k + 1):

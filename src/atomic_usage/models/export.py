@@ -17,7 +17,7 @@ __all__ = ["to_onnx"]
 def to_onnx(network: Any, spec: NeuralSpec, *, check_atol: float = 1e-4) -> bytes:
     """Serializes ``network`` as an ONNX graph with a dynamic batch axis.
 
-    The graph's input is ``x`` (n, 2 * context) float32 and its output ``q`` (n, 3, horizon).
+    The graph's input is ``x`` (n, ``spec.n_inputs``) float32 and its output ``q`` (n, 3, horizon).
     After export, ONNX Runtime and torch are run on the same random input and must agree.
 
     Raises:
@@ -27,7 +27,7 @@ def to_onnx(network: Any, spec: NeuralSpec, *, check_atol: float = 1e-4) -> byte
     import torch
 
     network.eval()
-    example = torch.randn(4, 2 * spec.context)
+    example = torch.randn(4, spec.n_inputs)
     buf = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -42,7 +42,7 @@ def to_onnx(network: Any, spec: NeuralSpec, *, check_atol: float = 1e-4) -> byte
             opset_version=17,
         )
     data = buf.getvalue()
-    x = np.random.default_rng(0).normal(size=(16, 2 * spec.context)).astype(np.float32)
+    x = np.random.default_rng(0).normal(size=(16, spec.n_inputs)).astype(np.float32)
     with torch.no_grad():
         want = network(torch.from_numpy(x)).numpy()
     got = ort.InferenceSession(data, providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]

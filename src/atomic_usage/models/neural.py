@@ -31,8 +31,10 @@ __all__ = [
     "MIN_OBSERVED",
     "NeuralForecaster",
     "NeuralSpec",
+    "SplitHorizon",
     "build_network",
     "finish",
+    "mean_abs_change",
     "prepare",
 ]
 
@@ -57,6 +59,12 @@ class NeuralSpec:
         quantiles: the quantile levels of the outputs.
         interval_scale: per forecast step, the factor applied to the p10 and p90 distances
             from p50, fit on held-out windows so that 80 % of outcomes fall inside (empty = 1).
+        input_clip: normalized inputs are clipped to +-this many scales.
+        members: networks of this shape trained side by side from different starting
+            weights; the graph outputs their average.
+        ratio_window: when > 0, one more input: the log ratio of the context's mean absolute
+            one-step change to that of the last ``ratio_window`` steps of the history (how
+            calm the recent past is against the longer one). 0 = no such input.
     """
 
     context: int = 288
@@ -65,6 +73,14 @@ class NeuralSpec:
     layers: int = 3
     quantiles: tuple[float, ...] = (0.1, 0.5, 0.9)
     interval_scale: tuple[float, ...] = ()
+    input_clip: float = _CLIP
+    members: int = 1
+    ratio_window: int = 0
+
+    @property
+    def n_inputs(self) -> int:
+        """Width of the network's input ``x``."""
+        return 2 * self.context + (1 if self.ratio_window else 0)
 
     def to_dict(self) -> dict[str, Any]:
         """As plain JSON-ready values."""
@@ -78,7 +94,9 @@ class NeuralSpec:
         return cls(**kw)
 
 
-def prepare(context: np.ndarray) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+def prepare(
+    context: np.ndarray, *, clip: float = _CLIP, long_mad: np.ndarray | None = None
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """Normalizes context windows for the network.
 
     Each window is shifted by its last observed value and divided by its mean absolute
@@ -87,10 +105,15 @@ def prepare(context: np.ndarray) -> tuple[dict[str, np.ndarray], dict[str, np.nd
 
     Args:
         context: float array (n, C), NaN = missing.
+        clip: normalized values are clipped to +-clip.
+        long_mad: optional (n,) mean absolute one-step change over a longer stretch of each
+            history (:func:`mean_abs_change`); when given, ``log(window's / long_mad)`` is
+            appended as one more input column.
 
     Returns:
-        ``(inputs, state)``: ``inputs`` feeds the ONNX graph (``x``: (n, 2C) float32 values
-        and mask), ``state`` holds ``loc`` and ``scale`` (n, 1) for :func:`finish`.
+        ``(inputs, state)``: ``inputs`` feeds the ONNX graph (``x``: (n, 2C [+1]) float32
+        values and mask [and the scale ratio]), ``state`` holds ``loc`` and ``scale`` (n, 1)
+        for :func:`finish`.
     """
     ctx = np.asarray(context, np.float32)
     mask = ~np.isnan(ctx)
@@ -98,17 +121,27 @@ def prepare(context: np.ndarray) -> tuple[dict[str, np.ndarray], dict[str, np.nd
     idx = np.where(mask, np.arange(C), -1)
     last_i = idx.max(axis=1)
     loc = np.where(last_i >= 0, ctx[np.arange(n), np.maximum(last_i, 0)], 0.0).astype(np.float32)
-    d = np.abs(np.diff(ctx, axis=1))
-    dm = mask[:, 1:] & mask[:, :-1]
-    n_d = dm.sum(1)
-    mad = np.where(n_d > 0, np.where(dm, d, 0).sum(1) / np.maximum(n_d, 1), 0.0)
+    mad = mean_abs_change(ctx)
     level = np.where(mask, np.abs(ctx), 0).sum(1) / np.maximum(mask.sum(1), 1)
     scale = np.maximum(mad, np.maximum(1e-2 * level, 1e-3)).astype(np.float32)
     x = np.where(mask, (ctx - loc[:, None]) / scale[:, None], 0.0)
-    np.clip(x, -_CLIP, _CLIP, out=x)
-    feats = np.concatenate([x, mask.astype(np.float32)], axis=1).astype(np.float32)
+    np.clip(x, -clip, clip, out=x)
+    cols = [x, mask.astype(np.float32)]
+    if long_mad is not None:
+        ratio = np.log(np.maximum(mad, 1e-6) / np.maximum(np.asarray(long_mad, np.float64), 1e-6))
+        cols.append(np.clip(ratio, -5.0, 5.0)[:, None])
+    feats = np.concatenate(cols, axis=1).astype(np.float32)
     out_scale = np.where(mad > 0, scale, 0.0).astype(np.float32)
     return {"x": feats}, {"loc": loc[:, None], "scale": out_scale[:, None], "input_scale": scale[:, None]}
+
+
+def mean_abs_change(windows: np.ndarray) -> np.ndarray:
+    """Mean absolute one-step change of each row over its observed neighbours (0 if none)."""
+    w = np.asarray(windows)
+    d = np.abs(np.diff(w, axis=1))
+    ok = ~np.isnan(d)
+    n_d = ok.sum(1)
+    return np.asarray(np.where(n_d > 0, np.where(ok, d, 0).sum(1) / np.maximum(n_d, 1), 0.0))
 
 
 def finish(raw: np.ndarray, state: dict[str, np.ndarray], spec: NeuralSpec, bounded: np.ndarray) -> np.ndarray:
@@ -127,8 +160,10 @@ def finish(raw: np.ndarray, state: dict[str, np.ndarray], spec: NeuralSpec, boun
 def build_network(spec: NeuralSpec) -> Any:
     """The torch module for ``spec`` (needs the ``train`` extra).
 
-    Input ``x`` (n, 2C); output (n, 3, H): p50 is free, p10 and p90 are p50 minus / plus a
-    softplus, so the quantiles never cross.
+    Input ``x`` (n, ``spec.n_inputs``); output (n, 3, H): p50 is free, p10 and p90 are p50
+    minus / plus a softplus, so the quantiles never cross. With ``spec.members > 1`` the
+    module holds that many such networks and outputs their average (still in order);
+    ``members_forward`` gives each one's output, for training them side by side.
     """
     try:
         import torch
@@ -139,7 +174,7 @@ def build_network(spec: NeuralSpec) -> Any:
     class QuantileMLP(nn.Module):
         def __init__(self) -> None:
             super().__init__()
-            dims = [2 * spec.context] + [spec.hidden] * spec.layers
+            dims = [spec.n_inputs] + [spec.hidden] * spec.layers
             blocks: list[nn.Module] = []
             for a, b in zip(dims[:-1], dims[1:], strict=True):
                 blocks += [nn.Linear(a, b), nn.GELU()]
@@ -153,7 +188,22 @@ def build_network(spec: NeuralSpec) -> Any:
             hi = mid + nn.functional.softplus(o[:, 2])
             return torch.stack([lo, mid, hi], dim=1)
 
-    return QuantileMLP()
+    class Members(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.members = nn.ModuleList([QuantileMLP() for _ in range(spec.members)])
+
+        def members_forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.stack([m(x) for m in self.members])
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.members_forward(x).mean(0)
+
+    if spec.members > 1:
+        return Members()
+    net = QuantileMLP()
+    net.members_forward = lambda x: net(x)[None]  # type: ignore[assignment]
+    return net
 
 
 class NeuralForecaster(Forecaster):
@@ -217,10 +267,15 @@ class NeuralForecaster(Forecaster):
         H = min(horizon, self.spec.horizon)
         out = np.empty((n, 3, horizon), np.float64)
         ctx = _current_regime(histories, last_windows(list(histories), self.spec.context))
+        long_mad = (
+            mean_abs_change(last_windows(list(histories), self.spec.ratio_window)) if self.spec.ratio_window else None
+        )
         sess = self._get_session()
         for a in range(0, n, batch_size):
             b = min(n, a + batch_size)
-            inputs, state = prepare(ctx[a:b])
+            inputs, state = prepare(
+                ctx[a:b], clip=self.spec.input_clip, long_mad=None if long_mad is None else long_mad[a:b]
+            )
             raw = sess.run(None, inputs)[0][:, :, :H]
             out[a:b, :, :H] = finish(raw, state, self.spec, bounded[a:b])
         if horizon > H:
@@ -237,6 +292,55 @@ class NeuralForecaster(Forecaster):
 
     def __repr__(self) -> str:
         return f"NeuralForecaster({str(self.onnx_path)!r}, context={self.spec.context}, horizon={self.spec.horizon})"
+
+
+class SplitHorizon(Forecaster):
+    """Two networks, one forecast: the first steps from a short-context network, the rest
+    from the long one.
+
+    What happens in the next hour is best read from the last few hours at full resolution;
+    what happens tomorrow needs the last day or more. One network asked to do both spends
+    its inputs on the long view and its capacity on the far steps, and the near steps,
+    which monitoring asks for most, come out no better than repeating the last value. So a
+    small network with a short context (``near``) forecasts the first ``near.spec.horizon``
+    steps, and the long network (``far``) the steps after them. A request for no more
+    steps than ``near`` covers never runs ``far``.
+
+    Args:
+        near: the short-context network.
+        far: the long-context network; its spec sizes the engine's history.
+    """
+
+    def __init__(self, near: NeuralForecaster, far: NeuralForecaster) -> None:
+        self.near = near
+        self.far = far
+        self.name = far.name
+
+    @property
+    def spec(self) -> NeuralSpec:
+        """The long network's spec (its context is the history the engine keeps)."""
+        return self.far.spec
+
+    def warm_up(self) -> None:
+        """Opens both networks' sessions."""
+        self.near.warm_up()
+        self.far.warm_up()
+
+    def fallback_flags(self, histories: Sequence[np.ndarray]) -> list[str]:
+        """As :meth:`NeuralForecaster.fallback_flags` (the rules are the same for both)."""
+        return self.near.fallback_flags(histories)
+
+    def forecast_arrays(self, histories: Sequence[np.ndarray], horizon: int, bounded: np.ndarray) -> np.ndarray:
+        """See :class:`~atomic_usage.models.base.Forecaster`."""
+        k = self.near.spec.horizon
+        if horizon <= k:
+            return self.near.forecast_arrays(histories, horizon, bounded)
+        out = self.far.forecast_arrays(histories, horizon, bounded)
+        out[:, :, :k] = self.near.forecast_arrays(histories, k, bounded)
+        return finalize_quantiles(out, np.asarray(bounded))
+
+    def __repr__(self) -> str:
+        return f"SplitHorizon(near={self.near!r}, far={self.far!r})"
 
 
 def _current_regime(histories: Sequence[np.ndarray], ctx: np.ndarray) -> np.ndarray:

@@ -21,7 +21,7 @@ from ..data.windows import SeriesBank, make_windows
 from .calibrate import calibrate_intervals, val_steps
 from .neural import MIN_OBSERVED, NeuralSpec, build_network, prepare
 
-__all__ = ["TrainConfig", "TrainResult", "train_neural"]
+__all__ = ["TrainConfig", "TrainResult", "near_config", "near_spec", "train_neural"]
 
 ProgressFn = Callable[[int, int, float], None]
 """Called as progress(step, total_steps, last_loss)."""
@@ -76,7 +76,7 @@ class _Windows:
         start_steps: np.ndarray,
     ) -> None:
         C, H = spec.context, spec.horizon
-        parts, origins = [], []
+        parts, origins, firsts = [], [], []
         pos = 0
         for i in np.flatnonzero(keep):
             s = bank.series(int(i))[: end_steps[i]]
@@ -85,15 +85,52 @@ class _Windows:
             # window start w covers padded[w : w + C + H]; its origin (first forecast step) is series index w - pos
             if len(s) > first:
                 origins.append(pos + np.arange(first, len(s)))
+                firsts.append(np.full(len(s) - first, pos + C))
             pos += C + len(s) + H
         self.padded = np.concatenate(parts) if parts else np.zeros(C + H, np.float32)
         self.view = make_windows(self.padded, C + H)
         self.starts = np.concatenate(origins) if origins else np.zeros(0, np.int64)
         self.C = C
+        self.R = spec.ratio_window
+        if self.R:
+            # Cumulative |one-step change| and counts over the padded array (NaN neighbours add
+            # nothing), so any stretch's mean change is two look-ups.
+            d = np.abs(np.diff(self.padded.astype(np.float64)))
+            ok = ~np.isnan(d)
+            self._cum_d = np.concatenate([[0.0], np.cumsum(np.where(ok, d, 0.0))])
+            self._cum_n = np.concatenate([[0], np.cumsum(ok)])
+            self._first = np.concatenate(firsts) if firsts else np.zeros(0, np.int64)
 
-    def batch(self, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def __len__(self) -> int:
+        return len(self.starts)
+
+    def batch(self, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """Context, target and (with a ratio window) the long mean change of origins ``idx``."""
         w = self.view[self.starts[idx]]  # the only copy: one mini-batch
-        return w[:, : self.C], w[:, self.C :]
+        long_mad = None
+        if self.R:
+            end = self.starts[idx] + self.C  # padded index of the origin: the history is padded[..end]
+            begin = np.maximum(self._first[idx], end - self.R)
+            # changes between neighbours i, i+1 with begin <= i < end - 1
+            s = self._cum_d[end - 1] - self._cum_d[begin]
+            k = self._cum_n[end - 1] - self._cum_n[begin]
+            long_mad = np.where(k > 0, s / np.maximum(k, 1), 0.0)
+        return w[:, : self.C], w[:, self.C :], long_mad
+
+
+def near_spec(context: int = 36, horizon: int = 12) -> NeuralSpec:
+    """The short-context network's shape (``SplitHorizon``'s ``near``).
+
+    Chosen on validation windows that end before UsageBench's cutoffs (``docs/accuracy.md``):
+    three hidden layers of 512, and the ratio of the context's one-step change to that of the
+    last day as one more input.
+    """
+    return NeuralSpec(context=context, horizon=horizon, hidden=512, layers=3, members=1, ratio_window=288)
+
+
+def near_config(*, steps: int = 4000, seed: int = 0, time_budget_s: float = 0.0) -> TrainConfig:
+    """The short-context network's optimization settings."""
+    return TrainConfig(steps=steps, batch_size=512, lr=1e-3, seed=seed, time_budget_s=time_budget_s)
 
 
 def _one_cycle(done: float, peak: float, warmup: float = 0.1) -> float:
@@ -124,8 +161,10 @@ def _truncate_history(ctx: np.ndarray, rng: np.random.Generator, share: float) -
     return ctx
 
 
-def _normalized_batch(ctx: np.ndarray, tgt: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    inputs, state = prepare(ctx)
+def _normalized_batch(
+    ctx: np.ndarray, tgt: np.ndarray, spec: NeuralSpec, long_mad: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    inputs, state = prepare(ctx, clip=spec.input_clip, long_mad=long_mad)
     y = (tgt - state["loc"]) / state["input_scale"]
     mask = ~np.isnan(y)
     y = np.clip(np.nan_to_num(y), -100, 100).astype(np.float32)
@@ -133,10 +172,11 @@ def _normalized_batch(ctx: np.ndarray, tgt: np.ndarray) -> tuple[np.ndarray, np.
 
 
 def _pinball(torch: Any, pred: Any, y: Any, mask: Any) -> Any:
-    q = torch.tensor(QUANTILES, dtype=pred.dtype).view(1, -1, 1)
-    d = y[:, None, :] - pred
-    loss = torch.maximum(q * d, (q - 1) * d) * mask[:, None, :]
-    return loss.sum() / mask.sum().clamp(min=1) / len(QUANTILES)
+    """Mean pinball loss of ``pred`` (members, n, 3, H) against ``y`` (n, H), averaged over members."""
+    q = torch.tensor(QUANTILES, dtype=pred.dtype).view(1, 1, -1, 1)
+    d = y[None, :, None, :] - pred
+    loss = torch.maximum(q * d, (q - 1) * d) * mask[None, :, None, :]
+    return loss.sum() / mask.sum().clamp(min=1) / len(QUANTILES) / pred.shape[0]
 
 
 def _predict_norm(torch: Any, net: Any, x: np.ndarray, bs: int = 4096) -> np.ndarray:
@@ -160,6 +200,11 @@ def _scores(pred: np.ndarray, y: np.ndarray, mask: np.ndarray, H: int) -> dict[s
         "sql_scaled": float(pin[m].mean()),
         "cov80": float(cov[m].mean()),
     }
+
+
+def _sample(n: int, rng: np.random.Generator, at_most: int = 50_000) -> np.ndarray:
+    """All of ``n`` origins, or a sample of ``at_most`` of them."""
+    return np.arange(n) if n <= at_most else rng.choice(n, at_most, replace=False)
 
 
 def train_neural(
@@ -196,7 +241,7 @@ def train_neural(
     train = ~np.asarray(holdout, bool)
     zeros = np.zeros(len(bank), np.int64)
     tr = _Windows(bank, train, spec, lengths - n_val, zeros)
-    if len(tr.starts) == 0:
+    if len(tr) == 0:
         raise ValueError(
             f"No training windows: every series is held out or shorter than {MIN_OBSERVED + 1} steps; give more data."
         )
@@ -219,10 +264,10 @@ def train_neural(
             break
         for group in opt.param_groups:
             group["lr"] = _one_cycle(done, config.lr)
-        idx = rng.integers(0, len(tr.starts), config.batch_size)
-        ctx, tgt = tr.batch(idx)
-        x, y, m = _normalized_batch(_truncate_history(ctx, rng, config.truncate_share), tgt)
-        pred = net(torch.from_numpy(x))
+        idx = rng.integers(0, len(tr), config.batch_size)
+        ctx, tgt, long_mad = tr.batch(idx)
+        x, y, m = _normalized_batch(_truncate_history(ctx, rng, config.truncate_share), tgt, spec, long_mad)
+        pred = net.members_forward(torch.from_numpy(x))
         loss = _pinball(torch, pred, torch.from_numpy(y), torch.from_numpy(m))
         opt.zero_grad()
         loss.backward()
@@ -236,10 +281,9 @@ def train_neural(
 
     validation: dict[str, Any] = {"final_loss": loss_v, "steps_run": ran}
     factors = np.ones(spec.horizon)
-    if len(val.starts):
-        pick = val.starts if len(val.starts) <= 50_000 else rng.choice(val.starts, 50_000, replace=False)
-        w = val.view[pick]
-        x, y, m = _normalized_batch(w[:, : spec.context], w[:, spec.context :])
+    if len(val):
+        ctx, tgt, long_mad = val.batch(_sample(len(val), rng))
+        x, y, m = _normalized_batch(ctx, tgt, spec, long_mad)
         pred = _predict_norm(torch, net, x)
         validation["val_uncalibrated"] = {h: _scores(pred, y, m, h) for h in (12, spec.horizon)}
         factors = calibrate_intervals(pred, y, m)
@@ -247,10 +291,9 @@ def train_neural(
         cal = mid + (pred - mid) * factors[None, None, :]
         validation["val_calibrated"] = {h: _scores(cal, y, m, h) for h in (12, spec.horizon)}
     spec = dataclasses.replace(spec, interval_scale=tuple(float(round(f, 4)) for f in factors))
-    if len(ho.starts):
-        pick = ho.starts if len(ho.starts) <= 50_000 else rng.choice(ho.starts, 50_000, replace=False)
-        w = ho.view[pick]
-        x, y, m = _normalized_batch(w[:, : spec.context], w[:, spec.context :])
+    if len(ho):
+        ctx, tgt, long_mad = ho.batch(_sample(len(ho), rng))
+        x, y, m = _normalized_batch(ctx, tgt, spec, long_mad)
         pred = _predict_norm(torch, net, x)
         mid = pred[:, 1:2]
         cal = mid + (pred - mid) * factors[None, None, :]
