@@ -52,6 +52,24 @@ class TestBacktestSelector:
         a = sel.forecast_arrays([h], 12, np.array([True]))
         assert np.array_equal(a, sel.forecast_arrays([h], 12, np.array([True])))
 
+    def test_one_candidate_runs_no_backtest(self) -> None:
+        """With a single candidate (serving selection "none") nothing is backtested: the candidate
+        forecasts once, and only the served interval scale is applied."""
+        calls: list[int] = []
+
+        class Counting(Naive):
+            def forecast_arrays(self, histories, horizon, bounded):  # type: ignore[no-untyped-def]
+                calls.append(len(histories))
+                return super().forecast_arrays(histories, horizon, bounded)
+
+        h = 50 + np.random.default_rng(1).normal(0, 3, 100)
+        sel = BacktestSelector([Counting()], interval_scale=[2.0] * 6)
+        fc = sel.forecast_arrays([h], 6, np.array([True]))
+        assert calls == [1]
+        plain = Naive().forecast_arrays([h], 6, np.array([True]))
+        np.testing.assert_allclose(fc[:, 1], plain[:, 1])
+        np.testing.assert_allclose(fc[:, 2] - fc[:, 1], 2.0 * (plain[:, 2] - plain[:, 1]))
+
     def test_contract(self) -> None:
         """The selector passes the forecaster contract suite."""
         check_forecaster(BacktestSelector([PredictLinear(), Naive()]))
