@@ -75,7 +75,8 @@ class TestBacktestSelector:
         check_forecaster(BacktestSelector([PredictLinear(), Naive()]))
 
     def test_bundled_model_warms_up(self) -> None:
-        """The bundled model, served through the selector, opens its session on warm_up (as Dask workers do)."""
+        """The bundled model, served through the selector, opens both networks' sessions on warm_up
+        (as Dask workers do)."""
         from atomic_usage.models.artifact import default_model_dir, load_model
 
         if not (default_model_dir() / "model.onnx").exists():
@@ -85,4 +86,5 @@ class TestBacktestSelector:
         model = load_model()
         assert isinstance(model, BacktestSelector)
         model.warm_up()
-        assert model.candidates[0]._session is not None  # type: ignore[attr-defined]
+        split = model.candidates[0]
+        assert split.near._session is not None and split.far._session is not None  # type: ignore[attr-defined]

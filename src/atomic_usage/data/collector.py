@@ -9,10 +9,12 @@ cut short by a crash (no final newline) is ignored when reading.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 import os
 import socket
+import threading
 import time
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
@@ -92,19 +94,28 @@ def collect_once(
 def append_sample(path: str | Path, sample: Mapping[str, Any]) -> None:
     """Appends one sample as a CSV line (writing the header first when the file is new).
 
-    The line goes out in one ``write`` to a file opened with ``O_APPEND``, then ``fsync``.
+    The line goes out in one ``write`` to a file opened with ``O_APPEND``, then ``fsync``. A new
+    file comes into being with its header already in it (written aside, then hard-linked into
+    place, which fails if another writer got there first), so no writer's line can precede it.
     """
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     buf = io.StringIO()
     pd.DataFrame([{c: sample.get(c) for c in _COLUMNS}]).to_csv(buf, index=False, header=False)
     line = buf.getvalue().encode()
-    try:
-        # O_EXCL: only the writer that creates the file writes the header.
-        fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o644)
-        line = (",".join(_COLUMNS) + "\n").encode() + line
-    except FileExistsError:
-        fd = os.open(p, os.O_WRONLY | os.O_APPEND)
+    if not p.exists():
+        tmp = p.with_name(f".{p.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+        try:
+            with open(tmp, "wb") as fh:
+                fh.write((",".join(_COLUMNS) + "\n").encode())
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.chmod(tmp, 0o644)
+            with contextlib.suppress(FileExistsError):
+                os.link(tmp, p)
+        finally:
+            tmp.unlink(missing_ok=True)
+    fd = os.open(p, os.O_WRONLY | os.O_APPEND)
     try:
         os.write(fd, line)
         os.fsync(fd)
