@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 from typing import Annotated, Any
 
+import orjson
 from fastapi import APIRouter, Depends, Header, Path, Query, Request
 from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from starlette.concurrency import run_in_threadpool
 
 from ..errors import PayloadSyntaxError, PayloadTooLarge, RecordError
 from .errors import error_responses
@@ -76,9 +76,18 @@ def _no_constant(name: str) -> Any:
 
 
 def _decode(body: bytes) -> Any:
-    """Parses strict JSON (no NaN/Infinity); a 400 names the line and column where it breaks."""
+    """Parses strict JSON (no NaN/Infinity); a 400 names the line and column where it breaks.
+
+    orjson parses valid JSON to the same values as the standard library, several times
+    faster; whatever it refuses (bad JSON, integers beyond 64 bits, deep nesting) is parsed
+    again by the standard library, which accepts or refuses it with the documented message.
+    """
     if not body.strip():
         raise PayloadSyntaxError([RecordError(-1, "body", "is empty; send a JSON object with a usageData list")])
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError:
+        pass
     try:
         return json.loads(body.decode("utf-8"), parse_constant=_no_constant)
     except UnicodeDecodeError as exc:
@@ -130,11 +139,11 @@ async def predict(
     """
     st = _state(request)
     payload = _decode(await _read_body(request, st.settings.max_body_bytes))
-    result = await run_in_threadpool(
-        st.predictor.process, payload, request_id=idempotency_key, horizon=horizon, sealed=sealed
-    )
-    st.gauges.update(result)
-    return JSONResponse(result)
+    # Awaited on the event loop, no thread per request: the engine's writer, runner and
+    # workers do the work, and the response is the JSON the engine encoded (and sealed) once.
+    out = await st.predictor.aprocess_json(payload, request_id=idempotency_key, horizon=horizon, sealed=sealed)
+    st.gauges.update({"results": out.results})
+    return Response(out.body, media_type="application/json")
 
 
 @router.get(
