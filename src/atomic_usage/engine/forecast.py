@@ -174,8 +174,9 @@ def describe_many(
     # Rounded in one numpy call: per-value round() dominated process() when profiled.
     rounded = np.round(fc, 4)
     r10, r50, r90 = (rounded[:, k].tolist() for k in range(3))
-    peak = np.argmax(fc[:, 1], axis=1)
-    peak50 = fc[np.arange(R), 1, peak].tolist()
+    peak_a = np.argmax(fc[:, 1], axis=1)
+    peak = peak_a.tolist()
+    peak50 = fc[np.arange(R), 1, peak_a].tolist()
     peak90 = fc[:, 2].max(1).tolist()
     # Each distinct origin's step times, formatted once.
     origins, which = np.unique(last_ts, return_inverse=True)
@@ -188,12 +189,14 @@ def describe_many(
         cross.append((hit50.tolist(), at50.tolist(), hit90.tolist(), at90.tolist(), (last_value >= level).tolist()))
     origin = last_ts.tolist()
     which_l = which.tolist()
+    known_l = spread.tolist()
+    n_hist = np.asarray(history_length).astype(np.int64).tolist()
     nulls = [None] * H
     out = []
     for i in range(R):
         ts = stamps[which_l[i]]
         o = origin[i]
-        known = bool(spread[i])
+        known = known_l[i]
         lo, hi = (r10[i], r90[i]) if known else (nulls, nulls)
         th = []
         for level, (h50, a50, h90, a90, already) in zip(levels, cross, strict=True):
@@ -210,14 +213,14 @@ def describe_many(
                     else None,
                 }
             )
-        k = int(peak[i])
+        k = peak[i]
         out.append(
             {
                 "steps": [
                     {"timestamp": t, "p10": a, "p50": b, "p90": c}
                     for t, a, b, c in zip(ts, lo, r50[i], hi, strict=True)
                 ],
-                "historyLength": int(history_length[i]),
+                "historyLength": n_hist[i],
                 "model": models[i],
                 "trend": {"direction": direction[i], "slopePerHour": round(slopes[i], 6)},
                 "peak": {"timestamp": ts[k], "p50": round(peak50[i], 4), "p90": _q(peak90[i], known)},
