@@ -254,6 +254,30 @@ def _canonical(payload: Any) -> str:
     return json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
+_ROWS_PER_INSERT: Final = 200
+"""Rows one multi-row INSERT writes at most (4 parameters each, far below SQLite's limit)."""
+
+
+def _insert_rows(conn: sqlite3.Connection, sql: str, rows: Iterable[tuple[Any, ...]], width: int) -> None:
+    """Inserts ``rows`` with multi-row ``INSERT ... VALUES (...), (...)`` statements.
+
+    One statement step per 200 rows instead of one per row: sqlite3 releases and takes back
+    the GIL around every step, and under load each of those hand-offs waits for another
+    thread, so ``executemany`` of a task's 30 observations cost 30 of them.
+    ``sql`` holds ``{}`` where the ``VALUES`` list goes; the order of rows is kept (a later
+    row for the same key wins, as with ``executemany``).
+    """
+    rows = list(rows)
+    if any(len(r) != width for r in rows):
+        # What executemany would say; without this check, rows of other widths could still
+        # add up to whole rows' worth of parameters and be stored misaligned.
+        raise sqlite3.ProgrammingError(f"Incorrect number of bindings supplied: every row needs {width} values.")
+    one = "(" + ", ".join("?" * width) + ")"
+    for a in range(0, len(rows), _ROWS_PER_INSERT):
+        chunk = rows[a : a + _ROWS_PER_INSERT]
+        conn.execute(sql.format(", ".join([one] * len(chunk))), [v for r in chunk for v in r])
+
+
 def _new_id() -> str:
     return uuid.uuid4().hex
 
@@ -481,10 +505,12 @@ class TaskStore:
         status, attempts = (TaskStatus.RUNNING, 1) if op.claim else (TaskStatus.ACCEPTED, 0)
         row = (_new_id(), rid, digest, text, status.value, attempts, None, lease, op.owner, now, now)
         conn.execute(f"INSERT INTO tasks ({self._COLUMNS}) VALUES ({', '.join('?' * 11)})", row)
-        conn.executemany(
-            "INSERT INTO observations VALUES (?, ?, ?, ?) "
+        _insert_rows(
+            conn,
+            "INSERT INTO observations VALUES {} "
             "ON CONFLICT (machine_id, metric, ts) DO UPDATE SET value = excluded.value",
             op.observations,
+            4,
         )
         task = Task(row[0], rid, digest, op.payload, status, attempts, None, lease, op.owner, now, now)
         return Acceptance(task, True, None)
@@ -587,9 +613,11 @@ class TaskStore:
         stored = [bytes(b) for b in bodies]
         # An open task has no result rows (they are written with 'done', in one transaction),
         # so what is inserted here is what is stored: nothing to read back.
-        conn.executemany(
-            "INSERT INTO results VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
+        _insert_rows(
+            conn,
+            "INSERT INTO results VALUES {} ON CONFLICT DO NOTHING",
             [(task_id, i, b, now) for i, b in enumerate(stored)],
+            4,
         )
         conn.execute(
             "UPDATE tasks SET status = 'done', error = NULL, owner = NULL, lease_until = NULL, "
