@@ -9,6 +9,7 @@ task still open at that point stays in the store and is resumed at the next star
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -130,6 +131,12 @@ def create_app(
 
             state.predictor = await to_thread.run_sync(lambda: UsagePredictor(settings, model=model))
         _log.info("service ready: model %s, %d token(s)", state.predictor.model_version, len(state.verifier))
+        # What start-up built (modules, the app, the model, the rebuilt history) lives as long as
+        # the process: moved out of the cyclic GC's generations, it is not rescanned by every
+        # full collection, which results' many short-lived containers trigger. Measured under
+        # wrk (naive, NORMAL): 245-291 -> 312-321 req/s, p99 227/174 -> 107/106 ms.
+        gc.collect()
+        gc.freeze()
         try:
             yield
         finally:
