@@ -73,10 +73,12 @@ class EncodedResponse(NamedTuple):
     Attributes:
         body: the response's JSON text (UTF-8), the same fields as the dict ``process()`` returns.
         results: the response's ``results``, as dicts.
+        plain: each result's JSON text (the parts of ``body`` that ``results`` came from).
     """
 
     body: bytes
     results: list[dict[str, Any]]
+    plain: list[bytes]
 
 
 _log = logging.getLogger("atomic_usage.engine")
@@ -445,7 +447,7 @@ class UsagePredictor:
         if sealed:
             parts += [b',"sealed":', orjson.dumps(self._sealed(outcome, results, plain))]
         parts.append(b"}")
-        return EncodedResponse(b"".join(parts), results)
+        return EncodedResponse(b"".join(parts), results, plain)
 
     # --- recovery and leases ----------------------------------------------------------
     def recover(self, *, force: bool = False) -> dict[str, int]:
