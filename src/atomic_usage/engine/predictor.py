@@ -52,7 +52,7 @@ from .status import TaskStatus
 from .store import DEFAULT_LEASE_S, AcceptOp, Store, open_store
 from .tasks import Outcome, TaskJob, TaskRunner, settle
 
-__all__ = ["EncodedResponse", "UsagePredictor", "aprocess", "process"]
+__all__ = ["SESSION_THREADS", "EncodedResponse", "UsagePredictor", "aprocess", "process"]
 
 SESSION_THREADS = 1
 """ONNX Runtime intra-op threads of each worker's session when the predictor loads the model.
@@ -212,7 +212,7 @@ class UsagePredictor:
         try:
             outcome = fut.result(timeout=self.settings.wait_s)
         except FutureTimeout:
-            raise self._still_running(fut) from None
+            raise self._still_running() from None
         if outcome.bodies is None:
             outcome = outcome._replace(bodies=self._wait(outcome.task.task_id))
         out = self._response(outcome, sealed=sealed)
@@ -267,7 +267,7 @@ class UsagePredictor:
         # asyncio.wait, not wait_for: a timeout must not cancel the engine's future.
         done, _ = await asyncio.wait([wrapped], timeout=self.settings.wait_s)
         if not done:
-            raise self._still_running(fut)
+            raise self._still_running()
         outcome = wrapped.result()
         if outcome.bodies is None:
             outcome = outcome._replace(bodies=await asyncio.to_thread(self._wait, outcome.task.task_id))
@@ -357,7 +357,7 @@ class UsagePredictor:
         with self._open_lock:
             self._open.discard(task_id)
 
-    def _still_running(self, fut: Future[Outcome]) -> EngineError:
+    def _still_running(self) -> EngineError:
         return EngineError(
             f"The task is still running after {self.settings.wait_s:.0f} s; "
             "ask again with the same request id to get its result when it ends."

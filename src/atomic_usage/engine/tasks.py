@@ -48,7 +48,7 @@ if TYPE_CHECKING:
     from .payload import Observation
     from .pool import WorkerPool
 
-__all__ = ["Outcome", "TaskJob", "TaskRunner"]
+__all__ = ["Outcome", "TaskJob", "TaskRunner", "settle"]
 
 _log = logging.getLogger("atomic_usage.engine")
 

@@ -16,7 +16,7 @@ from ..errors import PayloadSyntaxError, PayloadTooLarge, RecordError
 from .errors import error_responses
 from .schemas import HealthBody, PredictResponse, TaskBody
 
-__all__ = ["MAX_HORIZON", "IDEMPOTENCY_KEY_PATTERN", "decode_json", "read_limited", "router"]
+__all__ = ["IDEMPOTENCY_KEY_PATTERN", "MAX_HORIZON", "decode_json", "read_limited", "router"]
 
 MAX_HORIZON = 288
 """Steps ahead one request may ask for at most (24 h of 5-minute steps)."""
