@@ -62,6 +62,7 @@ bench: $(VENV)/.dev
 	$(BIN)/python benchmarks/bench_throughput.py
 
 # Load benchmark of the HTTP service on loopback (bounded: 20 s of load per mode), FULL then NORMAL.
+# The load tool is wrk when installed (apt-get install wrk), else an async httpx client.
 bench-service: $(VENV)/.dev
 	$(BIN)/python benchmarks/bench_service.py --sync FULL --duration 20
 	$(BIN)/python benchmarks/bench_service.py --sync NORMAL --duration 20

@@ -1,12 +1,19 @@
-"""Load benchmark of the HTTP service: an async httpx client against a real server on loopback.
+"""Load benchmark of the HTTP service: wrk (or an async httpx client) against a real server on loopback.
 
-Starts ``atomic-usage serve`` (bundled model, persistence on) in a subprocess, then sends
-10-record payloads (unique Idempotency-Keys, a fleet of --machines machines) from
---concurrency concurrent connections for --duration seconds, and prints requests/s and
-p50/p90/p99 latency as seen by the client, plus the server's own /metrics figures.
+Starts ``atomic-usage serve`` (bundled model, persistence on, sealing at rest on) in a
+subprocess, then sends 10-record payloads (unique Idempotency-Keys, a fleet of --machines
+machines) from --concurrency connections for --duration seconds, after a 3 s warm-up that
+gives every machine a first observation. Prints requests/s, p50/p90/p99 latency as the
+client saw them, non-200 answers and socket errors, the 1-minute load average at the end
+of the run, and the server's own batch and group-commit figures from /metrics.
+
+The client is ``wrk`` (``apt-get install wrk``; ``benchmarks/bench_service.lua`` builds the
+payloads) when it is installed: written in C, it leaves the cores to the server. ``--client
+httpx`` uses the Python client instead, which burns about as much CPU as the server.
 
     PYTHONPATH=src python benchmarks/bench_service.py --sync FULL --duration 20
-    PYTHONPATH=src python benchmarks/bench_service.py --sync NORMAL --duration 20
+    PYTHONPATH=src python benchmarks/bench_service.py --sync NORMAL --duration 20 --model naive
+    PYTHONPATH=src python benchmarks/bench_service.py --json   # one JSON line per run, for tables
 """
 
 from __future__ import annotations
@@ -15,12 +22,14 @@ import argparse
 import asyncio
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -89,16 +98,57 @@ def _pct(xs: list[float], q: float) -> float:
     return xs[min(len(xs) - 1, int(q / 100 * len(xs)))] * 1000 if xs else float("nan")
 
 
+def _httpx_run(url: str, args: argparse.Namespace) -> dict[str, Any]:
+    lat, errors, wall = asyncio.run(_load(url, args))
+    return {
+        "requests": len(lat) + errors,
+        "duration_s": wall,
+        "non200": errors,
+        "errors": {},
+        "latency_ms": {"p50": _pct(lat, 50), "p90": _pct(lat, 90), "p99": _pct(lat, 99)},
+    }
+
+
+def _wrk_run(url: str, args: argparse.Namespace) -> dict[str, Any]:
+    """One bounded wrk run; its Lua ``done`` prints the figures as one JSON line."""
+    script = Path(__file__).with_name("bench_service.lua")
+    cmd = [
+        "wrk",
+        f"-t{args.wrk_threads}",
+        f"-c{args.concurrency}",
+        f"-d{args.duration:g}s",
+        "--timeout",
+        "30s",
+        "-s",
+        str(script),
+        f"{url}/v1/predict",
+        "--",
+        TOKEN,
+        f"bench-{args.run}",
+        str(args.records),
+        str(args.machines),
+        str(args.wrk_threads),
+    ]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=args.duration + 120, check=True).stdout
+    line = next(ln for ln in reversed(out.splitlines()) if ln.startswith("{"))
+    return dict(json.loads(line))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sync", default="FULL", choices=["FULL", "NORMAL"], help="ATOMIC_SQLITE_SYNCHRONOUS")
     ap.add_argument("--duration", type=float, default=20.0, help="seconds of load (bounded run)")
-    ap.add_argument("--concurrency", type=int, default=16)
+    ap.add_argument("--concurrency", type=int, default=16, help="connections")
     ap.add_argument("--records", type=int, default=10, help="records per payload")
     ap.add_argument("--machines", type=int, default=1000, help="distinct machine ids")
     ap.add_argument("--workers", type=int, default=2, help="engine worker threads")
     ap.add_argument("--model", default=None, help="--model of serve (default: the bundled model)")
+    ap.add_argument("--client", default="auto", choices=["auto", "wrk", "httpx"], help="auto: wrk if installed")
+    ap.add_argument("--wrk-threads", type=int, default=1, help="wrk threads (each one uses up to a core)")
+    ap.add_argument("--json", action="store_true", help="print the figures as one JSON line")
     args = ap.parse_args()
+    client = args.client if args.client != "auto" else ("wrk" if shutil.which("wrk") else "httpx")
+    run = _wrk_run if client == "wrk" else _httpx_run
     args.run = f"{os.getpid()}"
     port = _port()
     url = f"http://127.0.0.1:{port}"
@@ -136,24 +186,49 @@ def main() -> None:
                     raise SystemExit("the server did not start")
                 time.sleep(0.2)
             # Warm-up: every machine gets a first observation, so the timed run sees steady state.
-            warm = argparse.Namespace(**{**vars(args), "duration": 3.0, "run": args.run + "w"})
-            asyncio.run(_load(url, warm))
-            lat, errors, wall = asyncio.run(_load(url, args))
+            run(url, argparse.Namespace(**{**vars(args), "duration": 3.0, "run": args.run + "w"}))
+            res = run(url, args)
+            load1 = float(Path("/proc/loadavg").read_text().split()[0]) if Path("/proc/loadavg").exists() else None
             metrics = httpx.get(f"{url}/metrics", headers=HEADERS).text
         finally:
             proc.terminate()
             proc.wait(60)
-    batch = [ln for ln in metrics.splitlines() if ln.startswith(("atomic_batch_size_sum", "atomic_batch_size_count"))]
+    batch = {
+        ln.split()[0]: float(ln.split()[1])
+        for ln in metrics.splitlines()
+        if ln.startswith(("atomic_batch_size_sum", "atomic_batch_size_count"))
+    }
+    ok = res["requests"] - res["non200"]
+    row = {
+        "client": client,
+        "model": args.model or "bundled",
+        "sync": args.sync,
+        "concurrency": args.concurrency,
+        "records": args.records,
+        "duration_s": round(res["duration_s"], 2),
+        "ok": ok,
+        "non200": res["non200"],
+        "socket_errors": res["errors"],
+        "req_s": round(ok / res["duration_s"], 1),
+        "records_s": round(ok * args.records / res["duration_s"]),
+        "latency_ms": {k: round(v, 1) for k, v in res["latency_ms"].items()},
+        "load1": load1,
+        "batch": batch,
+    }
+    if args.json:
+        print(json.dumps(row))
+        return
+    lat = row["latency_ms"]
     print(
-        f"sync={args.sync} concurrency={args.concurrency} records/payload={args.records} "
-        f"model={args.model or 'bundled'} duration={wall:.1f}s"
+        f"client={client} sync={args.sync} concurrency={args.concurrency} records/payload={args.records} "
+        f"model={row['model']} duration={row['duration_s']}s load1={load1}"
     )
     print(
-        f"  requests ok {len(lat)}, errors {errors}: {len(lat) / wall:.1f} req/s "
-        f"({len(lat) * args.records / wall:.0f} records/s)"
+        f"  requests ok {ok}, non-200 {res['non200']}, socket errors {res['errors']}: {row['req_s']} req/s "
+        f"({row['records_s']} records/s)"
     )
-    print(f"  latency ms p50 {_pct(lat, 50):.1f}  p90 {_pct(lat, 90):.1f}  p99 {_pct(lat, 99):.1f}")
-    print("  " + "  ".join(batch))
+    print(f"  latency ms p50 {lat['p50']}  p90 {lat['p90']}  p99 {lat['p99']}")
+    print("  " + "  ".join(f"{k} {v:g}" for k, v in batch.items()))
 
 
 if __name__ == "__main__":

@@ -985,7 +985,11 @@ def serve(
                 highlight=False,
             )
             raise typer.Exit(3) from None
-        forecaster = _load_forecaster(model, settings) if model is not None else None
+        from .engine.predictor import SESSION_THREADS
+        from .models.artifact import load_forecaster
+
+        # As the predictor loads its default model: one ONNX Runtime thread per worker's session.
+        forecaster = load_forecaster(model, threads=SESSION_THREADS) if model is not None else None
         api = create_app(settings, model=forecaster)
         config = uvicorn.Config(
             api,

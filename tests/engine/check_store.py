@@ -13,7 +13,7 @@ from collections.abc import Callable
 import pytest
 
 from atomic_usage.engine.status import TaskStatus
-from atomic_usage.engine.store import Store
+from atomic_usage.engine.store import AcceptOp, CompleteOp, FailOp, Store
 from atomic_usage.errors import IdempotencyError, TaskNotFound
 
 __all__ = ["STORE_CHECKS", "FakeClock", "StoreFactory", "check_task_store"]
@@ -234,6 +234,41 @@ def check_retry_does_not_append_observations_again(store: Store, clock: FakeCloc
     assert store.load_histories(10) == {("m", "cpuLoad"): [(1.0, 1.0)]}
 
 
+def check_accept_with_claim_stores_a_running_task(store: Store, clock: FakeClock) -> None:
+    acc = store.accept(PAYLOAD, request_id="r-1", owner="o", claim=True)
+    t = acc.task
+    assert acc.created and t.status is TaskStatus.RUNNING and t.attempts == 1 and t.owner == "o"
+    assert t.lease_until is not None and t.lease_until > clock.now
+    assert store.get(t.task_id) == t
+    assert store.claim(t.task_id, owner="other") is None  # leased: nobody else takes it
+    with pytest.raises(ValueError, match="needs the owner"):
+        store.accept(OTHER, request_id="r-2", claim=True)
+    assert store.find("r-2") is None
+
+
+def check_apply_runs_each_write_alone(store: Store, clock: FakeClock) -> None:
+    first = store.accept(PAYLOAD, request_id="r-0").task
+    out = store.apply(
+        [
+            AcceptOp(PAYLOAD, "r-1", [("web-1", "cpuLoad", 100.0, 30.0)], "o", claim=True),
+            AcceptOp(OTHER, "r-0"),  # reused with another payload: refused, alone
+            CompleteOp("no-such-task", [b"x"]),  # refused, alone
+            AcceptOp(PAYLOAD, "r-1"),  # sees the accept earlier in the same group
+            FailOp(first.task_id, "boom"),
+        ]
+    )
+    assert isinstance(out[1], IdempotencyError) and isinstance(out[2], TaskNotFound)
+    created, again = out[0], out[3]
+    assert created.created and created.task.status is TaskStatus.RUNNING
+    assert not again.created and again.task.task_id == created.task.task_id
+    assert out[4] is True and store.get(first.task_id).status is TaskStatus.FAILED
+    assert store.load_histories(10)[("web-1", "cpuLoad")] == [(100.0, 30.0)]
+    done = store.apply([CompleteOp(created.task.task_id, [b"a", b"b"]), CompleteOp(created.task.task_id, [b"c"])])
+    assert done == [[b"a", b"b"], [b"a", b"b"]]  # written once: the second completion gets the first
+    assert store.results(created.task.task_id) == [b"a", b"b"]
+    assert store.apply([]) == []
+
+
 STORE_CHECKS: list[Callable[[Store, FakeClock], None]] = [
     check_accept_creates_accepted_task,
     check_accept_copies_payload,
@@ -252,6 +287,8 @@ STORE_CHECKS: list[Callable[[Store, FakeClock], None]] = [
     check_unknown_task_raises,
     check_observations_feed_histories,
     check_retry_does_not_append_observations_again,
+    check_accept_with_claim_stores_a_running_task,
+    check_apply_runs_each_write_alone,
 ]
 
 

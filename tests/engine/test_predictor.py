@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pytest
 
 from atomic_usage import Settings
@@ -142,6 +145,95 @@ class TestProcess:
         with UsagePredictor(Settings(data_dir=tmp_path, skip_persistence=True)) as p:
             r = p.process({"usageData": [{"id": "1", "cpuLoad": 30, "memoryUsage": 70, "storageUsage": 20}]})
         assert r["model"]["name"] == p.model.name and r["results"][0]["forecasts"]["cpuLoad"]["steps"]
+
+
+class Picky(Naive):
+    """Naive, except that a history holding 66 breaks it."""
+
+    def forecast_arrays(self, histories: Any, horizon: int, bounded: Any) -> np.ndarray:
+        if any(np.nanmax(h) == 66.0 for h in histories):
+            raise ValueError("no 66 here")
+        return super().forecast_arrays(histories, horizon, bounded)
+
+
+class TestConcurrentCalls:
+    """Concurrent calls share transactions and model batches, and each still gets only its own, durable result."""
+
+    def test_many_threads_all_durable_and_run_once(self, settings: Settings) -> None:
+        """Every one of 24 concurrent calls is done in the store, claimed once, with its own records."""
+        out: dict[int, dict[str, Any]] = {}
+
+        with UsagePredictor(settings, model=Naive()) as p:
+
+            def go(i: int) -> None:
+                payload = {"usageData": [rec(f"m{(i + j) % 7}", i, cpuLoad=float(i + j)) for j in range(3)]}
+                out[i] = p.process(payload, request_id=f"c-{i}")
+
+            threads = [threading.Thread(target=go, args=(i,)) for i in range(24)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            for i, r in out.items():
+                assert [x["id"] for x in r["results"]] == [f"m{(i + j) % 7}" for j in range(3)]
+                task = p.task(r["taskId"])
+                assert task["status"] == "done" and task["attempts"] == 1 and task["results"] == r["results"]
+            assert p.store.counts()["done"] == 24
+            assert p.stats()["commit"]["writes"] >= 48  # an accept and a completion each
+
+    def test_same_request_id_concurrently_does_the_work_once(self, predictor: UsagePredictor) -> None:
+        """Concurrent retries of one request id make one task and all get its results."""
+        payload = {"usageData": [rec("a", 0, cpuLoad=10.0), rec("b", 0, memoryUsage=50.0)]}
+        barrier = threading.Barrier(8)
+        got: list[dict[str, Any]] = []
+
+        def go() -> None:
+            barrier.wait()
+            got.append(predictor.process(payload, request_id="dup"))
+
+        threads = [threading.Thread(target=go) for _ in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert len(got) == 8 and all(r == got[0] for r in got)
+        assert predictor.store.counts()["done"] == 1 and len(predictor.store.list_tasks()) == 1
+        assert predictor.task(got[0]["taskId"])["attempts"] == 1
+
+    def test_async_calls_together(self, predictor: UsagePredictor) -> None:
+        """aprocess calls gathered on one loop all complete, each with its own task."""
+
+        async def main() -> list[dict[str, Any]]:
+            return await asyncio.gather(
+                *(predictor.aprocess({"usageData": [rec(f"m{i}", 0, cpuLoad=float(i))]}) for i in range(20))
+            )
+
+        results = asyncio.run(main())
+        assert len({r["taskId"] for r in results}) == 20
+        assert [r["results"][0]["id"] for r in results] == [f"m{i}" for i in range(20)]
+
+    def test_json_response_is_the_dict_response(self, predictor: UsagePredictor) -> None:
+        """aprocess_json's body decodes to what process() returns for the same request, sealed or not."""
+        payload = {"usageData": [rec("a", 0, cpuLoad=10.0), rec("a", 1, cpuLoad=12.0)]}
+        enc = asyncio.run(predictor.aprocess_json(payload, request_id="j-1", sealed=True))
+        body = json.loads(enc.body)
+        assert body["results"] == enc.results
+        again = predictor.process(payload, request_id="j-1", sealed=True)
+        assert body == again
+        retry = asyncio.run(predictor.aprocess_json(payload, request_id="j-1"))
+        assert retry.body == enc.body.split(b',"sealed":')[0] + b"}"  # the same bytes, re-encoded from the store
+
+    def test_failing_model_fails_only_its_task(self, settings: Settings) -> None:
+        """A record whose forecast raises fails its task (stored with the reason); other tasks complete."""
+
+        with UsagePredictor(settings.replace(workers=1, batch_max_size=1), model=Picky()) as p:
+            ok = p.process({"usageData": [rec("fine", 0, cpuLoad=1.0)]})
+            with pytest.raises(Exception, match="no 66 here") as info:
+                p.process({"usageData": [rec("bad", 0, cpuLoad=66.0)]}, request_id="bad-1")
+            task = p.find_task("bad-1")
+            assert task["status"] == "failed" and "no 66 here" in task["error"]
+            assert "failed" in str(info.value)
+            assert p.task(ok["taskId"])["status"] == "done"
 
 
 class TestCallArguments:

@@ -16,6 +16,8 @@ from atomic_usage.engine.status import TaskStatus
 from atomic_usage.engine.store import (
     SCHEMA_VERSION,
     STORE_FILENAME,
+    AcceptOp,
+    CompleteOp,
     Store,
     TaskStore,
     map_sqlite_errors,
@@ -113,6 +115,40 @@ class TestTaskStoreDurability:
             with pytest.raises(StoreError, match="failed: .*Error"):
                 s.accept({"x": 1}, observations=[("m", "cpuLoad", 1.0)])  # type: ignore[list-item]
             assert s.list_tasks() == [] and s.load_histories(5) == {}
+
+
+class TestTaskStoreApply:
+    """A group of writes commits together; a write that fails in SQLite is undone alone."""
+
+    def test_sqlite_error_in_one_write_keeps_the_others(self, tmp_path: Path) -> None:
+        path = tmp_path / "a.sqlite3"
+        with TaskStore(path) as s:
+            out = s.apply(
+                [
+                    AcceptOp({"n": 1}, "r-1", [("m", "cpuLoad", 1.0, 5.0)]),
+                    AcceptOp({"n": 2}, "r-2", [("m", "cpuLoad", 2.0)]),  # type: ignore[list-item]
+                    AcceptOp({"n": 3}, "r-3"),
+                ]
+            )
+            assert out[0].created and out[2].created
+            assert isinstance(out[1], StoreError) and "failed" in str(out[1])
+        with TaskStore(path) as s:  # durable, and the failed write left nothing behind
+            assert {t.request_id for t in s.list_tasks()} == {"r-1", "r-3"}
+            assert s.load_histories(5) == {("m", "cpuLoad"): [(1.0, 5.0)]}
+
+    def test_failed_transaction_stores_none_of_the_group(self, tmp_path: Path) -> None:
+        path = tmp_path / "a.sqlite3"
+        with TaskStore(path, busy_timeout_s=0.05) as s:
+            done = s.accept({"n": 0}).task
+            other = sqlite3.connect(path, isolation_level=None)
+            other.execute("BEGIN IMMEDIATE")
+            try:
+                with pytest.raises(StoreError, match="database is locked"):
+                    s.apply([AcceptOp({"n": 1}, "r-1"), CompleteOp(done.task_id, [b"x"])])
+            finally:
+                other.execute("ROLLBACK")
+                other.close()
+            assert s.find("r-1") is None and s.results(done.task_id) == []
 
 
 class TestTaskStoreSchema:

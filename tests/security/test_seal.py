@@ -25,6 +25,7 @@ from atomic_usage.security import (
     reseal,
     reseal_all,
     seal,
+    seal_json,
 )
 from atomic_usage.security.seal import _map_errors, _seal_bytes
 
@@ -65,6 +66,16 @@ class TestRoundTrip:
     def test_json_round_trip(self, payload: dict[str, Any]) -> None:
         """Any JSON object opens to an equal dict."""
         assert open_result(_sealed(RING, payload), keyring=RING) == payload
+
+    @settings(max_examples=100, deadline=None)
+    @given(payload=st.dictionaries(st.text(max_size=10), json_values, max_size=6))
+    def test_seal_json_is_seal_of_the_encoded_mapping(self, payload: dict[str, Any]) -> None:
+        """seal_json of a mapping's JSON text opens, like seal of the mapping, to an equal dict."""
+        text = json.dumps(payload).encode()
+        env = seal_json(text, keyring=RING, **IDS)
+        assert json.loads(env)["cty"] == "json"
+        assert open_result(env, keyring=RING, **IDS) == payload
+        assert open_sealed(env, keyring=RING) == text
 
     def test_open_accepts_text_bytes_object_and_envelope(self, ring: Keyring) -> None:
         """An envelope may be given as its JSON text, UTF-8 bytes, parsed object or Envelope."""
@@ -279,6 +290,13 @@ class TestSealArguments:
         with pytest.raises(TypeError, match="not JSON-ready") as info:
             seal(payload, keyring=ring, **IDS)
         assert info.value.__cause__ is None
+
+    def test_seal_json_takes_bytes_and_string_ids(self, ring: Keyring) -> None:
+        """seal_json refuses a str (or any non-bytes) text and non-str ids."""
+        with pytest.raises(TypeError, match="takes the JSON text as bytes, got str"):
+            seal_json('{"a":1}', keyring=ring, **IDS)  # type: ignore[arg-type]
+        with pytest.raises(TypeError, match="record_id must be a str, got int"):
+            seal_json(b"{}", keyring=ring, **{**IDS, "record_id": 1})  # type: ignore[arg-type]
 
     def test_plaintext_must_be_bytes_or_mapping(self, ring: Keyring) -> None:
         """A str or list is refused with the accepted types named."""

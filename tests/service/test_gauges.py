@@ -163,3 +163,21 @@ class TestShortHistory:
         names = {k[0] for k in samples}
         assert "atomic_forecast_value" in names
         assert all(dict(k[1]).get("quantile") != "0.9" for k in samples if k[0] == "atomic_forecast_value")
+
+
+class TestEncodedResults:
+    """Results kept as their JSON text export exactly what the same results as dicts export."""
+
+    def test_update_encoded_equals_update(self) -> None:
+        """The same families, whichever form each machine's newest result was given in."""
+        import orjson
+
+        results = [_result(f"m{i}", [80.0 + i, 91.0, 95.0], last=50.0 + i) for i in range(4)]
+        as_dicts = ForecastGauges(clock=lambda: T0 + 60)
+        as_dicts.update({"results": results})
+        as_text = ForecastGauges(clock=lambda: T0 + 60)
+        as_text.update_encoded((r["id"], orjson.dumps(r)) for r in results[:2])
+        as_text.update({"results": results[2:]})
+        assert _samples(as_text) == _samples(as_dicts) and len(as_text) == 4
+        as_text.update_encoded([("m0", orjson.dumps(results[1] | {"id": "m0"}))])  # newest wins
+        assert _samples(as_text) != _samples(as_dicts)

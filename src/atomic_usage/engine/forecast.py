@@ -9,9 +9,9 @@ from typing import Any
 
 import numpy as np
 
-from ..models.base import interval_known
+from ..models.base import MIN_INTERVAL
 
-__all__ = ["describe_forecast", "iso"]
+__all__ = ["describe_forecast", "describe_many", "iso"]
 
 _FLAT_PER_HOUR = 0.05
 """A trend slower than this many units (percent points) per hour is flat, however clean."""
@@ -23,19 +23,23 @@ TREND_STEPS = 12
 """Recent steps the trend line is fitted over (1 h of 5-minute steps, as predict_linear)."""
 
 
-def _slope(x: np.ndarray, y: np.ndarray) -> tuple[float, float] | None:
-    """Least-squares slope and its standard error (0 with two points or a perfect line)."""
+def _slopes(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Least-squares slopes of each row of ``y`` (R, T) against ``x`` (T,) or (R, T) over its
+    finite values, their standard errors (0 with two points) and the counts of those values.
+    Rows with fewer than two finite values get NaN slopes."""
     ok = np.isfinite(y)
-    if ok.sum() < 2:
-        return None
-    x, y = x[ok], y[ok]
-    xc = x - x.mean()
-    sxx = float((xc**2).sum())
-    b = float((xc * (y - y.mean())).sum() / sxx)
-    if len(x) < 3:
-        return b, 0.0
-    resid = y - y.mean() - b * xc
-    return b, float(np.sqrt((resid**2).sum() / (len(x) - 2) / sxx))
+    n = ok.sum(1)
+    x = np.broadcast_to(x, y.shape)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        xbar = np.where(ok, x, 0.0).sum(1) / n
+        ybar = np.where(ok, y, 0.0).sum(1) / n
+        xc = np.where(ok, x - xbar[:, None], 0.0)
+        yc = np.where(ok, y - ybar[:, None], 0.0)
+        sxx = (xc**2).sum(1)
+        b = (xc * yc).sum(1) / sxx
+        resid = np.where(ok, yc - b[:, None] * xc, 0.0)
+        se = np.where(n >= 3, np.sqrt((resid**2).sum(1) / np.maximum(n - 2, 1) / sxx), 0.0)
+    return b, se, n
 
 
 @functools.lru_cache(maxsize=65_536)
@@ -52,23 +56,19 @@ def iso(ts: float) -> str:
     return _iso_cached(its) if its == ts else datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _crossing(
-    path: np.ndarray, level: float, times: np.ndarray, now: float, last_value: float
-) -> dict[str, Any] | None:
-    """The first step at which ``path`` reaches ``level`` from below, or None.
+def _crossings(paths: np.ndarray, level: float, last_value: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per row of ``paths`` (R, H, rounded as reported): whether it reaches ``level`` from
+    below within the horizon, and the first step that does.
 
     Values are compared as reported (rounded to 4 decimals), so a line that shows 100.0 has
     reached 100. A path already at or past the level at the origin (``last_value``) has no
     crossing until it has dropped below it, so the time to a threshold is never 0 or negative,
     and a flat or falling series never gets one.
     """
-    above = np.round(path, 4) >= level
-    before = np.concatenate([[last_value >= level], above[:-1]])
-    hit = np.flatnonzero(above & ~before)
-    if not len(hit):
-        return None
-    t = float(times[hit[0]])
-    return {"timestamp": iso(t), "secondsFromNow": t - now}
+    above = paths >= level
+    before = np.concatenate([(last_value >= level)[:, None], above[:, :-1]], axis=1)
+    hit = above & ~before
+    return hit.any(1), hit.argmax(1)
 
 
 def _q(v: float, known: bool) -> float | None:
@@ -106,46 +106,125 @@ def describe_forecast(
         null when none within the horizon does (a series already at or past it is reported by
         ``alreadyAbove``, not as a crossing at +0). With fewer than MIN_INTERVAL observed values
         p10 and p90 are null everywhere (steps, peak, thresholds), as in the file forecasts.
+        :func:`describe_many` builds the same for many series at once.
     """
-    H = fc.shape[1]
-    times = last_ts + step_s * np.arange(1, H + 1)
-    p10, p50, p90 = (fc[k].astype(float) for k in range(3))
-    spread = interval_known(history_length)
-    fit = None
-    if recent is not None and len(recent):
-        r = np.asarray(recent, float)[-TREND_STEPS:]
-        fit = _slope(np.arange(-len(r) + 1, 1) * step_s / 3600.0, r)
-    if fit is None:
-        hours = np.concatenate([[0.0], (times - last_ts) / 3600.0])
-        fit = _slope(hours, np.concatenate([[last_value], p50])) or (0.0, 0.0)
-    slope, se = fit
-    flat = abs(slope) < _FLAT_PER_HOUR or abs(slope) <= _SIGNIFICANCE * se
-    direction = "flat" if flat else ("rising" if slope > 0 else "falling")
-    k = int(np.argmax(p50))
-    # Rounded in one numpy call each: per-value round() dominated process() when profiled.
-    r10 = np.round(p10, 4).tolist() if spread else [None] * H
-    r50 = np.round(p50, 4).tolist()
-    r90 = np.round(p90, 4).tolist() if spread else [None] * H
-    return {
-        "steps": [
-            {"timestamp": iso(t), "p10": a, "p50": b, "p90": c}
-            for t, a, b, c in zip(times.tolist(), r10, r50, r90, strict=True)
-        ],
-        "historyLength": int(history_length),
-        "model": model,
-        "trend": {"direction": direction, "slopePerHour": round(slope, 6)},
-        "peak": {
-            "timestamp": iso(float(times[k])),
-            "p50": round(float(p50[k]), 4),
-            "p90": _q(float(p90.max()), spread),
-        },
-        "thresholds": [
+    rec = None if recent is None or not len(recent) else np.asarray(recent, float)[None, :]
+    return describe_many(
+        np.asarray(fc)[None],
+        last_ts=np.array([last_ts], float),
+        step_s=step_s,
+        last_value=np.array([last_value], float),
+        history_length=np.array([history_length]),
+        models=[model],
+        thresholds=thresholds,
+        recent=rec,
+    )[0]
+
+
+def describe_many(
+    fc: np.ndarray,
+    *,
+    last_ts: np.ndarray,
+    step_s: float,
+    last_value: np.ndarray,
+    history_length: np.ndarray,
+    models: Sequence[str],
+    thresholds: Sequence[float],
+    recent: np.ndarray | None = None,
+) -> list[dict[str, Any]]:
+    """:func:`describe_forecast` of R series at once: rounding, trends, peaks and threshold
+    crossings are computed in one numpy pass over all of them, and each step time is
+    formatted once per distinct origin, so only the assembly of the dicts is per series.
+
+    Args:
+        fc: array (R, 3, H) of p10, p50, p90.
+        last_ts: (R,) epoch seconds of each series' origin.
+        step_s: seconds per step.
+        last_value: (R,) newest observed values.
+        history_length: (R,) observed steps each forecast was made from.
+        models: R names of what produced each forecast.
+        thresholds: levels whose crossing is reported.
+        recent: (R, T) last observed steps (NaN = missing), or None (trend from the forecast).
+
+    Returns:
+        R dicts, each as :func:`describe_forecast` returns.
+    """
+    fc = np.asarray(fc, float)
+    R, _, H = fc.shape
+    if not R:
+        return []
+    last_ts = np.asarray(last_ts, float)
+    last_value = np.asarray(last_value, float)
+    hours = step_s * np.arange(1, H + 1) / 3600.0
+    spread = np.asarray(history_length) >= MIN_INTERVAL
+    # Trend: over the recent observed steps, else (fewer than two) over the forecast from the origin.
+    slope = np.full(R, np.nan)
+    se = np.zeros(R)
+    if recent is not None and recent.shape[1]:
+        r = np.asarray(recent, float)[:, -TREND_STEPS:]
+        slope, se, _ = _slopes(np.arange(-r.shape[1] + 1, 1) * step_s / 3600.0, r)
+    todo = np.flatnonzero(np.isnan(slope))
+    if len(todo):
+        y = np.concatenate([last_value[todo, None], fc[todo, 1]], axis=1)
+        b, e, _ = _slopes(np.concatenate([[0.0], hours]), y)
+        slope[todo], se[todo] = np.nan_to_num(b), np.nan_to_num(e)
+    flat = (np.abs(slope) < _FLAT_PER_HOUR) | (np.abs(slope) <= _SIGNIFICANCE * se)
+    direction = np.where(flat, "flat", np.where(slope > 0, "rising", "falling")).tolist()
+    slopes = slope.tolist()
+    # Rounded in one numpy call: per-value round() dominated process() when profiled.
+    rounded = np.round(fc, 4)
+    r10, r50, r90 = (rounded[:, k].tolist() for k in range(3))
+    peak_a = np.argmax(fc[:, 1], axis=1)
+    peak = peak_a.tolist()
+    peak50 = fc[np.arange(R), 1, peak_a].tolist()
+    peak90 = fc[:, 2].max(1).tolist()
+    # Each distinct origin's step times, formatted once.
+    origins, which = np.unique(last_ts, return_inverse=True)
+    stamps = [[iso(t) for t in (o + step_s * np.arange(1, H + 1)).tolist()] for o in origins.tolist()]
+    levels = [float(level) for level in thresholds]
+    cross = []
+    for level in levels:
+        hit50, at50 = _crossings(rounded[:, 1], level, last_value)
+        hit90, at90 = _crossings(rounded[:, 2], level, last_value)
+        cross.append((hit50.tolist(), at50.tolist(), hit90.tolist(), at90.tolist(), (last_value >= level).tolist()))
+    origin = last_ts.tolist()
+    which_l = which.tolist()
+    known_l = spread.tolist()
+    n_hist = np.asarray(history_length).astype(np.int64).tolist()
+    nulls = [None] * H
+    out = []
+    for i in range(R):
+        ts = stamps[which_l[i]]
+        o = origin[i]
+        known = known_l[i]
+        lo, hi = (r10[i], r90[i]) if known else (nulls, nulls)
+        th = []
+        for level, (h50, a50, h90, a90, already) in zip(levels, cross, strict=True):
+            th.append(
+                {
+                    "level": level,
+                    "alreadyAbove": already[i],
+                    # (o + step_s * k) - o: the step's time minus the origin, as floats, like numpy's.
+                    "p50": {"timestamp": ts[a50[i]], "secondsFromNow": (o + step_s * (a50[i] + 1)) - o}
+                    if h50[i]
+                    else None,
+                    "p90": {"timestamp": ts[a90[i]], "secondsFromNow": (o + step_s * (a90[i] + 1)) - o}
+                    if known and h90[i]
+                    else None,
+                }
+            )
+        k = peak[i]
+        out.append(
             {
-                "level": float(level),
-                "alreadyAbove": bool(last_value >= level),
-                "p50": _crossing(p50, level, times, last_ts, last_value),
-                "p90": _crossing(p90, level, times, last_ts, last_value) if spread else None,
+                "steps": [
+                    {"timestamp": t, "p10": a, "p50": b, "p90": c}
+                    for t, a, b, c in zip(ts, lo, r50[i], hi, strict=True)
+                ],
+                "historyLength": n_hist[i],
+                "model": models[i],
+                "trend": {"direction": direction[i], "slopePerHour": round(slopes[i], 6)},
+                "peak": {"timestamp": ts[k], "p50": round(peak50[i], 4), "p90": _q(peak90[i], known)},
+                "thresholds": th,
             }
-            for level in thresholds
-        ],
-    }
+        )
+    return out

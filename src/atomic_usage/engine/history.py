@@ -109,18 +109,30 @@ class FleetHistory:
             KeyError: an id has no history.
         """
         steps = min(steps, self.length)
+        M, L = len(self.metrics), self.length
         with self._lock:
             idx = np.array([self._index[m] for m in machine_ids], np.int64)
-            buckets = self._last[idx][:, None] - steps + 1 + np.arange(steps)[None, :]
-            pos = buckets % self.length
-            sums = self._sums[idx[:, None], :, pos]  # (k, steps, M)
-            counts = self._counts[idx[:, None], :, pos]
+            pos = (self._last[idx][:, None] - steps + 1 + np.arange(steps)[None, :]) % L
+            # Flat positions in (machine, metric, step) order: one take per array reads each
+            # ring along its steps (a fancy index over (machine, :, step) read across them).
+            flat = (idx[:, None, None] * M + np.arange(M)[None, :, None]) * L + pos[:, None, :]
+            sums = np.take(self._sums.reshape(-1), flat)  # (k, M, steps)
+            counts = np.take(self._counts.reshape(-1), flat)
         with np.errstate(invalid="ignore", divide="ignore"):
-            out = np.where(counts > 0, sums / np.maximum(counts, 1), np.nan).transpose(0, 2, 1).copy()
-        flat = out.reshape(-1)
-        n_rows = flat.size // steps
-        seg_start = np.repeat(np.arange(n_rows) * steps, steps)
-        fill_short_gaps(flat, seg_start, seg_start + steps - 1, max_fill)
+            out = np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
+        # Only rows with a gap between their first and last observed step have anything to
+        # fill; the others (most of a live fleet's) skip the interpolation's passes.
+        rows = out.reshape(-1, steps)
+        seen = ~np.isnan(rows)
+        n_seen = seen.sum(1)
+        first = np.argmax(seen, axis=1)
+        last = steps - 1 - np.argmax(seen[:, ::-1], axis=1)
+        gappy = np.flatnonzero((n_seen > 0) & (last - first + 1 > n_seen))
+        if len(gappy):
+            sub = rows[gappy].reshape(-1)
+            seg_start = np.repeat(np.arange(len(gappy)) * steps, steps)
+            fill_short_gaps(sub, seg_start, seg_start + steps - 1, max_fill)
+            rows[gappy] = sub.reshape(-1, steps)
         return out
 
     def snapshot(self) -> dict[str, int]:

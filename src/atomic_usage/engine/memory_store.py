@@ -16,9 +16,12 @@ from .store import (
     DEFAULT_LEASE_S,
     DEFAULT_MAX_ATTEMPTS,
     Acceptance,
+    AcceptOp,
+    CompleteOp,
     Histories,
     Observation,
     RecoveryReport,
+    StoreOp,
     Task,
     _canonical,
     _give_up_message,
@@ -62,8 +65,11 @@ class MemoryStore:
         observations: Iterable[Observation] = (),
         owner: str | None = None,
         lease_s: float = DEFAULT_LEASE_S,
+        claim: bool = False,
     ) -> Acceptance:
         """See :meth:`TaskStore.accept`."""
+        if claim and owner is None:
+            raise ValueError("accept(claim=True) needs the owner that runs the task.")
         text = _canonical(payload)
         digest = hashlib.sha256(text.encode()).hexdigest()
         rid = request_id if request_id is not None else _new_id()
@@ -77,13 +83,39 @@ class MemoryStore:
                 return Acceptance(task, False, list(self._results[task.task_id]) if done else None)
             now = self.clock()
             lease = now + lease_s if owner is not None else None
+            status, attempts = (TaskStatus.RUNNING, 1) if claim else (TaskStatus.ACCEPTED, 0)
             # A JSON round trip gives the caller the same detached copy SQLite would.
-            task = Task(_new_id(), rid, digest, json.loads(text), TaskStatus.ACCEPTED, 0, None, lease, owner, now, now)
+            task = Task(_new_id(), rid, digest, json.loads(text), status, attempts, None, lease, owner, now, now)
             self._tasks[task.task_id] = task
             self._by_request[rid] = task.task_id
             for machine_id, metric, ts, value in rows:
                 self._obs.setdefault((machine_id, metric), {})[float(ts)] = float(value)
             return Acceptance(task, True, None)
+
+    def apply(self, ops: Sequence[StoreOp]) -> list[Any]:
+        """See :meth:`TaskStore.apply`; each operation is all or nothing, as there."""
+        out: list[Any] = []
+        with self._lock:
+            for op in ops:
+                try:
+                    if isinstance(op, AcceptOp):
+                        out.append(
+                            self.accept(
+                                op.payload,
+                                request_id=op.request_id,
+                                observations=op.observations,
+                                owner=op.owner,
+                                lease_s=op.lease_s,
+                                claim=op.claim,
+                            )
+                        )
+                    elif isinstance(op, CompleteOp):
+                        out.append(self.complete(op.task_id, op.bodies))
+                    else:
+                        out.append(self.fail(op.task_id, op.error))
+                except Exception as exc:  # each method checks before it changes anything
+                    out.append(exc)
+        return out
 
     def claim(self, task_id: str, *, owner: str, lease_s: float = DEFAULT_LEASE_S) -> Task | None:
         """See :meth:`TaskStore.claim`."""

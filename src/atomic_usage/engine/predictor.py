@@ -8,9 +8,13 @@ A call goes through these steps, and a crash between any two of them loses nothi
    (durably accepted) — or, for a request id seen before, the first call's result
    is returned.
 3. The observations join the in-memory history (rebuilt from the store at start).
-4. The task is claimed, its machines are forecast by the worker pool in micro-batches,
-   and one result per record is written once (sealed at rest). A task left accepted
-   or running by a process that died is resumed by the next start's recovery.
+4. The task (claimed in the same transaction) is forecast by the worker pool in
+   micro-batches, and one result per record is written once (sealed at rest). A task
+   left accepted or running by a process that died is resumed by the next start's recovery.
+
+Concurrent calls share the work: their writes are committed together by one writer
+(:mod:`.commit`, group commit) and their machines forecast and results built together
+(:mod:`.tasks`); each call still returns only after its own results are committed.
 
 The result of a record gives, per metric: the forecast steps (p10/p50/p90), the history
 used, the model used, the trend, the peak, and when the thresholds are crossed.
@@ -27,24 +31,55 @@ import threading
 import time
 import uuid
 from collections.abc import Mapping
-from typing import Any
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
+from typing import Any, NamedTuple
 
 import numpy as np
+import orjson
 
 from .._types import DEFAULT_METRICS
 from ..config import Settings
 from ..errors import EngineError, PayloadError, RecordError, TaskNotFound
-from ..models.base import Forecaster, no_data_reason
-from .forecast import describe_forecast, iso
+from ..models.base import Forecaster
+from .commit import GroupCommitter
 from .history import FleetHistory
 from .meter import TpsMeter
 from .payload import Observation, parse_payload
 from .pool import WorkerPool
-from .runner import MachineForecast, RunnerFactory, WorkItem
+from .runner import RunnerFactory
 from .status import TaskStatus
-from .store import DEFAULT_LEASE_S, Store, Task, open_store
+from .store import DEFAULT_LEASE_S, AcceptOp, Store, open_store
+from .tasks import Outcome, TaskJob, TaskRunner, settle
 
-__all__ = ["UsagePredictor", "aprocess", "process"]
+__all__ = ["SESSION_THREADS", "EncodedResponse", "UsagePredictor", "aprocess", "process"]
+
+SESSION_THREADS = 1
+"""ONNX Runtime intra-op threads of each worker's session when the predictor loads the model.
+
+Each pool worker owns a session and there is one worker per core, so one thread per session
+uses the cores; ORT's default (a spinning pool of one thread per core in every session) cost
+about 40 % more CPU per request under load for the same throughput (docs/service.md), taken
+from the engine's own threads. Forecasts are bitwise the same."""
+
+_INLINE_RECORDS = 1000
+"""Payloads up to this many records are validated on the event loop by ``aprocess`` (about
+0.1 ms per 10 records); larger ones in a worker thread, so the loop is never held long."""
+
+
+class EncodedResponse(NamedTuple):
+    """A ``process()`` response already encoded as JSON (:meth:`UsagePredictor.aprocess_json`).
+
+    Attributes:
+        body: the response's JSON text (UTF-8), the same fields as the dict ``process()`` returns.
+        results: the response's ``results``, as dicts.
+        plain: each result's JSON text (the parts of ``body`` that ``results`` came from).
+    """
+
+    body: bytes
+    results: list[dict[str, Any]]
+    plain: list[bytes]
+
 
 _log = logging.getLogger("atomic_usage.engine")
 
@@ -54,7 +89,8 @@ class UsagePredictor:
 
     Args:
         settings: run-time settings (default: from the environment).
-        model: the forecaster to serve (default: ``settings.model_dir`` or the bundled model).
+        model: the forecaster to serve (default: ``settings.model_dir`` or the bundled model,
+            with :data:`SESSION_THREADS` ONNX Runtime threads per worker).
         pool_mode: ``"thread"`` (measured faster here, see docs/engine.md) or ``"process"``.
         recover: resume tasks left unfinished by a previous run, in the background.
 
@@ -77,7 +113,7 @@ class UsagePredictor:
         if model is None:
             from ..models.artifact import load_model
 
-            model = load_model(self.settings.model_dir)
+            model = load_model(self.settings.model_dir, threads=SESSION_THREADS)
         self.model = model
         self.context = int(getattr(getattr(model, "spec", None), "context", 288))
         self.history = FleetHistory(max(self.context, 12))
@@ -95,6 +131,16 @@ class UsagePredictor:
         self.pool = WorkerPool.from_settings(
             RunnerFactory(model), self.settings, meter=self._pool_meter, mode=pool_mode
         ).start()
+        self.committer = GroupCommitter(self.store)
+        self.runner = TaskRunner(
+            history=self.history,
+            pool=self.pool,
+            committer=self.committer,
+            context=self.context,
+            thresholds=self.settings.thresholds,
+            encode=self._encode,
+            on_end=self._untrack,
+        )
         self._maintenance = threading.Thread(
             target=self._maintain, args=(recover,), daemon=True, name="atomic-maintenance"
         )
@@ -162,18 +208,14 @@ class UsagePredictor:
         t0 = time.monotonic()
         H = _check_call(request_id, horizon, self.settings.horizon)
         obs = parse_payload(payload, max_records=self.settings.max_records)
-        request = {"usageData": list(payload["usageData"]), "horizon": H}
-        rows = [(o.id, m, o.ts, v) for o in obs for m, v in o.values.items()]
-        acc = self.store.accept(request, request_id=request_id, observations=rows, owner=self.owner)
-        task = acc.task
-        plain: list[dict[str, Any]] | None = None
-        if acc.created:
-            self.history.append(obs)
-            bodies, plain = self._run_task(task, obs, H)
-        else:
-            done = task.status is TaskStatus.DONE and acc.results is not None
-            bodies = list(acc.results or []) if done else self._wait(task.task_id)
-        out = self._response(task, bodies, sealed=sealed, results=plain)
+        fut = self._submit(payload, obs, request_id, H)
+        try:
+            outcome = fut.result(timeout=self.settings.wait_s)
+        except FutureTimeout:
+            raise self._still_running() from None
+        if outcome.bodies is None:
+            outcome = outcome._replace(bodies=self._wait(outcome.task.task_id))
+        out = self._response(outcome, sealed=sealed)
         self.meter.record(len(obs), latencies_s=[time.monotonic() - t0])
         return out
 
@@ -185,8 +227,51 @@ class UsagePredictor:
         horizon: int | None = None,
         sealed: bool = False,
     ) -> dict[str, Any]:
-        """The same as :meth:`process`, for asyncio callers (runs in a worker thread)."""
-        return await asyncio.to_thread(self.process, payload, request_id=request_id, horizon=horizon, sealed=sealed)
+        """The same as :meth:`process`, for asyncio callers: it waits without holding a thread."""
+        t0 = time.monotonic()
+        outcome, n = await self._aoutcome(payload, request_id, horizon)
+        out = self._response(outcome, sealed=sealed)
+        self.meter.record(n, latencies_s=[time.monotonic() - t0])
+        return out
+
+    async def aprocess_json(
+        self,
+        payload: Mapping[str, Any],
+        *,
+        request_id: str | None = None,
+        horizon: int | None = None,
+        sealed: bool = False,
+    ) -> EncodedResponse:
+        """:meth:`aprocess`, with the response already encoded as JSON (for the HTTP service).
+
+        The results' JSON is the text that was sealed at rest, so nothing is encoded twice.
+        Args, Raises: as :meth:`process`.
+        """
+        t0 = time.monotonic()
+        outcome, n = await self._aoutcome(payload, request_id, horizon)
+        out = self._encoded(outcome, sealed=sealed)
+        self.meter.record(n, latencies_s=[time.monotonic() - t0])
+        return out
+
+    async def _aoutcome(
+        self, payload: Mapping[str, Any], request_id: str | None, horizon: int | None
+    ) -> tuple[Outcome, int]:
+        H = _check_call(request_id, horizon, self.settings.horizon)
+        data = payload.get("usageData") if isinstance(payload, Mapping) else None
+        if isinstance(data, list) and len(data) > _INLINE_RECORDS:
+            obs = await asyncio.to_thread(parse_payload, payload, max_records=self.settings.max_records)
+        else:
+            obs = parse_payload(payload, max_records=self.settings.max_records)
+        fut = self._submit(payload, obs, request_id, H)
+        wrapped = asyncio.wrap_future(fut)
+        # asyncio.wait, not wait_for: a timeout must not cancel the engine's future.
+        done, _ = await asyncio.wait([wrapped], timeout=self.settings.wait_s)
+        if not done:
+            raise self._still_running()
+        outcome = wrapped.result()
+        if outcome.bodies is None:
+            outcome = outcome._replace(bodies=await asyncio.to_thread(self._wait, outcome.task.task_id))
+        return outcome, len(obs)
 
     def observe(self, frame: Any, *, id_col: str = "id", time_col: str = "timestamp") -> int:
         """Loads past observations (a wide frame) into the in-memory history without forecasting.
@@ -235,71 +320,48 @@ class UsagePredictor:
         return self.task(task.task_id)
 
     # --- running tasks ----------------------------------------------------------------
-    def _run_task(
-        self, task: Task, obs: list[Observation], horizon: int
-    ) -> tuple[list[bytes], list[dict[str, Any]] | None]:
-        """Runs a task and stores its results once; returns the stored bodies and, when they are
-        the ones this call wrote, the plain results (so they need not be opened again)."""
-        claimed = self.store.claim(task.task_id, owner=self.owner)
-        if claimed is None:
-            return self._wait(task.task_id), None
-        with self._open_lock:
-            self._open.add(task.task_id)
-        try:
-            results = self._forecast(obs, horizon)
-            bodies = [self._encode(task.task_id, i, r) for i, r in enumerate(results)]
-            stored = self.store.complete(task.task_id, bodies)
-            return stored, (results if stored == bodies else None)
-        except Exception as exc:
-            reason = f"{type(exc).__name__}: {exc}"
-            self.store.fail(task.task_id, reason)
-            raise EngineError(
-                f"Task {task.task_id} failed ({reason}); the payload was stored and the failure "
-                f"recorded; see `atomic-usage tasks show {task.task_id}`."
-            ) from exc
-        finally:
-            with self._open_lock:
-                self._open.discard(task.task_id)
+    def _submit(
+        self, payload: Mapping[str, Any], obs: list[Observation], request_id: str | None, horizon: int
+    ) -> Future[Outcome]:
+        """Accepts (and claims) the task through the group committer; the future resolves
+        with its outcome once its results are committed."""
+        request = {"usageData": list(payload["usageData"]), "horizon": horizon}
+        rows = [(o.id, m, o.ts, v) for o in obs for m, v in o.values.items()]
+        out: Future[Outcome] = Future()
+        op = AcceptOp(request, request_id, rows, self.owner, DEFAULT_LEASE_S, claim=True)
+        self.committer.submit(op).add_done_callback(lambda f: self._accepted(f, obs, horizon, out))
+        return out
 
-    def _forecast(self, obs: list[Observation], horizon: int) -> list[dict[str, Any]]:
-        machines = list(dict.fromkeys(o.id for o in obs))
-        ctx = self.history.contexts(machines, self.context)
-        last_ts = self.history.last_step(machines)
-        futures = self.pool.submit_many([WorkItem(ctx[i], horizon) for i in range(len(machines))])
-        forecasts: list[MachineForecast] = [f.result(timeout=self.settings.wait_s) for f in futures]
-        per_machine: list[tuple[dict[str, Any], dict[str, str]]] = []
-        for i, mf in enumerate(forecasts):
-            metrics: dict[str, Any] = {}
-            reasons: dict[str, str] = {}
-            for j, m in enumerate(DEFAULT_METRICS):
-                if mf.models[j] is None:
-                    metrics[m] = None
-                    reasons[m] = no_data_reason(machines[i], m)
-                    continue
-                h = ctx[i, j]
-                seen = h[~np.isnan(h)]
-                metrics[m] = describe_forecast(
-                    mf.quantiles[j],
-                    last_ts=float(last_ts[i]),
-                    step_s=self.history.step_s,
-                    last_value=float(seen[-1]),
-                    history_length=len(seen),
-                    model=str(mf.models[j]),
-                    thresholds=self.settings.thresholds,
-                    recent=h,
-                )
-            per_machine.append((metrics, reasons))
-        pos = {m: i for i, m in enumerate(machines)}
-        return [
-            {
-                "index": o.index,
-                "id": o.id,
-                "timestamp": iso(o.ts),
-                "forecasts": per_machine[pos[o.id]][0],
-                "reasons": per_machine[pos[o.id]][1],
-            }
-            for o in obs
-        ]
+    def _accepted(self, fut: Future[Any], obs: list[Observation], horizon: int, out: Future[Outcome]) -> None:
+        """Runs in the committer's thread once the accept is committed: hands the task on."""
+        exc = fut.exception()
+        if exc is not None:
+            settle(out, exc)
+            return
+        acc = fut.result()
+        task = acc.task
+        if acc.created:
+            with self._open_lock:
+                self._open.add(task.task_id)
+            self.runner.run([TaskJob(task, obs, horizon, True, out)])
+        elif task.status is TaskStatus.DONE and acc.results is not None:
+            settle(out, Outcome(task, list(acc.results)))
+        else:
+            running = self.runner.inflight(task.task_id)
+            if running is None:  # run elsewhere (recovery, another process): wait for the store
+                settle(out, Outcome(task, None))
+            else:
+                running.add_done_callback(lambda r: settle(out, r.exception() or Outcome(task, r.result().bodies)))
+
+    def _untrack(self, task_id: str) -> None:
+        with self._open_lock:
+            self._open.discard(task_id)
+
+    def _still_running(self) -> EngineError:
+        return EngineError(
+            f"The task is still running after {self.settings.wait_s:.0f} s; "
+            "ask again with the same request id to get its result when it ends."
+        )
 
     def _wait(self, task_id: str) -> list[bytes]:
         """Waits for a task another caller (or recovery) is running; returns its results."""
@@ -319,14 +381,14 @@ class UsagePredictor:
             time.sleep(delay)
             delay = min(delay * 2, 0.2)
 
-    def _encode(self, task_id: str, index: int, result: Mapping[str, Any]) -> bytes:
-        body = json.dumps(result, separators=(",", ":")).encode()
+    def _encode(self, task_id: str, index: int, text: bytes) -> bytes:
+        """The stored body of a result from its JSON text: sealed at rest, or as is in memory."""
         if self.settings.skip_persistence:
-            return body
-        from ..security import seal
+            return text
+        from ..security import seal_json
 
-        return seal(
-            result, keyring=self.keyring, task_id=task_id, record_id=str(index), model_version=self.model_version
+        return seal_json(
+            text, keyring=self.keyring, task_id=task_id, record_id=str(index), model_version=self.model_version
         ).encode()
 
     def _decode(self, task_id: str, body: bytes) -> dict[str, Any]:
@@ -336,11 +398,31 @@ class UsagePredictor:
 
         return open_result(body, keyring=self.keyring, task_id=task_id)
 
-    def _response(
-        self, task: Task, bodies: list[bytes], *, sealed: bool, results: list[dict[str, Any]] | None = None
-    ) -> dict[str, Any]:
+    def _sealed(self, outcome: Outcome, results: list[dict[str, Any]], plain: list[bytes]) -> list[str]:
+        """The ``sealed`` field: the stored envelopes, or (in memory) results sealed now."""
+        task_id = outcome.task.task_id
+        if not self.settings.skip_persistence:
+            return [b.decode() for b in outcome.bodies or []]
+        from ..security import seal_json
+
+        return [
+            seal_json(p, keyring=self.keyring, task_id=task_id, record_id=str(i), model_version=self.model_version)
+            for i, p in enumerate(plain)
+        ]
+
+    def _opened(self, outcome: Outcome) -> tuple[list[dict[str, Any]], list[bytes]]:
+        """The results and their JSON text, opened from the stored bodies unless this call built them."""
+        if outcome.results is not None and outcome.plain is not None:
+            return outcome.results, outcome.plain
+        results = [self._decode(outcome.task.task_id, b) for b in outcome.bodies or []]
+        return results, [orjson.dumps(r) for r in results]
+
+    def _response(self, outcome: Outcome, *, sealed: bool) -> dict[str, Any]:
+        task = outcome.task
+        results = outcome.results
+        plain = outcome.plain
         if results is None:
-            results = [self._decode(task.task_id, b) for b in bodies]
+            results = [self._decode(task.task_id, b) for b in outcome.bodies or []]
         out: dict[str, Any] = {
             "requestId": task.request_id,
             "taskId": task.task_id,
@@ -348,22 +430,24 @@ class UsagePredictor:
             "results": results,
         }
         if sealed:
-            if self.settings.skip_persistence:
-                from ..security import seal
-
-                out["sealed"] = [
-                    seal(
-                        r,
-                        keyring=self.keyring,
-                        task_id=task.task_id,
-                        record_id=str(i),
-                        model_version=self.model_version,
-                    )
-                    for i, r in enumerate(results)
-                ]
-            else:
-                out["sealed"] = [b.decode() for b in bodies]
+            out["sealed"] = self._sealed(outcome, results, plain or [orjson.dumps(r) for r in results])
         return out
+
+    def _encoded(self, outcome: Outcome, *, sealed: bool) -> EncodedResponse:
+        results, plain = self._opened(outcome)
+        task = outcome.task
+        head = orjson.dumps(
+            {
+                "requestId": task.request_id,
+                "taskId": task.task_id,
+                "model": {"name": self.model.name, "version": self.model_version},
+            }
+        )
+        parts = [head[:-1], b',"results":[', b",".join(plain), b"]"]
+        if sealed:
+            parts += [b',"sealed":', orjson.dumps(self._sealed(outcome, results, plain))]
+        parts.append(b"}")
+        return EncodedResponse(b"".join(parts), results, plain)
 
     # --- recovery and leases ----------------------------------------------------------
     def recover(self, *, force: bool = False) -> dict[str, int]:
@@ -376,14 +460,27 @@ class UsagePredictor:
         report = self.store.recover(force=force)
         if report.resumed:
             self.meter.tasks_recovered(len(report.resumed))
+        jobs: list[TaskJob] = []
         for task in report.resumed:
             try:
                 request = task.payload
                 obs = parse_payload({"usageData": request["usageData"]}, now=task.created_at)
-                self._run_task(task, obs, int(request.get("horizon", self.settings.horizon)))
-                _log.info("recovered task %s", task.task_id)
+                claimed = self.store.claim(task.task_id, owner=self.owner)
+                if claimed is None:  # another caller or process took it meanwhile
+                    continue
+                with self._open_lock:
+                    self._open.add(task.task_id)
+                # The history was rebuilt from the store, so the observations are in it already.
+                jobs.append(TaskJob(claimed, obs, int(request.get("horizon", self.settings.horizon)), append=False))
             except Exception as exc:  # one bad task must not stop the others
                 _log.error("recovery of task %s failed: %s", task.task_id, exc)
+        self.runner.run(jobs)
+        for job in jobs:
+            try:
+                job.future.result(timeout=self.settings.wait_s)
+                _log.info("recovered task %s", job.task.task_id)
+            except Exception as exc:
+                _log.error("recovery of task %s failed: %s", job.task.task_id, exc)
         for task in report.failed:
             _log.warning("task %s was failed during recovery: %s", task.task_id, task.error)
         return {"resumed": len(report.resumed), "failed": len(report.failed)}
@@ -420,6 +517,11 @@ class UsagePredictor:
             "tasks": {k.value: v for k, v in self.store.counts().items()},
             "history": self.history.snapshot(),
             "model": {"name": self.model.name, "version": self.model_version},
+            "commit": {
+                "groups": self.committer.groups,
+                "writes": self.committer.writes,
+                "queued": self.committer.depth(),
+            },
         }
 
     def close(self) -> None:
@@ -427,7 +529,10 @@ class UsagePredictor:
         if self._closed.is_set():
             return
         self._closed.set()
+        self.runner.close()  # lets running tasks finish, refuses new ones
         self.pool.close()
+        self.committer.close()
+        self.runner.stop()
         self._maintenance.join(timeout=5)
         self.store.close()
 

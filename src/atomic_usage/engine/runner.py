@@ -43,13 +43,20 @@ class ForecastRunner:
         for H in sorted({it.horizon for it in items}):
             idx = [i for i, it in enumerate(items) if it.horizon == H]
             hists, where = [], []
-            for i in idx:
-                ctx = items[i].context
-                for j in range(ctx.shape[0]):
-                    observed = ~np.isnan(ctx[j])
-                    if observed.any():
-                        hists.append(ctx[j, int(np.argmax(observed)) :])
-                        where.append((i, j))
+            # Where each series' observations start, for all items of this horizon at once
+            # (items share one shape when they come from one history; else one by one).
+            shapes = {items[i].context.shape for i in idx}
+            groups = [idx] if len(shapes) == 1 else [[i] for i in idx]
+            for group in groups:
+                ctx = np.stack([items[i].context for i in group])  # (k, metrics, steps)
+                observed = ~np.isnan(ctx)
+                has = observed.any(axis=2).tolist()
+                first = np.argmax(observed, axis=2).tolist()
+                for a, i in enumerate(group):
+                    for j, seen in enumerate(has[a]):
+                        if seen:
+                            hists.append(items[i].context[j, first[a][j] :])
+                            where.append((i, j))
             fc = self.model.forecast_arrays(hists, H, np.ones(len(hists), bool)) if hists else None
             names = self.model.fallback_flags(hists) if hists else []
             res: dict[int, tuple[np.ndarray, list[str | None]]] = {}

@@ -39,11 +39,15 @@ __all__ = [
     "DEFAULT_MAX_ATTEMPTS",
     "SCHEMA_VERSION",
     "STORE_FILENAME",
+    "AcceptOp",
     "Acceptance",
+    "CompleteOp",
+    "FailOp",
     "Histories",
     "Observation",
     "RecoveryReport",
     "Store",
+    "StoreOp",
     "Task",
     "TaskStore",
     "map_sqlite_errors",
@@ -175,6 +179,35 @@ class RecoveryReport(NamedTuple):
     failed: list[Task]
 
 
+class AcceptOp(NamedTuple):
+    """:meth:`Store.accept` as one operation of :meth:`Store.apply` (the same arguments)."""
+
+    payload: Any
+    request_id: str | None = None
+    observations: Sequence[Observation] = ()
+    owner: str | None = None
+    lease_s: float = DEFAULT_LEASE_S
+    claim: bool = False
+
+
+class CompleteOp(NamedTuple):
+    """:meth:`Store.complete` as one operation of :meth:`Store.apply`."""
+
+    task_id: str
+    bodies: Sequence[bytes]
+
+
+class FailOp(NamedTuple):
+    """:meth:`Store.fail` as one operation of :meth:`Store.apply`."""
+
+    task_id: str
+    error: str
+
+
+StoreOp = AcceptOp | CompleteOp | FailOp
+"""One write of :meth:`Store.apply`; its result is what the matching method returns."""
+
+
 class Store(Protocol):
     """The interface shared by :class:`TaskStore` and ``MemoryStore``."""
 
@@ -186,7 +219,9 @@ class Store(Protocol):
         observations: Iterable[Observation] = (),
         owner: str | None = None,
         lease_s: float = DEFAULT_LEASE_S,
+        claim: bool = False,
     ) -> Acceptance: ...
+    def apply(self, ops: Sequence[StoreOp]) -> list[Any]: ...
     def claim(self, task_id: str, *, owner: str, lease_s: float = DEFAULT_LEASE_S) -> Task | None: ...
     def renew(self, task_ids: Iterable[str], *, owner: str, lease_s: float = DEFAULT_LEASE_S) -> int: ...
     def complete(self, task_id: str, bodies: Sequence[bytes]) -> list[bytes]: ...
@@ -217,6 +252,30 @@ def payload_hash(payload: Any) -> str:
 
 def _canonical(payload: Any) -> str:
     return json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+_ROWS_PER_INSERT: Final = 200
+"""Rows one multi-row INSERT writes at most (4 parameters each, far below SQLite's limit)."""
+
+
+def _insert_rows(conn: sqlite3.Connection, sql: str, rows: Iterable[tuple[Any, ...]], width: int) -> None:
+    """Inserts ``rows`` with multi-row ``INSERT ... VALUES (...), (...)`` statements.
+
+    One statement step per 200 rows instead of one per row: sqlite3 releases and takes back
+    the GIL around every step, and under load each of those hand-offs waits for another
+    thread, so ``executemany`` of a task's 30 observations cost 30 of them.
+    ``sql`` holds ``{}`` where the ``VALUES`` list goes; the order of rows is kept (a later
+    row for the same key wins, as with ``executemany``).
+    """
+    rows = list(rows)
+    if any(len(r) != width for r in rows):
+        # What executemany would say; without this check, rows of other widths could still
+        # add up to whole rows' worth of parameters and be stored misaligned.
+        raise sqlite3.ProgrammingError(f"Incorrect number of bindings supplied: every row needs {width} values.")
+    one = "(" + ", ".join("?" * width) + ")"
+    for a in range(0, len(rows), _ROWS_PER_INSERT):
+        chunk = rows[a : a + _ROWS_PER_INSERT]
+        conn.execute(sql.format(", ".join([one] * len(chunk))), [v for r in chunk for v in r])
 
 
 def _new_id() -> str:
@@ -401,6 +460,7 @@ class TaskStore:
         observations: Iterable[Observation] = (),
         owner: str | None = None,
         lease_s: float = DEFAULT_LEASE_S,
+        claim: bool = False,
     ) -> Acceptance:
         """Stores a new task and its observations in one transaction, or finds the earlier one.
 
@@ -414,6 +474,8 @@ class TaskStore:
             owner: the engine process that will run the task; with it, the task is
                 leased for ``lease_s`` so no other process recovers it meanwhile.
             lease_s: the lease, in seconds.
+            claim: store a new task already claimed by ``owner`` (running, one attempt), as a
+                :meth:`claim` right after would, in the same transaction.
 
         Returns:
             The task, whether this call created it, and its results if it is done.
@@ -422,28 +484,72 @@ class TaskStore:
             IdempotencyError: ``request_id`` was used before with a different payload.
             StoreError: the database failed; nothing was stored.
         """
-        text = _canonical(payload)
-        digest = hashlib.sha256(text.encode()).hexdigest()
-        rid = request_id if request_id is not None else _new_id()
         with self._tx() as conn:
-            found = self._select(conn, "request_id = ?", (rid,))
-            if found:
-                task = found[0]
-                if task.payload_hash != digest:
-                    raise IdempotencyError(rid)
-                done = task.status is TaskStatus.DONE
-                return Acceptance(task, False, self._bodies(conn, task.task_id) if done else None)
-            now = self.clock()
-            lease = now + lease_s if owner is not None else None
-            row = (_new_id(), rid, digest, text, TaskStatus.ACCEPTED.value, 0, None, lease, owner, now, now)
-            conn.execute(f"INSERT INTO tasks ({self._COLUMNS}) VALUES ({', '.join('?' * 11)})", row)
-            conn.executemany(
-                "INSERT INTO observations VALUES (?, ?, ?, ?) "
-                "ON CONFLICT (machine_id, metric, ts) DO UPDATE SET value = excluded.value",
-                observations,
-            )
-            task = Task(row[0], rid, digest, payload, TaskStatus.ACCEPTED, 0, None, lease, owner, now, now)
-            return Acceptance(task, True, None)
+            return self._accept(conn, AcceptOp(payload, request_id, list(observations), owner, lease_s, claim))
+
+    def _accept(self, conn: sqlite3.Connection, op: AcceptOp) -> Acceptance:
+        if op.claim and op.owner is None:
+            raise ValueError("accept(claim=True) needs the owner that runs the task.")
+        text = _canonical(op.payload)
+        digest = hashlib.sha256(text.encode()).hexdigest()
+        rid = op.request_id if op.request_id is not None else _new_id()
+        found = self._select(conn, "request_id = ?", (rid,))
+        if found:
+            task = found[0]
+            if task.payload_hash != digest:
+                raise IdempotencyError(rid)
+            done = task.status is TaskStatus.DONE
+            return Acceptance(task, False, self._bodies(conn, task.task_id) if done else None)
+        now = self.clock()
+        lease = now + op.lease_s if op.owner is not None else None
+        status, attempts = (TaskStatus.RUNNING, 1) if op.claim else (TaskStatus.ACCEPTED, 0)
+        row = (_new_id(), rid, digest, text, status.value, attempts, None, lease, op.owner, now, now)
+        conn.execute(f"INSERT INTO tasks ({self._COLUMNS}) VALUES ({', '.join('?' * 11)})", row)
+        _insert_rows(
+            conn,
+            "INSERT INTO observations VALUES {} "
+            "ON CONFLICT (machine_id, metric, ts) DO UPDATE SET value = excluded.value",
+            op.observations,
+            4,
+        )
+        task = Task(row[0], rid, digest, op.payload, status, attempts, None, lease, op.owner, now, now)
+        return Acceptance(task, True, None)
+
+    def apply(self, ops: Sequence[StoreOp]) -> list[Any]:
+        """Runs many accepts, completions and failures in one transaction (group commit).
+
+        Each operation runs in its own savepoint, so one that fails (an ``IdempotencyError``,
+        a missing task, a constraint) leaves no trace while the others still commit. All of
+        them are on disk when this returns, for one commit (one ``fsync`` under FULL).
+
+        Args:
+            ops: :class:`AcceptOp`, :class:`CompleteOp` and :class:`FailOp` items, run in order
+                (a later one sees what an earlier one wrote).
+
+        Returns:
+            Per operation, in order: what :meth:`accept`, :meth:`complete` or :meth:`fail`
+            returns, or the exception it raised (its writes undone).
+
+        Raises:
+            StoreError: the transaction itself failed (begin or commit): none of ``ops`` was stored.
+        """
+        out: list[Any] = []
+        with self._tx() as conn:
+            for op in ops:
+                conn.execute("SAVEPOINT op")
+                try:
+                    with map_sqlite_errors(self.path):
+                        if isinstance(op, AcceptOp):
+                            out.append(self._accept(conn, op))
+                        elif isinstance(op, CompleteOp):
+                            out.append(self._complete(conn, op.task_id, op.bodies))
+                        else:
+                            out.append(self._fail(conn, op.task_id, op.error))
+                except Exception as exc:  # this operation only: its savepoint is undone
+                    conn.execute("ROLLBACK TO op")
+                    out.append(exc)
+                conn.execute("RELEASE op")
+        return out
 
     def claim(self, task_id: str, *, owner: str, lease_s: float = DEFAULT_LEASE_S) -> Task | None:
         """Marks a task running under ``owner``'s lease and counts the attempt.
@@ -492,21 +598,33 @@ class TaskStore:
             TaskNotFound: no task has this id.
         """
         with self._tx() as conn:
-            task = self._one(conn, task_id)
-            if task.status is TaskStatus.FAILED:
-                return []
-            if task.status is not TaskStatus.DONE:
-                now = self.clock()
-                conn.executemany(
-                    "INSERT INTO results VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
-                    [(task_id, i, bytes(b), now) for i, b in enumerate(bodies)],
-                )
-                conn.execute(
-                    "UPDATE tasks SET status = 'done', error = NULL, owner = NULL, lease_until = NULL, "
-                    "updated_at = ? WHERE task_id = ?",
-                    (now, task_id),
-                )
+            return self._complete(conn, task_id, bodies)
+
+    def _complete(self, conn: sqlite3.Connection, task_id: str, bodies: Sequence[bytes]) -> list[bytes]:
+        row = conn.execute("SELECT status FROM tasks WHERE task_id = ?", (task_id,)).fetchone()
+        if row is None:
+            raise TaskNotFound(task_id)
+        status = TaskStatus(row[0])
+        if status is TaskStatus.FAILED:
+            return []
+        if status is TaskStatus.DONE:
             return self._bodies(conn, task_id)
+        now = self.clock()
+        stored = [bytes(b) for b in bodies]
+        # An open task has no result rows (they are written with 'done', in one transaction),
+        # so what is inserted here is what is stored: nothing to read back.
+        _insert_rows(
+            conn,
+            "INSERT INTO results VALUES {} ON CONFLICT DO NOTHING",
+            [(task_id, i, b, now) for i, b in enumerate(stored)],
+            4,
+        )
+        conn.execute(
+            "UPDATE tasks SET status = 'done', error = NULL, owner = NULL, lease_until = NULL, "
+            "updated_at = ? WHERE task_id = ?",
+            (now, task_id),
+        )
+        return stored
 
     def fail(self, task_id: str, error: str) -> bool:
         """Marks an open task failed with ``error``; returns ``False`` if it was already final.
@@ -515,14 +633,17 @@ class TaskStore:
             TaskNotFound: no task has this id.
         """
         with self._tx() as conn:
-            cur = conn.execute(
-                "UPDATE tasks SET status = 'failed', error = ?, owner = NULL, lease_until = NULL, "
-                "updated_at = ? WHERE task_id = ? AND status IN ('accepted', 'running')",
-                (error, self.clock(), task_id),
-            )
-            if not cur.rowcount:
-                self._one(conn, task_id)
-            return bool(cur.rowcount)
+            return self._fail(conn, task_id, error)
+
+    def _fail(self, conn: sqlite3.Connection, task_id: str, error: str) -> bool:
+        cur = conn.execute(
+            "UPDATE tasks SET status = 'failed', error = ?, owner = NULL, lease_until = NULL, "
+            "updated_at = ? WHERE task_id = ? AND status IN ('accepted', 'running')",
+            (error, self.clock(), task_id),
+        )
+        if not cur.rowcount:
+            self._one(conn, task_id)
+        return bool(cur.rowcount)
 
     def recover(self, *, max_attempts: int = DEFAULT_MAX_ATTEMPTS, force: bool = False) -> RecoveryReport:
         """Hands back, in one transaction, the open tasks whose lease has run out.

@@ -19,6 +19,7 @@ from .seal import (
     reseal,
     reseal_all,
     seal,
+    seal_json,
 )
 
 __all__ = [
@@ -37,4 +38,5 @@ __all__ = [
     "reseal",
     "reseal_all",
     "seal",
+    "seal_json",
 ]

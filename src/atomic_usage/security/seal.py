@@ -59,6 +59,7 @@ __all__ = [
     "reseal",
     "reseal_all",
     "seal",
+    "seal_json",
 ]
 
 ENVELOPE_VERSION: Final = 1
@@ -297,6 +298,50 @@ def seal(
     else:
         raise TypeError(f"seal() takes bytes or a mapping, got {type(plaintext).__name__}.")
     return _seal_bytes(data, cty, keyring, *ad)
+
+
+def seal_json(
+    text: bytes | bytearray | memoryview,
+    *,
+    keyring: Keyring,
+    task_id: str,
+    record_id: str,
+    model_version: str,
+) -> str:
+    """Seals a result already encoded as JSON: the envelope :func:`seal` makes of a mapping
+    (content type ``"json"``, opened by :func:`open_result`), without encoding it again.
+
+    For callers that have the result's JSON anyway (the engine sends the same text in its
+    response); that it is a JSON object is the caller's promise: :func:`open_result` refuses
+    an envelope whose plaintext is not one.
+
+    Args:
+        text: the UTF-8 JSON text of one JSON object.
+        keyring: supplies the active key.
+        task_id: the task the result belongs to.
+        record_id: the record (machine id) the result is about.
+        model_version: the model version that produced the result.
+
+    Returns:
+        The envelope as compact JSON text.
+
+    Raises:
+        TypeError: an id is not a str, or ``text`` is not bytes-like.
+
+    >>> from atomic_usage.security import Keyring
+    >>> ring = Keyring.generate()
+    >>> env = seal_json(b'{"cpu":41.5}', keyring=ring, task_id="t-1", record_id="0", model_version="m1")
+    >>> open_result(env, keyring=ring, task_id="t-1")
+    {'cpu': 41.5}
+    """
+    ad = (
+        _check_ad("task_id", task_id),
+        _check_ad("record_id", record_id),
+        _check_ad("model_version", model_version),
+    )
+    if not isinstance(text, bytes | bytearray | memoryview):
+        raise TypeError(f"seal_json() takes the JSON text as bytes, got {type(text).__name__}.")
+    return _seal_bytes(bytes(text), "json", keyring, *ad)
 
 
 def _seal_bytes(

@@ -9,6 +9,7 @@ task still open at that point stays in the store and is resumed at the next star
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -23,6 +24,7 @@ from .. import __version__
 from ..config import Settings
 from .auth import TokenVerifier
 from .errors import install_handlers
+from .fastpath import PredictFastPath
 from .gauges import ForecastGauges
 from .metrics import make_registry
 from .routes import router
@@ -99,7 +101,9 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
     return app.openapi_schema
 
 
-def create_app(settings: Settings | None = None, predictor: Any = None, *, model: Any = None) -> FastAPI:
+def create_app(
+    settings: Settings | None = None, predictor: Any = None, *, model: Any = None, fast_path: bool = True
+) -> FastAPI:
     """Builds the service.
 
     Args:
@@ -107,6 +111,8 @@ def create_app(settings: Settings | None = None, predictor: Any = None, *, model
         predictor: a running ``UsagePredictor`` to serve; the caller keeps owning it.
             When ``None``, start-up builds one and shutdown closes it.
         model: the forecaster for the predictor built at start-up (default: the settings' model).
+        fast_path: serve plain predict requests without FastAPI's per-request layers
+            (:mod:`.fastpath`; the answers are the same, the route still serves the rest).
 
     Returns:
         The FastAPI app; serve it with uvicorn (``atomic-usage serve`` does).
@@ -125,6 +131,12 @@ def create_app(settings: Settings | None = None, predictor: Any = None, *, model
 
             state.predictor = await to_thread.run_sync(lambda: UsagePredictor(settings, model=model))
         _log.info("service ready: model %s, %d token(s)", state.predictor.model_version, len(state.verifier))
+        # What start-up built (modules, the app, the model, the rebuilt history) lives as long as
+        # the process: moved out of the cyclic GC's generations, it is not rescanned by every
+        # full collection, which results' many short-lived containers trigger. Measured under
+        # wrk (naive, NORMAL): 245-291 -> 312-321 req/s, p99 227/174 -> 107/106 ms.
+        gc.collect()
+        gc.freeze()
         try:
             yield
         finally:
@@ -144,6 +156,8 @@ def create_app(settings: Settings | None = None, predictor: Any = None, *, model
     app.state.atomic = state
     app.include_router(router)
     install_handlers(app)
+    if fast_path:
+        app.add_middleware(PredictFastPath, state=state)  # inside the latency middleware: it is measured
     app.add_middleware(_LatencyMiddleware, state=state)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app

@@ -29,7 +29,15 @@ from ..errors import (
     TaskNotFound,
 )
 
-__all__ = ["ERROR_STATUS", "ErrorBody", "RecordErrorBody", "error_responses", "install_handlers", "status_of"]
+__all__ = [
+    "ERROR_STATUS",
+    "ErrorBody",
+    "RecordErrorBody",
+    "error_content",
+    "error_responses",
+    "install_handlers",
+    "status_of",
+]
 
 _log = logging.getLogger("atomic_usage.service")
 
@@ -86,15 +94,25 @@ def _response(status: int, detail: str, errors: list[dict[str, Any]] | None = No
     return JSONResponse({"detail": detail, "errors": errors or []}, status_code=status, headers=headers)
 
 
-async def _atomic_handler(request: Request, exc: Exception) -> JSONResponse:
+def error_content(exc: AtomicError, method: str, path: str) -> tuple[int, dict[str, Any]]:
+    """The status and :class:`ErrorBody` content of one of our errors (5xx are logged here).
+
+    Shared by the exception handler and the predict fast path, so both answer alike.
+    """
     status, detail = status_of(exc)
     if isinstance(exc, PayloadError):
-        return _response(status, detail, [e.as_dict() for e in exc.errors])
+        return status, {"detail": detail, "errors": [e.as_dict() for e in exc.errors]}
     if status >= 500:
-        _log.error("%s %s failed: %s: %s", request.method, request.url.path, type(exc).__name__, exc)
+        _log.error("%s %s failed: %s: %s", method, path, type(exc).__name__, exc)
     elif not isinstance(exc, AuthError):
         detail = str(exc)  # our own messages: they name the id and say what to do
-    return _response(status, detail)
+    return status, {"detail": detail, "errors": []}
+
+
+async def _atomic_handler(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, AtomicError)
+    status, content = error_content(exc, request.method, request.url.path)
+    return _response(status, content["detail"], content["errors"])
 
 
 async def _validation_handler(request: Request, exc: Exception) -> JSONResponse:
