@@ -266,13 +266,31 @@ class NeuralForecaster(Forecaster):
         n = len(histories)
         H = min(horizon, self.spec.horizon)
         out = np.empty((n, 3, horizon), np.float64)
-        ctx = _current_regime(histories, last_windows(list(histories), self.spec.context))
-        long_mad = (
-            mean_abs_change(last_windows(list(histories), self.spec.ratio_window)) if self.spec.ratio_window else None
-        )
+        bounded = np.asarray(bounded)
+        short = [i for i, h in enumerate(histories) if _n_observed(h, self.spec.context) < MIN_OBSERVED]
+        idx, _, lines = exact_lines(histories, horizon, self.spec.context)
+        # Only the histories the network serves go through it (and the regime detector): a short
+        # history or an exact line is answered by its rule below.
+        rest = np.setdiff1d(np.arange(n), np.concatenate([np.asarray(short, np.int64), np.asarray(idx, np.int64)]))
+        if len(rest):
+            out[rest] = self._network(histories, rest, horizon, H, bounded[rest], batch_size)
+        if short:
+            out[short] = naive_arrays([np.asarray(histories[i], np.float64) for i in short], horizon)
+        out[idx] = lines
+        return finalize_quantiles(out, bounded)
+
+    def _network(
+        self, histories: Sequence[np.ndarray], rows: np.ndarray, horizon: int, H: int, bounded: np.ndarray, batch: int
+    ) -> np.ndarray:
+        """The network's forecast of ``histories[rows]``, continued past its horizon."""
+        hists = [histories[int(i)] for i in rows]
+        n = len(hists)
+        out = np.empty((n, 3, horizon), np.float64)
+        ctx = _current_regime(hists, last_windows(hists, self.spec.context))
+        long_mad = mean_abs_change(last_windows(hists, self.spec.ratio_window)) if self.spec.ratio_window else None
         sess = self._get_session()
-        for a in range(0, n, batch_size):
-            b = min(n, a + batch_size)
+        for a in range(0, n, batch):
+            b = min(n, a + batch)
             inputs, state = prepare(
                 ctx[a:b], clip=self.spec.input_clip, long_mad=None if long_mad is None else long_mad[a:b]
             )
@@ -283,12 +301,7 @@ class NeuralForecaster(Forecaster):
             grow = np.sqrt(np.arange(H + 1, horizon + 1) / H)[None, None, :]
             mid = last[:, 1:2]
             out[:, :, H:] = mid + (last - mid) * grow
-        short = [i for i, h in enumerate(histories) if _n_observed(h, self.spec.context) < MIN_OBSERVED]
-        if short:
-            out[short] = naive_arrays([np.asarray(histories[i], np.float64) for i in short], horizon)
-        idx, _, lines = exact_lines(histories, horizon, self.spec.context)
-        out[idx] = lines
-        return finalize_quantiles(out, np.asarray(bounded))
+        return out
 
     def __repr__(self) -> str:
         return f"NeuralForecaster({str(self.onnx_path)!r}, context={self.spec.context}, horizon={self.spec.horizon})"
