@@ -1,6 +1,10 @@
 -- wrk script for benchmarks/bench_service.py: POST /v1/predict with N-record payloads over a fleet
 -- of M machines, each request with a unique Idempotency-Key (so each one is new work).
---   wrk -t1 -c16 -d20s -s benchmarks/bench_service.lua http://127.0.0.1:PORT/v1/predict -- TOKEN PREFIX 10 1000 1
+--   wrk -t1 -c16 -d20s -s benchmarks/bench_service.lua http://127.0.0.1:PORT/v1/predict -- TOKEN PREFIX 10 1000 1 [BASE]
+-- With BASE (epoch seconds), each record carries a timestamp: BASE + 5 min per earlier visit of
+-- its machine, and values that change from visit to visit, so every machine's history grows by
+-- one step per visit (as a fleet reporting every 5 minutes would) and the forecasters read it.
+-- Without it, records have no timestamp: all of a run's observations fall into the same step.
 -- Prints one JSON line at the end: requests, non-2xx, socket errors, latency percentiles (ms).
 
 local threads = {}
@@ -17,6 +21,7 @@ function init(args)
   records = tonumber(args[3] or "10")
   machines = tonumber(args[4] or "1000")
   nthreads = tonumber(args[5] or "1")
+  base = tonumber(args[6] or "0")
   statuses = 0
 end
 
@@ -25,9 +30,18 @@ function request()
   local n = (counter - 1) * nthreads + tid -- 0, 1, 2, ... over all threads: every machine in turn
   local parts = {}
   for j = 0, records - 1 do
-    parts[#parts + 1] = string.format(
-      '{"id":"vm%d","cpuLoad":%d,"memoryUsage":%.1f,"storageUsage":20}',
-      (n * records + j) % machines, (n + j) % 100, 40.0 + j)
+    local k = n * records + j
+    local m = k % machines
+    if base > 0 then
+      local visit = math.floor(k / machines)
+      parts[#parts + 1] = string.format(
+        '{"id":"vm%d","timestamp":"%s","cpuLoad":%d,"memoryUsage":%.1f,"storageUsage":%.2f}',
+        m, os.date("!%Y-%m-%dT%H:%M:%SZ", base + 300 * visit), (visit * 37 + m * 11) % 90 + 5,
+        40.0 + (visit * 13 + m) % 20, 20 + 0.01 * visit + (m % 7))
+    else
+      parts[#parts + 1] = string.format(
+        '{"id":"vm%d","cpuLoad":%d,"memoryUsage":%.1f,"storageUsage":20}', m, (n + j) % 100, 40.0 + j)
+    end
   end
   local body = '{"usageData":[' .. table.concat(parts, ",") .. "]}"
   local headers = {

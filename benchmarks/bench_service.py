@@ -128,6 +128,7 @@ def _wrk_run(url: str, args: argparse.Namespace) -> dict[str, Any]:
         str(args.records),
         str(args.machines),
         str(args.wrk_threads),
+        *([str(args.base_ts)] if args.history else []),
     ]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=args.duration + 120, check=True).stdout
     line = next(ln for ln in reversed(out.splitlines()) if ln.startswith("{"))
@@ -144,10 +145,17 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2, help="engine worker threads")
     ap.add_argument("--model", default=None, help="--model of serve (default: the bundled model)")
     ap.add_argument("--client", default="auto", choices=["auto", "wrk", "httpx"], help="auto: wrk if installed")
+    ap.add_argument(
+        "--history",
+        action="store_true",
+        help="wrk: records carry timestamps 5 min apart per machine visit, so histories grow and the networks run",
+    )
     ap.add_argument("--wrk-threads", type=int, default=1, help="wrk threads (each one uses up to a core)")
     ap.add_argument("--json", action="store_true", help="print the figures as one JSON line")
     args = ap.parse_args()
     client = args.client if args.client != "auto" else ("wrk" if shutil.which("wrk") else "httpx")
+    if args.history and client != "wrk":
+        raise SystemExit("--history needs the wrk client (apt-get install wrk)")
     run = _wrk_run if client == "wrk" else _httpx_run
     args.run = f"{os.getpid()}"
     port = _port()
@@ -186,8 +194,13 @@ def main() -> None:
                     raise SystemExit("the server did not start")
                 time.sleep(0.2)
             # Warm-up: every machine gets a first observation, so the timed run sees steady state.
-            run(url, argparse.Namespace(**{**vars(args), "duration": 3.0, "run": args.run + "w"}))
-            res = run(url, args)
+            # With --history the warm-up's steps start two days back and the timed run's one day
+            # back, so the timed run only ever adds later steps.
+            day = 86_400
+            now = int(time.time()) // 300 * 300
+            warm = {"duration": 3.0, "run": args.run + "w", "base_ts": now - 2 * day}
+            run(url, argparse.Namespace(**{**vars(args), **warm}))
+            res = run(url, argparse.Namespace(**{**vars(args), "base_ts": now - day}))
             load1 = float(Path("/proc/loadavg").read_text().split()[0]) if Path("/proc/loadavg").exists() else None
             metrics = httpx.get(f"{url}/metrics", headers=HEADERS).text
         finally:
@@ -213,6 +226,7 @@ def main() -> None:
         "records_s": round(ok * args.records / res["duration_s"]),
         "latency_ms": {k: round(v, 1) for k, v in res["latency_ms"].items()},
         "load1": load1,
+        "history": args.history,
         "batch": batch,
     }
     if args.json:
