@@ -13,7 +13,14 @@ in a fresh process or cluster:
   which says which.
 * ``cluster-K`` for K = 1 and ``--workers``: ``forecast_distributed`` on a LocalCluster of K
   worker processes (one thread each): job wall time (cluster start-up shown apart) and
-  peak RSS (VmHWM) of each worker. ``--skip-cluster`` leaves these out.
+  peak RSS (VmHWM) of each worker. ``--skip-cluster`` leaves these out, ``--skip-one-worker``
+  the 1-worker run.
+
+``--workdir DIR --reuse-input`` keeps ``DIR/fleet.parquet`` from an earlier run when its footer
+holds ``n_series`` x 288 rows, instead of generating it again.
+
+Every measurement also gives ``load_1min``: the lowest and highest 1-minute load average,
+sampled every 5 s while it ran (other jobs on the machine show up there).
 
 Scaling efficiency is ``T(single) / (K * T(cluster-K))`` and, apart from the shuffle's
 cost, ``T(cluster-1) / (K * T(cluster-K))``. Prints one JSON line per measurement.
@@ -29,7 +36,10 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -56,6 +66,35 @@ def vmhwm_mb() -> float:
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) / 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+@contextmanager
+def load_sampler(every_s: float = 5.0) -> Iterator[list[float]]:
+    """Samples the 1-minute load average every ``every_s`` seconds while the block runs (first sample at once)."""
+    samples: list[float] = []
+    stop = threading.Event()
+
+    def loop() -> None:
+        while True:
+            samples.append(os.getloadavg()[0])
+            if stop.wait(every_s):
+                return
+
+    thread = threading.Thread(target=loop, daemon=True)
+    thread.start()
+    try:
+        yield samples
+    finally:
+        stop.set()
+        thread.join()
+        samples.append(os.getloadavg()[0])
+
+
+def measured(run: Callable[[], dict[str, object]]) -> dict[str, object]:
+    """``run()``'s row plus ``load_1min``: the lowest and highest 1-minute load average seen while it ran."""
+    with load_sampler() as load:
+        row = run()
+    return {**row, "load_1min": [round(min(load), 2), round(max(load), 2)]}
 
 
 def generate(path: Path, n_series: int, n_steps: int = 288, batch: int = 10_000, *, sorted_ids: bool = False) -> float:
@@ -85,6 +124,21 @@ def generate(path: Path, n_series: int, n_steps: int = 288, batch: int = 10_000,
     assert writer is not None
     writer.close()
     return time.perf_counter() - t
+
+
+def reusable(path: Path, n_series: int, n_steps: int = 288) -> bool:
+    """Whether ``path`` is a fleet file of ``n_series`` machines (its footer's row count; data is not read).
+
+    ``--sorted-ids`` is not recorded in the file: reuse a file generated with the same flag.
+    """
+    import pyarrow.parquet as pq
+
+    if not path.is_file():
+        return False
+    try:
+        return int(pq.ParquetFile(path).metadata.num_rows) == n_series * n_steps
+    except Exception:  # not Parquet (e.g. a half-written file): generate it again
+        return False
 
 
 def run_single(inp: Path, out: Path, horizon: int, model: str) -> dict[str, object]:
@@ -138,6 +192,11 @@ def main() -> None:
         "--sorted-ids", action="store_true", help="Zero-padded ids: the file is sorted by id, the single path streams."
     )
     ap.add_argument("--workdir", type=Path, default=None)
+    ap.add_argument(
+        "--reuse-input",
+        action="store_true",
+        help="Keep WORKDIR/fleet.parquet if it holds N machines x 288 rows (checked from its footer); else generate.",
+    )
     args = ap.parse_args()
     work = args.workdir or Path(tempfile.mkdtemp(prefix="bench-cluster-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -150,13 +209,16 @@ def main() -> None:
         "model": args.model,
         "sorted_ids": args.sorted_ids,
     }
-    gen_s = generate(inp, args.n_series, sorted_ids=args.sorted_ids)
+    if args.reuse_input and reusable(inp, args.n_series):
+        what, gen_s = "reuse", 0.0
+    else:
+        what, gen_s = "generate", generate(inp, args.n_series, sorted_ids=args.sorted_ids)
     size_mb = inp.stat().st_size / 2**20
     print(
         json.dumps(
             {
                 **base,
-                "what": "generate",
+                "what": what,
                 "seconds": round(gen_s, 1),
                 "file_mb": round(size_mb, 1),
                 "bench_process_peak_mb": round(vmhwm_mb(), 1),
@@ -166,12 +228,12 @@ def main() -> None:
     )
     rows: dict[str, dict[str, object]] = {}
     if not args.skip_single:
-        rows["single"] = run_single(inp, work / "single.parquet", args.horizon, args.model)
+        rows["single"] = measured(lambda: run_single(inp, work / "single.parquet", args.horizon, args.model))
         print(json.dumps({**base, "what": "single", **rows["single"]}), flush=True)
     sizes = sorted({args.workers} if args.skip_one_worker else {1, args.workers})
     for k in [] if args.skip_cluster else sizes:
         out = work / f"parts-{k}"
-        rows[f"cluster-{k}"] = run_cluster(inp, out, args.horizon, args.model, k)
+        rows[f"cluster-{k}"] = measured(lambda: run_cluster(inp, out, args.horizon, args.model, k))  # noqa: B023
         print(json.dumps({**base, "what": f"cluster-{k}", **rows[f"cluster-{k}"]}), flush=True)
         shutil.rmtree(out, ignore_errors=True)
     k = args.workers
@@ -180,7 +242,8 @@ def main() -> None:
         eff = {"what": "scaling", "workers": k}
         if "single" in rows:
             eff["efficiency_vs_single"] = round(float(rows["single"]["seconds"]) / (k * tk), 3)  # type: ignore[arg-type]
-        eff["efficiency_vs_cluster_1"] = round(float(rows["cluster-1"]["seconds"]) / (k * tk), 3)  # type: ignore[arg-type]
+        if "cluster-1" in rows and k != 1:
+            eff["efficiency_vs_cluster_1"] = round(float(rows["cluster-1"]["seconds"]) / (k * tk), 3)  # type: ignore[arg-type]
         print(json.dumps({**base, **eff}))
     if args.workdir is None:
         shutil.rmtree(work, ignore_errors=True)
