@@ -96,14 +96,18 @@ class TestDirect:
 
     def test_rerun_after_a_shuffled_run(self, client, grouped_parquet: Path, tmp_path: Path) -> None:
         """The direct run's fewer parts replace the shuffled run's parts; no stale part is read back."""
-        forecast_distributed(
-            client, grouped_parquet, 6, tmp_path / "out", model="naive", rows_per_bucket=500, shuffle="always"
-        )
-        n_before = len(list((tmp_path / "out").glob("part-*.parquet")))
+        out = tmp_path / "out"
+        forecast_distributed(client, grouped_parquet, 6, out, model="naive", rows_per_bucket=500, shuffle="always")
+        n_before = len(list(out.glob("part-*.parquet")))
+        job = forecast_distributed(client, grouped_parquet, 6, out, model="naive", rows_per_bucket=5000)
+        assert job.mode == "direct" and 2 <= job.n_parts < n_before
+        assert len(list(out.glob("part-*.parquet"))) == job.n_parts
+        assert_same_forecast(pd.read_parquet(out), single_machine(grouped_parquet, Naive(), 6))
+
+    def test_fewer_chunks_than_workers_shuffle(self, client, grouped_parquet: Path, tmp_path: Path) -> None:
+        """One chunk for two workers would leave one idle: the shuffle's buckets are used instead."""
         job = forecast_distributed(client, grouped_parquet, 6, tmp_path / "out", model="naive", rows_per_bucket=10**7)
-        assert job.mode == "direct" and job.n_parts == 1 < n_before
-        assert len(list((tmp_path / "out").glob("part-*.parquet"))) == 1
-        assert_same_forecast(pd.read_parquet(tmp_path / "out"), single_machine(grouped_parquet, Naive(), 6))
+        assert job.mode == "shuffle" and job.n_chunks == 1 and job.n_parts >= 2
 
     def test_bad_value_names_the_file(self, client, tmp_path: Path) -> None:
         """A non-numeric cell in one partition fails on the worker that reads it, naming the file."""

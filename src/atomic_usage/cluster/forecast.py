@@ -183,8 +183,9 @@ def forecast_distributed(
     the workers, shuffled by hash of id through ``scratch``, and each bucket is
     regularized, forecast and written as ``output/part-XXXXX.parquet``. ``output/_SUCCESS``
     (a JSON summary) is written last. When the Parquet footers show that every id lies in
-    one chunk (:func:`~atomic_usage.cluster.layout.whole_id_chunks`), there is no shuffle:
-    each chunk is forecast by the task that reads it, one part per chunk.
+    one chunk (:func:`~atomic_usage.cluster.layout.whole_id_chunks`), and there are at least
+    as many chunks as workers, there is no shuffle: each chunk is forecast by the task that
+    reads it, one part per chunk.
 
     Args:
         client: a connected :class:`distributed.Client` (see :func:`~atomic_usage.cluster.client.connect`).
@@ -222,7 +223,10 @@ def forecast_distributed(
     with map_dask_errors(label):
         ref = resolve_model(model, default_model_dir)
         chunks = plan_chunks(paths, rows_per_chunk=rows_per_bucket)
+        n_workers = len(client.scheduler_info(n_workers=-1)["workers"])
         direct = whole_id_chunks(chunks, rows_per_chunk=rows_per_bucket) if shuffle == "auto" else None
+        if direct is not None and len(direct) < n_workers:
+            direct = None  # fewer chunks than workers: the shuffle's buckets keep every worker busy
         plugin = ModelPlugin(ref)
         client.register_plugin(plugin)
         scratch_dir = prepare_output(out_dir, Path(scratch).resolve() if scratch else None)
@@ -245,7 +249,6 @@ def forecast_distributed(
             results = gather(client, futures)
             n_rows_in = sum(r["rows_in"] for r in results)
         else:
-            n_workers = len(client.scheduler_info(n_workers=-1)["workers"])
             n_buckets = n_buckets_for(chunks, n_workers, rows_per_bucket)
             rows = run_split(client, chunks, n_buckets, scratch_dir)
             futures = [
