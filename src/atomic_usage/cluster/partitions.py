@@ -50,7 +50,9 @@ CSV_BLOCK_BYTES = 64 * 2**20
 """Bytes of an uncompressed CSV file read by one split task (lines are never cut)."""
 
 PIECE_COMPRESSION = "lz4"
-"""Codec of the scratch pieces (Arrow IPC). About Parquet's size on disk at a third of the CPU."""
+"""Codec of the scratch pieces (Arrow IPC). Against Parquet pieces, at 100,000 machines and 29 or 288
+buckets: lz4 took 54-70 % less CPU to write and 30-45 % less to read, on up to 32 % more disk; zstd
+took 32-35 % less to write and 10-32 % less to read, on 4-35 % less disk. CPU limits jobs here."""
 
 _CSV_ROW_BYTES_GUESS = 50
 """Bytes per row assumed when sizing buckets from a CSV file's size (``vm-1,2026-...Z,12.3,45.6,7.8``)."""
