@@ -39,6 +39,29 @@ def messy_parquet(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+def write_grouped(df: pd.DataFrame, path: Path, ids_per_group: int) -> Path:
+    """Writes ``df`` to Parquet with one row group per ``ids_per_group`` ids, as a fleet export
+    written machine by machine does: consecutive ids in string order, rows within a group in
+    ``df``'s order (here shuffled). The row groups' id ranges are therefore disjoint."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    ids = sorted(df["id"].astype(str).unique())
+    group_of = {sid: k // ids_per_group for k, sid in enumerate(ids)}
+    groups = df["id"].astype(str).map(group_of).to_numpy()
+    table = pa.Table.from_pandas(df, preserve_index=False)
+    with pq.ParquetWriter(path, table.schema) as writer:
+        for g in range(max(groups) + 1):
+            writer.write_table(table.filter(pa.array(groups == g)))
+    return path
+
+
+@pytest.fixture(scope="module")
+def grouped_parquet(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The 60 messy series of ``messy_parquet``, one row group per 6 machines (10 row groups)."""
+    return write_grouped(messy_frame(), tmp_path_factory.mktemp("in") / "grouped.parquet", 6)
+
+
 def single_machine(path: Path, model: object, horizon: int) -> pd.DataFrame:
     """The single-machine path of `atomic-usage forecast`: read_wide, regularize, forecast_frame."""
     from atomic_usage.data import read_wide, regularize

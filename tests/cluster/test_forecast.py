@@ -16,7 +16,7 @@ from atomic_usage.data import generate_series
 from atomic_usage.errors import ArtifactError, SchemaError
 from atomic_usage.models.baselines import Naive, PredictLinear
 
-from .conftest import assert_same_forecast, messy_frame, single_machine
+from .conftest import assert_same_forecast, messy_frame, single_machine, write_grouped
 
 pytest.importorskip("distributed")
 
@@ -59,6 +59,68 @@ class TestEquality:
         assert_same_forecast(got, single_machine(messy_parquet, Naive(), 6))
         assert (tmp_path / "out" / "_SUCCESS").is_file()
         assert not (tmp_path / "out" / "_scratch").exists()
+
+
+class TestDirect:
+    """An input whose row groups hold whole machines is forecast chunk by chunk, without the shuffle."""
+
+    @pytest.mark.parametrize("name", ["naive", "predict_linear"])
+    def test_equal_to_single_machine(self, client, grouped_parquet: Path, tmp_path: Path, name: str) -> None:
+        """Same rows and values as the single path, one part per chunk, no scratch pieces written."""
+        job = forecast_distributed(
+            client, grouped_parquet, 12, tmp_path / "out", model=name, rows_per_bucket=2000, keep_scratch=True
+        )
+        assert job.mode == "direct" and job.n_chunks > 3 and job.n_parts == job.n_chunks
+        assert "not shuffled" in job.summary()
+        assert not list((tmp_path / "out" / "_scratch").rglob("*"))
+        got = pd.read_parquet(tmp_path / "out")
+        model = Naive() if name == "naive" else PredictLinear()
+        assert_same_forecast(got, single_machine(grouped_parquet, model, 12))
+        assert job.n_series == 60 and job.n_rows_out == len(got) and job.n_rows_in == len(messy_frame())
+
+    def test_batches_inside_a_chunk(self, client, grouped_parquet: Path, tmp_path: Path) -> None:
+        """A chunk larger than rows_per_bucket is forecast in batches of whole ids: same result."""
+        job = forecast_distributed(client, grouped_parquet, 6, tmp_path / "out", model="naive", rows_per_bucket=300)
+        assert job.mode == "direct" and job.n_parts == 10  # one row group a chunk, several batches each
+        assert_same_forecast(pd.read_parquet(tmp_path / "out"), single_machine(grouped_parquet, Naive(), 6))
+
+    def test_shuffle_always(self, client, grouped_parquet: Path, tmp_path: Path) -> None:
+        """shuffle="always" takes the hashed buckets on the same input, with the same forecasts."""
+        job = forecast_distributed(
+            client, grouped_parquet, 6, tmp_path / "out", model="naive", rows_per_bucket=2000, shuffle="always"
+        )
+        assert job.mode == "shuffle"
+        assert_same_forecast(pd.read_parquet(tmp_path / "out"), single_machine(grouped_parquet, Naive(), 6))
+        with pytest.raises(ValueError, match="'auto' or 'always'"):
+            forecast_distributed(client, grouped_parquet, 6, tmp_path / "o2", model="naive", shuffle="never")  # type: ignore[arg-type]
+
+    def test_rerun_after_a_shuffled_run(self, client, grouped_parquet: Path, tmp_path: Path) -> None:
+        """The direct run's fewer parts replace the shuffled run's parts; no stale part is read back."""
+        out = tmp_path / "out"
+        forecast_distributed(client, grouped_parquet, 6, out, model="naive", rows_per_bucket=500, shuffle="always")
+        n_before = len(list(out.glob("part-*.parquet")))
+        job = forecast_distributed(client, grouped_parquet, 6, out, model="naive", rows_per_bucket=5000)
+        assert job.mode == "direct" and 2 <= job.n_parts < n_before
+        assert len(list(out.glob("part-*.parquet"))) == job.n_parts
+        assert_same_forecast(pd.read_parquet(out), single_machine(grouped_parquet, Naive(), 6))
+
+    def test_fewer_chunks_than_workers_shuffle(self, client, grouped_parquet: Path, tmp_path: Path) -> None:
+        """One chunk for two workers would leave one idle: the shuffle's buckets are used instead."""
+        job = forecast_distributed(client, grouped_parquet, 6, tmp_path / "out", model="naive", rows_per_bucket=10**7)
+        assert job.mode == "shuffle" and job.n_chunks == 1 and job.n_parts >= 2
+
+    def test_bad_value_names_the_file(self, client, tmp_path: Path) -> None:
+        """A non-numeric cell in one partition fails on the worker that reads it, naming the file."""
+        df = generate_series(6, n_steps=50, seed=1)
+        ids = sorted(df["id"].unique())
+        (tmp_path / "in").mkdir()
+        df[df["id"].isin(ids[:3])].to_parquet(tmp_path / "in" / "p1.parquet")
+        bad = df[df["id"].isin(ids[3:])].astype({"cpuLoad": str})  # a string column, as a CSV export gives
+        bad.iloc[7, bad.columns.get_loc("cpuLoad")] = "12,5%"
+        bad.to_parquet(tmp_path / "in" / "p2.parquet")
+        with pytest.raises(SchemaError, match=r"p2\.parquet: .*'12,5%'"):
+            forecast_distributed(client, tmp_path / "in", 6, tmp_path / "out", model="naive")
+        assert not (tmp_path / "out" / "_SUCCESS").exists()
 
 
 class TestBadInput:
@@ -153,6 +215,40 @@ class TestWorkerKilled:
         assert parts_at_kill < job.n_parts  # type: ignore[attr-defined]
         got = pd.read_parquet(out)
         assert_same_forecast(got, single_machine(path, SlowNaive(0.0), 12))
+        assert not list(out.glob(".*.tmp"))
+
+    @pytest.mark.slow
+    def test_kill_one_worker_during_direct_forecasts(self, tmp_path: Path) -> None:
+        """The same kill without a shuffle: the dead worker's chunks are read and forecast again."""
+        from atomic_usage.cluster import connect, parse_target
+
+        from ._models import SlowNaive
+
+        path = write_grouped(messy_frame(n_series=80, n_steps=120, seed=9), tmp_path / "fleet.parquet", 5)
+        out = tmp_path / "out"
+        with connect(parse_target("local:2", None)) as client:
+            pids = client.run(os.getpid)
+            box: dict[str, object] = {}
+
+            def run() -> None:
+                try:
+                    box["job"] = forecast_distributed(client, path, 12, out, model=SlowNaive(0.5), rows_per_bucket=600)
+                except BaseException as exc:  # reported by the main thread
+                    box["error"] = exc
+
+            thread = threading.Thread(target=run)
+            thread.start()
+            deadline = time.monotonic() + 60
+            while not list(out.glob("part-*.parquet")) and time.monotonic() < deadline:
+                time.sleep(0.02)
+            parts_at_kill = len(list(out.glob("part-*.parquet")))
+            assert thread.is_alive() and parts_at_kill >= 1
+            os.kill(next(iter(pids.values())), signal.SIGKILL)
+            thread.join(120)
+            assert "error" not in box, box.get("error")
+            job = box["job"]
+        assert job.mode == "direct" and parts_at_kill < job.n_parts  # type: ignore[attr-defined]
+        assert_same_forecast(pd.read_parquet(out), single_machine(path, SlowNaive(0.0), 12))
         assert not list(out.glob(".*.tmp"))
 
 

@@ -2,7 +2,9 @@
 
 The result holds the same rows as the single-machine ``atomic-usage forecast`` (same
 regularization, same model, same columns ``id,timestamp,metric,mean,p10,p50,p90,model``),
-spread over ``part-XXXXX.parquet`` files: one per bucket of ids, every id whole in one part.
+spread over ``part-XXXXX.parquet`` files, every id whole in one part. A part is one bucket
+of hashed ids after the shuffle or, when the Parquet footers show that no id is in two
+chunks (:mod:`~atomic_usage.cluster.layout`), one input chunk, forecast where it was read.
 """
 
 from __future__ import annotations
@@ -12,9 +14,12 @@ import time
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
-from .partitions import plan_chunks, read_bucket, write_parquet_atomic
+import numpy as np
+
+from .layout import whole_id_chunks
+from .partitions import Chunk, plan_chunks, read_bucket, read_chunk, write_parquet_atomic
 from .plugin import ModelPlugin, resolve_model, worker_model
 from .shuffle import (
     DEFAULT_ROWS_PER_BUCKET,
@@ -28,9 +33,11 @@ from .shuffle import (
 )
 
 if TYPE_CHECKING:
+    import pandas as pd
+
     from ..models.base import Forecaster
 
-__all__ = ["ForecastJob", "forecast_bucket", "forecast_distributed"]
+__all__ = ["ForecastJob", "forecast_bucket", "forecast_chunk", "forecast_distributed"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,6 +54,8 @@ class ForecastJob:
         fallback: (id, metric) pairs served by a fallback (see the ``model`` column).
         regularize: the regularization counts summed over buckets (as in ``RegularizeReport``).
         seconds: wall time of the job, connection excluded.
+        mode: ``"shuffle"`` (hashed into buckets through the scratch folder) or ``"direct"``
+            (every id was in one chunk: each chunk forecast where it was read, one part each).
     """
 
     output: Path
@@ -58,13 +67,33 @@ class ForecastJob:
     fallback: int
     regularize: dict[str, int]
     seconds: float
+    mode: str = "shuffle"
 
     def summary(self) -> str:
         """One line for a console."""
+        how = ", ids whole in each chunk: not shuffled" if self.mode == "direct" else ""
         return (
             f"{self.n_series} series, {self.n_rows_out} rows in {self.seconds:.2f}s -> {self.output} "
-            f"({self.n_parts} parts from {self.n_chunks} input chunks)"
+            f"({self.n_parts} parts from {self.n_chunks} input chunks{how})"
         )
+
+
+def _forecast_whole(df: pd.DataFrame, horizon: int, model: Forecaster) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """Regularizes and forecasts ``df`` (every id in it whole); the forecast and the counts."""
+    from ..data.regularize import regularize
+    from ..models.base import forecast_frame
+
+    panel, report = regularize(df)
+    frame = forecast_frame(model, panel, horizon)
+    pairs = frame.loc[frame["model"] != getattr(model, "name", ""), ["id", "metric"]].drop_duplicates()
+    counts = {
+        "series": len(panel),
+        "rows_in": len(df),
+        "rows_out": len(frame),
+        "fallback": len(pairs),
+        "report": dataclasses.asdict(report),
+    }
+    return frame, counts
 
 
 def forecast_bucket(directory: str, part: str, horizon: int, plugin_name: str) -> dict[str, Any]:
@@ -77,23 +106,62 @@ def forecast_bucket(directory: str, part: str, horizon: int, plugin_name: str) -
         plugin_name: the :class:`~atomic_usage.cluster.plugin.ModelPlugin` holding the model.
 
     Returns:
-        Counts for the job's summary.
+        Counts for the job's summary: ``series``, ``rows_in``, ``rows_out``, ``fallback``, ``report``.
     """
-    from ..data.regularize import regularize
-    from ..models.base import forecast_frame
-
-    model = worker_model(plugin_name)
-    panel, report = regularize(read_bucket(directory))
-    frame = forecast_frame(model, panel, horizon)
+    frame, counts = _forecast_whole(read_bucket(directory), horizon, worker_model(plugin_name))
     if len(frame):
         write_parquet_atomic(frame, Path(part))
-    pairs = frame.loc[frame["model"] != getattr(model, "name", ""), ["id", "metric"]].drop_duplicates()
-    return {
-        "series": len(panel),
-        "rows_out": len(frame),
-        "fallback": len(pairs),
-        "report": dataclasses.asdict(report),
-    }
+    return counts
+
+
+def _id_batches(ids: np.ndarray, rows: int) -> np.ndarray:
+    """The batch of each row: whole ids, in order of first appearance, about ``rows`` rows a batch.
+
+    >>> _id_batches(np.array(["a", "b", "a", "c", "c", "d"], object), 3).tolist()
+    [0, 0, 0, 1, 1, 1]
+    """
+    import pandas as pd
+
+    codes, _ = pd.factorize(ids)
+    n = np.bincount(codes)
+    batch: np.ndarray = ((np.cumsum(n) - n) // max(rows, 1))[codes]
+    return batch
+
+
+def forecast_chunk(chunk: Chunk, part: str, horizon: int, plugin_name: str, rows_per_bucket: int) -> dict[str, Any]:
+    """The direct pass, on a worker: read one chunk whose ids are in no other chunk, forecast it, write its part.
+
+    The chunk is regularized and forecast in batches of whole ids of about ``rows_per_bucket``
+    rows, so beyond the chunk itself a worker holds what a bucket task holds.
+
+    Args:
+        chunk: the input chunk (see :func:`~atomic_usage.cluster.layout.whole_id_chunks`).
+        part: the part file to write (its name is fixed by the chunk, so a re-run replaces it).
+        horizon: steps to forecast.
+        plugin_name: the :class:`~atomic_usage.cluster.plugin.ModelPlugin` holding the model.
+        rows_per_bucket: input rows per forecast call.
+
+    Returns:
+        Counts for the job's summary, as :func:`forecast_bucket` gives them.
+
+    Raises:
+        SchemaError: the chunk cannot be read or is not valid wide data (the message names the file).
+    """
+    import pandas as pd
+
+    model = worker_model(plugin_name)
+    df = read_chunk(chunk)
+    batch = _id_batches(df["id"].to_numpy(), rows_per_bucket)
+    # Each batch is taken out of the chunk only while it is forecast; the forecasts are small.
+    done = [_forecast_whole(df[batch == k], horizon, model) for k in np.unique(batch)]
+    done = done or [_forecast_whole(df, horizon, model)]  # an empty chunk still gives the counts' keys
+    counts = [c for _, c in done]
+    total: dict[str, Any] = {k: sum(c[k] for c in counts) for k in counts[0] if k != "report"}
+    total["report"] = {f: sum(c["report"][f] for c in counts) for f in counts[0]["report"]}
+    out = pd.concat([f for f, _ in done], ignore_index=True) if len(done) > 1 else done[0][0]
+    if len(out):
+        write_parquet_atomic(out, Path(part))
+    return total
 
 
 def forecast_distributed(
@@ -107,13 +175,17 @@ def forecast_distributed(
     rows_per_bucket: int = DEFAULT_ROWS_PER_BUCKET,
     scratch: str | Path | None = None,
     keep_scratch: bool = False,
+    shuffle: Literal["auto", "always"] = "auto",
 ) -> ForecastJob:
     """Forecasts every series of the inputs on the cluster of ``client``.
 
     The model is loaded once per worker by a :class:`ModelPlugin`; the inputs are read by
     the workers, shuffled by hash of id through ``scratch``, and each bucket is
     regularized, forecast and written as ``output/part-XXXXX.parquet``. ``output/_SUCCESS``
-    (a JSON summary) is written last.
+    (a JSON summary) is written last. When the Parquet footers show that every id lies in
+    one chunk (:func:`~atomic_usage.cluster.layout.whole_id_chunks`), and there are at least
+    as many chunks as workers, there is no shuffle: each chunk is forecast by the task that
+    reads it, one part per chunk.
 
     Args:
         client: a connected :class:`distributed.Client` (see :func:`~atomic_usage.cluster.client.connect`).
@@ -126,6 +198,8 @@ def forecast_distributed(
         rows_per_bucket: input rows per forecast task, which bounds a worker's memory.
         scratch: the shuffle folder, on storage every worker sees (default ``output/_scratch``).
         keep_scratch: keep the shuffle folder after the job (for debugging).
+        shuffle: ``"auto"`` skips the shuffle when the footers allow it; ``"always"`` shuffles
+            (to measure it, or to get hashed buckets whatever the input).
 
     Returns:
         The job's summary.
@@ -140,6 +214,8 @@ def forecast_distributed(
 
     if horizon < 1:
         raise SchemaError(f"The horizon must be at least 1 step; got {horizon}.")
+    if shuffle not in ("auto", "always"):
+        raise ValueError(f"shuffle must be 'auto' or 'always'; got {shuffle!r}.")
     t0 = time.perf_counter()
     paths = [inputs] if isinstance(inputs, (str, Path)) else list(inputs)
     out_dir = Path(output).resolve()
@@ -147,37 +223,60 @@ def forecast_distributed(
     with map_dask_errors(label):
         ref = resolve_model(model, default_model_dir)
         chunks = plan_chunks(paths, rows_per_chunk=rows_per_bucket)
+        n_workers = len(client.scheduler_info(n_workers=-1)["workers"])
+        direct = whole_id_chunks(chunks, rows_per_chunk=rows_per_bucket) if shuffle == "auto" else None
+        if direct is not None and len(direct) < n_workers:
+            direct = None  # fewer chunks than workers: the shuffle's buckets keep every worker busy
         plugin = ModelPlugin(ref)
         client.register_plugin(plugin)
         scratch_dir = prepare_output(out_dir, Path(scratch).resolve() if scratch else None)
-        n_workers = len(client.scheduler_info(n_workers=-1)["workers"])
-        n_buckets = n_buckets_for(chunks, n_workers, rows_per_bucket)
-        rows = run_split(client, chunks, n_buckets, scratch_dir)
         job = uuid.uuid4().hex[:8]
-        futures = [
-            client.submit(
-                forecast_bucket,
-                str(d),
-                str(out_dir / f"part-{b:05d}.parquet"),
-                horizon,
-                plugin.name,
-                key=f"atomic-forecast-{job}-{b:05d}",
-                pure=False,
-            )
-            for _, b, d in bucket_dirs(scratch_dir, rows)
-        ]
-        results = gather(client, futures)
+        if direct is not None:
+            chunks = direct
+            futures = [
+                client.submit(
+                    forecast_chunk,
+                    c,
+                    str(out_dir / f"part-{i:05d}.parquet"),
+                    horizon,
+                    plugin.name,
+                    rows_per_bucket,
+                    key=f"atomic-forecast-{job}-{i:05d}",
+                    pure=False,
+                )
+                for i, c in enumerate(chunks)
+            ]
+            results = gather(client, futures)
+            n_rows_in = sum(r["rows_in"] for r in results)
+        else:
+            n_buckets = n_buckets_for(chunks, n_workers, rows_per_bucket)
+            rows = run_split(client, chunks, n_buckets, scratch_dir)
+            futures = [
+                client.submit(
+                    forecast_bucket,
+                    str(d),
+                    str(out_dir / f"part-{b:05d}.parquet"),
+                    horizon,
+                    plugin.name,
+                    key=f"atomic-forecast-{job}-{b:05d}",
+                    pure=False,
+                )
+                for _, b, d in bucket_dirs(scratch_dir, rows)
+            ]
+            results = gather(client, futures)
+            n_rows_in = sum(rows.values())
         report = {k: sum(r["report"][k] for r in results) for k in (results[0]["report"] if results else {})}
         result = ForecastJob(
             output=out_dir,
             n_chunks=len(chunks),
             n_parts=sum(1 for r in results if r["rows_out"]),
             n_series=sum(r["series"] for r in results),
-            n_rows_in=sum(rows.values()),
+            n_rows_in=n_rows_in,
             n_rows_out=sum(r["rows_out"] for r in results),
             fallback=sum(r["fallback"] for r in results),
             regularize=report,
             seconds=time.perf_counter() - t0,
+            mode="shuffle" if direct is None else "direct",
         )
         finish_output(out_dir, scratch_dir, dataclasses.asdict(result), keep_scratch=keep_scratch)
     return result

@@ -4,7 +4,9 @@ A job runs in two passes, both on the workers:
 
 1. **split**: each task reads one :class:`Chunk` (a Parquet row-group range, a CSV byte
    range, or a whole source folder), validates it, and writes its rows to
-   ``scratch/s{source}/b{bucket}/c{chunk}.parquet`` where ``bucket = hash(id) % n_buckets``.
+   ``scratch/s{source}/b{bucket}/c{chunk}.arrow`` where ``bucket = hash(id) % n_buckets``.
+   A piece is an Arrow IPC file (lz4): it is written once and read once, so it skips
+   Parquet's encoding, which cost most of the split at many buckets.
 2. **per bucket** (forecast or training set): a task reads every piece of one bucket,
    in chunk order, so the rows of each id come in their original order.
 
@@ -31,6 +33,7 @@ from ..errors import SchemaError
 
 __all__ = [
     "CSV_BLOCK_BYTES",
+    "PIECE_COMPRESSION",
     "Chunk",
     "bucket_dir",
     "bucket_of",
@@ -45,6 +48,11 @@ __all__ = [
 
 CSV_BLOCK_BYTES = 64 * 2**20
 """Bytes of an uncompressed CSV file read by one split task (lines are never cut)."""
+
+PIECE_COMPRESSION = "lz4"
+"""Codec of the scratch pieces (Arrow IPC). Against Parquet pieces, at 100,000 machines and 29 or 288
+buckets: lz4 took 54-70 % less CPU to write and 30-45 % less to read, on up to 32 % more disk; zstd
+took 32-35 % less to write and 10-32 % less to read, on 4-35 % less disk. CPU limits jobs here."""
 
 _CSV_ROW_BYTES_GUESS = 50
 """Bytes per row assumed when sizing buckets from a CSV file's size (``vm-1,2026-...Z,12.3,45.6,7.8``)."""
@@ -304,7 +312,7 @@ def split_chunk(
 def write_pieces(
     df: pd.DataFrame, buckets: np.ndarray, scratch: str | Path, source: int, chunk_no: int
 ) -> dict[int, int]:
-    """Writes the rows of ``df`` to ``bucket_dir(scratch, source, b) / c{chunk_no}.parquet``, by bucket.
+    """Writes the rows of ``df`` to ``bucket_dir(scratch, source, b) / c{chunk_no}.arrow``, by bucket.
 
     Args:
         df: a validated wide frame.
@@ -316,28 +324,48 @@ def write_pieces(
     Returns:
         Rows written per bucket.
     """
+    import pyarrow as pa
+
     counts: dict[int, int] = {}
-    # A stable sort keeps each id's rows in their order within the chunk.
+    # A stable sort keeps each id's rows in their order within the chunk. The frame is turned
+    # into Arrow once and reordered once; each piece is then a zero-copy slice of it.
     order = np.argsort(buckets, kind="stable")
     sorted_b = buckets[order]
-    edges = np.flatnonzero(np.diff(sorted_b)) + 1
-    for part in np.split(order, edges):
-        if not len(part):
-            continue
-        b = int(buckets[part[0]])
-        counts[b] = len(part)
-        piece = df.iloc[part]
-        write_parquet_atomic(piece, bucket_dir(scratch, source, b) / f"c{chunk_no:06d}.parquet")
+    table = pa.Table.from_pandas(df, preserve_index=False).take(pa.array(order))
+    starts = np.flatnonzero(np.r_[True, np.diff(sorted_b) != 0]) if len(sorted_b) else np.array([], np.int64)
+    for a, e in zip(starts, [*starts[1:], len(sorted_b)], strict=True):
+        b = int(sorted_b[a])
+        counts[b] = int(e - a)
+        _write_piece(table.slice(a, e - a), bucket_dir(scratch, source, b) / f"c{chunk_no:06d}.arrow")
     return counts
+
+
+def _write_piece(table: Any, path: Path) -> None:
+    """Writes an Arrow IPC file through a unique temporary name and a rename (see :func:`write_parquet_atomic`)."""
+    import pyarrow as pa
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    codec = PIECE_COMPRESSION if pa.Codec.is_available(PIECE_COMPRESSION) else None
+    try:
+        with (
+            pa.OSFile(str(tmp), "wb") as sink,
+            pa.ipc.new_file(sink, table.schema, options=pa.ipc.IpcWriteOptions(compression=codec)) as writer,
+        ):
+            writer.write_table(table)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def read_bucket(directory: str | Path) -> pd.DataFrame:
     """Pass 2: reads every piece of one bucket, in chunk order, into one wide frame."""
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
-    files = sorted(p for p in Path(directory).glob("c*.parquet"))
-    tables = [pq.read_table(p) for p in files]
+    tables = []
+    for p in sorted(Path(directory).glob("c*.arrow")):
+        with pa.OSFile(str(p), "rb") as source:
+            tables.append(pa.ipc.open_file(source).read_all())
     if not tables:
         return pd.DataFrame({"id": pd.Series([], dtype=str), "timestamp": pd.Series([], dtype="datetime64[ns, UTC]")})
     table = pa.concat_tables(tables, promote_options="default")
