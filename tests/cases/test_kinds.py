@@ -85,7 +85,9 @@ class TestGaps:
         out = run(frame({"g": vals}), MODEL)
         check(out)
         assert out["timestamp"].iloc[0] == T0 + STEP * n  # the grid kept every step
-        assert (out["p50"] > 0).all() or min(v for v in vals if v is not None) == 0
+        # never 0 for want of data; a falling line may reach 0 within the horizon (and is clipped there)
+        seen = [v for v in vals if v is not None]
+        assert (out["p50"] > 0).all() or min(seen) == 0 or seen[-1] + slope * len(out) <= 0
 
 
 class TestOrderAndDuplicates:
@@ -189,7 +191,8 @@ class TestTrendsAndThresholds:
             recent=np.full(12, last),
         )
         t = d["thresholds"][0]
-        assert t["p50"] is None and t["p90"] is None and t["alreadyAbove"] == (last >= level)
+        # compared as reported (4 decimals): 99.99999999999999 shows as 100.0, already at 100
+        assert t["p50"] is None and t["p90"] is None and t["alreadyAbove"] == (round(last, 4) >= level)
 
     @FEW
     @given(last=levels, rise=st.floats(0.01, 10), level=st.sampled_from([90.0, 100.0]))

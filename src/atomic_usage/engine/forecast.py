@@ -183,10 +183,12 @@ def describe_many(
     stamps = [[iso(t) for t in (o + step_s * np.arange(1, H + 1)).tolist()] for o in origins.tolist()]
     levels = [float(level) for level in thresholds]
     cross = []
+    # The origin is compared as reported too: a value that shows as 100.0 is already at 100.
+    last_r = np.round(last_value, 4)
     for level in levels:
-        hit50, at50 = _crossings(rounded[:, 1], level, last_value)
-        hit90, at90 = _crossings(rounded[:, 2], level, last_value)
-        cross.append((hit50.tolist(), at50.tolist(), hit90.tolist(), at90.tolist(), (last_value >= level).tolist()))
+        hit50, at50 = _crossings(rounded[:, 1], level, last_r)
+        hit90, at90 = _crossings(rounded[:, 2], level, last_r)
+        cross.append((hit50.tolist(), at50.tolist(), hit90.tolist(), at90.tolist(), (last_r >= level).tolist()))
     origin = last_ts.tolist()
     which_l = which.tolist()
     known_l = spread.tolist()
