@@ -178,40 +178,48 @@ class TestCli:
         assert r.exit_code == 2 and "local or local:N" in r.output
 
 
+def _kill_one_worker_mid_job(path: Path, out: Path) -> tuple[object, int]:
+    """Runs a slow forecast of ``path`` on two workers and SIGKILLs one once the first part is
+    written; returns the finished job and how many parts there were at the kill."""
+    from atomic_usage.cluster import connect, parse_target
+
+    from ._models import SlowNaive
+
+    with connect(parse_target("local:2", None)) as client:
+        pids = client.run(os.getpid)
+        box: dict[str, object] = {}
+
+        def run() -> None:
+            try:
+                box["job"] = forecast_distributed(client, path, 12, out, model=SlowNaive(0.5), rows_per_bucket=600)
+            except BaseException as exc:  # reported by the main thread
+                box["error"] = exc
+
+        thread = threading.Thread(target=run)
+        thread.start()
+        deadline = time.monotonic() + 60
+        while not list(out.glob("part-*.parquet")) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        parts_at_kill = len(list(out.glob("part-*.parquet")))
+        assert thread.is_alive() and parts_at_kill >= 1
+        os.kill(next(iter(pids.values())), signal.SIGKILL)
+        thread.join(120)
+        assert "error" not in box, box.get("error")
+        return box["job"], parts_at_kill
+
+
 class TestWorkerKilled:
     """A worker killed mid-job: Dask re-runs its tasks; the output is complete, without duplicates."""
 
     @pytest.mark.slow
     def test_kill_one_worker_during_forecasts(self, tmp_path: Path) -> None:
         """SIGKILL one of two worker processes once the first part is written; the job still finishes."""
-        from atomic_usage.cluster import connect, parse_target
-
         from ._models import SlowNaive
 
         path = tmp_path / "fleet.parquet"
         messy_frame(n_series=80, n_steps=120, seed=9).to_parquet(path, row_group_size=2000)
         out = tmp_path / "out"
-        with connect(parse_target("local:2", None)) as client:
-            pids = client.run(os.getpid)
-            box: dict[str, object] = {}
-
-            def run() -> None:
-                try:
-                    box["job"] = forecast_distributed(client, path, 12, out, model=SlowNaive(0.5), rows_per_bucket=600)
-                except BaseException as exc:  # reported by the main thread
-                    box["error"] = exc
-
-            thread = threading.Thread(target=run)
-            thread.start()
-            deadline = time.monotonic() + 60
-            while not list(out.glob("part-*.parquet")) and time.monotonic() < deadline:
-                time.sleep(0.02)
-            parts_at_kill = len(list(out.glob("part-*.parquet")))
-            assert thread.is_alive() and parts_at_kill >= 1
-            os.kill(next(iter(pids.values())), signal.SIGKILL)
-            thread.join(120)
-            assert "error" not in box, box.get("error")
-            job = box["job"]
+        job, parts_at_kill = _kill_one_worker_mid_job(path, out)
         assert parts_at_kill < job.n_parts  # type: ignore[attr-defined]
         got = pd.read_parquet(out)
         assert_same_forecast(got, single_machine(path, SlowNaive(0.0), 12))
@@ -220,33 +228,11 @@ class TestWorkerKilled:
     @pytest.mark.slow
     def test_kill_one_worker_during_direct_forecasts(self, tmp_path: Path) -> None:
         """The same kill without a shuffle: the dead worker's chunks are read and forecast again."""
-        from atomic_usage.cluster import connect, parse_target
-
         from ._models import SlowNaive
 
         path = write_grouped(messy_frame(n_series=80, n_steps=120, seed=9), tmp_path / "fleet.parquet", 5)
         out = tmp_path / "out"
-        with connect(parse_target("local:2", None)) as client:
-            pids = client.run(os.getpid)
-            box: dict[str, object] = {}
-
-            def run() -> None:
-                try:
-                    box["job"] = forecast_distributed(client, path, 12, out, model=SlowNaive(0.5), rows_per_bucket=600)
-                except BaseException as exc:  # reported by the main thread
-                    box["error"] = exc
-
-            thread = threading.Thread(target=run)
-            thread.start()
-            deadline = time.monotonic() + 60
-            while not list(out.glob("part-*.parquet")) and time.monotonic() < deadline:
-                time.sleep(0.02)
-            parts_at_kill = len(list(out.glob("part-*.parquet")))
-            assert thread.is_alive() and parts_at_kill >= 1
-            os.kill(next(iter(pids.values())), signal.SIGKILL)
-            thread.join(120)
-            assert "error" not in box, box.get("error")
-            job = box["job"]
+        job, parts_at_kill = _kill_one_worker_mid_job(path, out)
         assert job.mode == "direct" and parts_at_kill < job.n_parts  # type: ignore[attr-defined]
         assert_same_forecast(pd.read_parquet(out), single_machine(path, SlowNaive(0.0), 12))
         assert not list(out.glob(".*.tmp"))

@@ -34,7 +34,7 @@ DEFAULT_MAX_GROUP: Final = 512
 _log = logging.getLogger(__name__)
 
 
-def _settle(fut: Future[Any], value: Any) -> None:
+def settle(fut: Future[Any], value: Any) -> None:
     """Resolves ``fut`` with a result or an exception, unless it was already resolved or cancelled."""
     if fut.done():
         return
@@ -121,7 +121,7 @@ class GroupCommitter:
             self.groups += 1
             self.writes += len(ops)
             for (_, fut), res in zip(group, results, strict=True):
-                _settle(fut, res)
+                settle(fut, res)
 
     def close(self, timeout_s: float = 10.0) -> None:
         """Refuses new writes, commits the queued ones (for up to ``timeout_s``), then stops.
@@ -136,7 +136,7 @@ class GroupCommitter:
             left = list(self._queue)
             self._queue.clear()
         for _, fut in left:
-            _settle(fut, EngineError("The engine stopped before this write was stored; send the request again."))
+            settle(fut, EngineError("The engine stopped before this write was stored; send the request again."))
 
     def __enter__(self) -> GroupCommitter:
         return self

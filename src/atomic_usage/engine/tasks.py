@@ -38,6 +38,7 @@ import orjson
 from .._types import DEFAULT_METRICS
 from ..errors import EngineError
 from ..models.base import no_data_reason
+from .commit import settle
 from .forecast import TREND_STEPS, describe_many, iso
 from .runner import MachineForecast, WorkItem
 from .store import CompleteOp, FailOp, Task
@@ -68,19 +69,6 @@ class Outcome(NamedTuple):
     bodies: list[bytes] | None
     results: list[dict[str, Any]] | None = None
     plain: list[bytes] | None = None
-
-
-def settle(fut: Future[Any], value: Any) -> None:
-    """Resolves ``fut`` with a result or an exception, unless it is already resolved."""
-    if fut.done():
-        return
-    try:
-        if isinstance(value, BaseException):
-            fut.set_exception(value)
-        else:
-            fut.set_result(value)
-    except Exception:  # InvalidStateError: resolved meanwhile
-        pass
 
 
 @dataclass(eq=False)
