@@ -100,6 +100,17 @@ class TestFastPath:
         assert _send(app, "GET", "/healthz", None, AUTH).json() == {"status": "ok"}
         assert _send(app, "GET", "/v1/tasks/nope", None, AUTH).status_code == 404
 
+    def test_latency_labelled_with_the_route(self, predictor: UsagePredictor) -> None:
+        """Requests answered by the fast path are counted under route="/v1/predict", as the route's are."""
+        app = create_app(predictor.settings, predictor)
+        assert _send(app, "POST", "/v1/predict", _body(1, 2, mid="m"), {**AUTH, "Idempotency-Key": "m-1"}).is_success
+        assert _send(app, "POST", "/v1/predict", b"{", AUTH).status_code == 400
+        text = _send(app, "GET", "/metrics", None, AUTH).text
+        labels = [ln for ln in text.splitlines() if ln.startswith("atomic_http_request_duration_seconds_count")]
+        assert any('route="/v1/predict"' in ln and 'status="200"' in ln for ln in labels), labels
+        assert any('route="/v1/predict"' in ln and 'status="400"' in ln for ln in labels), labels
+        assert not any('route="unmatched"' in ln and 'method="POST"' in ln for ln in labels), labels
+
     @pytest.mark.parametrize(
         ("qs", "expected"),
         [

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import orjson
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -56,6 +56,25 @@ def _query(qs: bytes) -> tuple[int | None, bool] | None:
         else:
             return None
     return horizon, bool(sealed)
+
+
+class _RouteLabel(NamedTuple):
+    """What the latency histogram reads of a route (its ``path``), when the route is not found."""
+
+    path: str
+
+
+def _find_route(routes: Any, path: str, depth: int = 0) -> Any:
+    """The route serving ``path`` among ``routes``, looking inside included routers."""
+    for r in routes or ():
+        if getattr(r, "path", None) == path:
+            return r
+        inner = getattr(r, "routes", None) or getattr(getattr(r, "router", None), "routes", None)
+        if inner and depth < 4:
+            found = _find_route(inner, path, depth + 1)
+            if found is not None:
+                return found
+    return None
 
 
 class PredictFastPath:
@@ -116,7 +135,8 @@ class PredictFastPath:
             await self.app(scope, receive, send)
             return
         if self._route is None:
-            self._route = next((r for r in getattr(self.app, "routes", ()) if getattr(r, "path", None) == _PATH), None)
+            # The next app in the middleware stack is not the router; the FastAPI app is in the scope.
+            self._route = _find_route(getattr(scope.get("app"), "routes", ()), _PATH) or _RouteLabel(_PATH)
         scope["route"] = self._route  # for the latency histogram's route label
         key, horizon, sealed, declared = plan
         st = self.state
