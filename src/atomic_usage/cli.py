@@ -735,6 +735,13 @@ def calibrate(
         _calibrate_served(model_dir, bank, holdout, _command_line(ctx))
 
 
+def _near_summary(near: dict[str, Any]) -> str:
+    spec = near.get("spec", {})
+    return (
+        f"{near.get('file')} {near.get('version', '?')}: context {spec.get('context')} / horizon {spec.get('horizon')}"
+    )
+
+
 @app.command()
 def info() -> None:
     """Show the settings in force, the data folder and the model served."""
@@ -750,6 +757,8 @@ def info() -> None:
             ("persistence", not settings.skip_persistence),
             ("model", f"{card.name} {card.version} ({d})"),
             ("context / horizon", f"{card.context_length} / {card.horizon}"),
+            *([("first steps", _near_summary(card.near))] if card.near else []),
+            ("serving", card.serving.get("selection", "none")),
             ("trained by", card.training.get("command", "?")),
             ("log level", settings.log_level),
             ("thresholds", settings.thresholds),
