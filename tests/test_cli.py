@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 from typer.testing import CliRunner
@@ -122,13 +123,22 @@ class TestTrainAndDataset:
         assert card.training["command"].startswith("atomic-usage train") and card.context_length == 24
         # train calibrates the served interval on the ends of its training series
         assert len(card.serving["interval_scale"]) == 12 and card.serving["calibration"]["windows"] > 0
-        assert card.serving["selection"] == "none"  # the networks serve every series (docs/accuracy.md)
+        # the short network serves the first steps; after them the long network or naive, per series
+        assert card.serving["selection"] == "after-near"
         served = load_model(out)
         assert served.interval_scale.tolist() == card.serving["interval_scale"]  # type: ignore[attr-defined]
         # the short network serves the first 6 steps, from its own file
         assert card.near["file"] == "near.onnx" and (out / "near.onnx").is_file()
         raw = load_model(out, raw=True)
         assert isinstance(raw, SplitHorizon) and raw.near.spec.context == 12 and raw.near.spec.horizon == 6
+        from atomic_usage.models.ensemble import BacktestSelector
+
+        split = served.candidates[0]  # type: ignore[attr-defined]
+        assert isinstance(split, SplitHorizon) and isinstance(split.far, BacktestSelector)
+        assert [c.name for c in split.far.candidates] == ["atomic", "naive"] and split.spec.context == 24
+        ramp = np.linspace(10, 40, 60)
+        fc = served.forecast_arrays([ramp], 12, np.array([True]))
+        assert fc.shape == (1, 3, 12) and (np.diff(fc, axis=1) >= 0).all()
         # calibrate redoes it in place, recording its own command
         res = runner.invoke(app, ["calibrate", "--model", str(out), "--data", str(ts)])
         assert res.exit_code == 0, res.output

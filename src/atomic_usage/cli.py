@@ -588,10 +588,12 @@ def train(
     selection: Annotated[
         str,
         typer.Option(
-            help="none: the networks serve every series; backtest: serve each series with the networks or "
-            "naive, whichever did best on its own recent history. Either way the served band is calibrated."
+            help="after-near: the short network serves the first steps, and after them each series gets the "
+            "long network or naive, whichever did best on its own recent history; none: the networks serve every "
+            "series; backtest: the whole forecast is the networks' or naive's, per series. The served band is "
+            "calibrated in every case."
         ),
-    ] = "none",
+    ] = "after-near",
     near_context: Annotated[
         int,
         typer.Option(
@@ -610,8 +612,8 @@ def train(
     is 0, a short-context one that serves the first --near-horizon steps.
     """
     _settings()
-    if selection not in ("backtest", "none"):
-        raise typer.BadParameter(f"must be backtest or none, not {selection!r}", param_hint="--selection")
+    if selection not in ("backtest", "none", "after-near"):
+        raise typer.BadParameter(f"must be after-near, none or backtest, not {selection!r}", param_hint="--selection")
     with _errors():
         import datetime as dt
         import hashlib
@@ -681,8 +683,8 @@ def train(
             },
             validation=json.loads(json.dumps(result.validation, default=float)),
             near=near,
-            serving={"selection": "backtest", "k": 3, "backtest_max": 12, "candidates": ["naive"]}
-            if selection == "backtest"
+            serving={"selection": selection, "k": 3, "backtest_max": 12, "candidates": ["naive"]}
+            if selection != "none"
             else {"selection": "none"},
         )
         save_artifact(out_dir, onnx_bytes, card, near_bytes=near_bytes)
@@ -696,7 +698,7 @@ def _calibrate_served(model_dir: Path, bank: Any, holdout: Any, command: str) ->
     from .models.calibrate import served_interval_scale
 
     card = read_card(model_dir)
-    if card.serving.get("selection") not in ("backtest", "none"):
+    if card.serving.get("selection") not in ("backtest", "none", "after-near"):
         raise ModelError(
             f"{model_dir}: model.json says nothing of how it is served (serving.selection); "
             "retrain it with `atomic-usage train`."

@@ -87,4 +87,5 @@ class TestBacktestSelector:
         assert isinstance(model, BacktestSelector)
         model.warm_up()
         split = model.candidates[0]
-        assert split.near._session is not None and split.far._session is not None  # type: ignore[attr-defined]
+        far = getattr(split.far, "candidates", [split.far])[0]  # the long network, maybe inside its selector
+        assert split.near._session is not None and far._session is not None  # type: ignore[attr-defined]

@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ..errors import ArtifactError
 from .base import Forecaster
+from .baselines import BASELINES
 from .neural import NeuralForecaster, NeuralSpec, SplitHorizon
 
 __all__ = [
@@ -169,38 +170,49 @@ def load_model(model_dir: str | Path | None = None, *, threads: int = 0, raw: bo
     d = Path(model_dir) if model_dir is not None else default_model_dir()
     card = read_card(d)
     far = NeuralForecaster(d / "model.onnx", NeuralSpec.from_dict(card.spec), name=card.name, threads=threads)
-    model: NeuralForecaster | SplitHorizon = far
+    far.card = card  # type: ignore[attr-defined]
+    model: Forecaster = far
+    sel = card.serving.get("selection")
+    if sel not in (None, "backtest", "none", "after-near"):
+        raise ArtifactError(
+            f"{d}: unknown serving selection {sel!r} in model.json; use 'backtest', 'after-near' or 'none'.",
+            path=str(d),
+        )
+    names = card.serving.get("candidates", ["naive"]) if sel in ("backtest", "after-near") else []
+    unknown = [c for c in names if c not in BASELINES]
+    if unknown:
+        raise ArtifactError(
+            f"{d}: unknown serving candidates {unknown} in model.json; use {sorted(BASELINES)}.", path=str(d)
+        )
+    k, backtest_max = int(card.serving.get("k", 3)), int(card.serving.get("backtest_max", 288))
     if card.near:
         try:
             near_spec = NeuralSpec.from_dict(card.near["spec"])
         except (KeyError, TypeError, ValueError) as exc:
             raise ArtifactError(f"{d}: model.json's near network is malformed ({exc}).", path=str(d)) from None
         near = NeuralForecaster(d / _near_file(card, d), near_spec, name=card.name, threads=threads)
-        model = SplitHorizon(near, far)
-    model.card = card  # type: ignore[union-attr]
-    sel = card.serving.get("selection")
+        # "after-near": the short network serves the first steps; after them each series gets
+        # the long network or a baseline, whichever backtested best on that series.
+        after = far if raw or sel != "after-near" else _select([far, *(BASELINES[c]() for c in names)], k, backtest_max)
+        model = SplitHorizon(near, after)
+    model.card = card  # type: ignore[attr-defined]
     if raw or not sel:
         return model
-    if sel not in ("backtest", "none"):
-        raise ArtifactError(
-            f"{d}: unknown serving selection {sel!r} in model.json; use 'backtest' or 'none'.", path=str(d)
-        )
-    from .baselines import BASELINES
-    from .ensemble import BacktestSelector
-
-    # "none": the network serves every series; only the served interval scale applies.
-    names = card.serving.get("candidates", ["naive"]) if sel == "backtest" else []
-    unknown = [c for c in names if c not in BASELINES]
-    if unknown:
-        raise ArtifactError(
-            f"{d}: unknown serving candidates {unknown} in model.json; use {sorted(BASELINES)}.", path=str(d)
-        )
-    return BacktestSelector(
-        [model, *(BASELINES[c]() for c in names)],
-        k=int(card.serving.get("k", 3)),
-        backtest_max=int(card.serving.get("backtest_max", 288)),
+    # "backtest": the whole forecast is chosen per series; otherwise only the served band applies.
+    return _select(
+        [model, *(BASELINES[c]() for c in (names if sel == "backtest" else []))],
+        k,
+        backtest_max,
         interval_scale=[float(f) for f in card.serving.get("interval_scale", [])],
     )
+
+
+def _select(
+    candidates: list[Forecaster], k: int, backtest_max: int, *, interval_scale: list[float] | None = None
+) -> Forecaster:
+    from .ensemble import BacktestSelector
+
+    return BacktestSelector(candidates, k=k, backtest_max=backtest_max, interval_scale=interval_scale or [])
 
 
 def read_networks(model_dir: str | Path) -> tuple[bytes, bytes | None]:

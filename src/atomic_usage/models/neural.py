@@ -321,10 +321,11 @@ class SplitHorizon(Forecaster):
 
     Args:
         near: the short-context network.
-        far: the long-context network; its spec sizes the engine's history.
+        far: the long-context network (or a forecaster serving it, such as a per-series
+            selection between it and naive); its spec sizes the engine's history.
     """
 
-    def __init__(self, near: NeuralForecaster, far: NeuralForecaster) -> None:
+    def __init__(self, near: NeuralForecaster, far: Forecaster) -> None:
         self.near = near
         self.far = far
         self.name = far.name
@@ -332,7 +333,8 @@ class SplitHorizon(Forecaster):
     @property
     def spec(self) -> NeuralSpec:
         """The long network's spec (its context is the history the engine keeps)."""
-        return self.far.spec
+        spec: NeuralSpec = getattr(self.far, "spec")  # noqa: B009 - a selector passes its network's spec on
+        return spec
 
     def warm_up(self) -> None:
         """Opens both networks' sessions."""
