@@ -207,3 +207,22 @@ class TestMembersAndSplit:
         np.testing.assert_array_equal(both[:, :, :6], near.forecast_arrays(hists, 6, b))
         np.testing.assert_array_equal(both[:, :, 6:], orig(hists, 20, b)[:, :, 6:])
         assert split.spec is far.spec and split.fallback_flags(hists) == ["tiny", "linear(exact-history)"]
+
+    def test_near_network_missing_or_malformed(self, tmp_path: Path, tiny_model_dir: Path) -> None:
+        """A card naming a near network whose file is absent, or whose spec or file name is bad,
+        is an ArtifactError naming the problem; nothing is half-loaded."""
+        card = json.loads((tiny_model_dir / "model.json").read_text())
+        spec = {**card["spec"], "horizon": 6}
+        for near, message in [
+            ({"file": "near.onnx", "spec": spec}, "near.onnx is missing"),
+            ({"file": "../x.onnx", "spec": spec}, "must be a plain"),
+            ({"file": "near.onnx", "spec": {"context": "many"}}, "near network is malformed"),
+        ]:
+            d = tmp_path / f"m{len(message)}"
+            d.mkdir()
+            (d / "model.onnx").write_bytes((tiny_model_dir / "model.onnx").read_bytes())
+            if "missing" not in message:
+                (d / "near.onnx").write_bytes((tiny_model_dir / "model.onnx").read_bytes())
+            (d / "model.json").write_text(json.dumps({**card, "near": near}))
+            with pytest.raises(ArtifactError, match=message):
+                load_model(d).forecast_arrays([np.arange(60.0)], 12, np.array([True]))

@@ -188,6 +188,10 @@ def load_model(model_dir: str | Path | None = None, *, threads: int = 0, raw: bo
     if card.near:
         try:
             near_spec = NeuralSpec.from_dict(card.near["spec"])
+            for field in ("context", "horizon", "hidden", "layers", "members", "ratio_window"):
+                value, least = getattr(near_spec, field), 0 if field == "ratio_window" else 1
+                if isinstance(value, bool) or not isinstance(value, int) or value < least:
+                    raise ValueError(f"{field} must be a whole number, not {value!r}")
         except (KeyError, TypeError, ValueError) as exc:
             raise ArtifactError(f"{d}: model.json's near network is malformed ({exc}).", path=str(d)) from None
         near = NeuralForecaster(d / _near_file(card, d), near_spec, name=card.name, threads=threads)
