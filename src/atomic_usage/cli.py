@@ -612,8 +612,14 @@ def train(
     is 0, a short-context one that serves the first --near-horizon steps.
     """
     _settings()
-    if selection not in ("backtest", "none", "after-near"):
-        raise typer.BadParameter(f"must be after-near, none or backtest, not {selection!r}", param_hint="--selection")
+    from .models.artifact import SELECTIONS
+
+    if selection not in SELECTIONS:
+        raise typer.BadParameter(f"must be one of {', '.join(SELECTIONS)}, not {selection!r}", param_hint="--selection")
+    if near_context and near_horizon >= horizon:
+        raise typer.BadParameter(
+            f"must be below --horizon ({horizon}), not {near_horizon}", param_hint="--near-horizon"
+        )
     with _errors():
         import datetime as dt
         import hashlib
@@ -628,10 +634,6 @@ def train(
         from .models.neural import NeuralSpec
 
         bank, holdout, _ = _build_bank(data, holdout_last, holdout_machines)
-        if near_context and near_horizon >= horizon:
-            raise typer.BadParameter(
-                f"must be below --horizon ({horizon}), not {near_horizon}", param_hint="--near-horizon"
-            )
         spec = NeuralSpec(context=context, horizon=horizon)
         config = TrainConfig(steps=steps, batch_size=batch_size, seed=seed, time_budget_s=time_budget)
         with _progress("training", steps) as advance:
@@ -694,11 +696,11 @@ def train(
 
 def _calibrate_served(model_dir: Path, bank: Any, holdout: Any, command: str) -> None:
     """Fits the served interval's factors (models/calibrate.py) and rewrites model.json."""
-    from .models.artifact import load_model, read_card, read_networks, save_artifact
+    from .models.artifact import SELECTIONS, load_model, read_card, read_networks, save_artifact
     from .models.calibrate import served_interval_scale
 
     card = read_card(model_dir)
-    if card.serving.get("selection") not in ("backtest", "none", "after-near"):
+    if card.serving.get("selection") not in SELECTIONS:
         raise ModelError(
             f"{model_dir}: model.json says nothing of how it is served (serving.selection); "
             "retrain it with `atomic-usage train`."

@@ -24,10 +24,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from ..errors import ArtifactError
 from .base import Forecaster
 from .baselines import BASELINES
+from .ensemble import BacktestSelector
 from .neural import NeuralForecaster, NeuralSpec, SplitHorizon
 
 __all__ = [
     "FORMAT_VERSION",
+    "SELECTIONS",
     "ModelCard",
     "default_model_dir",
     "load_forecaster",
@@ -38,6 +40,9 @@ __all__ = [
 
 FORMAT_VERSION = 1
 """The model folder format this version reads and writes."""
+
+SELECTIONS = ("after-near", "none", "backtest")
+"""The values of ``serving.selection`` (see :class:`ModelCard`)."""
 
 
 class ModelCard(BaseModel):
@@ -69,7 +74,9 @@ class ModelCard(BaseModel):
         '"interval_scale": [...]} serves each series with the network or a baseline, whichever backtested best '
         "on k stretches of at most backtest_max steps of that series' own history, and scales the p10/p90 "
         'distances from p50 by interval_scale per step (fit by `atomic-usage calibrate`); {"selection": "none", '
-        '"interval_scale": [...]} serves every series with the network, the band scaled the same way.',
+        '"interval_scale": [...]} serves every series with the networks, the band scaled the same way; '
+        '"after-near" (with the same keys as "backtest") serves the first steps with the near network and '
+        "chooses per series only for the steps after them.",
     )
 
 
@@ -169,13 +176,13 @@ def load_model(model_dir: str | Path | None = None, *, threads: int = 0, raw: bo
     """
     d = Path(model_dir) if model_dir is not None else default_model_dir()
     card = read_card(d)
-    far = NeuralForecaster(d / "model.onnx", NeuralSpec.from_dict(card.spec), name=card.name, threads=threads)
+    far = NeuralForecaster(d / "model.onnx", _spec(card.spec, d, "spec"), name=card.name, threads=threads)
     far.card = card  # type: ignore[attr-defined]
     model: Forecaster = far
     sel = card.serving.get("selection")
-    if sel not in (None, "backtest", "none", "after-near"):
+    if sel is not None and sel not in SELECTIONS:
         raise ArtifactError(
-            f"{d}: unknown serving selection {sel!r} in model.json; use 'backtest', 'after-near' or 'none'.",
+            f"{d}: unknown serving selection {sel!r} in model.json; use one of {', '.join(SELECTIONS)}.",
             path=str(d),
         )
     names = card.serving.get("candidates", ["naive"]) if sel in ("backtest", "after-near") else []
@@ -186,37 +193,31 @@ def load_model(model_dir: str | Path | None = None, *, threads: int = 0, raw: bo
         )
     k, backtest_max = int(card.serving.get("k", 3)), int(card.serving.get("backtest_max", 288))
     if card.near:
-        try:
-            near_spec = NeuralSpec.from_dict(card.near["spec"])
-            for field in ("context", "horizon", "hidden", "layers", "members", "ratio_window"):
-                value, least = getattr(near_spec, field), 0 if field == "ratio_window" else 1
-                if isinstance(value, bool) or not isinstance(value, int) or value < least:
-                    raise ValueError(f"{field} must be a whole number, not {value!r}")
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ArtifactError(f"{d}: model.json's near network is malformed ({exc}).", path=str(d)) from None
+        near_spec = _spec(card.near.get("spec"), d, "near network")
         near = NeuralForecaster(d / _near_file(card, d), near_spec, name=card.name, threads=threads)
         # "after-near": the short network serves the first steps; after them each series gets
         # the long network or a baseline, whichever backtested best on that series.
-        after = far if raw or sel != "after-near" else _select([far, *(BASELINES[c]() for c in names)], k, backtest_max)
+        after: Forecaster = far
+        if sel == "after-near" and not raw:
+            after = BacktestSelector([far, *(BASELINES[c]() for c in names)], k=k, backtest_max=backtest_max)
         model = SplitHorizon(near, after)
     model.card = card  # type: ignore[attr-defined]
     if raw or not sel:
         return model
     # "backtest": the whole forecast is chosen per series; otherwise only the served band applies.
-    return _select(
+    return BacktestSelector(
         [model, *(BASELINES[c]() for c in (names if sel == "backtest" else []))],
-        k,
-        backtest_max,
+        k=k,
+        backtest_max=backtest_max,
         interval_scale=[float(f) for f in card.serving.get("interval_scale", [])],
     )
 
 
-def _select(
-    candidates: list[Forecaster], k: int, backtest_max: int, *, interval_scale: list[float] | None = None
-) -> Forecaster:
-    from .ensemble import BacktestSelector
-
-    return BacktestSelector(candidates, k=k, backtest_max=backtest_max, interval_scale=interval_scale or [])
+def _spec(d: Any, folder: Path, what: str) -> NeuralSpec:
+    try:
+        return NeuralSpec.from_dict(d)
+    except (AttributeError, TypeError, ValueError) as exc:
+        raise ArtifactError(f"{folder}: model.json's {what} is malformed ({exc}).", path=str(folder)) from None
 
 
 def read_networks(model_dir: str | Path) -> tuple[bytes, bytes | None]:

@@ -88,10 +88,19 @@ class NeuralSpec:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> NeuralSpec:
-        """From :meth:`to_dict`'s output (unknown keys are ignored)."""
+        """From :meth:`to_dict`'s output (unknown keys are ignored).
+
+        Raises:
+            ValueError: a size is not a whole number (at least 1; ``ratio_window`` at least 0).
+        """
         names = {f.name for f in dataclasses.fields(cls)}
         kw: dict[str, Any] = {k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items() if k in names}
-        return cls(**kw)
+        spec = cls(**kw)
+        for field in ("context", "horizon", "hidden", "layers", "members", "ratio_window"):
+            value, least = getattr(spec, field), 0 if field == "ratio_window" else 1
+            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+                raise ValueError(f"{field} must be a whole number of at least {least}, not {value!r}")
+        return spec
 
 
 def prepare(
@@ -188,6 +197,9 @@ def build_network(spec: NeuralSpec) -> Any:
             hi = mid + nn.functional.softplus(o[:, 2])
             return torch.stack([lo, mid, hi], dim=1)
 
+        def members_forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.forward(x)[None]
+
     class Members(nn.Module):
         def __init__(self) -> None:
             super().__init__()
@@ -199,11 +211,7 @@ def build_network(spec: NeuralSpec) -> Any:
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             return self.members_forward(x).mean(0)
 
-    if spec.members > 1:
-        return Members()
-    net = QuantileMLP()
-    net.members_forward = lambda x: net(x)[None]  # type: ignore[assignment]
-    return net
+    return Members() if spec.members > 1 else QuantileMLP()
 
 
 class NeuralForecaster(Forecaster):
