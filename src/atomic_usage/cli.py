@@ -22,7 +22,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from .config import Settings
+from .config import MAX_HORIZON, Settings, validate_horizon
 from .errors import AtomicError, DataError, ModelError
 
 __all__ = ["app", "main"]
@@ -83,6 +83,17 @@ ScratchOpt = Annotated[
         "(default: beside --output; needs about the input's size).",
     ),
 ]
+
+
+def _horizon(value: int) -> int:
+    """Checks a --horizon value against the one limit (config.MAX_HORIZON) before any data is read."""
+    problem = validate_horizon(value)
+    if problem is not None:
+        raise typer.BadParameter(problem)
+    return value
+
+
+_HORIZON_HELP = f"Steps (5 min each) to forecast, 1 to {MAX_HORIZON} ({MAX_HORIZON} = 1 day)."
 
 
 @contextlib.contextmanager
@@ -162,7 +173,7 @@ def _load_forecaster(model: str | None, settings: Settings) -> Any:
 
 @app.command()
 def forecast(
-    horizon: Annotated[int, typer.Option("--horizon", "-H", min=1, help="Steps (5 min each) to forecast.")],
+    horizon: Annotated[int, typer.Option("--horizon", "-H", callback=_horizon, help=_HORIZON_HELP)],
     output: Annotated[Path, typer.Option("--output", "-o", help="Long CSV or Parquet to write.")],
     input: InputOpt = None,
     model: Annotated[
@@ -776,7 +787,7 @@ def info() -> None:
 def demo(
     machines: Annotated[int, typer.Option(min=1, max=1000, help="Machines in the generated fleet.")] = 12,
     seed: Annotated[int, typer.Option(help="Seed of the generated fleet.")] = 7,
-    hours: Annotated[int, typer.Option(min=1, max=24, help="Hours ahead to forecast.")] = 6,
+    hours: Annotated[int, typer.Option(min=1, max=MAX_HORIZON // 12, help="Hours ahead to forecast.")] = 6,
 ) -> None:
     """Forecast a generated sample fleet with the bundled model and show what is coming."""
     settings = _settings().replace(skip_persistence=True)
@@ -1214,7 +1225,7 @@ def report(
     selector: SelectorOpt = None,
     mount: MountOpt = "/",
     query: QueryOpt = None,
-    horizon: Annotated[int, typer.Option("--horizon", "-H", min=1, help="Steps to forecast (288 = 1 day).")] = 288,
+    horizon: Annotated[int, typer.Option("--horizon", "-H", callback=_horizon, help=_HORIZON_HELP)] = MAX_HORIZON,
     model: Annotated[
         str | None, typer.Option("--model", "-m", help="As in forecast; default: the bundled model.")
     ] = None,

@@ -376,7 +376,7 @@ def forecast_chunked(
 
     Raises:
         SchemaError: the file is missing, unreadable or invalid (the message names it), the
-            output cannot be written, or the horizon is below 1. No output file is left then.
+            output cannot be written, or the horizon is out of range. No output file is left then.
     """
     t0 = time.perf_counter()
     p = Path(path)

@@ -206,14 +206,16 @@ def forecast_distributed(
 
     Raises:
         SchemaError: an input file is missing, unreadable or invalid (the message names it),
-            or the horizon is below 1.
+            or the horizon is not from 1 to MAX_HORIZON (``atomic_usage.config``).
         ArtifactError: the model folder is missing or malformed.
         ClusterError: the cluster failed in a way a re-run could not absorb.
     """
+    from ..config import validate_horizon
     from ..errors import SchemaError
 
-    if horizon < 1:
-        raise SchemaError(f"The horizon must be at least 1 step; got {horizon}.")
+    problem = validate_horizon(horizon)
+    if problem is not None:
+        raise SchemaError(f"The horizon {problem}.")
     if shuffle not in ("auto", "always"):
         raise ValueError(f"shuffle must be 'auto' or 'always'; got {shuffle!r}.")
     t0 = time.perf_counter()

@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from .._types import BOUNDED_METRICS, QUANTILES
+from ..config import validate_horizon
 from ..data.regularize import Panel, regularize
 from ..data.validation import SeriesIssue
 from ..errors import NotFittedError, SchemaError
@@ -168,10 +169,11 @@ def forecast_frame(
         one row per id, metric and step. ``reason`` is empty for an ordinary forecast.
 
     Raises:
-        SchemaError: ``horizon`` is below 1.
+        SchemaError: ``horizon`` is not from 1 to MAX_HORIZON (``atomic_usage.config``).
     """
-    if horizon < 1:
-        raise SchemaError(f"The horizon must be at least 1 step; got {horizon}; pass --horizon 1 or more.")
+    problem = validate_horizon(horizon)
+    if problem is not None:
+        raise SchemaError(f"The horizon {problem}.")
     rejected = {(i.id, i.metric): i.message for i in issues}
     hists, where, n_obs = [], [], []
     kind: list[tuple[str, str]] = []  # per (id, metric): (model or NO_FORECAST value, reason)
