@@ -51,6 +51,9 @@ class TestForecast:
         got = pd.read_parquet(out)
         models = got.groupby("id")["model"].first().to_dict()
         assert models == {"vm-000": "tiny", "vm-001": "naive(short-history)"}
+        # machines are ids, series are (id, metric) pairs: 3 of vm-001's on the fallback
+        line = " ".join(res.output.split())
+        assert "2 machines (6 series: machine × metric)" in line and "(3 series on a fallback" in line
 
     @pytest.mark.parametrize(
         ("content", "message"),

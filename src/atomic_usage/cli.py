@@ -224,10 +224,7 @@ def forecast(
                 rows_per_bucket=rows_per_bucket,
                 scratch=scratch,
             )
-            err.print(
-                job.summary()
-                + (f" ({job.fallback} series on a fallback: see the model column)" if job.fallback else "")
-            )
+            err.print(_series_notes(job.summary(), job.fallback, job.missing), highlight=False, soft_wrap=True)
         return
     if input is not None and not prometheus and not from_store and _is_large(input, rows_per_bucket):
         with _errors():
@@ -253,15 +250,22 @@ def forecast(
         fallback = firsts[~firsts["model"].isin((*NO_FORECAST, getattr(fc_model, "name", "")))]
         for reason in missing["reason"].head(20):
             err.print(f"[yellow]not forecast:[/] {reason}", highlight=False, soft_wrap=True)
-        err.print(
-            f"{len(panel)} series, {len(result)} rows in {dt:.2f}s -> {output}"
-            + (f" ({len(fallback)} series on a fallback: see the model column)" if len(fallback) else "")
-            + (f" ({len(missing)} series not forecast: see the reason column)" if len(missing) else ""),
-            highlight=False,
-            soft_wrap=True,
+        line = (
+            f"{len(panel)} machines ({len(firsts)} series: machine × metric), {len(result)} rows in {dt:.2f}s "
+            f"-> {output}"
         )
+        err.print(_series_notes(line, len(fallback), len(missing)), highlight=False, soft_wrap=True)
         if plot is not None:
             _plot(plot, frame, result, settings)
+
+
+def _series_notes(line: str, fallback: int, missing: int) -> str:
+    """A forecast's summary line with its counts of series (machine × metric) on a fallback or not forecast."""
+    return (
+        line
+        + (f" ({fallback} series on a fallback: see the model column)" if fallback else "")
+        + (f" ({missing} series not forecast: see the reason column)" if missing else "")
+    )
 
 
 def _is_large(path: Path, rows: int) -> bool:
@@ -310,13 +314,7 @@ def _forecast_chunked(
     logging.getLogger("atomic_usage").info("%s: %s", input, job.regularize.summary())
     for reason in job.reasons:
         err.print(f"[yellow]not forecast:[/] {reason}", highlight=False, soft_wrap=True)
-    err.print(
-        job.summary()
-        + (f" ({job.fallback} series on a fallback: see the model column)" if job.fallback else "")
-        + (f" ({job.missing} series not forecast: see the reason column)" if job.missing else ""),
-        highlight=False,
-        soft_wrap=True,
-    )
+    err.print(_series_notes(job.summary(), job.fallback, job.missing), highlight=False, soft_wrap=True)
     if plot is not None:
         err.print(f"{charts} charts -> {plot}")
 
@@ -575,7 +573,10 @@ def dataset_build(
         write_trainset(bank, holdout, out_path)
         for src, r in zip(data, reports, strict=False):
             err.print(f"{src}: {r.summary()}")
-        err.print(f"{len(bank)} series ({int(holdout.sum())} held out), {int(bank.lengths.sum())} steps -> {out_path}")
+        err.print(
+            f"{len(set(bank.ids.tolist()))} machines, {len(bank)} series: machine × metric "
+            f"({int(holdout.sum())} held out), {int(bank.lengths.sum())} steps -> {out_path}"
+        )
 
 
 @app.command()
