@@ -176,6 +176,32 @@ class TestEngineCommands:
         res = runner.invoke(app, ["stats", "--json"])
         assert res.exit_code == 0 and '"done": 1' in res.output
 
+    @pytest.mark.parametrize("width", [60, 80, 120])
+    def test_tasks_list_never_cuts_ids(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, width: int) -> None:
+        """On any terminal width every task and request id is shown whole (folded if need be), never cut."""
+        from rich.console import Console
+
+        from atomic_usage import Settings
+        from atomic_usage import cli as cli_module
+        from atomic_usage.engine.predictor import UsagePredictor
+        from atomic_usage.models.baselines import Naive
+
+        monkeypatch.setenv("ATOMIC_DATA_DIR", str(tmp_path))
+        monkeypatch.setattr(cli_module, "out", Console(width=width))
+        requests = ["batch-2026-12-04-fleet-eu-west-1-0042-retry-of-the-night-run", "short", None]
+        with UsagePredictor(Settings.from_env(), model=Naive()) as p:
+            tasks = [p.process({"usageData": [{"id": "a", "cpuLoad": 5}]}, request_id=r) for r in requests]
+        res = runner.invoke(app, ["tasks", "list"])
+        assert res.exit_code == 0, res.output
+        lines = res.output.splitlines()
+        assert "…" not in res.output and all(len(ln) <= width for ln in lines)
+        body = [ln.split("│") for ln in lines if ln.startswith("│")]
+        shown = ["".join(cells[k].strip() for cells in body) for k in (1, 2)]
+        newest_first = tasks[::-1]
+        assert shown == ["".join(t["taskId"] for t in newest_first), "".join(t["requestId"] for t in newest_first)]
+        if width >= 120:  # room enough: a task id keeps one line, ready to copy
+            assert all(any(t["taskId"] in ln for ln in lines) for t in tasks)
+
     def test_bad_setting_is_named(self, monkeypatch: pytest.MonkeyPatch) -> None:
         """A bad environment variable exits 2 naming it."""
         monkeypatch.setenv("ATOMIC_HORIZON", "soon")

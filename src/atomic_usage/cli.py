@@ -876,6 +876,11 @@ def _store(settings: Settings) -> Any:
     return open_store(settings)
 
 
+_TASK_TABLE_REST = 66
+"""Columns the tasks table needs besides the task id: borders and padding (19), and 47 for the
+request, status, attempts, created and error columns at their narrowest readable widths."""
+
+
 @tasks_app.command("list")
 def tasks_list(
     status: Annotated[str | None, typer.Option(help="accepted, running, done or failed.")] = None,
@@ -902,8 +907,15 @@ def tasks_list(
                 print(json.dumps(t.as_dict()))
             return
         table = Table(title="tasks: " + ", ".join(f"{k.value} {v}" for k, v in counts.items()))
-        for c in ("task", "request", "status", "attempts", "created", "error"):
-            table.add_column(c)
+        # Nothing is ever cut (ids are what `tasks show` and GET /v1/tasks take): every column
+        # folds onto more lines rather than end in an ellipsis, and where the terminal has room
+        # for it the task id keeps one line. (A min_width would make rich crop the table's right
+        # side on a narrow terminal instead.)
+        longest = max((len(t.task_id) for t in tasks), default=4)
+        fixed = longest if out.width >= longest + _TASK_TABLE_REST else None
+        table.add_column("task", width=fixed, overflow="fold")
+        for c in ("request", "status", "attempts", "created", "error"):
+            table.add_column(c, overflow="fold")
         for t in tasks:
             table.add_row(
                 t.task_id,
