@@ -316,7 +316,7 @@ class UsagePredictor:
         """
         task = self.store.find(request_id)
         if task is None:
-            raise TaskNotFound(request_id)
+            raise TaskNotFound(request_id=request_id)
         return self.task(task.task_id)
 
     # --- running tasks ----------------------------------------------------------------
