@@ -155,6 +155,64 @@ class TestTrainAndDataset:
         ).shape == (1, 3, 12)
 
 
+class TestTrainingCommand:
+    """model.json records the train and calibrate commands exactly as given, so they run again."""
+
+    def test_command_as_given_and_rerunnable(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        """Paired --data/--holdout-* options keep their order, an option given at its default stays."""
+        pytest.importorskip("torch")
+        import shlex
+
+        from atomic_usage.models.artifact import read_card
+
+        monkeypatch.chdir(tmp_path)
+        write_fleet(tmp_path / "a.csv", n=4, steps=120)
+        write_fleet(tmp_path / "b b.csv", n=3, steps=100)
+        args = [
+            "train",
+            "--data",
+            "a.csv",
+            "--holdout-last",
+            "1h",
+            "--holdout-machines",
+            "yes",
+            "--data",
+            "b b.csv",
+            "--holdout-last",
+            "2h",
+            "--holdout-machines",
+            "no",
+            "--seed",
+            "0",  # the default, given: it stays in the record
+            "--steps=3",
+            "--batch-size",
+            "16",
+            "--context",
+            "24",
+            *("--horizon", "12", "--near-context", "12", "--near-horizon", "6", "--near-steps", "3"),
+            *("--out", "m"),
+        ]
+        res = runner.invoke(app, args)
+        assert res.exit_code == 0, res.output
+        card = read_card(tmp_path / "m")
+        command = card.training["command"]
+        assert command == shlex.join(["atomic-usage", *args])
+        assert "--data a.csv --holdout-last 1h --holdout-machines yes --data 'b b.csv' --holdout-last 2h" in command
+        assert card.serving["calibration"]["command"] == command
+        # every option's value, the defaults too
+        params = card.training["parameters"]
+        assert params["data"] == ["a.csv", "b b.csv"] and params["seed"] == 0 and params["selection"] == "after-near"
+        # the record runs again, to the same data
+        again = runner.invoke(app, shlex.split(command)[1:-1] + ["m2"])
+        assert again.exit_code == 0, again.output
+        assert read_card(tmp_path / "m2").training["data_fingerprint"] == card.training["data_fingerprint"]
+        res = runner.invoke(app, ["calibrate", "--model", "m", "--data", "a.csv", "--holdout-last", "1h"])
+        assert res.exit_code == 0, res.output
+        assert read_card(tmp_path / "m").serving["calibration"]["command"] == (
+            "atomic-usage calibrate --model m --data a.csv --holdout-last 1h"
+        )
+
+
 class TestEngineCommands:
     """`tasks` and `stats` read the durable store."""
 

@@ -16,14 +16,18 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.table import Table
+from typer.core import TyperCommand
 
 from .config import MAX_HORIZON, Settings, validate_horizon
 from .errors import AtomicError, DataError, ModelError
+
+if TYPE_CHECKING:
+    import click
 
 __all__ = ["app", "main"]
 
@@ -485,18 +489,40 @@ def _markdown(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+_ARGV = "atomic_usage.argv"
+"""Where :class:`_ArgvCommand` keeps a command's arguments as given, in ``ctx.meta``."""
+
+
+class _ArgvCommand(TyperCommand):
+    """A command that keeps its arguments exactly as given, before click parses them.
+
+    Rebuilding a command line from parsed options cannot be faithful: click groups repeated
+    options by name (so ``--data A --holdout-last 4h --data B --holdout-last 4d`` came back
+    as ``--data A --data B --holdout-last 4h --holdout-last 4d``, which pairs them otherwise
+    for a reader) and cannot tell an option given with its default value from one left out.
+    """
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        ctx.meta[_ARGV] = list(args)
+        return super().parse_args(ctx, args)
+
+
 def _command_line(ctx: typer.Context) -> str:
-    """The running command as a shell line, rebuilt from its parsed options (for model.json)."""
-    parts = ctx.command_path.split()
-    parts[0] = "atomic-usage"
-    for param in ctx.command.params:
-        value = ctx.params.get(param.name or "")
-        if value is None or value == [] or value == param.default and param.name not in ("data", "out_dir"):
-            continue
-        flag = max(param.opts, key=len)
-        for v in value if isinstance(value, list | tuple) else [value]:
-            parts += [flag, str(v)]
-    return " ".join(shlex.quote(p) for p in parts)
+    """The running command as given, quoted for a shell (for model.json): ``atomic-usage``, the
+    subcommand, then its arguments in their given order, re-runnable from the same folder."""
+    return shlex.join(["atomic-usage", *ctx.command_path.split()[1:], *ctx.meta.get(_ARGV, [])])
+
+
+def _parameters(ctx: typer.Context) -> dict[str, Any]:
+    """Every option's value as the command ran, defaults included (for model.json)."""
+    return {
+        name: [str(v) for v in value]
+        if isinstance(value, list | tuple)
+        else str(value)
+        if isinstance(value, Path)
+        else value
+        for name, value in ctx.params.items()
+    }
 
 
 def _build_bank(
@@ -579,7 +605,7 @@ def dataset_build(
         )
 
 
-@app.command()
+@app.command(cls=_ArgvCommand)
 def train(
     ctx: typer.Context,
     data: Annotated[
@@ -688,6 +714,7 @@ def train(
             spec=result.spec.to_dict(),
             training={
                 "command": _command_line(ctx),
+                "parameters": _parameters(ctx),
                 "data_fingerprint": fingerprint(bank),
                 "sources": [str(d) for d in data],
                 "series": len(bank),
@@ -736,7 +763,7 @@ def _calibrate_served(model_dir: Path, bank: Any, holdout: Any, command: str) ->
     )
 
 
-@app.command()
+@app.command(cls=_ArgvCommand)
 def calibrate(
     ctx: typer.Context,
     model_dir: Annotated[Path, typer.Option("--model", help="Model folder to calibrate (rewritten in place).")],
