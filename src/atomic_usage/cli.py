@@ -16,7 +16,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -25,9 +25,6 @@ from typer.core import TyperCommand
 
 from .config import MAX_HORIZON, Settings, validate_horizon
 from .errors import AtomicError, DataError, ModelError
-
-if TYPE_CHECKING:
-    import click
 
 __all__ = ["app", "main"]
 
@@ -502,7 +499,7 @@ class _ArgvCommand(TyperCommand):
     for a reader) and cannot tell an option given with its default value from one left out.
     """
 
-    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:  # ctx: typer's (vendored) click Context
         ctx.meta[_ARGV] = list(args)
         return super().parse_args(ctx, args)
 
