@@ -512,14 +512,11 @@ def _command_line(ctx: typer.Context) -> str:
 
 def _parameters(ctx: typer.Context) -> dict[str, Any]:
     """Every option's value as the command ran, defaults included (for model.json)."""
-    return {
-        name: [str(v) for v in value]
-        if isinstance(value, list | tuple)
-        else str(value)
-        if isinstance(value, Path)
-        else value
-        for name, value in ctx.params.items()
-    }
+
+    def plain(v: Any) -> Any:
+        return str(v) if isinstance(v, Path) else v
+
+    return {k: [plain(x) for x in v] if isinstance(v, list | tuple) else plain(v) for k, v in ctx.params.items()}
 
 
 def _build_bank(
