@@ -689,7 +689,14 @@ def train(
                 "spec": n_result.spec.to_dict(),
                 "training": {
                     "seconds": round(n_result.seconds, 1),
-                    "config": {"steps": near_steps, "batch_size": n_config.batch_size, "lr": n_config.lr, "seed": seed},
+                    "config": {
+                        "steps": near_steps,
+                        "batch_size": n_config.batch_size,
+                        "lr": n_config.lr,
+                        "seed": seed,
+                        "loss_weight": n_config.loss_weight,
+                        "weight_clip": n_config.weight_clip,
+                    },
                 },
                 "validation": json.loads(json.dumps(n_result.validation, default=float)),
             }
