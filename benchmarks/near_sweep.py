@@ -119,6 +119,7 @@ def main() -> None:
         ("--dropout", float, 0.0),
         ("--arch", str, "mlp"),
         ("--bounds", int, 0),
+        ("--kind", int, 0),
         ("--block", int, 12),
         ("--wclip", float, 10.0),
     ]:
@@ -148,7 +149,10 @@ def main() -> None:
     if "m" in a.aug:  # mean of two machines' series
         perm = rng.permutation(len(base))
         train_series += [((s + base[j][0]) / 2, (o + base[j][1]) / 2) for (s, o), j in zip(base, perm, strict=True)]
-    for s, o in train_series:
+    kinds = np.tile([0, 1], len(train_series) // 2)  # cpu, memory (augmented copies keep their order)
+    kind_l = []
+    for (s, o), kd in zip(train_series, kinds, strict=True):
+        kind_l.append(np.full(max(end - 4, 0), kd))
         if True:
             pad = np.concatenate([np.full(C, np.nan), s])
             padt = np.concatenate([s, np.full(H, np.nan)])
@@ -174,6 +178,9 @@ def main() -> None:
             np.arange(a.coarse)[None, :] * a.block + a.block <= keep[trunc][:, None], coarse[trunc], np.nan
         )
     Fx, last, sc, _ = features(ctx, oth if a.cross else None, full, a, coarse)
+    if a.kind:  # the metric as a one-hot input
+        kind = np.concatenate(kind_l)
+        Fx = np.concatenate([Fx, np.eye(2, dtype=np.float32)[kind]], 1)
     Y = (tgt - last[:, None]) / sc[:, None]
     M = (~np.isnan(Y)).astype(np.float32)
     Y = np.clip(np.nan_to_num(Y), -100, 100).astype(np.float32)
@@ -261,6 +268,8 @@ def main() -> None:
                 else None
             )
             F, lv, s, moving = features(cx, co if a.cross else None, fu, a, cz)
+            if a.kind:
+                F = np.concatenate([F, np.tile(np.eye(2, dtype=np.float32)[mi], (len(F), 1))], 1)
             with torch.no_grad():
                 p = np.mean([nt(torch.from_numpy(F)).numpy().astype(np.float64) for nt in nets], 0)
             fc = np.clip(np.sort(lv[:, None, None] + np.where(moving, s, 0)[:, None, None] * p, axis=1), 0, 100)
