@@ -43,6 +43,14 @@ class FleetHistory:
         self.dropped = 0
         """Observations older than a machine's ring, not kept."""
 
+    def reset(self) -> None:
+        """Forgets every machine (before a rebuild from the store)."""
+        with self._lock:
+            self._index.clear()
+            self._sums[:] = 0
+            self._counts[:] = 0
+            self._last[:] = np.iinfo(np.int64).min
+
     def __len__(self) -> int:
         return len(self._index)
 

@@ -52,7 +52,7 @@ from .status import TaskStatus
 from .store import DEFAULT_LEASE_S, AcceptOp, Store, open_store
 from .tasks import Outcome, TaskJob, TaskRunner, settle
 
-__all__ = ["SESSION_THREADS", "EncodedResponse", "UsagePredictor", "aprocess", "process"]
+__all__ = ["LOG_KEEP_S", "SESSION_THREADS", "EncodedResponse", "UsagePredictor", "aprocess", "process"]
 
 SESSION_THREADS = 1
 """ONNX Runtime intra-op threads of each worker's session when the predictor loads the model.
@@ -61,6 +61,10 @@ Each pool worker owns a session and there is one worker per core, so one thread 
 uses the cores; ORT's default (a spinning pool of one thread per core in every session) cost
 about 40 % more CPU per request under load for the same throughput (docs/service.md), taken
 from the engine's own threads. Forecasts are bitwise the same."""
+
+LOG_KEEP_S = 300.0
+"""Seconds the observation log keeps an entry for the other processes sharing the store
+(each one reads it before every group and every ``DEFAULT_LEASE_S / 3`` when idle)."""
 
 _INLINE_RECORDS = 1000
 """Payloads up to this many records are validated on the event loop by ``aprocess`` (about
@@ -127,6 +131,10 @@ class UsagePredictor:
         self._open: set[str] = set()
         self._open_lock = threading.Lock()
         self._closed = threading.Event()
+        self.shared = self.settings.processes > 1 and not self.settings.skip_persistence
+        """Whether other engine processes share the store (their observations join the history)."""
+        self._log_pos = 0
+        self._sync_lock = threading.Lock()
         self._rebuild_history()
         self.pool = WorkerPool.from_settings(
             RunnerFactory(model), self.settings, meter=self._pool_meter, mode=pool_mode
@@ -140,6 +148,7 @@ class UsagePredictor:
             thresholds=self.settings.thresholds,
             encode=self._encode,
             on_end=self._untrack,
+            sync=self.sync_history if self.shared else None,
         )
         self._maintenance = threading.Thread(
             target=self._maintain, args=(recover,), daemon=True, name="atomic-maintenance"
@@ -155,8 +164,8 @@ class UsagePredictor:
         return load_or_create_keyring(self.settings, path=self.settings.keyring_path)
 
     def _rebuild_history(self) -> None:
-        """Loads the stored observations into the in-memory history."""
-        hist = self.store.load_histories(self.history.length)
+        """Loads the stored observations into the in-memory history (and the log's position)."""
+        hist, self._log_pos = self.store.history_snapshot(self.history.length)
         obs = [
             Observation(0, mid, ts, {metric: v}, True)
             for (mid, metric), rows in hist.items()
@@ -167,6 +176,34 @@ class UsagePredictor:
         self.history.append(obs)
         if obs:
             _log.info("history rebuilt from the store: %d observations of %d machines", len(obs), len(self.history))
+
+    def sync_history(self) -> int:
+        """Reads the observations other processes accepted since the last call into the history.
+
+        Only with :attr:`shared` (``ATOMIC_PROCESSES`` > 1); the task runner calls it before each
+        group, the maintenance thread every few seconds. When the log was trimmed past this
+        process's position (it did not look for :data:`LOG_KEEP_S`), the history is rebuilt.
+
+        Returns:
+            The number of observations added.
+        """
+        with self._sync_lock:
+            read = self.store.read_log(self._log_pos)
+            if read.trimmed:
+                _log.warning("the observation log was trimmed past this process's position; rebuilding history")
+                self.history.reset()
+                self._rebuild_history()
+                return 0
+            obs = [
+                Observation(0, mid, ts, values, True)
+                for owner, blob in read.entries
+                if owner != self.owner
+                for mid, ts, values in orjson.loads(blob)
+            ]
+            if obs:
+                self.history.append(obs)
+            self._log_pos = read.through
+            return len(obs)
 
     @property
     def model_version(self) -> str:
@@ -328,7 +365,8 @@ class UsagePredictor:
         request = {"usageData": list(payload["usageData"]), "horizon": horizon}
         rows = [(o.id, m, o.ts, v) for o in obs for m, v in o.values.items()]
         out: Future[Outcome] = Future()
-        op = AcceptOp(request, request_id, rows, self.owner, DEFAULT_LEASE_S, claim=True)
+        log = orjson.dumps([[o.id, o.ts, o.values] for o in obs]) if self.shared else None
+        op = AcceptOp(request, request_id, rows, self.owner, DEFAULT_LEASE_S, claim=True, log=log)
         self.committer.submit(op).add_done_callback(lambda f: self._accepted(f, obs, horizon, out))
         return out
 
@@ -458,8 +496,6 @@ class UsagePredictor:
             ``{"resumed": n, "failed": n}``.
         """
         report = self.store.recover(force=force)
-        if report.resumed:
-            self.meter.tasks_recovered(len(report.resumed))
         jobs: list[TaskJob] = []
         for task in report.resumed:
             try:
@@ -474,6 +510,9 @@ class UsagePredictor:
                 jobs.append(TaskJob(claimed, obs, int(request.get("horizon", self.settings.horizon)), append=False))
             except Exception as exc:  # one bad task must not stop the others
                 _log.error("recovery of task %s failed: %s", task.task_id, exc)
+        # Counted once claimed: with several processes, each may hand the same task back, one claims it.
+        if jobs:
+            self.meter.tasks_recovered(len(jobs))
         self.runner.run(jobs)
         for job in jobs:
             try:
@@ -497,6 +536,9 @@ class UsagePredictor:
             try:
                 if open_ids:
                     self.store.renew(open_ids, owner=self.owner)
+                if self.shared:
+                    self.sync_history()  # an idle process keeps up with the log too
+                    self.store.trim_log(LOG_KEEP_S)
                 if recover:
                     self.recover()
             except Exception as exc:  # pragma: no cover - logged, retried next round

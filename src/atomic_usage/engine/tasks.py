@@ -128,6 +128,8 @@ class TaskRunner:
         thresholds: levels whose crossing results report.
         encode: ``encode(task_id, record_index, json_text) -> stored body`` (seals at rest).
         on_end: called with a task id once its task is committed done or failed.
+        sync: called before each group joins the history (with other processes sharing the
+            store: reads what they accepted meanwhile into it); a failure is logged, not fatal.
     """
 
     def __init__(
@@ -140,6 +142,7 @@ class TaskRunner:
         thresholds: Sequence[float],
         encode: Callable[[str, int, bytes], bytes],
         on_end: Callable[[str], None] = lambda _task_id: None,
+        sync: Callable[[], object] | None = None,
     ) -> None:
         self.history = history
         self.pool = pool
@@ -148,6 +151,7 @@ class TaskRunner:
         self.thresholds = tuple(thresholds)
         self.encode = encode
         self.on_end = on_end
+        self.sync = sync
         self._events: queue.SimpleQueue[tuple[str, Any] | None] = queue.SimpleQueue()
         self._inflight: dict[str, Future[Outcome]] = {}
         self._lock = threading.Lock()
@@ -211,6 +215,13 @@ class TaskRunner:
                     self._fail(job, exc)
 
     def _start(self, jobs: list[TaskJob]) -> None:
+        if self.sync is not None:
+            # After the group's accepts were committed, so what another process accepted
+            # before them (and answered) is in the history these forecasts read.
+            try:
+                self.sync()
+            except Exception as exc:  # the next group reads it; serving goes on
+                _log.error("reading other processes' observations failed: %s", exc)
         try:
             added = [o for j in jobs if j.append for o in j.obs]
             if added:

@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 import orjson
+from anyio import to_thread
 from fastapi import APIRouter, Depends, Header, Path, Query, Request
 from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -201,9 +202,18 @@ def find_task(
     },
     dependencies=[Depends(require_token_unless_open)],
 )
-def metrics(request: Request) -> Response:
-    """The TPS meter, latency, queue depth, workers, restarts, recoveries, tasks and model version."""
-    return Response(generate_latest(_state(request).registry), media_type=CONTENT_TYPE_LATEST)
+async def metrics(request: Request) -> Response:
+    """The TPS meter, latency, queue depth, workers, restarts, recoveries, tasks and model version.
+
+    With several serving processes, the figures of all of them (see ``service/peers.py``).
+    """
+    st = _state(request)
+    if st.peers is None:
+        body = await to_thread.run_sync(generate_latest, st.registry)
+    else:
+        siblings = await st.peers.gather()
+        body = await to_thread.run_sync(st.render_metrics, siblings)
+    return Response(body, media_type=CONTENT_TYPE_LATEST)
 
 
 @router.get(
