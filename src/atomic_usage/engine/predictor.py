@@ -33,7 +33,7 @@ import uuid
 from collections.abc import Mapping
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 import orjson
@@ -71,18 +71,32 @@ _INLINE_RECORDS = 1000
 0.1 ms per 10 records); larger ones in a worker thread, so the loop is never held long."""
 
 
-class EncodedResponse(NamedTuple):
+class EncodedResponse:
     """A ``process()`` response already encoded as JSON (:meth:`UsagePredictor.aprocess_json`).
 
     Attributes:
         body: the response's JSON text (UTF-8), the same fields as the dict ``process()`` returns.
-        results: the response's ``results``, as dicts.
         plain: each result's JSON text (the parts of ``body`` that ``results`` came from).
+        ids: each result's machine id, in order.
     """
 
-    body: bytes
-    results: list[dict[str, Any]]
-    plain: list[bytes]
+    __slots__ = ("_results", "body", "ids", "plain")
+
+    def __init__(
+        self, body: bytes, results: list[dict[str, Any]] | None, plain: list[bytes], *, ids: list[str] | None = None
+    ) -> None:
+        self.body = body
+        self.plain = plain
+        self._results = results
+        self.ids = ids if ids is not None else [str(r["id"]) for r in self.results]
+
+    @property
+    def results(self) -> list[dict[str, Any]]:
+        """The response's ``results`` as dicts, decoded from ``plain`` when first asked for
+        (the service needs only the text and the ids)."""
+        if self._results is None:
+            self._results = [orjson.loads(p) for p in self.plain]
+        return self._results
 
 
 _log = logging.getLogger("atomic_usage.engine")
@@ -436,7 +450,7 @@ class UsagePredictor:
 
         return open_result(body, keyring=self.keyring, task_id=task_id)
 
-    def _sealed(self, outcome: Outcome, results: list[dict[str, Any]], plain: list[bytes]) -> list[str]:
+    def _sealed(self, outcome: Outcome, plain: list[bytes]) -> list[str]:
         """The ``sealed`` field: the stored envelopes, or (in memory) results sealed now."""
         task_id = outcome.task.task_id
         if not self.settings.skip_persistence:
@@ -448,9 +462,10 @@ class UsagePredictor:
             for i, p in enumerate(plain)
         ]
 
-    def _opened(self, outcome: Outcome) -> tuple[list[dict[str, Any]], list[bytes]]:
-        """The results and their JSON text, opened from the stored bodies unless this call built them."""
-        if outcome.results is not None and outcome.plain is not None:
+    def _opened(self, outcome: Outcome) -> tuple[list[dict[str, Any]] | None, list[bytes]]:
+        """The results (None: decode ``plain`` when needed) and their JSON text, opened from the
+        stored bodies unless this call built them."""
+        if outcome.plain is not None:
             return outcome.results, outcome.plain
         results = [self._decode(outcome.task.task_id, b) for b in outcome.bodies or []]
         return results, [orjson.dumps(r) for r in results]
@@ -460,7 +475,10 @@ class UsagePredictor:
         results = outcome.results
         plain = outcome.plain
         if results is None:
-            results = [self._decode(task.task_id, b) for b in outcome.bodies or []]
+            if plain is not None:
+                results = [orjson.loads(p) for p in plain]
+            else:
+                results = [self._decode(task.task_id, b) for b in outcome.bodies or []]
         out: dict[str, Any] = {
             "requestId": task.request_id,
             "taskId": task.task_id,
@@ -468,7 +486,7 @@ class UsagePredictor:
             "results": results,
         }
         if sealed:
-            out["sealed"] = self._sealed(outcome, results, plain or [orjson.dumps(r) for r in results])
+            out["sealed"] = self._sealed(outcome, plain or [orjson.dumps(r) for r in results])
         return out
 
     def _encoded(self, outcome: Outcome, *, sealed: bool) -> EncodedResponse:
@@ -483,9 +501,9 @@ class UsagePredictor:
         )
         parts = [head[:-1], b',"results":[', b",".join(plain), b"]"]
         if sealed:
-            parts += [b',"sealed":', orjson.dumps(self._sealed(outcome, results, plain))]
+            parts += [b',"sealed":', orjson.dumps(self._sealed(outcome, plain))]
         parts.append(b"}")
-        return EncodedResponse(b"".join(parts), results, plain)
+        return EncodedResponse(b"".join(parts), results, plain, ids=outcome.ids)
 
     # --- recovery and leases ----------------------------------------------------------
     def recover(self, *, force: bool = False) -> dict[str, int]:
