@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -79,3 +80,24 @@ class TestSharedTasks:
         r = a.process({"usageData": [rec("vm", 0, cpuLoad=20.0)]})
         t = b.task(r["taskId"])
         assert t["status"] == "done" and t["results"] == r["results"]
+
+
+class TestSharedRecovery:
+    """A task left by a process that died is resumed by one of the live ones, once."""
+
+    def test_dead_process_task_recovered_once(self, tmp_path: Path) -> None:
+        """Two processes start on a store holding a task whose owner died: one attempt more, one count."""
+        data = tmp_path / "data"
+        store = TaskStore(data / "engine.sqlite3")
+        body = {"usageData": [rec("vm", 0, cpuLoad=20.0)], "horizon": 12}
+        rows = [("vm", "cpuLoad", float(T0), 20.0)]
+        task = store.accept(body, request_id="orphan", observations=rows, owner="dead", lease_s=-1.0, claim=True).task
+        store.close()
+        settings = Settings(data_dir=data, workers=1, processes=2, sqlite_synchronous="NORMAL")
+        with UsagePredictor(settings, model=PredictLinear()) as a, UsagePredictor(settings, model=PredictLinear()) as b:
+            deadline = time.monotonic() + 30
+            while a.store.get(task.task_id).status.value != "done" and time.monotonic() < deadline:
+                time.sleep(0.05)
+            done = a.store.get(task.task_id)
+            assert done.status.value == "done" and done.attempts == 2
+            assert a.stats()["recovered_tasks"] + b.stats()["recovered_tasks"] == 1
