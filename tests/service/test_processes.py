@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 import signal
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -29,12 +30,24 @@ def _metric(text: str, name: str) -> float:
     return float(m.group(1))
 
 
+def _wait_for_processes(srv: Server, n: int, timeout_s: float = 90) -> None:
+    """Waits until /metrics covers ``n`` processes (/readyz answers once the first one is up)."""
+    deadline = time.monotonic() + timeout_s
+    with srv.client() as c:
+        while True:
+            if _metric(c.get("/metrics", headers=AUTH).text, "atomic_processes") == n:
+                return
+            assert time.monotonic() < deadline, f"fewer than {n} processes answered in {timeout_s} s"
+            time.sleep(0.2)
+
+
 @pytest.fixture(scope="module")
 def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, Server]]:
     """Two serve commands on one data folder (ATOMIC_PROCESSES=2: two processes each), each on its own port."""
     data = tmp_path_factory.mktemp("shared")
     Server(data, env={"ATOMIC_PROCESSES": "2"}).start().stop()  # creates the store and keyring first
     with Server(data, env={"ATOMIC_PROCESSES": "2"}) as a, Server(data, env={"ATOMIC_PROCESSES": "2"}) as b:
+        _wait_for_processes(a, 4)
         yield a, b
 
 
@@ -111,6 +124,7 @@ class TestServeProcesses:
     def test_requests_spread_and_metrics_add_up(self, tmp_path: Path) -> None:
         """Requests on fresh connections are all answered; /metrics covers both processes."""
         with Server(tmp_path, args=("--processes", "2"), group=True) as srv:
+            _wait_for_processes(srv, 2)
             for n in range(16):
                 with srv.client() as c:  # a connection each, so both processes get some
                     r = c.post("/v1/predict", json=payload(3, seed=n), headers={**AUTH, "Idempotency-Key": f"k{n}"})
@@ -129,6 +143,7 @@ class TestServeProcesses:
     def _kill_and_restart(self, tmp_path: Path, clients: int, min_ok: int, retry_s: float, retry_all: bool) -> None:
         srv = Server(tmp_path, args=("--processes", "2"), group=True).start()
         try:
+            _wait_for_processes(srv, 2)
             threads = _load(srv, clients, min_ok)
             srv.kill_group()  # the supervisor and both serving processes at once
             for t in threads:
@@ -137,9 +152,10 @@ class TestServeProcesses:
             assert not [s for t in threads for s in t.statuses if s >= 500], "a 5xx before the kill"
             srv.start()
             _check_after_restart(srv, threads, retry_s, retry_all=retry_all)
+            _wait_for_processes(srv, 2)  # and never more: the dead processes' sockets were cleared
             with srv.client() as c:
-                text = c.get("/metrics", headers=AUTH).text
-            assert _metric(text, "atomic_processes") == 2  # the dead processes' sockets were cleared
+                for _ in range(5):
+                    assert _metric(c.get("/metrics", headers=AUTH).text, "atomic_processes") == 2
         finally:
             srv.kill()
 

@@ -155,6 +155,8 @@ def worker_app(settings: Settings, model: str | None = None) -> FastAPI:
         settings: the service's settings (``processes`` > 1).
         model: ``--model`` of serve (a folder or a baseline's name); None serves the settings' model.
     """
+    # A fresh interpreter: log as the single-process command does (LOG_LEVEL, to stderr).
+    logging.basicConfig(level=settings.log_level, format="%(levelname)s %(name)s: %(message)s")
     forecaster = None
     if model is not None:
         from ..engine.predictor import SESSION_THREADS
