@@ -5,7 +5,9 @@ subprocess, then sends 10-record payloads (unique Idempotency-Keys, a fleet of -
 machines) from --concurrency connections for --duration seconds, after a 3 s warm-up that
 gives every machine a first observation. Prints requests/s, p50/p90/p99 latency as the
 client saw them, non-200 answers and socket errors, the 1-minute load average at the end
-of the run, and the server's own batch and group-commit figures from /metrics.
+of the run, the server's CPU time per request (all its processes, from /proc), how many of
+the connections each serving process holds (``ss``), and the server's own batch and
+group-commit figures from /metrics. ``--processes N`` serves from N processes.
 
 The client is ``wrk`` (``apt-get install wrk``; ``benchmarks/bench_service.lua`` builds the
 payloads) when it is installed: written in C, it leaves the cores to the server. ``--client
@@ -22,11 +24,13 @@ import argparse
 import asyncio
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -111,6 +115,20 @@ def _tree_cpu_s(pid: int) -> float:
         tree.add(p)
         todo += [c for c, pp in parents.items() if pp == p and c not in tree]
     return sum(times.get(p, 0.0) for p in tree)
+
+
+def _connections_by_process(port: int) -> list[int]:
+    """How many established connections each server process holds on ``port`` (sorted; Linux ``ss``)."""
+    try:
+        out = subprocess.run(
+            ["ss", "-tnpH", "state", "established", f"( sport = :{port} )"], capture_output=True, text=True, timeout=10
+        ).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return []
+    counts: dict[str, int] = {}
+    for pid in re.findall(r"pid=(\d+)", out):
+        counts[pid] = counts.get(pid, 0) + 1
+    return sorted(counts.values())
 
 
 def _pct(xs: list[float], q: float) -> float:
@@ -224,8 +242,13 @@ def main() -> None:
             warm = {"duration": 3.0, "run": args.run + "w", "base_ts": now - 2 * day}
             run(url, argparse.Namespace(**{**vars(args), **warm}))
             cpu0 = _tree_cpu_s(proc.pid)
+            split: list[int] = []
+            # With several processes the kernel hands each connection to one of them: how many each got.
+            probe = threading.Timer(2.0, lambda: split.extend(_connections_by_process(port)))
+            probe.start()
             res = run(url, argparse.Namespace(**{**vars(args), "base_ts": now - day}))
             cpu_s = _tree_cpu_s(proc.pid) - cpu0
+            probe.join()
             load1 = float(Path("/proc/loadavg").read_text().split()[0]) if Path("/proc/loadavg").exists() else None
             metrics = httpx.get(f"{url}/metrics", headers=HEADERS).text
         finally:
@@ -252,6 +275,7 @@ def main() -> None:
         "latency_ms": {k: round(v, 1) for k, v in res["latency_ms"].items()},
         "server_cpu_ms_per_req": round(1000 * cpu_s / max(ok, 1), 2),
         "processes": args.processes,
+        "connections_per_process": split,
         "load1": load1,
         "history": args.history,
         "batch": batch,
@@ -270,6 +294,7 @@ def main() -> None:
     )
     print(f"  latency ms p50 {lat['p50']}  p90 {lat['p90']}  p99 {lat['p99']}")
     print(f"  server CPU {row['server_cpu_ms_per_req']} ms per request (all its processes)")
+    print(f"  connections per serving process: {split}")
     print("  " + "  ".join(f"{k} {v:g}" for k, v in batch.items()))
 
 
