@@ -1028,9 +1028,11 @@ def serve(
             lifespan="on",
         )
         if settings.processes > 1:
-            from .service.app import serve_processes
+            from .service.supervisor import serve_processes
 
-            serve_processes(settings, model, options)
+            status = serve_processes(settings, model, options)
+            if status:
+                raise typer.Exit(status)
             return
         # As the predictor loads its default model: one ONNX Runtime thread per worker's session.
         forecaster = load_forecaster(model, threads=SESSION_THREADS) if model is not None else None

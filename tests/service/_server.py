@@ -97,8 +97,8 @@ class Server:
             ATOMIC_API_TOKENS=TOKEN,
             ATOMIC_WORKERS="1",
             LOG_LEVEL="WARNING",
-            **self.env,
         )
+        env.update(self.env)  # the test's own values win
         cmd = [
             sys.executable,
             "-m",

@@ -8,7 +8,9 @@ processes), each on its own port, so a key is sent to two different processes fo
 from __future__ import annotations
 
 import re
+import shutil
 import signal
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -139,6 +141,35 @@ class TestServeProcesses:
         srv = Server(tmp_path, args=("--processes", "2"), env={"SKIP_PERSISTENCE": "1"})
         with pytest.raises(RuntimeError, match="SKIP_PERSISTENCE"):
             srv.start(timeout_s=30)
+
+    def test_a_process_that_cannot_start_stops_the_supervisor(self, tmp_path: Path) -> None:
+        """No token configured: the processes cannot start, and the supervisor exits 3 instead of restarting them."""
+        srv = Server(tmp_path, args=("--processes", "2"), env={"ATOMIC_API_TOKENS": ""}, group=True)
+        with pytest.raises(RuntimeError, match="exited with 3"):
+            srv.start(timeout_s=90)
+
+    def test_connections_spread_over_the_processes(self, tmp_path: Path) -> None:
+        """Each process has its own SO_REUSEPORT socket: 16 connections opened at once land on both
+        (all on one: probability 2 ** -15)."""
+        if shutil.which("ss") is None:
+            pytest.skip("needs ss (iproute2) to see which process holds a connection")
+        with Server(tmp_path, args=("--processes", "2"), group=True) as srv:
+            _wait_for_processes(srv, 2)
+            clients = [srv.client() for _ in range(16)]
+            try:
+                for c in clients:
+                    assert c.get("/healthz", headers=AUTH).status_code == 200
+                out = subprocess.run(
+                    ["ss", "-tnpH", "state", "established", f"( sport = :{srv.port} )"],
+                    capture_output=True,
+                    text=True,
+                    check=True,
+                ).stdout
+                holders = set(re.findall(r"pid=(\d+)", out))
+                assert len(holders) == 2, out
+            finally:
+                for c in clients:
+                    c.close()
 
     def _kill_and_restart(self, tmp_path: Path, clients: int, min_ok: int, retry_s: float, retry_all: bool) -> None:
         srv = Server(tmp_path, args=("--processes", "2"), group=True).start()

@@ -32,7 +32,7 @@ from .peers import PeerBoard, merge_latest, merge_samples, merge_stats, peer_fol
 from .routes import router
 from .schemas import PredictRequest
 
-__all__ = ["ServiceState", "create_app", "serve_processes", "worker_app"]
+__all__ = ["ServiceState", "create_app", "worker_app"]
 
 GAUGE_STEPS = (1, 3, 6, 12, 24, 72, 144, 288)
 """Forecast steps exported as gauges (where the horizon reaches them): 5 min to 24 h ahead."""
@@ -164,43 +164,6 @@ def worker_app(settings: Settings, model: str | None = None) -> FastAPI:
 
         forecaster = load_forecaster(model, threads=SESSION_THREADS)
     return create_app(settings, model=forecaster)
-
-
-def serve_processes(settings: Settings, model: str | None, options: dict[str, Any]) -> None:
-    """``serve --processes N``: uvicorn's supervisor runs N processes on one listening socket.
-
-    The store is migrated and the keyring created here, once, before any process starts, so
-    the processes never race to create them; each process builds its own app and engine
-    (:func:`worker_app`). The supervisor restarts a process that dies and, on SIGTERM or
-    SIGINT, stops them all (each finishes its in-flight requests).
-
-    Args:
-        settings: the service's settings (``processes`` > 1, persistence on).
-        model: ``--model`` of serve, or None.
-        options: ``uvicorn.Config`` keyword arguments (host, port, TLS, logging, shutdown).
-    """
-    import functools
-    import inspect
-
-    import uvicorn
-    from uvicorn.supervisors import Multiprocess
-
-    from ..engine.store import open_store
-    from ..security import load_or_create_keyring
-
-    open_store(settings).close()
-    load_or_create_keyring(settings, path=settings.keyring_path)
-    config = uvicorn.Config(
-        functools.partial(worker_app, settings, model), factory=True, workers=settings.processes, **options
-    )
-    sock = config.bind_socket()
-    try:
-        if "target" in inspect.signature(Multiprocess).parameters:  # uvicorn < 0.31
-            Multiprocess(config, target=uvicorn.Server(config).run, sockets=[sock]).run()  # type: ignore[call-arg]
-        else:
-            Multiprocess(config, sockets=[sock]).run()
-    finally:
-        sock.close()
 
 
 def create_app(
