@@ -148,8 +148,8 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
 def worker_app(settings: Settings, model: str | None = None) -> FastAPI:
     """The app of one serving process of ``atomic-usage serve --processes N``.
 
-    uvicorn calls it in each process it starts (``factory=True``), so every process loads its
-    own model and builds its own engine over the shared store.
+    Called in each serving process (:mod:`.supervisor`), so every process loads its own model
+    and builds its own engine over the shared store.
 
     Args:
         settings: the service's settings (``processes`` > 1).
