@@ -49,6 +49,7 @@ class TestSharedHistory:
             a.process({"usageData": [rec("vm", k, cpuLoad=20.0)]})
         assert isinstance(a.store, TaskStore)
         assert a.store.trim_log(-1.0) == 3  # everything, before b read it
+        assert a.store.trim_log(-1.0) == 0  # nothing left
         assert b.store.read_log(0).trimmed
         r = b.process({"usageData": [rec("vm", 3, cpuLoad=20.0)]})
         assert r["results"][0]["forecasts"]["cpuLoad"]["historyLength"] == 4
