@@ -16,6 +16,13 @@ divided by its mean absolute one-step change (floored at 1 % of its level and at
 with the mask of missing steps; ``--fullscale 2`` adds the log ratio of that change to the
 one of the whole history before the origin; ``--cross 1`` adds the machine's other metric,
 normalized the same way. 30 % of the training windows have their older part masked.
+
+Further options (docs/accuracy.md, "The loss in the metric's units"): ``--metricw 1`` weights
+each window's loss by its scale over the whole history's mean change (clipped by ``--wclip``),
+as the product's ``loss_weight="metric"`` does; ``--coarse K --block B`` adds the means of
+the K blocks of B steps before the origin; ``--aug r|n|m`` adds time-reversed, mirrored or
+pairwise-mean copies of the training series; ``--dropout``; ``--arch res`` (residual blocks
+with layer norm); ``--bounds 1`` (the distances to 0 and 100 in units of the scale).
 """
 
 from __future__ import annotations
@@ -49,12 +56,36 @@ def normalize(ctx: np.ndarray, clip: float) -> tuple[np.ndarray, np.ndarray, np.
     return np.concatenate([x, m.astype(np.float64)], 1), last, sc, mad
 
 
+def block_means(s: np.ndarray, ts: np.ndarray, k: int, b: int) -> np.ndarray:
+    """Means of the ``k`` blocks of ``b`` steps before each origin in ``ts`` (newest first; NaN before the start)."""
+    cs = np.concatenate([[0.0], np.cumsum(s)])
+    out = np.full((len(ts), k), np.nan)
+    for j in range(k):
+        hi, lo = ts - b * j, ts - b * (j + 1)
+        ok = lo >= 0
+        out[ok, j] = (cs[hi[ok]] - cs[lo[ok]]) / b
+    return out
+
+
 def features(
-    ctx: np.ndarray, other: np.ndarray | None, full: np.ndarray, args: argparse.Namespace
+    ctx: np.ndarray,
+    other: np.ndarray | None,
+    full: np.ndarray,
+    args: argparse.Namespace,
+    coarse: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """The network's inputs, and last value, scale and whether the window moves."""
     x, last, sc, mad = normalize(ctx, args.clip)
     cols = [x]
+    if coarse is not None:
+        cm = ~np.isnan(coarse)
+        cols += [
+            np.clip(np.where(cm, (coarse - last[:, None]) / sc[:, None], 0), -args.clip, args.clip),
+            cm.astype(np.float64),
+        ]
+    if args.bounds:  # distance to the bounds of a percent, in units of the window's scale
+        cols.append(np.log1p(np.maximum(last, 0) / sc)[:, None])
+        cols.append(np.log1p(np.maximum(100 - last, 0) / sc)[:, None])
     if args.fullscale:
         cols.append(np.log(np.maximum(mad, 1e-6) / np.maximum(full, 1e-6)).clip(-5, 5)[:, None])
     if other is not None:
@@ -82,6 +113,14 @@ def main() -> None:
         ("--fullscale", int, 0),
         ("--ens", int, 1),
         ("--wd", float, 1e-4),
+        ("--metricw", int, 0),
+        ("--coarse", int, 0),
+        ("--aug", str, ""),
+        ("--dropout", float, 0.0),
+        ("--arch", str, "mlp"),
+        ("--bounds", int, 0),
+        ("--block", int, 12),
+        ("--wclip", float, 10.0),
     ]:
         ap.add_argument(name, type=typ, default=default)
     a = ap.parse_args()
@@ -99,14 +138,24 @@ def main() -> None:
     else:
         train_v, end, eval_v, origins = ~hold & ~isval, 180, isval, [180, 192, 204, 216, 228]
 
-    ctx_l, oth_l, tgt_l, full_l = [], [], [], []
-    for v in np.flatnonzero(train_v):
-        for mi in range(2):
-            s, o = X[v, :end, mi], X[v, :end, 1 - mi]
+    ctx_l, oth_l, tgt_l, full_l, co_l = [], [], [], [], []
+    train_series = [(X[v, :end, mi], X[v, :end, 1 - mi]) for v in np.flatnonzero(train_v) for mi in range(2)]
+    base = list(train_series)
+    if "r" in a.aug:  # time reversed
+        train_series += [(s[::-1].copy(), o[::-1].copy()) for s, o in base]
+    if "n" in a.aug:  # mirrored in the range
+        train_series += [(100.0 - s, 100.0 - o) for s, o in base]
+    if "m" in a.aug:  # mean of two machines' series
+        perm = rng.permutation(len(base))
+        train_series += [((s + base[j][0]) / 2, (o + base[j][1]) / 2) for (s, o), j in zip(base, perm, strict=True)]
+    for s, o in train_series:
+        if True:
             pad = np.concatenate([np.full(C, np.nan), s])
             padt = np.concatenate([s, np.full(H, np.nan)])
             pado = np.concatenate([np.full(C, np.nan), o])
             cs = np.concatenate([[0], np.cumsum(np.abs(np.diff(s)))])
+            if a.coarse:
+                co_l.append(block_means(s, np.arange(3, end - 1), a.coarse, a.block))
             for t in range(3, end - 1):  # origin t: the history is s[:t]
                 full_l.append(cs[t - 1] / (t - 1))
                 ctx_l.append(pad[t : t + C])
@@ -118,7 +167,13 @@ def main() -> None:
     cut = trunc[:, None] & (np.arange(C)[None, :] < (C - keep)[:, None])
     ctx[cut] = np.nan
     oth[cut] = np.nan
-    Fx, last, sc, _ = features(ctx, oth if a.cross else None, full, a)
+    coarse = np.concatenate(co_l) if a.coarse else None
+    if coarse is not None:
+        # the truncated windows lose their older history, blocks included
+        coarse[trunc] = np.where(
+            np.arange(a.coarse)[None, :] * a.block + a.block <= keep[trunc][:, None], coarse[trunc], np.nan
+        )
+    Fx, last, sc, _ = features(ctx, oth if a.cross else None, full, a, coarse)
     Y = (tgt - last[:, None]) / sc[:, None]
     M = (~np.isnan(Y)).astype(np.float32)
     Y = np.clip(np.nan_to_num(Y), -100, 100).astype(np.float32)
@@ -130,16 +185,46 @@ def main() -> None:
             blocks: list[torch.nn.Module] = []
             for i, j in zip(dims[:-1], dims[1:], strict=True):
                 blocks += [torch.nn.Linear(i, j), torch.nn.GELU()]
+                if a.dropout:
+                    blocks.append(torch.nn.Dropout(a.dropout))
             self.body = torch.nn.Sequential(*blocks)
             self.head = torch.nn.Linear(dims[-1], 3 * H)
+            if a.arch == "res":  # TiDE-style residual blocks with layer norm
+                self.inp = torch.nn.Linear(Fx.shape[1], a.hidden)
+                self.blocks = torch.nn.ModuleList(
+                    torch.nn.Sequential(
+                        torch.nn.Linear(a.hidden, a.hidden),
+                        torch.nn.GELU(),
+                        torch.nn.Dropout(a.dropout),
+                        torch.nn.Linear(a.hidden, a.hidden),
+                    )
+                    for _ in range(a.layers)
+                )
+                self.norms = torch.nn.ModuleList(torch.nn.LayerNorm(a.hidden) for _ in range(a.layers))
+                del self.body
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
-            o = self.head(self.body(x)).view(-1, 3, H)
+            if a.arch == "res":
+                h = self.inp(x)
+                for blk, ln in zip(self.blocks, self.norms, strict=True):
+                    h = ln(h + blk(h))
+                o = self.head(h).view(-1, 3, H)
+            else:
+                o = self.head(self.body(x)).view(-1, 3, H)
             mid = o[:, 1]
             sp = torch.nn.functional.softplus
             return torch.stack([mid - sp(o[:, 0]), mid, mid + sp(o[:, 2])], 1)
 
     q = torch.tensor([0.1, 0.5, 0.9]).view(1, 3, 1)
+    W = np.ones(len(Fx))
+    if a.metricw:
+        # weight each window by its scale over the metric's (the whole history's mean change), so
+        # the loss is the metric's MASE/SQL up to the clip
+        hist_lev = np.nanmean(np.abs(np.where(np.isnan(ctx), np.nan, ctx)), 1)
+        full_eff = np.where(full > 0, full, 1e-8 + 1e-3 * np.nan_to_num(hist_lev))
+        W = np.clip(sc / full_eff, 1 / a.wclip, a.wclip)
+        W = W / W.mean()
+    W_t = torch.from_numpy(W.astype(np.float32))
     Fx_t, Y_t, M_t = torch.from_numpy(Fx), torch.from_numpy(Y), torch.from_numpy(M)
     nets, t0 = [], time.time()
     for e in range(a.ens):
@@ -153,7 +238,8 @@ def main() -> None:
                 g["lr"] = a.lr * min(1, fr / 0.05) * 0.5 * (1 + np.cos(np.pi * fr)) + 1e-6
             idx = torch.from_numpy(rng_e.integers(0, len(Fx), a.bs))
             d = Y_t[idx][:, None, :] - net(Fx_t[idx])
-            loss = (torch.maximum(q * d, (q - 1) * d) * M_t[idx][:, None, :]).sum() / M_t[idx].sum() / 3
+            mw = M_t[idx] * W_t[idx][:, None]
+            loss = (torch.maximum(q * d, (q - 1) * d) * mw[:, None, :]).sum() / mw.sum() / 3
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -169,7 +255,12 @@ def main() -> None:
                 hh, oo = X[v, max(0, c - C) : c, mi], X[v, max(0, c - C) : c, 1 - mi]
                 cx[i, C - len(hh) :], co[i, C - len(oo) :] = hh, oo
             fu = np.array([np.abs(np.diff(X[v, :c, mi])).mean() for v in vs])
-            F, lv, s, moving = features(cx, co if a.cross else None, fu, a)
+            cz = (
+                np.stack([block_means(X[v, :c, mi], np.array([c]), a.coarse, a.block)[0] for v in vs])
+                if a.coarse
+                else None
+            )
+            F, lv, s, moving = features(cx, co if a.cross else None, fu, a, cz)
             with torch.no_grad():
                 p = np.mean([nt(torch.from_numpy(F)).numpy().astype(np.float64) for nt in nets], 0)
             fc = np.clip(np.sort(lv[:, None, None] + np.where(moving, s, 0)[:, None, None] * p, axis=1), 0, 100)

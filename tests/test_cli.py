@@ -51,6 +51,9 @@ class TestForecast:
         got = pd.read_parquet(out)
         models = got.groupby("id")["model"].first().to_dict()
         assert models == {"vm-000": "tiny", "vm-001": "naive(short-history)"}
+        # machines are ids, series are (id, metric) pairs: 3 of vm-001's on the fallback
+        line = " ".join(res.output.split())
+        assert "2 machines (6 series: machine × metric)" in line and "(3 series on a fallback" in line
 
     @pytest.mark.parametrize(
         ("content", "message"),
@@ -152,6 +155,64 @@ class TestTrainAndDataset:
         ).shape == (1, 3, 12)
 
 
+class TestTrainingCommand:
+    """model.json records the train and calibrate commands exactly as given, so they run again."""
+
+    def test_command_as_given_and_rerunnable(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        """Paired --data/--holdout-* options keep their order, an option given at its default stays."""
+        pytest.importorskip("torch")
+        import shlex
+
+        from atomic_usage.models.artifact import read_card
+
+        monkeypatch.chdir(tmp_path)
+        write_fleet(tmp_path / "a.csv", n=4, steps=120)
+        write_fleet(tmp_path / "b b.csv", n=3, steps=100)
+        args = [
+            "train",
+            "--data",
+            "a.csv",
+            "--holdout-last",
+            "1h",
+            "--holdout-machines",
+            "yes",
+            "--data",
+            "b b.csv",
+            "--holdout-last",
+            "2h",
+            "--holdout-machines",
+            "no",
+            "--seed",
+            "0",  # the default, given: it stays in the record
+            "--steps=3",
+            "--batch-size",
+            "16",
+            "--context",
+            "24",
+            *("--horizon", "12", "--near-context", "12", "--near-horizon", "6", "--near-steps", "3"),
+            *("--out", "m"),
+        ]
+        res = runner.invoke(app, args)
+        assert res.exit_code == 0, res.output
+        card = read_card(tmp_path / "m")
+        command = card.training["command"]
+        assert command == shlex.join(["atomic-usage", *args])
+        assert "--data a.csv --holdout-last 1h --holdout-machines yes --data 'b b.csv' --holdout-last 2h" in command
+        assert card.serving["calibration"]["command"] == command
+        # every option's value, the defaults too
+        params = card.training["parameters"]
+        assert params["data"] == ["a.csv", "b b.csv"] and params["seed"] == 0 and params["selection"] == "after-near"
+        # the record runs again, to the same data
+        again = runner.invoke(app, shlex.split(command)[1:-1] + ["m2"])
+        assert again.exit_code == 0, again.output
+        assert read_card(tmp_path / "m2").training["data_fingerprint"] == card.training["data_fingerprint"]
+        res = runner.invoke(app, ["calibrate", "--model", "m", "--data", "a.csv", "--holdout-last", "1h"])
+        assert res.exit_code == 0, res.output
+        assert read_card(tmp_path / "m").serving["calibration"]["command"] == (
+            "atomic-usage calibrate --model m --data a.csv --holdout-last 1h"
+        )
+
+
 class TestEngineCommands:
     """`tasks` and `stats` read the durable store."""
 
@@ -172,6 +233,32 @@ class TestEngineCommands:
         assert res.exit_code != 0 and "No task has the id" in " ".join(res.output.split())
         res = runner.invoke(app, ["stats", "--json"])
         assert res.exit_code == 0 and '"done": 1' in res.output
+
+    @pytest.mark.parametrize("width", [60, 80, 120])
+    def test_tasks_list_never_cuts_ids(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, width: int) -> None:
+        """On any terminal width every task and request id is shown whole (folded if need be), never cut."""
+        from rich.console import Console
+
+        from atomic_usage import Settings
+        from atomic_usage import cli as cli_module
+        from atomic_usage.engine.predictor import UsagePredictor
+        from atomic_usage.models.baselines import Naive
+
+        monkeypatch.setenv("ATOMIC_DATA_DIR", str(tmp_path))
+        monkeypatch.setattr(cli_module, "out", Console(width=width))
+        requests = ["batch-2026-12-04-fleet-eu-west-1-0042-retry-of-the-night-run", "short", None]
+        with UsagePredictor(Settings.from_env(), model=Naive()) as p:
+            tasks = [p.process({"usageData": [{"id": "a", "cpuLoad": 5}]}, request_id=r) for r in requests]
+        res = runner.invoke(app, ["tasks", "list"])
+        assert res.exit_code == 0, res.output
+        lines = res.output.splitlines()
+        assert "…" not in res.output and all(len(ln) <= width for ln in lines)
+        body = [ln.split("│") for ln in lines if ln.startswith("│")]
+        shown = ["".join(cells[k].strip() for cells in body) for k in (1, 2)]
+        newest_first = tasks[::-1]
+        assert shown == ["".join(t["taskId"] for t in newest_first), "".join(t["requestId"] for t in newest_first)]
+        if width >= 120:  # room enough: a task id keeps one line, ready to copy
+            assert all(any(t["taskId"] in ln for ln in lines) for t in tasks)
 
     def test_bad_setting_is_named(self, monkeypatch: pytest.MonkeyPatch) -> None:
         """A bad environment variable exits 2 naming it."""

@@ -21,8 +21,9 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 from rich.table import Table
+from typer.core import TyperCommand
 
-from .config import Settings
+from .config import MAX_HORIZON, Settings, validate_horizon
 from .errors import AtomicError, DataError, ModelError
 
 __all__ = ["app", "main"]
@@ -83,6 +84,17 @@ ScratchOpt = Annotated[
         "(default: beside --output; needs about the input's size).",
     ),
 ]
+
+
+def _horizon(value: int) -> int:
+    """Checks a --horizon value against the one limit (config.MAX_HORIZON) before any data is read."""
+    problem = validate_horizon(value)
+    if problem is not None:
+        raise typer.BadParameter(problem)
+    return value
+
+
+_HORIZON_HELP = f"Steps (5 min each) to forecast, 1 to {MAX_HORIZON} ({MAX_HORIZON} = 1 day)."
 
 
 @contextlib.contextmanager
@@ -162,7 +174,7 @@ def _load_forecaster(model: str | None, settings: Settings) -> Any:
 
 @app.command()
 def forecast(
-    horizon: Annotated[int, typer.Option("--horizon", "-H", min=1, help="Steps (5 min each) to forecast.")],
+    horizon: Annotated[int, typer.Option("--horizon", "-H", callback=_horizon, help=_HORIZON_HELP)],
     output: Annotated[Path, typer.Option("--output", "-o", help="Long CSV or Parquet to write.")],
     input: InputOpt = None,
     model: Annotated[
@@ -213,10 +225,7 @@ def forecast(
                 rows_per_bucket=rows_per_bucket,
                 scratch=scratch,
             )
-            err.print(
-                job.summary()
-                + (f" ({job.fallback} series on a fallback: see the model column)" if job.fallback else "")
-            )
+            err.print(_series_notes(job.summary(), job.fallback, job.missing), highlight=False, soft_wrap=True)
         return
     if input is not None and not prometheus and not from_store and _is_large(input, rows_per_bucket):
         with _errors():
@@ -242,15 +251,22 @@ def forecast(
         fallback = firsts[~firsts["model"].isin((*NO_FORECAST, getattr(fc_model, "name", "")))]
         for reason in missing["reason"].head(20):
             err.print(f"[yellow]not forecast:[/] {reason}", highlight=False, soft_wrap=True)
-        err.print(
-            f"{len(panel)} series, {len(result)} rows in {dt:.2f}s -> {output}"
-            + (f" ({len(fallback)} series on a fallback: see the model column)" if len(fallback) else "")
-            + (f" ({len(missing)} series not forecast: see the reason column)" if len(missing) else ""),
-            highlight=False,
-            soft_wrap=True,
+        line = (
+            f"{len(panel)} machines ({len(firsts)} series: machine × metric), {len(result)} rows in {dt:.2f}s "
+            f"-> {output}"
         )
+        err.print(_series_notes(line, len(fallback), len(missing)), highlight=False, soft_wrap=True)
         if plot is not None:
             _plot(plot, frame, result, settings)
+
+
+def _series_notes(line: str, fallback: int, missing: int) -> str:
+    """A forecast's summary line with its counts of series (machine × metric) on a fallback or not forecast."""
+    return (
+        line
+        + (f" ({fallback} series on a fallback: see the model column)" if fallback else "")
+        + (f" ({missing} series not forecast: see the reason column)" if missing else "")
+    )
 
 
 def _is_large(path: Path, rows: int) -> bool:
@@ -299,13 +315,7 @@ def _forecast_chunked(
     logging.getLogger("atomic_usage").info("%s: %s", input, job.regularize.summary())
     for reason in job.reasons:
         err.print(f"[yellow]not forecast:[/] {reason}", highlight=False, soft_wrap=True)
-    err.print(
-        job.summary()
-        + (f" ({job.fallback} series on a fallback: see the model column)" if job.fallback else "")
-        + (f" ({job.missing} series not forecast: see the reason column)" if job.missing else ""),
-        highlight=False,
-        soft_wrap=True,
-    )
+    err.print(_series_notes(job.summary(), job.fallback, job.missing), highlight=False, soft_wrap=True)
     if plot is not None:
         err.print(f"{charts} charts -> {plot}")
 
@@ -476,18 +486,37 @@ def _markdown(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+_ARGV = "atomic_usage.argv"
+"""Where :class:`_ArgvCommand` keeps a command's arguments as given, in ``ctx.meta``."""
+
+
+class _ArgvCommand(TyperCommand):
+    """A command that keeps its arguments exactly as given, before click parses them.
+
+    Rebuilding a command line from parsed options cannot be faithful: click groups repeated
+    options by name (so ``--data A --holdout-last 4h --data B --holdout-last 4d`` came back
+    as ``--data A --data B --holdout-last 4h --holdout-last 4d``, which pairs them otherwise
+    for a reader) and cannot tell an option given with its default value from one left out.
+    """
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:  # ctx: typer's (vendored) click Context
+        ctx.meta[_ARGV] = list(args)
+        return super().parse_args(ctx, args)
+
+
 def _command_line(ctx: typer.Context) -> str:
-    """The running command as a shell line, rebuilt from its parsed options (for model.json)."""
-    parts = ctx.command_path.split()
-    parts[0] = "atomic-usage"
-    for param in ctx.command.params:
-        value = ctx.params.get(param.name or "")
-        if value is None or value == [] or value == param.default and param.name not in ("data", "out_dir"):
-            continue
-        flag = max(param.opts, key=len)
-        for v in value if isinstance(value, list | tuple) else [value]:
-            parts += [flag, str(v)]
-    return " ".join(shlex.quote(p) for p in parts)
+    """The running command as given, quoted for a shell (for model.json): ``atomic-usage``, the
+    subcommand, then its arguments in their given order, re-runnable from the same folder."""
+    return shlex.join(["atomic-usage", *ctx.command_path.split()[1:], *ctx.meta.get(_ARGV, [])])
+
+
+def _parameters(ctx: typer.Context) -> dict[str, Any]:
+    """Every option's value as the command ran, defaults included (for model.json)."""
+
+    def plain(v: Any) -> Any:
+        return str(v) if isinstance(v, Path) else v
+
+    return {k: [plain(x) for x in v] if isinstance(v, list | tuple) else plain(v) for k, v in ctx.params.items()}
 
 
 def _build_bank(
@@ -564,10 +593,13 @@ def dataset_build(
         write_trainset(bank, holdout, out_path)
         for src, r in zip(data, reports, strict=False):
             err.print(f"{src}: {r.summary()}")
-        err.print(f"{len(bank)} series ({int(holdout.sum())} held out), {int(bank.lengths.sum())} steps -> {out_path}")
+        err.print(
+            f"{len(set(bank.ids.tolist()))} machines, {len(bank)} series: machine × metric "
+            f"({int(holdout.sum())} held out), {int(bank.lengths.sum())} steps -> {out_path}"
+        )
 
 
-@app.command()
+@app.command(cls=_ArgvCommand)
 def train(
     ctx: typer.Context,
     data: Annotated[
@@ -657,7 +689,14 @@ def train(
                 "spec": n_result.spec.to_dict(),
                 "training": {
                     "seconds": round(n_result.seconds, 1),
-                    "config": {"steps": near_steps, "batch_size": n_config.batch_size, "lr": n_config.lr, "seed": seed},
+                    "config": {
+                        "steps": near_steps,
+                        "batch_size": n_config.batch_size,
+                        "lr": n_config.lr,
+                        "seed": seed,
+                        "loss_weight": n_config.loss_weight,
+                        "weight_clip": n_config.weight_clip,
+                    },
                 },
                 "validation": json.loads(json.dumps(n_result.validation, default=float)),
             }
@@ -676,6 +715,7 @@ def train(
             spec=result.spec.to_dict(),
             training={
                 "command": _command_line(ctx),
+                "parameters": _parameters(ctx),
                 "data_fingerprint": fingerprint(bank),
                 "sources": [str(d) for d in data],
                 "series": len(bank),
@@ -724,7 +764,7 @@ def _calibrate_served(model_dir: Path, bank: Any, holdout: Any, command: str) ->
     )
 
 
-@app.command()
+@app.command(cls=_ArgvCommand)
 def calibrate(
     ctx: typer.Context,
     model_dir: Annotated[Path, typer.Option("--model", help="Model folder to calibrate (rewritten in place).")],
@@ -776,7 +816,7 @@ def info() -> None:
 def demo(
     machines: Annotated[int, typer.Option(min=1, max=1000, help="Machines in the generated fleet.")] = 12,
     seed: Annotated[int, typer.Option(help="Seed of the generated fleet.")] = 7,
-    hours: Annotated[int, typer.Option(min=1, max=24, help="Hours ahead to forecast.")] = 6,
+    hours: Annotated[int, typer.Option(min=1, max=MAX_HORIZON // 12, help="Hours ahead to forecast.")] = 6,
 ) -> None:
     """Forecast a generated sample fleet with the bundled model and show what is coming."""
     settings = _settings().replace(skip_persistence=True)
@@ -864,6 +904,11 @@ def _store(settings: Settings) -> Any:
     return open_store(settings)
 
 
+_TASK_TABLE_REST = 66
+"""Columns the tasks table needs besides the task id: borders and padding (19), and 47 for the
+request, status, attempts, created and error columns at their narrowest readable widths."""
+
+
 @tasks_app.command("list")
 def tasks_list(
     status: Annotated[str | None, typer.Option(help="accepted, running, done or failed.")] = None,
@@ -890,8 +935,15 @@ def tasks_list(
                 print(json.dumps(t.as_dict()))
             return
         table = Table(title="tasks: " + ", ".join(f"{k.value} {v}" for k, v in counts.items()))
-        for c in ("task", "request", "status", "attempts", "created", "error"):
-            table.add_column(c)
+        # Nothing is ever cut (ids are what `tasks show` and GET /v1/tasks take): every column
+        # folds onto more lines rather than end in an ellipsis, and where the terminal has room
+        # for it the task id keeps one line. (A min_width would make rich crop the table's right
+        # side on a narrow terminal instead.)
+        longest = max((len(t.task_id) for t in tasks), default=4)
+        fixed = longest if out.width >= longest + _TASK_TABLE_REST else None
+        table.add_column("task", width=fixed, overflow="fold")
+        for c in ("request", "status", "attempts", "created", "error"):
+            table.add_column(c, overflow="fold")
         for t in tasks:
             table.add_row(
                 t.task_id,
@@ -1236,7 +1288,7 @@ def report(
     selector: SelectorOpt = None,
     mount: MountOpt = "/",
     query: QueryOpt = None,
-    horizon: Annotated[int, typer.Option("--horizon", "-H", min=1, help="Steps to forecast (288 = 1 day).")] = 288,
+    horizon: Annotated[int, typer.Option("--horizon", "-H", callback=_horizon, help=_HORIZON_HELP)] = MAX_HORIZON,
     model: Annotated[
         str | None, typer.Option("--model", "-m", help="As in forecast; default: the bundled model.")
     ] = None,

@@ -9,6 +9,7 @@ Precedence is CLI flag > environment > default.
 from __future__ import annotations
 
 import dataclasses
+import numbers
 import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -23,12 +24,19 @@ __all__ = [
     "DEFAULT_MAX_BODY_BYTES",
     "DEFAULT_MAX_RECORDS",
     "DEFAULT_THRESHOLDS",
+    "MAX_HORIZON",
     "Settings",
     "default_data_dir",
+    "validate_horizon",
 ]
 
 DEFAULT_HORIZON: Final = 12
 """Steps forecast by ``process()`` when the caller names none (12 × 5 min = 1 h)."""
+
+MAX_HORIZON: Final = 288
+"""Steps any forecast may ask for at most (288 × 5 min = 24 h), in ``process()``, the HTTP
+service, ``ATOMIC_HORIZON`` and every CLI ``--horizon``: the long network's reach and
+UsageBench's longest horizon; past it the forecast would only hold its last value."""
 
 DEFAULT_THRESHOLDS: Final = (90.0, 100.0)
 """Percent levels whose crossing time ``process()`` reports."""
@@ -63,6 +71,24 @@ def default_data_dir() -> Path:
     return Path(platformdirs.user_data_dir("atomic-usage", appauthor=False))
 
 
+def validate_horizon(value: object) -> str | None:
+    """What is wrong with ``value`` as a horizon, or None when it is one.
+
+    The one check and message behind every horizon limit (see :data:`MAX_HORIZON`); each
+    caller wraps the message in its own error (a record error, a CLI flag, a variable).
+
+    >>> validate_horizon(12) is None
+    True
+    >>> validate_horizon(289)
+    'must be a whole number of steps from 1 to 288 (a day of 5-minute steps), not 289'
+    """
+    whole = isinstance(value, numbers.Integral) and not isinstance(value, bool)
+    if whole and 1 <= int(value) <= MAX_HORIZON:  # type: ignore[call-overload]
+        return None
+    shown = int(value) if whole else value  # type: ignore[call-overload]
+    return f"must be a whole number of steps from 1 to {MAX_HORIZON} (a day of 5-minute steps), not {shown!r}"
+
+
 def _bool(name: str, raw: str) -> bool:
     v = raw.strip().lower()
     if v in _TRUE:
@@ -79,6 +105,14 @@ def _int(name: str, raw: str, *, minimum: int) -> int:
         raise ConfigError(f"{name}={raw!r} is not a whole number; set e.g. {name}={minimum}.", name=name) from None
     if v < minimum:
         raise ConfigError(f"{name}={raw!r} is below {minimum}; set a value of at least {minimum}.", name=name)
+    return v
+
+
+def _horizon(name: str, raw: str) -> int:
+    v = _int(name, raw, minimum=1)
+    problem = validate_horizon(v)
+    if problem is not None:
+        raise ConfigError(f"{name}={raw!r} {problem}; set e.g. {name}={DEFAULT_HORIZON}.", name=name)
     return v
 
 
@@ -202,7 +236,7 @@ class Settings:
         get("SKIP_PERSISTENCE", _bool, "skip_persistence")
         get("LOG_LEVEL", lambda n, r: _choice(n, r, _LOG_LEVELS), "log_level")
         get("ATOMIC_MODEL_DIR", lambda n, r: Path(r).expanduser() if r else None, "model_dir")
-        get("ATOMIC_HORIZON", lambda n, r: _int(n, r, minimum=1), "horizon")
+        get("ATOMIC_HORIZON", _horizon, "horizon")
         get("ATOMIC_THRESHOLDS", _thresholds, "thresholds")
         get("ATOMIC_HISTORY_LIMIT", lambda n, r: _int(n, r, minimum=2), "history_limit")
         get("ATOMIC_BATCH_MAX_SIZE", lambda n, r: _int(n, r, minimum=1), "batch_max_size")

@@ -183,11 +183,24 @@ class QueueFullError(EngineError):
 
 
 class TaskNotFound(EngineError, KeyError):
-    """No task has this id."""
+    """No task has this task id, or no task was accepted under this request id.
 
-    def __init__(self, task_id: str) -> None:
-        super().__init__(f"No task has the id {task_id!r}; list tasks with `atomic-usage tasks list`.")
+    Attributes:
+        task_id: the task id looked up, or None when the lookup was by request id.
+        request_id: the request id (Idempotency-Key) looked up, or None.
+    """
+
+    def __init__(self, task_id: str | None = None, *, request_id: str | None = None) -> None:
+        if request_id is not None:
+            msg = (
+                f"No task was accepted under the request id {request_id!r} (the Idempotency-Key of a predict call); "
+                "list tasks and their request ids with `atomic-usage tasks list`."
+            )
+        else:
+            msg = f"No task has the id {task_id!r}; list tasks with `atomic-usage tasks list`."
+        super().__init__(msg)
         self.task_id = task_id
+        self.request_id = request_id
 
     def __str__(self) -> str:  # KeyError would quote the message
         return str(self.args[0])

@@ -55,6 +55,11 @@ def check(out: pd.DataFrame) -> None:
     assert (v[:, 0] <= v[:, 1]).all() and (v[:, 1] <= v[:, 2]).all()
     assert out.loc[has, "p50"].notna().all() and out.loc[~has, Q].isna().all().all()
     assert (out.loc[~has | short, "reason"] != "").all()
+    # mean: Swanson's rule inside the band; the median where the band is unknown; null with no forecast
+    mean = out.loc[has & ~short, "mean"].to_numpy()
+    assert (v[:, 0] <= mean).all() and (mean <= v[:, 2]).all()
+    assert (out.loc[has & short, "mean"] == out.loc[has & short, "p50"]).all()
+    assert out.loc[~has, "mean"].isna().all()
 
 
 class TestConstant:

@@ -96,8 +96,12 @@ class TestEquality:
         inp = write_input(df if layout == "sorted" else shuffled(df), tmp_path / name)
         suffix = ".parquet" if name.endswith(".parquet") else ".csv"
         whole, parts = tmp_path / f"whole{suffix}", tmp_path / f"chunked{suffix}"
-        forecast_cli(inp, whole, 10**9, model=model)
+        whole_text = forecast_cli(inp, whole, 10**9, model=model)
         text = forecast_cli(inp, parts, _ROWS, model=model)
+        # both count machines (ids) and series (id x metric) alike, and say which is which
+        counts = "40 machines (120 series: machine × metric)"
+        assert counts in whole_text and counts in text
+        assert "(6 series not forecast" in whole_text and "(6 series not forecast" in text
         assert "chunks of at most" in text and ("streamed" if mode == "stream" else "shuffled by id range") in text
         if suffix == ".csv" and model == "naive":
             assert parts.read_bytes() == whole.read_bytes()
@@ -135,6 +139,7 @@ class TestEquality:
         firsts = want.drop_duplicates(["id", "metric"])
         gone = firsts[firsts["model"].isin(["none", "error"])]
         assert job.missing == len(gone) == 6 and list(job.reasons) == gone["reason"].tolist()
+        assert job.n_metric_series == len(firsts) == 120 and job.summary().startswith("40 machines (120 series")
 
     def test_rejected_series_reason_counts_every_chunk(self, tmp_path: Path) -> None:
         """A series with far values in three chunks gets one reason, counting all three, as a whole read does."""
@@ -157,7 +162,7 @@ class TestEquality:
         """At most --rows-per-bucket rows: the in-memory path, with its usual summary line."""
         inp = write_input(hard_fleet(), tmp_path / "in.parquet")
         text = forecast_cli(inp, tmp_path / "out.parquet", 10**9)
-        assert "chunks" not in text and "40 series" in text
+        assert "chunks" not in text and "40 machines (120 series: machine × metric)" in text
 
 
 class TestMemoryBound:

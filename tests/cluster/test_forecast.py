@@ -77,6 +77,9 @@ class TestDirect:
         model = Naive() if name == "naive" else PredictLinear()
         assert_same_forecast(got, single_machine(grouped_parquet, model, 12))
         assert job.n_series == 60 and job.n_rows_out == len(got) and job.n_rows_in == len(messy_frame())
+        # machines are ids, series are (id, metric) pairs; a fallback count never includes the unforecast
+        assert job.n_metric_series == 180 and job.summary().startswith("60 machines (180 series: machine × metric)")
+        assert job.missing == int(got.iloc[::12]["model"].isin(["none", "error"]).sum()) and job.fallback == 0
 
     def test_batches_inside_a_chunk(self, client, grouped_parquet: Path, tmp_path: Path) -> None:
         """A chunk larger than rows_per_bucket is forecast in batches of whole ids: same result."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import orjson
+import pytest
 
 from atomic_usage.engine.forecast import describe_forecast, describe_many, encode_many
 
@@ -94,3 +95,45 @@ class TestEncodeMany:
         empty = np.zeros(0)
         kw = dict(last_ts=empty, step_s=300.0, last_value=empty, history_length=empty, models=[], thresholds=(90.0,))
         assert encode_many(np.zeros((0, 3, 12)), **kw) == []  # type: ignore[arg-type]
+
+
+class TestPeak:
+    """The peak is one step: the first with the highest median, with that step's p50 and p90."""
+
+    def _describe(self, fc: np.ndarray, history_length: int = 50) -> dict:
+        return describe_forecast(
+            fc,
+            last_ts=1.7e9,
+            step_s=300.0,
+            last_value=float(fc[1, 0]),
+            history_length=history_length,
+            model="m",
+            thresholds=(90.0,),
+        )
+
+    def test_p90_is_the_peak_steps(self) -> None:
+        """A band widest at the end does not lend its p90 to an earlier median peak."""
+        p50 = np.array([40.0, 60.0, 55.0, 50.0])
+        fc = np.stack([p50 - 5, p50, p50 + np.array([5.0, 6.0, 20.0, 30.0])])
+        out = self._describe(fc)
+        assert out["peak"] == {"timestamp": out["steps"][1]["timestamp"], "p50": 60.0, "p90": 66.0}
+        step = out["steps"][1]
+        assert (out["peak"]["p50"], out["peak"]["p90"]) == (step["p50"], step["p90"])
+
+    def test_ties_take_the_first_step_and_short_histories_have_no_p90(self) -> None:
+        """A flat median peaks at its first step; without an interval the peak's p90 is null."""
+        fc = np.stack([np.full(3, 10.0), np.full(3, 20.0), np.array([21.0, 25.0, 30.0])])
+        assert self._describe(fc)["peak"] == {
+            "timestamp": self._describe(fc)["steps"][0]["timestamp"],
+            "p50": 20.0,
+            "p90": 21.0,
+        }
+        assert self._describe(fc, history_length=1)["peak"]["p90"] is None
+
+    def test_schema_says_so(self) -> None:
+        """The OpenAPI description of peak.p90 names the peak step, and allows null."""
+        pytest.importorskip("fastapi")
+        from atomic_usage.service.schemas import Peak
+
+        schema = Peak.model_json_schema()["properties"]["p90"]
+        assert "at the peak step" in schema["description"] and {"type": "null"} in schema["anyOf"]

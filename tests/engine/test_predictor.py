@@ -72,6 +72,17 @@ class TestProcess:
         generated = predictor.process({"usageData": [rec("a", 2, cpuLoad=12.0)]})
         assert generated["requestId"] and generated["requestId"] != "req-1"
 
+    def test_lookups_name_what_was_not_found(self, predictor: UsagePredictor) -> None:
+        """An unknown request id is reported as a request id, an unknown task id as a task id."""
+        first = predictor.process({"usageData": [rec("a", 0, cpuLoad=10.0)]}, request_id="req-9")
+        assert predictor.find_task("req-9")["task_id"] == first["taskId"]
+        with pytest.raises(TaskNotFound, match="No task was accepted under the request id 'req-8'") as info:
+            predictor.find_task("req-8")
+        assert (info.value.request_id, info.value.task_id) == ("req-8", None) and "has the id" not in str(info.value)
+        with pytest.raises(TaskNotFound, match="No task has the id 'req-9'") as info:
+            predictor.task("req-9")  # a request id is not a task id
+        assert (info.value.task_id, info.value.request_id) == ("req-9", None)
+
     def test_results_sealed_at_rest(self, predictor: UsagePredictor) -> None:
         """Stored bodies are envelopes that open to the returned result, bound to task and record."""
         r = predictor.process({"usageData": [rec("a", 0, cpuLoad=10.0), rec("b", 0, cpuLoad=20.0)]}, sealed=True)

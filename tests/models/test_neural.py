@@ -158,6 +158,54 @@ class TestTraining:
         np.testing.assert_allclose(long_mad, want, rtol=1e-5, atol=1e-6)
         assert ctx.shape == (len(w), 8)
 
+    def test_metric_weights_turn_the_loss_into_the_metrics_units(self) -> None:
+        """Weighted by ``metric_weights``, an error in units of the context's scale is the same
+        error in units of the history's mean change (UsageBench's scale), within the clip; a flat
+        history is floored at a thousandth of its level, as the protocol floors it."""
+        from atomic_usage.models.neural import prepare
+        from atomic_usage.models.train import metric_weights
+
+        rng = np.random.default_rng(2)
+        ctx = np.stack([50 + rng.normal(0, sd, 12) for sd in (0.5, 2.0, 8.0)]).astype(np.float32)
+        hist_change = np.array([1.0, 1.0, 1.0])
+        w = metric_weights(ctx, hist_change, clip=10.0)
+        scale = prepare(ctx)[1]["input_scale"][:, 0]
+        err_units = 3.0  # |y - p| in units of each context's scale
+        np.testing.assert_allclose(err_units * w, err_units * scale / hist_change, rtol=1e-5)
+        assert w[0] < w[1] < w[2]
+        # clipped both ways; a flat history (change 0) gets the floor, not a division by zero
+        assert metric_weights(ctx[:1], np.array([1e6]), clip=10.0)[0] == pytest.approx(0.1)
+        assert metric_weights(ctx[2:], np.array([0.0]), clip=10.0)[0] == pytest.approx(10.0)
+
+    def test_metric_loss_weight_needs_the_history_scale(self) -> None:
+        """loss_weight='metric' on a spec without ratio_window, or an unknown choice, is refused
+        before any training."""
+        pytest.importorskip("torch")
+        from atomic_usage.data import SeriesBank, generate_series, regularize
+        from atomic_usage.models.neural import NeuralSpec
+        from atomic_usage.models.train import TrainConfig, train_neural
+
+        bank = SeriesBank.from_panel(regularize(generate_series(2, n_steps=80, seed=1))[0])
+        none = np.zeros(len(bank), bool)
+        with pytest.raises(ValueError, match="ratio_window"):
+            train_neural(bank, none, NeuralSpec(context=8, horizon=4), TrainConfig(steps=1, loss_weight="metric"))
+        with pytest.raises(ValueError, match="loss_weight"):
+            train_neural(bank, none, NeuralSpec(context=8, horizon=4), TrainConfig(steps=1, loss_weight="mase"))
+
+    def test_weighted_training_runs_and_records_its_weighting(self) -> None:
+        """A short network trains with the metric-weighted loss (finite loss, calibrated spec)."""
+        pytest.importorskip("torch")
+        from atomic_usage.data import SeriesBank, generate_series, regularize
+        from atomic_usage.models.neural import NeuralSpec
+        from atomic_usage.models.train import TrainConfig, train_neural
+
+        bank = SeriesBank.from_panel(regularize(generate_series(6, n_steps=120, seed=4))[0])
+        spec = NeuralSpec(context=12, horizon=4, hidden=16, layers=1, ratio_window=48)
+        config = TrainConfig(steps=20, batch_size=32, threads=1, loss_weight="metric")
+        result = train_neural(bank, np.zeros(len(bank), bool), spec, config)
+        assert np.isfinite(result.validation["final_loss"]) and result.validation["steps_run"] == 20
+        assert len(result.spec.interval_scale) == 4
+
 
 class TestMembersAndSplit:
     """Averaged members in one graph, and the short network serving the first steps."""

@@ -101,3 +101,34 @@ class TestSettings:
         assert "a" * 16 not in repr(s)
         with pytest.raises(ConfigError, match="ATOMIC_API_TOKENS"):
             Settings.from_env({"ATOMIC_API_TOKENS": "short"})
+
+
+class TestNotFound:
+    """A 404 says what was looked up: a task id, or the request id of GET /v1/tasks?request_id=."""
+
+    def test_request_id_lookup_names_the_request_id(self, tmp_path) -> None:  # noqa: ANN001
+        """GET /v1/tasks?request_id= of an unknown key is a 404 naming that request id, not a task id."""
+        import asyncio
+
+        httpx = pytest.importorskip("httpx")
+        from atomic_usage.engine.predictor import UsagePredictor
+        from atomic_usage.models.baselines import Naive
+        from atomic_usage.service.app import create_app
+
+        token = "not-found-token-0123456789abcdef"
+        settings = Settings(data_dir=tmp_path / "d", workers=1, api_tokens=(token,))
+        with UsagePredictor(settings, model=Naive()) as predictor:
+            app = create_app(settings, predictor)
+
+            async def go() -> tuple[httpx.Response, httpx.Response]:
+                transport = httpx.ASGITransport(app=app)
+                async with httpx.AsyncClient(transport=transport, base_url="http://test") as c:
+                    auth = {"Authorization": f"Bearer {token}"}
+                    by_key = await c.get("/v1/tasks", params={"request_id": "batch-42"}, headers=auth)
+                    by_id = await c.get("/v1/tasks/abc123", headers=auth)
+                    return by_key, by_id
+
+            by_key, by_id = asyncio.run(go())
+        assert by_key.status_code == 404 and by_id.status_code == 404
+        assert "request id 'batch-42'" in by_key.json()["detail"] and "has the id" not in by_key.json()["detail"]
+        assert "No task has the id 'abc123'" in by_id.json()["detail"]

@@ -67,7 +67,7 @@ class ChunkedJob:
         output: the file written.
         mode: ``"stream"`` (the file was sorted by id) or ``"shuffle"``.
         n_chunks: forecast calls, one per chunk of whole machines.
-        n_series: machines forecast.
+        n_series: machines (ids) forecast.
         n_rows_in: input rows read.
         n_rows_out: forecast rows written.
         max_rows_per_chunk: the most input rows in one chunk: at most ``rows_per_chunk`` plus
@@ -77,6 +77,7 @@ class ChunkedJob:
         reasons: the reasons of the first MAX_REASONS of those, in output order.
         regularize: the regularization counts summed over chunks.
         seconds: wall time.
+        n_metric_series: series, i.e. (id, metric) pairs, in the output.
     """
 
     output: Path
@@ -91,12 +92,14 @@ class ChunkedJob:
     reasons: tuple[str, ...]
     regularize: RegularizeReport
     seconds: float
+    n_metric_series: int = 0
 
     def summary(self) -> str:
-        """One line for a console."""
+        """One line for a console: machines are ids, series are (id, metric) pairs."""
         how = "sorted by id, streamed" if self.mode == "stream" else "shuffled by id range"
         return (
-            f"{self.n_series} series, {self.n_rows_out} rows in {self.seconds:.2f}s -> {self.output} "
+            f"{self.n_series} machines ({self.n_metric_series} series: machine × metric), {self.n_rows_out} rows "
+            f"in {self.seconds:.2f}s -> {self.output} "
             f"({self.n_chunks} chunks of at most {self.max_rows_per_chunk} input rows, {how})"
         )
 
@@ -120,6 +123,7 @@ class _Run:
         self.issues: dict[tuple[str, str], SeriesIssue] = {}
         self.issue_keys: dict[str, list[tuple[str, str]]] = {}
         self.n_chunks = self.n_series = self.n_rows_in = self.max_rows = self.fallback = self.missing = 0
+        self.n_metric_series = 0
         self.reasons: list[str] = []
         self.report = dict.fromkeys((f.name for f in dataclasses.fields(RegularizeReport)), 0)
 
@@ -157,6 +161,7 @@ class _Run:
             self.report[k] += v
         firsts = frame.iloc[:: self.horizon]  # each (id, metric) is `horizon` consecutive rows
         names = firsts["model"]
+        self.n_metric_series += len(names)
         gone = names.isin(NO_FORECAST).to_numpy()
         self.missing += int(gone.sum())
         self.fallback += int((~names.isin((*NO_FORECAST, getattr(self.model, "name", "")))).sum())
@@ -376,7 +381,7 @@ def forecast_chunked(
 
     Raises:
         SchemaError: the file is missing, unreadable or invalid (the message names it), the
-            output cannot be written, or the horizon is below 1. No output file is left then.
+            output cannot be written, or the horizon is out of range. No output file is left then.
     """
     t0 = time.perf_counter()
     p = Path(path)
@@ -432,4 +437,5 @@ def forecast_chunked(
         reasons=tuple(run.reasons),
         regularize=RegularizeReport(**run.report),
         seconds=time.perf_counter() - t0,
+        n_metric_series=run.n_metric_series,
     )

@@ -59,8 +59,8 @@ class TrainsetJob:
     def summary(self) -> str:
         """One line for a console."""
         return (
-            f"{self.n_series} series ({self.n_holdout} held out), {self.n_steps} steps -> {self.output} "
-            f"in {self.seconds:.2f}s"
+            f"{self.n_series} series: machine × metric ({self.n_holdout} held out), {self.n_steps} steps "
+            f"-> {self.output} in {self.seconds:.2f}s"
         )
 
 

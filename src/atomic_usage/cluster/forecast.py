@@ -48,14 +48,16 @@ class ForecastJob:
         output: the folder of parts.
         n_chunks: input chunks read by split tasks.
         n_parts: parts written (non-empty buckets).
-        n_series: machines forecast.
+        n_series: machines (ids) forecast.
         n_rows_in: input rows read.
         n_rows_out: forecast rows written.
-        fallback: (id, metric) pairs served by a fallback (see the ``model`` column).
+        fallback: series, i.e. (id, metric) pairs, served by a fallback (see the ``model`` column).
         regularize: the regularization counts summed over buckets (as in ``RegularizeReport``).
         seconds: wall time of the job, connection excluded.
         mode: ``"shuffle"`` (hashed into buckets through the scratch folder) or ``"direct"``
             (every id was in one chunk: each chunk forecast where it was read, one part each).
+        n_metric_series: series, i.e. (id, metric) pairs, in the output.
+        missing: series not forecast (model ``none`` or ``error``; see the ``reason`` column).
     """
 
     output: Path
@@ -68,29 +70,34 @@ class ForecastJob:
     regularize: dict[str, int]
     seconds: float
     mode: str = "shuffle"
+    n_metric_series: int = 0
+    missing: int = 0
 
     def summary(self) -> str:
-        """One line for a console."""
+        """One line for a console: machines are ids, series are (id, metric) pairs."""
         how = ", ids whole in each chunk: not shuffled" if self.mode == "direct" else ""
         return (
-            f"{self.n_series} series, {self.n_rows_out} rows in {self.seconds:.2f}s -> {self.output} "
-            f"({self.n_parts} parts from {self.n_chunks} input chunks{how})"
+            f"{self.n_series} machines ({self.n_metric_series} series: machine × metric), {self.n_rows_out} rows "
+            f"in {self.seconds:.2f}s -> {self.output} ({self.n_parts} parts from {self.n_chunks} input chunks{how})"
         )
 
 
 def _forecast_whole(df: pd.DataFrame, horizon: int, model: Forecaster) -> tuple[pd.DataFrame, dict[str, Any]]:
     """Regularizes and forecasts ``df`` (every id in it whole); the forecast and the counts."""
     from ..data.regularize import regularize
-    from ..models.base import forecast_frame
+    from ..models.base import NO_FORECAST, forecast_frame
 
     panel, report = regularize(df)
     frame = forecast_frame(model, panel, horizon)
-    pairs = frame.loc[frame["model"] != getattr(model, "name", ""), ["id", "metric"]].drop_duplicates()
+    names = frame["model"].iloc[::horizon]  # each (id, metric) is `horizon` consecutive rows
+    gone = names.isin(NO_FORECAST)
     counts = {
         "series": len(panel),
+        "metric_series": len(names),
         "rows_in": len(df),
         "rows_out": len(frame),
-        "fallback": len(pairs),
+        "fallback": int((~gone & (names != getattr(model, "name", ""))).sum()),
+        "missing": int(gone.sum()),
         "report": dataclasses.asdict(report),
     }
     return frame, counts
@@ -106,7 +113,8 @@ def forecast_bucket(directory: str, part: str, horizon: int, plugin_name: str) -
         plugin_name: the :class:`~atomic_usage.cluster.plugin.ModelPlugin` holding the model.
 
     Returns:
-        Counts for the job's summary: ``series``, ``rows_in``, ``rows_out``, ``fallback``, ``report``.
+        Counts for the job's summary: ``series`` (machines), ``metric_series``, ``rows_in``,
+        ``rows_out``, ``fallback``, ``missing`` (series), ``report``.
     """
     frame, counts = _forecast_whole(read_bucket(directory), horizon, worker_model(plugin_name))
     if len(frame):
@@ -206,14 +214,16 @@ def forecast_distributed(
 
     Raises:
         SchemaError: an input file is missing, unreadable or invalid (the message names it),
-            or the horizon is below 1.
+            or the horizon is not from 1 to MAX_HORIZON (``atomic_usage.config``).
         ArtifactError: the model folder is missing or malformed.
         ClusterError: the cluster failed in a way a re-run could not absorb.
     """
+    from ..config import validate_horizon
     from ..errors import SchemaError
 
-    if horizon < 1:
-        raise SchemaError(f"The horizon must be at least 1 step; got {horizon}.")
+    problem = validate_horizon(horizon)
+    if problem is not None:
+        raise SchemaError(f"The horizon {problem}.")
     if shuffle not in ("auto", "always"):
         raise ValueError(f"shuffle must be 'auto' or 'always'; got {shuffle!r}.")
     t0 = time.perf_counter()
@@ -277,6 +287,8 @@ def forecast_distributed(
             regularize=report,
             seconds=time.perf_counter() - t0,
             mode="shuffle" if direct is None else "direct",
+            n_metric_series=sum(r["metric_series"] for r in results),
+            missing=sum(r["missing"] for r in results),
         )
         finish_output(out_dir, scratch_dir, dataclasses.asdict(result), keep_scratch=keep_scratch)
     return result

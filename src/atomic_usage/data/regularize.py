@@ -29,7 +29,7 @@ class RegularizeReport:
     """What :func:`regularize` changed.
 
     Attributes:
-        n_series: series (ids) in the result.
+        n_series: machines (ids) in the result, each with every metric.
         n_rows_in: rows read.
         duplicates: rows merged into another row of the same id and step (their values averaged).
         unsorted_ids: ids whose rows did not come in time order.
@@ -47,7 +47,7 @@ class RegularizeReport:
     def summary(self) -> str:
         """One line for a log or a console."""
         return (
-            f"{self.n_series} series from {self.n_rows_in} rows: {self.duplicates} repeated timestamps merged "
+            f"{self.n_series} machines from {self.n_rows_in} rows: {self.duplicates} repeated timestamps merged "
             f"(mean), {self.unsorted_ids} ids reordered, {self.filled} values interpolated, "
             f"{self.masked} left missing"
         )

@@ -102,7 +102,8 @@ def describe_forecast(
             two of them are observed).
 
     Returns:
-        ``{"steps": [...], "historyLength", "model", "trend", "peak", "thresholds"}``.
+        ``{"steps": [...], "historyLength", "model", "trend", "peak", "thresholds"}``. The
+        ``peak`` is the first step with the highest p50: its ``timestamp``, ``p50`` and ``p90``.
         A threshold's ``p50``/``p90`` is the first step whose quantile reaches it from below, or
         null when none within the horizon does (a series already at or past it is reported by
         ``alreadyAbove``, not as a crossing at +0). With fewer than MIN_INTERVAL observed values
@@ -264,10 +265,12 @@ class _Prepared:
         # Rounded in one numpy call: per-value round() dominated process() when profiled.
         rounded = np.round(fc, 4)
         self.rounded = rounded
+        # The peak is one step, the first with the highest median: its time, median and p90 (the
+        # p90 of that step, not the highest p90 of the horizon, which may belong to another step).
         peak_a = np.argmax(fc[:, 1], axis=1)
         self.peak = peak_a.tolist()
         self.peak50 = fc[np.arange(R), 1, peak_a].tolist()
-        self.peak90 = fc[:, 2].max(1).tolist()
+        self.peak90 = fc[np.arange(R), 2, peak_a].tolist()
         # Each distinct origin's step times, formatted once.
         origins, which = np.unique(last_ts, return_inverse=True)
         self.stamps = [[iso(t) for t in (o + step_s * np.arange(1, H + 1)).tolist()] for o in origins.tolist()]

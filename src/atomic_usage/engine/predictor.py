@@ -39,7 +39,7 @@ import numpy as np
 import orjson
 
 from .._types import DEFAULT_METRICS
-from ..config import Settings
+from ..config import Settings, validate_horizon
 from ..errors import EngineError, PayloadError, RecordError, TaskNotFound
 from ..models.base import Forecaster
 from .commit import GroupCommitter
@@ -367,7 +367,7 @@ class UsagePredictor:
         """
         task = self.store.find(request_id)
         if task is None:
-            raise TaskNotFound(request_id)
+            raise TaskNotFound(request_id=request_id)
         return self.task(task.task_id)
 
     # --- running tasks ----------------------------------------------------------------
@@ -603,21 +603,14 @@ class UsagePredictor:
         self.close()
 
 
-MAX_HORIZON = 2016
-"""Steps process() forecasts at most (7 days of 5-minute steps)."""
-
-
 def _check_call(request_id: Any, horizon: Any, default_horizon: int) -> int:
     """Validates process()'s own arguments; returns the horizon to use."""
     errors = []
     if request_id is not None and not (isinstance(request_id, str) and 1 <= len(request_id) <= 200):
         errors.append(RecordError(-1, "request_id", "must be a string of 1 to 200 characters"))
-    if horizon is not None and (
-        isinstance(horizon, bool) or not isinstance(horizon, int) or not 1 <= horizon <= MAX_HORIZON
-    ):
-        errors.append(
-            RecordError(-1, "horizon", f"must be a whole number of steps from 1 to {MAX_HORIZON}, not {horizon!r}")
-        )
+    problem = None if horizon is None else validate_horizon(horizon)
+    if problem is not None:
+        errors.append(RecordError(-1, "horizon", problem))
     if errors:
         raise PayloadError(errors)
     return int(horizon if horizon is not None else default_horizon)

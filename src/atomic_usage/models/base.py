@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from .._types import BOUNDED_METRICS, QUANTILES
+from ..config import validate_horizon
 from ..data.regularize import Panel, regularize
 from ..data.validation import SeriesIssue
 from ..errors import NotFittedError, SchemaError
@@ -29,10 +30,12 @@ __all__ = [
     "FRAME_COLUMNS",
     "MIN_INTERVAL",
     "NO_FORECAST",
+    "SWANSON_WEIGHTS",
     "Forecaster",
     "finalize_quantiles",
     "forecast_frame",
     "interval_known",
+    "mean_from_quantiles",
     "no_data_reason",
 ]
 
@@ -108,7 +111,34 @@ MIN_INTERVAL = 3
 learn a spread from, so p10 and p90 are null (the point is the last value, flagged)."""
 
 FRAME_COLUMNS = ("id", "timestamp", "metric", "mean", "p10", "p50", "p90", "model", "reason")
-"""The columns of the long forecast frame."""
+"""The columns of the long forecast frame (``mean``: see :func:`mean_from_quantiles`)."""
+
+SWANSON_WEIGHTS = (0.3, 0.4, 0.3)
+"""Weights of p10, p50 and p90 in the ``mean`` column (Swanson's rule)."""
+
+
+def mean_from_quantiles(p10: np.ndarray, p50: np.ndarray, p90: np.ndarray) -> np.ndarray:
+    """The forecast's expected value, estimated from its quantiles by Swanson's rule.
+
+    The networks give quantiles, not a mean: ``0.3 p10 + 0.4 p50 + 0.3 p90`` is exact for a
+    symmetric distribution and follows the skew of an asymmetric one (a band that reaches
+    further up than down gives a mean above the median). It is kept within [p10, p90], so
+    it is in the metric's valid range whenever the quantiles are. Where the interval is
+    unknown (p10/p90 NaN: a short history) the mean is the median; where p50 is NaN, NaN.
+
+    Args:
+        p10, p50, p90: arrays of one shape.
+
+    Returns:
+        The mean, same shape.
+
+    >>> mean_from_quantiles(np.array([10.0]), np.array([20.0]), np.array([50.0])).tolist()
+    [26.0]
+    """
+    w10, w50, w90 = SWANSON_WEIGHTS
+    mean = np.clip(w10 * p10 + w50 * p50 + w90 * p90, p10, p90)
+    return np.where(np.isnan(p10) | np.isnan(p90), p50, mean)
+
 
 NO_FORECAST = ("none", "error")
 """``model`` values of rows without a forecast: ``none`` for a metric with no data while the id
@@ -168,10 +198,11 @@ def forecast_frame(
         one row per id, metric and step. ``reason`` is empty for an ordinary forecast.
 
     Raises:
-        SchemaError: ``horizon`` is below 1.
+        SchemaError: ``horizon`` is not from 1 to MAX_HORIZON (``atomic_usage.config``).
     """
-    if horizon < 1:
-        raise SchemaError(f"The horizon must be at least 1 step; got {horizon}; pass --horizon 1 or more.")
+    problem = validate_horizon(horizon)
+    if problem is not None:
+        raise SchemaError(f"The horizon {problem}.")
     rejected = {(i.id, i.metric): i.message for i in issues}
     hists, where, n_obs = [], [], []
     kind: list[tuple[str, str]] = []  # per (id, metric): (model or NO_FORECAST value, reason)
@@ -215,7 +246,7 @@ def forecast_frame(
             "id": np.repeat(np.repeat(panel.ids.astype(object), len(panel.metrics)), horizon),
             "timestamp": pd.to_datetime(ts, utc=True),
             "metric": np.repeat(np.tile(np.asarray(panel.metrics, object), len(panel)), horizon),
-            "mean": q["p50"],
+            "mean": mean_from_quantiles(q["p10"], q["p50"], q["p90"]),
             **q,
             "model": np.repeat(names, horizon),
             "reason": np.repeat(reasons, horizon),

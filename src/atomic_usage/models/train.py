@@ -42,6 +42,12 @@ class TrainConfig:
             schedule follows whichever of steps and time runs out first.
         truncate_share: share of training windows whose older history is masked at random,
             so the network meets every history length it may serve.
+        loss_weight: ``"none"``, or ``"metric"``: each window's loss is weighted by its
+            context's scale over the mean one-step change of the last ``ratio_window`` steps
+            of its history (clipped to ``1/weight_clip .. weight_clip``), so the loss is
+            scaled as UsageBench's MASE and SQL are (by the history's change, not the
+            context's); needs a spec with ``ratio_window``.
+        weight_clip: the bound on those weights.
     """
 
     steps: int = 3000
@@ -52,6 +58,12 @@ class TrainConfig:
     threads: int = 0
     time_budget_s: float = 0.0
     truncate_share: float = 0.5
+    loss_weight: str = "none"
+    weight_clip: float = 10.0
+
+
+LOSS_WEIGHTS = ("none", "metric")
+"""The choices of ``TrainConfig.loss_weight``."""
 
 
 @dataclasses.dataclass
@@ -129,8 +141,11 @@ def near_spec(context: int = 36, horizon: int = 12) -> NeuralSpec:
 
 
 def near_config(*, steps: int = 4000, seed: int = 0, time_budget_s: float = 0.0) -> TrainConfig:
-    """The short-context network's optimization settings."""
-    return TrainConfig(steps=steps, batch_size=512, lr=1e-3, seed=seed, time_budget_s=time_budget_s)
+    """The short-context network's optimization settings (the loss weighted as the metric is,
+    chosen on validation windows: ``docs/accuracy.md``)."""
+    return TrainConfig(
+        steps=steps, batch_size=512, lr=1e-3, seed=seed, time_budget_s=time_budget_s, loss_weight="metric"
+    )
 
 
 def _one_cycle(done: float, peak: float, warmup: float = 0.1) -> float:
@@ -171,12 +186,29 @@ def _normalized_batch(
     return inputs["x"], y, mask.astype(np.float32)
 
 
+def metric_weights(ctx: np.ndarray, long_mad: np.ndarray, clip: float) -> np.ndarray:
+    """Per-window loss weights that turn a loss in units of the context's scale into one in
+    units of the history's mean one-step change (UsageBench's MASE and SQL scale).
+
+    A flat history's change is floored as the protocol floors it (a thousandth of its level).
+    """
+    _, state = prepare(ctx)
+    level = np.abs(state["loc"][:, 0]).astype(np.float64)
+    hist = np.maximum(np.asarray(long_mad, np.float64), np.maximum(1e-3 * level, 1e-8))
+    weights: np.ndarray = np.clip(state["input_scale"][:, 0] / hist, 1.0 / clip, clip).astype(np.float32)
+    return weights
+
+
 def _pinball(torch: Any, pred: Any, y: Any, mask: Any) -> Any:
-    """Mean pinball loss of ``pred`` (members, n, 3, H) against ``y`` (n, H), averaged over members."""
+    """Mean pinball loss of ``pred`` (members, n, 3, H) against ``y`` (n, H), averaged over members.
+
+    ``mask`` (n, H) leaves missing targets out; a weighted mask weights windows (the mean is
+    over the weights).
+    """
     q = torch.tensor(QUANTILES, dtype=pred.dtype).view(1, 1, -1, 1)
     d = y[None, :, None, :] - pred
     loss = torch.maximum(q * d, (q - 1) * d) * mask[None, :, None, :]
-    return loss.sum() / mask.sum().clamp(min=1) / len(QUANTILES) / pred.shape[0]
+    return loss.sum() / mask.sum().clamp(min=1e-6) / len(QUANTILES) / pred.shape[0]
 
 
 def _predict_norm(torch: Any, net: Any, x: np.ndarray, bs: int = 4096) -> np.ndarray:
@@ -231,6 +263,10 @@ def train_neural(
     """
     import torch
 
+    if config.loss_weight not in LOSS_WEIGHTS:
+        raise ValueError(f"loss_weight must be one of {', '.join(LOSS_WEIGHTS)}, not {config.loss_weight!r}")
+    if config.loss_weight == "metric" and not spec.ratio_window:
+        raise ValueError("loss_weight='metric' needs a spec with ratio_window (the history's scale)")
     t0 = time.perf_counter()
     if config.threads:
         torch.set_num_threads(config.threads)
@@ -266,7 +302,10 @@ def train_neural(
             group["lr"] = _one_cycle(done, config.lr)
         idx = rng.integers(0, len(tr), config.batch_size)
         ctx, tgt, long_mad = tr.batch(idx)
-        x, y, m = _normalized_batch(_truncate_history(ctx, rng, config.truncate_share), tgt, spec, long_mad)
+        ctx = _truncate_history(ctx, rng, config.truncate_share)
+        x, y, m = _normalized_batch(ctx, tgt, spec, long_mad)
+        if config.loss_weight == "metric" and long_mad is not None:
+            m = m * metric_weights(ctx, long_mad, config.weight_clip)[:, None]
         pred = net.members_forward(torch.from_numpy(x))
         loss = _pinball(torch, pred, torch.from_numpy(y), torch.from_numpy(m))
         opt.zero_grad()

@@ -68,7 +68,8 @@ def render_report(
     low = levels[0] if levels else float("nan")
     esc = html.escape
     head = (
-        "<tr><th>#</th><th class=l>machine</th><th class=l>resource</th><th>now</th><th>peak p90</th>"
+        "<tr><th>#</th><th class=l>machine</th><th class=l>resource</th><th>now</th>"
+        "<th title='the highest p90 of the horizon'>max p90</th>"
         + "".join(f"<th>&ge;{t:g}% at p90</th>" for t in levels)
         + f"<th>&ge;{low:g}% at p50</th></tr>"
     )

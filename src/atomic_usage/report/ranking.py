@@ -36,7 +36,9 @@ def crossings(forecast: pd.DataFrame, history: pd.DataFrame, thresholds: Sequenc
 
     Returns:
         One row per id, metric and threshold: ``id, metric, threshold, now, origin,
-        horizon_s, peak_p90, p50_s, p90_s``. ``origin`` is the forecast's origin (the
+        horizon_s, peak_p90, p50_s, p90_s``. ``peak_p90`` is the highest p90 of the horizon
+        (shown as "max p90"; not ``process()``'s ``peak.p90``, the p90 at the median's peak
+        step). ``origin`` is the forecast's origin (the
         step before its first); ``p50_s``/``p90_s`` are seconds from the origin to the
         first step whose quantile reaches the threshold, 0 when the newest value already
         has, and +inf when no step of the horizon does.

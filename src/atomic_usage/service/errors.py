@@ -48,7 +48,7 @@ ERROR_STATUS: Final[tuple[tuple[type[BaseException], int, str], ...]] = (
     (PayloadTooLarge, 413, "The request is larger than this service allows; split it."),
     (PayloadError, 422, "The payload has bad records; nothing from it was applied."),
     (IdempotencyError, 409, "This Idempotency-Key was already used with a different payload."),
-    (TaskNotFound, 404, "No task has this id."),
+    (TaskNotFound, 404, "No task has this task id, or none was accepted under this request id."),
     (QueueFullError, 503, "The engine is full; retry later with the same Idempotency-Key."),
     (EngineError, 503, "The engine could not finish the request; retry later with the same Idempotency-Key."),
     (AtomicError, 500, "Internal error; it was logged."),

@@ -13,14 +13,12 @@ from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from ..config import MAX_HORIZON
 from ..errors import PayloadSyntaxError, PayloadTooLarge, RecordError
 from .errors import error_responses
 from .schemas import HealthBody, PredictResponse, TaskBody
 
 __all__ = ["IDEMPOTENCY_KEY_PATTERN", "MAX_HORIZON", "decode_json", "read_limited", "router"]
-
-MAX_HORIZON = 288
-"""Steps ahead one request may ask for at most (24 h of 5-minute steps)."""
 
 IDEMPOTENCY_KEY_PATTERN = r"^[\x21-\x7e]+$"
 """What an Idempotency-Key may hold: 1 to 200 printable ASCII characters, no space."""
@@ -126,7 +124,12 @@ async def predict(
     request: Request,
     horizon: Annotated[
         int | None,
-        Query(ge=1, le=MAX_HORIZON, description="Steps (5 min) to forecast; default ATOMIC_HORIZON."),
+        # Checked by process(), not here, so that a bad horizon gets its one message everywhere.
+        Query(
+            description=f"Steps (5 min) to forecast, 1 to {MAX_HORIZON}; default ATOMIC_HORIZON. "
+            "Outside that range: 422 with the horizon's error in `errors`.",
+            json_schema_extra={"minimum": 1, "maximum": MAX_HORIZON},
+        ),
     ] = None,
     sealed: Annotated[bool, Query(description="Also return each result sealed (AES-256-GCM envelopes).")] = False,
     idempotency_key: Annotated[

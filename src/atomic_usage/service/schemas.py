@@ -87,11 +87,14 @@ class Trend(BaseModel):
 
 
 class Peak(BaseModel):
-    """The highest point of the forecast."""
+    """The peak step: the first step with the highest median, and its forecast."""
 
-    timestamp: str = Field(description="Time of the highest median step, ISO 8601 UTC.")
-    p50: float = Field(description="The highest median.")
-    p90: float = Field(description="The highest 90th percentile.")
+    timestamp: str = Field(description="Time of the peak step (the first with the highest median), ISO 8601 UTC.")
+    p50: float = Field(description="The median at the peak step: the highest median of the horizon.")
+    p90: float | None = Field(
+        description="The 90th percentile at the peak step (not the highest p90 of the horizon); "
+        "null when the interval is unknown (short history)."
+    )
 
 
 class Crossing(BaseModel):
