@@ -136,6 +136,13 @@ class TestServeProcesses:
             assert _metric(text, "atomic_processes") == 2
             assert _metric(text, "atomic_records_total") == 16 * 3
 
+    def test_https(self, tmp_path: Path, tls_files: tuple[Path, Path, Path]) -> None:
+        """--tls-cert/--tls-key apply to every process: predict and metrics over HTTPS."""
+        with Server(tmp_path, args=("--processes", "2"), tls=tls_files, group=True) as srv:
+            _wait_for_processes(srv, 2)
+            with srv.client() as c:
+                assert c.post("/v1/predict", json=payload(2), headers=AUTH).status_code == 200
+
     def test_refused_without_persistence(self, tmp_path: Path) -> None:
         """In-memory stores cannot be shared: serve says so and does not start."""
         srv = Server(tmp_path, args=("--processes", "2"), env={"SKIP_PERSISTENCE": "1"})
