@@ -5,7 +5,9 @@ subprocess, then sends 10-record payloads (unique Idempotency-Keys, a fleet of -
 machines) from --concurrency connections for --duration seconds, after a 3 s warm-up that
 gives every machine a first observation. Prints requests/s, p50/p90/p99 latency as the
 client saw them, non-200 answers and socket errors, the 1-minute load average at the end
-of the run, and the server's own batch and group-commit figures from /metrics.
+of the run, the server's CPU time per request (all its processes, from /proc), how many of
+the connections each serving process holds (``ss``), and the server's own batch and
+group-commit figures from /metrics. ``--processes N`` serves from N processes.
 
 The client is ``wrk`` (``apt-get install wrk``; ``benchmarks/bench_service.lua`` builds the
 payloads) when it is installed: written in C, it leaves the cores to the server. ``--client
@@ -22,11 +24,13 @@ import argparse
 import asyncio
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -93,6 +97,40 @@ async def _load(url: str, args: argparse.Namespace) -> tuple[list[float], int, f
         return latencies, errors, time.perf_counter() - t
 
 
+def _tree_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of ``pid`` and its living descendants (Linux /proc; 0 elsewhere)."""
+    tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    parents: dict[int, int] = {}
+    times: dict[int, float] = {}
+    for d in Path("/proc").glob("[0-9]*"):
+        try:
+            fields = (d / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        parents[int(d.name)] = int(fields[1])
+        times[int(d.name)] = (int(fields[11]) + int(fields[12])) / tick
+    tree, todo = set(), [pid]
+    while todo:
+        p = todo.pop()
+        tree.add(p)
+        todo += [c for c, pp in parents.items() if pp == p and c not in tree]
+    return sum(times.get(p, 0.0) for p in tree)
+
+
+def _connections_by_process(port: int) -> list[int]:
+    """How many established connections each server process holds on ``port`` (sorted; Linux ``ss``)."""
+    try:
+        out = subprocess.run(
+            ["ss", "-tnpH", "state", "established", f"( sport = :{port} )"], capture_output=True, text=True, timeout=10
+        ).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return []
+    counts: dict[str, int] = {}
+    for pid in re.findall(r"pid=(\d+)", out):
+        counts[pid] = counts.get(pid, 0) + 1
+    return sorted(counts.values())
+
+
 def _pct(xs: list[float], q: float) -> float:
     xs = sorted(xs)
     return xs[min(len(xs) - 1, int(q / 100 * len(xs)))] * 1000 if xs else float("nan")
@@ -143,6 +181,7 @@ def main() -> None:
     ap.add_argument("--records", type=int, default=10, help="records per payload")
     ap.add_argument("--machines", type=int, default=1000, help="distinct machine ids")
     ap.add_argument("--workers", type=int, default=2, help="engine worker threads")
+    ap.add_argument("--processes", type=int, default=1, help="serve --processes (serving processes over one store)")
     ap.add_argument("--model", default=None, help="--model of serve (default: the bundled model)")
     ap.add_argument("--client", default="auto", choices=["auto", "wrk", "httpx"], help="auto: wrk if installed")
     ap.add_argument(
@@ -181,6 +220,8 @@ def main() -> None:
             "--workers",
             str(args.workers),
         ] + (["--model", args.model] if args.model else [])
+        if args.processes != 1:
+            cmd += ["--processes", str(args.processes)]
         proc = subprocess.Popen(cmd, env=env)
         try:
             deadline = time.monotonic() + 120
@@ -200,7 +241,14 @@ def main() -> None:
             now = int(time.time()) // 300 * 300
             warm = {"duration": 3.0, "run": args.run + "w", "base_ts": now - 2 * day}
             run(url, argparse.Namespace(**{**vars(args), **warm}))
+            cpu0 = _tree_cpu_s(proc.pid)
+            split: list[int] = []
+            # With several processes the kernel hands each connection to one of them: how many each got.
+            probe = threading.Timer(2.0, lambda: split.extend(_connections_by_process(port)))
+            probe.start()
             res = run(url, argparse.Namespace(**{**vars(args), "base_ts": now - day}))
+            cpu_s = _tree_cpu_s(proc.pid) - cpu0
+            probe.join()
             load1 = float(Path("/proc/loadavg").read_text().split()[0]) if Path("/proc/loadavg").exists() else None
             metrics = httpx.get(f"{url}/metrics", headers=HEADERS).text
         finally:
@@ -225,6 +273,9 @@ def main() -> None:
         "req_s": round(ok / res["duration_s"], 1),
         "records_s": round(ok * args.records / res["duration_s"]),
         "latency_ms": {k: round(v, 1) for k, v in res["latency_ms"].items()},
+        "server_cpu_ms_per_req": round(1000 * cpu_s / max(ok, 1), 2),
+        "processes": args.processes,
+        "connections_per_process": split,
         "load1": load1,
         "history": args.history,
         "batch": batch,
@@ -235,13 +286,15 @@ def main() -> None:
     lat = row["latency_ms"]
     print(
         f"client={client} sync={args.sync} concurrency={args.concurrency} records/payload={args.records} "
-        f"model={row['model']} duration={row['duration_s']}s load1={load1}"
+        f"model={row['model']} processes={args.processes} duration={row['duration_s']}s load1={load1}"
     )
     print(
         f"  requests ok {ok}, non-200 {res['non200']}, socket errors {res['errors']}: {row['req_s']} req/s "
         f"({row['records_s']} records/s)"
     )
     print(f"  latency ms p50 {lat['p50']}  p90 {lat['p90']}  p99 {lat['p99']}")
+    print(f"  server CPU {row['server_cpu_ms_per_req']} ms per request (all its processes)")
+    print(f"  connections per serving process: {split}")
     print("  " + "  ".join(f"{k} {v:g}" for k, v in batch.items()))
 
 

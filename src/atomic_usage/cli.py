@@ -1026,18 +1026,34 @@ def serve(
         float, typer.Option("--graceful-s", min=0, help="Seconds in-flight requests get at shutdown.")
     ] = 30.0,
     log_level: Annotated[str | None, typer.Option(help="uvicorn log level (default: LOG_LEVEL).")] = None,
+    processes: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="Serving processes over the one store, each with its own engine (ATOMIC_PROCESSES; default 1).",
+        ),
+    ] = None,
 ) -> None:
     """Serve the HTTP API (POST /v1/predict, GET /v1/tasks/{id}, /metrics, /healthz, /readyz).
 
-    One process: the fleet's recent history lives in its memory. SIGTERM or Ctrl-C stops
-    accepting, lets in-flight requests finish for --graceful-s, then closes the engine;
-    tasks still open then resume at the next start.
+    One process by default. With --processes N, N processes share the listening socket and
+    the store: each keeps the fleet's history in memory and reads the observations the others
+    accepted before it forecasts; any of them answers /v1/tasks and /metrics for all. SIGTERM
+    or Ctrl-C stops accepting, lets in-flight requests finish for --graceful-s, then closes
+    the engine(s); tasks still open then resume at the next start.
     """
     settings = _settings()
     if (tls_cert is None) != (tls_key is None):
         raise typer.BadParameter("give both --tls-cert and --tls-key, or neither", param_hint="--tls-cert")
     if workers is not None:
         settings = settings.replace(workers=workers)
+    if processes is not None:
+        settings = settings.replace(processes=processes)
+    if settings.processes > 1 and settings.skip_persistence:
+        raise typer.BadParameter(
+            "several processes share the store on disk; unset SKIP_PERSISTENCE or serve one process",
+            param_hint="--processes",
+        )
     with _errors():
         try:
             import uvicorn
@@ -1053,11 +1069,7 @@ def serve(
         from .engine.predictor import SESSION_THREADS
         from .models.artifact import load_forecaster
 
-        # As the predictor loads its default model: one ONNX Runtime thread per worker's session.
-        forecaster = load_forecaster(model, threads=SESSION_THREADS) if model is not None else None
-        api = create_app(settings, model=forecaster)
-        config = uvicorn.Config(
-            api,
+        options: dict[str, Any] = dict(
             host=host,
             port=port,
             ssl_certfile=tls_cert,
@@ -1067,7 +1079,17 @@ def serve(
             timeout_graceful_shutdown=int(graceful_s) or None,
             lifespan="on",
         )
-        uvicorn.Server(config).run()
+        if settings.processes > 1:
+            from .service.supervisor import serve_processes
+
+            status = serve_processes(settings, model, options)
+            if status:
+                raise typer.Exit(status)
+            return
+        # As the predictor loads its default model: one ONNX Runtime thread per worker's session.
+        forecaster = load_forecaster(model, threads=SESSION_THREADS) if model is not None else None
+        api = create_app(settings, model=forecaster)
+        uvicorn.Server(uvicorn.Config(api, **options)).run()
 
 
 @app.command("token-hash")

@@ -181,6 +181,9 @@ class Settings:
             (``ATOMIC_API_TOKENS_FILE``); tokens kept on disk are stored only hashed.
         max_body_bytes: bytes one HTTP request body may hold (``ATOMIC_MAX_BODY_BYTES``).
         open_metrics: serve /metrics, /healthz and /readyz without a token (``ATOMIC_OPEN_METRICS``).
+        processes: engine processes sharing the store at once (``ATOMIC_PROCESSES``; ``serve
+            --processes``). Above 1, each process logs the observations it accepts and reads
+            the others' into its in-memory history before it forecasts.
     """
 
     data_dir: Path = dataclasses.field(default_factory=default_data_dir)
@@ -202,6 +205,7 @@ class Settings:
     api_tokens_file: Path | None = None
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     open_metrics: bool = False
+    processes: int = 1
 
     def __post_init__(self) -> None:
         # Accept str paths from Python callers; the rest of the code relies on Path.
@@ -247,6 +251,7 @@ class Settings:
         get("ATOMIC_API_TOKENS_FILE", lambda n, r: Path(r).expanduser() if r else None, "api_tokens_file")
         get("ATOMIC_MAX_BODY_BYTES", lambda n, r: _int(n, r, minimum=1024), "max_body_bytes")
         get("ATOMIC_OPEN_METRICS", _bool, "open_metrics")
+        get("ATOMIC_PROCESSES", lambda n, r: _int(n, r, minimum=1), "processes")
         return cls(**kw)
 
     def replace(self, **changes: Any) -> Settings:

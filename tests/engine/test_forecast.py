@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import numpy as np
+import orjson
 import pytest
 
-from atomic_usage.engine.forecast import describe_forecast, describe_many
+from atomic_usage.engine.forecast import describe_forecast, describe_many, encode_many
 
 
 class TestDescribeMany:
@@ -62,6 +63,38 @@ class TestDescribeMany:
             thresholds=(90.0,),
         )
         assert out == []
+
+
+class TestEncodeMany:
+    """encode_many is describe_many's dicts as orjson would write them, byte for byte."""
+
+    def test_bytes_equal_orjson_of_describe_many(self) -> None:
+        """Random paths (counts too, large and tiny values), origins, unknown intervals, crossings."""
+        rng = np.random.default_rng(11)
+        cases = ((200, 12, 100.0, (90.0, 100.0)), (40, 288, 100.0, (50.0,)), (30, 5, 1e12, ()), (30, 3, 1e-6, (90.0,)))
+        for R, H, scale, levels in (*cases, (1, 1, 50.0, (10.0, 60.0, 90.0))):
+            p50 = np.abs(rng.uniform(0, scale, (R, 1)) + np.cumsum(rng.normal(0, scale / 30, (R, H)), 1))
+            width = np.abs(rng.normal(0, scale / 25, (R, H)))
+            fc = np.stack([np.maximum(p50 - width, 0), p50, p50 + width], 1)
+            fc[::7] = 95.0
+            kw = dict(
+                last_ts=1.7e9 + 300 * rng.integers(0, 4, R),
+                step_s=300.0,
+                last_value=np.where(rng.random(R) < 0.2, 100.0, p50[:, 0]),
+                history_length=rng.integers(0, 6, R),
+                models=[f'm"{i % 3}\u00e9' for i in range(R)],
+                thresholds=levels,
+                recent=np.where(rng.random((R, 12)) < 0.3, np.nan, rng.uniform(0, scale, (R, 12))),
+            )
+            texts = encode_many(fc, **kw)  # type: ignore[arg-type]
+            dicts = describe_many(fc, **kw)  # type: ignore[arg-type]
+            assert texts == [orjson.dumps(d) for d in dicts]
+
+    def test_no_rows(self) -> None:
+        """Nothing in, nothing out."""
+        empty = np.zeros(0)
+        kw = dict(last_ts=empty, step_s=300.0, last_value=empty, history_length=empty, models=[], thresholds=(90.0,))
+        assert encode_many(np.zeros((0, 3, 12)), **kw) == []  # type: ignore[arg-type]
 
 
 class TestPeak:

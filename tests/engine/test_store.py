@@ -156,33 +156,48 @@ class TestTaskStoreSchema:
 
     def test_fresh_database_is_at_latest_version(self, tmp_path: Path) -> None:
         with TaskStore(tmp_path / "a.sqlite3") as s:
-            assert s.schema_version() == SCHEMA_VERSION == 1
+            assert s.schema_version() == SCHEMA_VERSION == 2
+
+    def test_version_1_database_gains_the_observation_log(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """A database written before the observation log is migrated to it, its tasks kept."""
+        path = tmp_path / "a.sqlite3"
+        monkeypatch.setattr(store_mod, "_MIGRATIONS", store_mod._MIGRATIONS[:1])
+        with TaskStore(path) as s:
+            task = s.accept({"n": 1}).task
+            assert s.schema_version() == 1
+        monkeypatch.undo()
+        with TaskStore(path) as s:
+            assert s.schema_version() == 2 and s.get(task.task_id) == task
+            assert s.read_log(0) == (0, False, [])
 
     def test_later_migrations_run_once_in_order(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         path = tmp_path / "a.sqlite3"
         TaskStore(path).close()
+        v = SCHEMA_VERSION
         extra = (
-            (2, ("CREATE TABLE t2 (a INTEGER)",)),
-            (3, ("INSERT INTO t2 SELECT COUNT(*) FROM t2",)),
+            (v + 1, ("CREATE TABLE t2 (a INTEGER)",)),
+            (v + 2, ("INSERT INTO t2 SELECT COUNT(*) FROM t2",)),
         )
         monkeypatch.setattr(store_mod, "_MIGRATIONS", store_mod._MIGRATIONS + extra)
         with TaskStore(path) as s:
-            assert s.schema_version() == 3
+            assert s.schema_version() == v + 2
         with TaskStore(path) as s:
             conn = s._conn()
             assert conn.execute("SELECT a FROM t2").fetchall() == [(0,)]
-            assert [r[0] for r in conn.execute("SELECT version FROM schema_version")] == [1, 2, 3]
+            assert [r[0] for r in conn.execute("SELECT version FROM schema_version")] == list(range(1, v + 3))
 
     def test_failed_migration_is_rolled_back(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         path = tmp_path / "a.sqlite3"
         TaskStore(path).close()
-        bad = ((2, ("CREATE TABLE t2 (a INTEGER)", "NOT SQL")),)
+        bad = ((SCHEMA_VERSION + 1, ("CREATE TABLE t2 (a INTEGER)", "NOT SQL")),)
         monkeypatch.setattr(store_mod, "_MIGRATIONS", store_mod._MIGRATIONS + bad)
         with pytest.raises(StoreError, match="syntax error"):
             TaskStore(path)
         monkeypatch.undo()
         with TaskStore(path) as s:
-            assert s.schema_version() == 1
+            assert s.schema_version() == SCHEMA_VERSION
             assert s._conn().execute("SELECT name FROM sqlite_master WHERE name = 't2'").fetchall() == []
 
     def test_newer_database_is_refused(self, tmp_path: Path) -> None:

@@ -8,7 +8,7 @@ import pytest
 
 from atomic_usage.errors import NotFittedError
 from atomic_usage.models.base import FRAME_COLUMNS
-from atomic_usage.models.baselines import Naive, PredictLinear, SeasonalNaive
+from atomic_usage.models.baselines import Naive, PredictLinear, SeasonalNaive, _nanquantile_rows
 from atomic_usage.models.checks import check_forecaster
 
 B = np.array([False])
@@ -70,3 +70,25 @@ class TestBaselines:
         assert list(out.columns) == list(FRAME_COLUMNS)
         assert out["timestamp"].tolist() == list(pd.date_range("2024-01-01 00:20", periods=2, freq="5min", tz="UTC"))
         assert out["p50"].tolist() == [4.0, 4.0] and set(out["model"]) == {"naive"}
+
+
+class TestNanQuantileRows:
+    """The vectorised row quantiles are np.nanquantile's numbers, bit for bit."""
+
+    def test_equals_numpy_bit_for_bit(self) -> None:
+        """Random rows: gaps, ties, empty rows, single values, tiny and huge scales."""
+        import warnings
+
+        rng = np.random.default_rng(0)
+        for trial in range(200):
+            k, L = int(rng.integers(1, 30)), int(rng.integers(1, 200))
+            a = rng.normal(0, rng.choice([1e-6, 1.0, 100.0, 1e9]), (k, L))
+            if trial % 3 == 0:
+                a = np.round(a, 1)  # ties
+            a[rng.random((k, L)) < rng.random()] = np.nan
+            a[0] = np.nan if trial % 5 == 0 else a[0]
+            qs = [0.1, 0.9] if trial % 2 else [0.05, 0.5, 0.95]
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)
+                want = np.nanquantile(a, qs, axis=1).T
+            np.testing.assert_array_equal(_nanquantile_rows(a, qs), want)

@@ -45,6 +45,8 @@ class Server:
         env: extra environment variables.
         args: extra command-line arguments.
         tls: ``(cert, key, ca)`` paths to serve HTTPS.
+        group: start it in a session of its own, so :meth:`kill_group` can SIGKILL it with every
+            process it started (``serve --processes N``).
     """
 
     def __init__(
@@ -55,12 +57,14 @@ class Server:
         env: dict[str, str] | None = None,
         args: tuple[str, ...] = (),
         tls: tuple[Path, Path, Path] | None = None,
+        group: bool = False,
     ) -> None:
         self.data_dir = data_dir
         self.model = model
         self.env = env or {}
         self.args = args
         self.tls = tls
+        self.group = group
         self.port = 0
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = data_dir / "server.log"
@@ -93,8 +97,8 @@ class Server:
             ATOMIC_API_TOKENS=TOKEN,
             ATOMIC_WORKERS="1",
             LOG_LEVEL="WARNING",
-            **self.env,
         )
+        env.update(self.env)  # the test's own values win
         cmd = [
             sys.executable,
             "-m",
@@ -111,7 +115,9 @@ class Server:
         if self.tls:
             cmd += ["--tls-cert", str(self.tls[0]), "--tls-key", str(self.tls[1])]
         with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
+            self.proc = subprocess.Popen(
+                cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=self.group
+            )
         deadline = time.monotonic() + timeout_s
         with self.client(timeout=2) as c:
             while True:
@@ -140,7 +146,21 @@ class Server:
                 raise
         return self.proc.returncode
 
+    def kill_group(self) -> None:
+        """SIGKILL of the server and every process it started (needs ``group=True``)."""
+        assert self.proc is not None and self.group
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.proc.wait(10)
+
     def kill(self) -> None:
+        if self.proc is not None and self.group:
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)  # its processes too, whatever state it is in
+            except ProcessLookupError:
+                pass
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(10)

@@ -23,6 +23,7 @@ class _Client(threading.Thread):
         self.srv, self.tag = srv, tag
         self.ok: dict[str, dict[str, Any]] = {}
         self.sent: dict[str, dict[str, Any]] = {}
+        self.statuses: list[int] = []
         self.stop = threading.Event()
 
     def run(self) -> None:
@@ -35,6 +36,7 @@ class _Client(threading.Thread):
                     r = c.post("/v1/predict", json=body, headers={**AUTH, "Idempotency-Key": key})
                 except httpx.TransportError:
                     return  # the server went away
+                self.statuses.append(r.status_code)
                 if r.status_code == 200:
                     self.ok[key] = r.json()
                 n += 1

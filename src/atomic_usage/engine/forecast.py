@@ -8,10 +8,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
+import orjson
 
 from ..models.base import MIN_INTERVAL
 
-__all__ = ["describe_forecast", "describe_many", "iso"]
+__all__ = ["describe_forecast", "describe_many", "encode_many", "iso"]
 
 _FLAT_PER_HOUR = 0.05
 """A trend slower than this many units (percent points) per hour is flat, however clean."""
@@ -150,61 +151,152 @@ def describe_many(
     Returns:
         R dicts, each as :func:`describe_forecast` returns.
     """
-    fc = np.asarray(fc, float)
-    R, _, H = fc.shape
+    prep = _Prepared(fc, last_ts, step_s, last_value, history_length, models, thresholds, recent)
+    if not prep.R:
+        return []
+    out = []
+    nulls = [None] * prep.H
+    r10, r50, r90 = (prep.rounded[:, k].tolist() for k in range(3))
+    for i in range(prep.R):
+        ts = prep.stamps[prep.which[i]]
+        known = prep.known[i]
+        lo, hi = (r10[i], r90[i]) if known else (nulls, nulls)
+        out.append(
+            {
+                "steps": [
+                    {"timestamp": t, "p10": a, "p50": b, "p90": c}
+                    for t, a, b, c in zip(ts, lo, r50[i], hi, strict=True)
+                ],
+                **prep.tail(i),
+            }
+        )
+    return out
+
+
+def encode_many(
+    fc: np.ndarray,
+    *,
+    last_ts: np.ndarray,
+    step_s: float,
+    last_value: np.ndarray,
+    history_length: np.ndarray,
+    models: Sequence[str],
+    thresholds: Sequence[float],
+    recent: np.ndarray | None = None,
+) -> list[bytes]:
+    """:func:`describe_many` as JSON text: ``orjson.dumps`` of each of its dicts, byte for byte.
+
+    The steps, most of a result, are never built as dicts: every value of every series is
+    formatted by one ``orjson.dumps`` of a flat list, and each series' steps are spliced from
+    those numbers and its origin's step prefixes (formatted once per distinct origin) with
+    list slice assignments and one join. Only the small rest of each result (history length,
+    model, trend, peak, thresholds) is a dict. Args as :func:`describe_many`.
+
+    Returns:
+        R JSON texts (UTF-8).
+    """
+    prep = _Prepared(fc, last_ts, step_s, last_value, history_length, models, thresholds, recent)
+    R, H = prep.R, prep.H
     if not R:
         return []
-    last_ts = np.asarray(last_ts, float)
-    last_value = np.asarray(last_value, float)
-    hours = step_s * np.arange(1, H + 1) / 3600.0
-    spread = np.asarray(history_length) >= MIN_INTERVAL
-    # Trend: over the recent observed steps, else (fewer than two) over the forecast from the origin.
-    slope = np.full(R, np.nan)
-    se = np.zeros(R)
-    if recent is not None and recent.shape[1]:
-        r = np.asarray(recent, float)[:, -TREND_STEPS:]
-        slope, se, _ = _slopes(np.arange(-r.shape[1] + 1, 1) * step_s / 3600.0, r)
-    todo = np.flatnonzero(np.isnan(slope))
-    if len(todo):
-        y = np.concatenate([last_value[todo, None], fc[todo, 1]], axis=1)
-        b, e, _ = _slopes(np.concatenate([[0.0], hours]), y)
-        slope[todo], se[todo] = np.nan_to_num(b), np.nan_to_num(e)
-    flat = (np.abs(slope) < _FLAT_PER_HOUR) | (np.abs(slope) <= _SIGNIFICANCE * se)
-    direction = np.where(flat, "flat", np.where(slope > 0, "rising", "falling")).tolist()
-    slopes = slope.tolist()
-    # Rounded in one numpy call: per-value round() dominated process() when profiled.
-    rounded = np.round(fc, 4)
-    r10, r50, r90 = (rounded[:, k].tolist() for k in range(3))
-    # The peak is one step, the first with the highest median: its time, median and p90 (the
-    # p90 of that step, not the highest p90 of the horizon, which may belong to another step).
-    peak_a = np.argmax(fc[:, 1], axis=1)
-    peak = peak_a.tolist()
-    peak50 = fc[np.arange(R), 1, peak_a].tolist()
-    peak90 = fc[np.arange(R), 2, peak_a].tolist()
-    # Each distinct origin's step times, formatted once.
-    origins, which = np.unique(last_ts, return_inverse=True)
-    stamps = [[iso(t) for t in (o + step_s * np.arange(1, H + 1)).tolist()] for o in origins.tolist()]
-    levels = [float(level) for level in thresholds]
-    cross = []
-    # The origin is compared as reported too: a value that shows as 100.0 is already at 100.
-    last_r = np.round(last_value, 4)
-    for level in levels:
-        hit50, at50 = _crossings(rounded[:, 1], level, last_r)
-        hit90, at90 = _crossings(rounded[:, 2], level, last_r)
-        cross.append((hit50.tolist(), at50.tolist(), hit90.tolist(), at90.tolist(), (last_r >= level).tolist()))
-    origin = last_ts.tolist()
-    which_l = which.tolist()
-    known_l = spread.tolist()
-    n_hist = np.asarray(history_length).astype(np.int64).tolist()
-    nulls = [None] * H
+
+    # orjson writes a float64 array's numbers as it writes Python floats (the tests compare the
+    # bytes), without a Python float per value.
+    t10, t50, t90 = (
+        orjson.dumps(np.ascontiguousarray(prep.rounded[:, k]).reshape(-1), option=orjson.OPT_SERIALIZE_NUMPY)[
+            1:-1
+        ].split(b",")
+        for k in range(3)
+    )
+    nulls = [b"null"] * H
+    pre = [[b'{"timestamp":"' + t.encode() + b'","p10":' for t in row] for row in prep.stamps]
+    p50_key, p90_key, close = [b',"p50":'] * H, [b',"p90":'] * H, [b"},"] * H
+    parts: list[bytes] = [b""] * (7 * H)
+    parts[2::7], parts[4::7], parts[6::7] = p50_key, p90_key, close
     out = []
     for i in range(R):
-        ts = stamps[which_l[i]]
-        o = origin[i]
-        known = known_l[i]
-        lo, hi = (r10[i], r90[i]) if known else (nulls, nulls)
+        a, b = i * H, (i + 1) * H
+        known = prep.known[i]
+        parts[0::7] = pre[prep.which[i]]
+        parts[1::7] = t10[a:b] if known else nulls
+        parts[3::7] = t50[a:b]
+        parts[5::7] = t90[a:b] if known else nulls
+        out.append(b'{"steps":[' + b"".join(parts)[:-1] + b"]," + orjson.dumps(prep.tail(i))[1:])
+    return out
+
+
+class _Prepared:
+    """What :func:`describe_many` and :func:`encode_many` share: every vectorised figure of R series."""
+
+    def __init__(
+        self,
+        fc: np.ndarray,
+        last_ts: np.ndarray,
+        step_s: float,
+        last_value: np.ndarray,
+        history_length: np.ndarray,
+        models: Sequence[str],
+        thresholds: Sequence[float],
+        recent: np.ndarray | None,
+    ) -> None:
+        fc = np.asarray(fc, float)
+        R, _, H = fc.shape
+        self.R, self.H, self.step_s, self.models = R, H, step_s, models
+        if not R:
+            return
+        last_ts = np.asarray(last_ts, float)
+        last_value = np.asarray(last_value, float)
+        hours = step_s * np.arange(1, H + 1) / 3600.0
+        spread = np.asarray(history_length) >= MIN_INTERVAL
+        # Trend: over the recent observed steps, else (fewer than two) over the forecast from the origin.
+        slope = np.full(R, np.nan)
+        se = np.zeros(R)
+        if recent is not None and recent.shape[1]:
+            r = np.asarray(recent, float)[:, -TREND_STEPS:]
+            slope, se, _ = _slopes(np.arange(-r.shape[1] + 1, 1) * step_s / 3600.0, r)
+        todo = np.flatnonzero(np.isnan(slope))
+        if len(todo):
+            y = np.concatenate([last_value[todo, None], fc[todo, 1]], axis=1)
+            b, e, _ = _slopes(np.concatenate([[0.0], hours]), y)
+            slope[todo], se[todo] = np.nan_to_num(b), np.nan_to_num(e)
+        flat = (np.abs(slope) < _FLAT_PER_HOUR) | (np.abs(slope) <= _SIGNIFICANCE * se)
+        self.direction = np.where(flat, "flat", np.where(slope > 0, "rising", "falling")).tolist()
+        self.slopes = slope.tolist()
+        # Rounded in one numpy call: per-value round() dominated process() when profiled.
+        rounded = np.round(fc, 4)
+        self.rounded = rounded
+        # The peak is one step, the first with the highest median: its time, median and p90 (the
+        # p90 of that step, not the highest p90 of the horizon, which may belong to another step).
+        peak_a = np.argmax(fc[:, 1], axis=1)
+        self.peak = peak_a.tolist()
+        self.peak50 = fc[np.arange(R), 1, peak_a].tolist()
+        self.peak90 = fc[np.arange(R), 2, peak_a].tolist()
+        # Each distinct origin's step times, formatted once.
+        origins, which = np.unique(last_ts, return_inverse=True)
+        self.stamps = [[iso(t) for t in (o + step_s * np.arange(1, H + 1)).tolist()] for o in origins.tolist()]
+        self.levels = [float(level) for level in thresholds]
+        self.cross = []
+        # The origin is compared as reported too: a value that shows as 100.0 is already at 100.
+        last_r = np.round(last_value, 4)
+        for level in self.levels:
+            hit50, at50 = _crossings(rounded[:, 1], level, last_r)
+            hit90, at90 = _crossings(rounded[:, 2], level, last_r)
+            self.cross.append(
+                (hit50.tolist(), at50.tolist(), hit90.tolist(), at90.tolist(), (last_r >= level).tolist())
+            )
+        self.origin = last_ts.tolist()
+        self.which = which.reshape(-1).tolist()
+        self.known = spread.tolist()
+        self.n_hist = np.asarray(history_length).astype(np.int64).tolist()
+
+    def tail(self, i: int) -> dict[str, Any]:
+        """Series ``i``'s result after its steps: history length, model, trend, peak, thresholds."""
+        ts = self.stamps[self.which[i]]
+        o = self.origin[i]
+        known = self.known[i]
+        step_s = self.step_s
         th = []
-        for level, (h50, a50, h90, a90, already) in zip(levels, cross, strict=True):
+        for level, (h50, a50, h90, a90, already) in zip(self.levels, self.cross, strict=True):
             th.append(
                 {
                     "level": level,
@@ -218,18 +310,11 @@ def describe_many(
                     else None,
                 }
             )
-        k = peak[i]
-        out.append(
-            {
-                "steps": [
-                    {"timestamp": t, "p10": a, "p50": b, "p90": c}
-                    for t, a, b, c in zip(ts, lo, r50[i], hi, strict=True)
-                ],
-                "historyLength": n_hist[i],
-                "model": models[i],
-                "trend": {"direction": direction[i], "slopePerHour": round(slopes[i], 6)},
-                "peak": {"timestamp": ts[k], "p50": round(peak50[i], 4), "p90": _q(peak90[i], known)},
-                "thresholds": th,
-            }
-        )
-    return out
+        k = self.peak[i]
+        return {
+            "historyLength": self.n_hist[i],
+            "model": self.models[i],
+            "trend": {"direction": self.direction[i], "slopePerHour": round(self.slopes[i], 6)},
+            "peak": {"timestamp": ts[k], "p50": round(self.peak50[i], 4), "p90": _q(self.peak90[i], known)},
+            "thresholds": th,
+        }

@@ -43,6 +43,14 @@ class FleetHistory:
         self.dropped = 0
         """Observations older than a machine's ring, not kept."""
 
+    def reset(self) -> None:
+        """Forgets every machine (before a rebuild from the store)."""
+        with self._lock:
+            self._index.clear()
+            self._sums[:] = 0
+            self._counts[:] = 0
+            self._last[:] = np.iinfo(np.int64).min
+
     def __len__(self) -> int:
         return len(self._index)
 
@@ -65,28 +73,35 @@ class FleetHistory:
         """Adds observations; returns how many were dropped as older than the ring."""
         dropped = 0
         L = self.length
+        never = np.iinfo(np.int64).min
         with self._lock:
+            sums, counts, lasts, index = self._sums, self._counts, self._last, self._m
             for ob in observations:
                 i = self._slot(ob.id)
+                if sums is not self._sums:  # the arrays grew for a new machine
+                    sums, counts, lasts = self._sums, self._counts, self._last
                 b = int(ob.ts // self.step_s)
-                last = int(self._last[i])
+                last = int(lasts[i])
                 if b > last:
-                    if last == np.iinfo(np.int64).min or b - last >= L:
-                        self._sums[i] = 0
-                        self._counts[i] = 0
+                    if last == never or b - last >= L:
+                        sums[i] = 0
+                        counts[i] = 0
+                    elif b - last == 1:  # the usual case (a machine's next step): one column, no index array
+                        sums[i, :, b % L] = 0
+                        counts[i, :, b % L] = 0
                     else:
                         pos = np.arange(last + 1, b + 1) % L
-                        self._sums[i][:, pos] = 0
-                        self._counts[i][:, pos] = 0
-                    self._last[i] = b
+                        sums[i][:, pos] = 0
+                        counts[i][:, pos] = 0
+                    lasts[i] = b
                 elif b <= last - L:
                     dropped += 1
                     continue
                 p = b % L
                 for m, v in ob.values.items():
-                    k = self._m[m]
-                    self._sums[i, k, p] += v
-                    self._counts[i, k, p] += 1
+                    k = index[m]
+                    sums[i, k, p] += v
+                    counts[i, k, p] += 1
             self.dropped += dropped
         return dropped
 

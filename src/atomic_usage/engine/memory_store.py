@@ -19,6 +19,7 @@ from .store import (
     AcceptOp,
     CompleteOp,
     Histories,
+    LogRead,
     Observation,
     RecoveryReport,
     StoreOp,
@@ -233,6 +234,18 @@ class MemoryStore:
                 if points:
                     out[key] = points
             return out
+
+    def history_snapshot(self, limit: int) -> tuple[Histories, int]:
+        """See :meth:`TaskStore.history_snapshot`; nothing else shares a store in memory (position 0)."""
+        return self.load_histories(limit), 0
+
+    def read_log(self, after: int) -> LogRead:
+        """See :meth:`TaskStore.read_log`: always empty (no other process shares this store)."""
+        return LogRead(after, False, [])
+
+    def trim_log(self, older_than_s: float) -> int:
+        """See :meth:`TaskStore.trim_log`: nothing to trim."""
+        return 0
 
     def trim_observations(self, limit: int) -> int:
         """See :meth:`TaskStore.trim_observations`."""

@@ -33,7 +33,7 @@ import uuid
 from collections.abc import Mapping
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 import orjson
@@ -52,7 +52,7 @@ from .status import TaskStatus
 from .store import DEFAULT_LEASE_S, AcceptOp, Store, open_store
 from .tasks import Outcome, TaskJob, TaskRunner, settle
 
-__all__ = ["SESSION_THREADS", "EncodedResponse", "UsagePredictor", "aprocess", "process"]
+__all__ = ["LOG_KEEP_S", "SESSION_THREADS", "EncodedResponse", "UsagePredictor", "aprocess", "process"]
 
 SESSION_THREADS = 1
 """ONNX Runtime intra-op threads of each worker's session when the predictor loads the model.
@@ -62,23 +62,41 @@ uses the cores; ORT's default (a spinning pool of one thread per core in every s
 about 40 % more CPU per request under load for the same throughput (docs/service.md), taken
 from the engine's own threads. Forecasts are bitwise the same."""
 
+LOG_KEEP_S = 300.0
+"""Seconds the observation log keeps an entry for the other processes sharing the store
+(each one reads it before every group and every ``DEFAULT_LEASE_S / 3`` when idle)."""
+
 _INLINE_RECORDS = 1000
 """Payloads up to this many records are validated on the event loop by ``aprocess`` (about
 0.1 ms per 10 records); larger ones in a worker thread, so the loop is never held long."""
 
 
-class EncodedResponse(NamedTuple):
+class EncodedResponse:
     """A ``process()`` response already encoded as JSON (:meth:`UsagePredictor.aprocess_json`).
 
     Attributes:
         body: the response's JSON text (UTF-8), the same fields as the dict ``process()`` returns.
-        results: the response's ``results``, as dicts.
         plain: each result's JSON text (the parts of ``body`` that ``results`` came from).
+        ids: each result's machine id, in order.
     """
 
-    body: bytes
-    results: list[dict[str, Any]]
-    plain: list[bytes]
+    __slots__ = ("_results", "body", "ids", "plain")
+
+    def __init__(
+        self, body: bytes, results: list[dict[str, Any]] | None, plain: list[bytes], *, ids: list[str] | None = None
+    ) -> None:
+        self.body = body
+        self.plain = plain
+        self._results = results
+        self.ids = ids if ids is not None else [str(r["id"]) for r in self.results]
+
+    @property
+    def results(self) -> list[dict[str, Any]]:
+        """The response's ``results`` as dicts, decoded from ``plain`` when first asked for
+        (the service needs only the text and the ids)."""
+        if self._results is None:
+            self._results = [orjson.loads(p) for p in self.plain]
+        return self._results
 
 
 _log = logging.getLogger("atomic_usage.engine")
@@ -127,6 +145,10 @@ class UsagePredictor:
         self._open: set[str] = set()
         self._open_lock = threading.Lock()
         self._closed = threading.Event()
+        self.shared = self.settings.processes > 1 and not self.settings.skip_persistence
+        """Whether other engine processes share the store (their observations join the history)."""
+        self._log_pos = 0
+        self._sync_lock = threading.Lock()
         self._rebuild_history()
         self.pool = WorkerPool.from_settings(
             RunnerFactory(model), self.settings, meter=self._pool_meter, mode=pool_mode
@@ -140,6 +162,7 @@ class UsagePredictor:
             thresholds=self.settings.thresholds,
             encode=self._encode,
             on_end=self._untrack,
+            sync=self.sync_history if self.shared else None,
         )
         self._maintenance = threading.Thread(
             target=self._maintain, args=(recover,), daemon=True, name="atomic-maintenance"
@@ -155,8 +178,8 @@ class UsagePredictor:
         return load_or_create_keyring(self.settings, path=self.settings.keyring_path)
 
     def _rebuild_history(self) -> None:
-        """Loads the stored observations into the in-memory history."""
-        hist = self.store.load_histories(self.history.length)
+        """Loads the stored observations into the in-memory history (and the log's position)."""
+        hist, self._log_pos = self.store.history_snapshot(self.history.length)
         obs = [
             Observation(0, mid, ts, {metric: v}, True)
             for (mid, metric), rows in hist.items()
@@ -167,6 +190,34 @@ class UsagePredictor:
         self.history.append(obs)
         if obs:
             _log.info("history rebuilt from the store: %d observations of %d machines", len(obs), len(self.history))
+
+    def sync_history(self) -> int:
+        """Reads the observations other processes accepted since the last call into the history.
+
+        Only with :attr:`shared` (``ATOMIC_PROCESSES`` > 1); the task runner calls it before each
+        group, the maintenance thread every few seconds. When the log was trimmed past this
+        process's position (it did not look for :data:`LOG_KEEP_S`), the history is rebuilt.
+
+        Returns:
+            The number of observations added.
+        """
+        with self._sync_lock:
+            read = self.store.read_log(self._log_pos)
+            if read.trimmed:
+                _log.warning("the observation log was trimmed past this process's position; rebuilding history")
+                self.history.reset()
+                self._rebuild_history()
+                return 0
+            obs = [
+                Observation(0, mid, ts, values, True)
+                for owner, blob in read.entries
+                if owner != self.owner
+                for mid, ts, values in orjson.loads(blob)
+            ]
+            if obs:
+                self.history.append(obs)
+            self._log_pos = read.through
+            return len(obs)
 
     @property
     def model_version(self) -> str:
@@ -328,7 +379,8 @@ class UsagePredictor:
         request = {"usageData": list(payload["usageData"]), "horizon": horizon}
         rows = [(o.id, m, o.ts, v) for o in obs for m, v in o.values.items()]
         out: Future[Outcome] = Future()
-        op = AcceptOp(request, request_id, rows, self.owner, DEFAULT_LEASE_S, claim=True)
+        log = orjson.dumps([[o.id, o.ts, o.values] for o in obs]) if self.shared else None
+        op = AcceptOp(request, request_id, rows, self.owner, DEFAULT_LEASE_S, claim=True, log=log)
         self.committer.submit(op).add_done_callback(lambda f: self._accepted(f, obs, horizon, out))
         return out
 
@@ -398,7 +450,7 @@ class UsagePredictor:
 
         return open_result(body, keyring=self.keyring, task_id=task_id)
 
-    def _sealed(self, outcome: Outcome, results: list[dict[str, Any]], plain: list[bytes]) -> list[str]:
+    def _sealed(self, outcome: Outcome, plain: list[bytes]) -> list[str]:
         """The ``sealed`` field: the stored envelopes, or (in memory) results sealed now."""
         task_id = outcome.task.task_id
         if not self.settings.skip_persistence:
@@ -410,9 +462,10 @@ class UsagePredictor:
             for i, p in enumerate(plain)
         ]
 
-    def _opened(self, outcome: Outcome) -> tuple[list[dict[str, Any]], list[bytes]]:
-        """The results and their JSON text, opened from the stored bodies unless this call built them."""
-        if outcome.results is not None and outcome.plain is not None:
+    def _opened(self, outcome: Outcome) -> tuple[list[dict[str, Any]] | None, list[bytes]]:
+        """The results (None: decode ``plain`` when needed) and their JSON text, opened from the
+        stored bodies unless this call built them."""
+        if outcome.plain is not None:
             return outcome.results, outcome.plain
         results = [self._decode(outcome.task.task_id, b) for b in outcome.bodies or []]
         return results, [orjson.dumps(r) for r in results]
@@ -422,7 +475,10 @@ class UsagePredictor:
         results = outcome.results
         plain = outcome.plain
         if results is None:
-            results = [self._decode(task.task_id, b) for b in outcome.bodies or []]
+            if plain is not None:
+                results = [orjson.loads(p) for p in plain]
+            else:
+                results = [self._decode(task.task_id, b) for b in outcome.bodies or []]
         out: dict[str, Any] = {
             "requestId": task.request_id,
             "taskId": task.task_id,
@@ -430,7 +486,7 @@ class UsagePredictor:
             "results": results,
         }
         if sealed:
-            out["sealed"] = self._sealed(outcome, results, plain or [orjson.dumps(r) for r in results])
+            out["sealed"] = self._sealed(outcome, plain or [orjson.dumps(r) for r in results])
         return out
 
     def _encoded(self, outcome: Outcome, *, sealed: bool) -> EncodedResponse:
@@ -445,9 +501,9 @@ class UsagePredictor:
         )
         parts = [head[:-1], b',"results":[', b",".join(plain), b"]"]
         if sealed:
-            parts += [b',"sealed":', orjson.dumps(self._sealed(outcome, results, plain))]
+            parts += [b',"sealed":', orjson.dumps(self._sealed(outcome, plain))]
         parts.append(b"}")
-        return EncodedResponse(b"".join(parts), results, plain)
+        return EncodedResponse(b"".join(parts), results, plain, ids=outcome.ids)
 
     # --- recovery and leases ----------------------------------------------------------
     def recover(self, *, force: bool = False) -> dict[str, int]:
@@ -458,8 +514,6 @@ class UsagePredictor:
             ``{"resumed": n, "failed": n}``.
         """
         report = self.store.recover(force=force)
-        if report.resumed:
-            self.meter.tasks_recovered(len(report.resumed))
         jobs: list[TaskJob] = []
         for task in report.resumed:
             try:
@@ -474,6 +528,9 @@ class UsagePredictor:
                 jobs.append(TaskJob(claimed, obs, int(request.get("horizon", self.settings.horizon)), append=False))
             except Exception as exc:  # one bad task must not stop the others
                 _log.error("recovery of task %s failed: %s", task.task_id, exc)
+        # Counted once claimed: with several processes, each may hand the same task back, one claims it.
+        if jobs:
+            self.meter.tasks_recovered(len(jobs))
         self.runner.run(jobs)
         for job in jobs:
             try:
@@ -497,6 +554,9 @@ class UsagePredictor:
             try:
                 if open_ids:
                     self.store.renew(open_ids, owner=self.owner)
+                if self.shared:
+                    self.sync_history()  # an idle process keeps up with the log too
+                    self.store.trim_log(LOG_KEEP_S)
                 if recover:
                     self.recover()
             except Exception as exc:  # pragma: no cover - logged, retried next round

@@ -44,6 +44,7 @@ __all__ = [
     "CompleteOp",
     "FailOp",
     "Histories",
+    "LogRead",
     "Observation",
     "RecoveryReport",
     "Store",
@@ -97,6 +98,21 @@ _MIGRATIONS: tuple[tuple[int, tuple[str, ...]], ...] = (
                 body BLOB NOT NULL, created_at REAL NOT NULL, PRIMARY KEY (task_id, record_index))""",
             """CREATE TRIGGER results_written_once BEFORE UPDATE ON results
                 BEGIN SELECT RAISE(ABORT, 'a stored result is never rewritten'); END""",
+        ),
+    ),
+    (
+        2,
+        (
+            # The observations each accepted task brought, in commit order, for the other engine
+            # processes sharing this store (``ATOMIC_PROCESSES`` > 1): each one reads what was
+            # added since it last looked into its in-memory history. AUTOINCREMENT, so a
+            # sequence number is never handed out twice even after every row was trimmed.
+            """CREATE TABLE observation_log (
+                seq INTEGER PRIMARY KEY AUTOINCREMENT, owner TEXT NOT NULL, created_at REAL NOT NULL,
+                observations BLOB NOT NULL)""",
+            "CREATE INDEX observation_log_by_created ON observation_log (created_at)",
+            """CREATE TABLE observation_log_trim (
+                id INTEGER PRIMARY KEY CHECK (id = 1), through INTEGER NOT NULL)""",
         ),
     ),
 )
@@ -180,7 +196,11 @@ class RecoveryReport(NamedTuple):
 
 
 class AcceptOp(NamedTuple):
-    """:meth:`Store.accept` as one operation of :meth:`Store.apply` (the same arguments)."""
+    """:meth:`Store.accept` as one operation of :meth:`Store.apply` (the same arguments).
+
+    ``log``, when given, is written to the observation log with a new task (in the same
+    transaction), for the other engine processes sharing the store (:meth:`TaskStore.read_log`).
+    """
 
     payload: Any
     request_id: str | None = None
@@ -188,6 +208,22 @@ class AcceptOp(NamedTuple):
     owner: str | None = None
     lease_s: float = DEFAULT_LEASE_S
     claim: bool = False
+    log: bytes | None = None
+
+
+class LogRead(NamedTuple):
+    """What :meth:`TaskStore.read_log` found after a position.
+
+    Attributes:
+        through: the position to read after next time (the last sequence number read).
+        trimmed: entries after the asked position were trimmed away before they were read:
+            the reader's history misses them and must be rebuilt from the store.
+        entries: ``(owner, observations)`` of each new entry, in commit order.
+    """
+
+    through: int
+    trimmed: bool
+    entries: list[tuple[str, bytes]]
 
 
 class CompleteOp(NamedTuple):
@@ -234,6 +270,9 @@ class Store(Protocol):
     def results(self, task_id: str) -> list[bytes]: ...
     def counts(self) -> dict[TaskStatus, int]: ...
     def load_histories(self, limit: int) -> Histories: ...
+    def history_snapshot(self, limit: int) -> tuple[Histories, int]: ...
+    def read_log(self, after: int) -> LogRead: ...
+    def trim_log(self, older_than_s: float) -> int: ...
     def trim_observations(self, limit: int) -> int: ...
     def close(self) -> None: ...
 
@@ -344,6 +383,9 @@ class TaskStore:
         self._local = threading.local()
         self._lock = threading.Lock()
         self._conns: list[sqlite3.Connection] = []
+        self._write_lock = threading.RLock()
+        self._lock_fd: int | None = None
+        self._lock_pid = 0
         self._closed = False
         with map_sqlite_errors(self.path):
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -371,8 +413,35 @@ class TaskStore:
         return conn
 
     @contextlib.contextmanager
+    def _writer(self) -> Iterator[None]:
+        """Holds the store's write lock file (``<db>.writelock``) across a write transaction.
+
+        Writers of every process queue on it in the kernel before ``BEGIN IMMEDIATE``, so one
+        is woken as soon as the previous one commits. Without it a second serving process that
+        finds the database locked sleeps in SQLite's busy handler in 1, 2, 5, 10 ... ms steps,
+        however soon the lock is free (measured with ``serve --processes 2``, docs/service.md).
+        Threads of one process take turns on a lock of their own first (a ``flock`` is held
+        per open file, not per thread). SQLite's own locking still guards every write.
+        """
+        with self._write_lock:
+            if os.name == "nt":  # pragma: no cover - no flock on Windows; SQLite's busy handler alone
+                yield
+                return
+            import fcntl
+
+            fd = self._lock_fd
+            if fd is None or self._lock_pid != os.getpid():  # a forked child opens its own
+                fd = os.open(f"{self.path}.writelock", os.O_RDWR | os.O_CREAT, 0o600)
+                self._lock_fd, self._lock_pid = fd, os.getpid()
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+
+    @contextlib.contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
-        with map_sqlite_errors(self.path):
+        with map_sqlite_errors(self.path), self._writer():
             conn = self._conn()
             conn.execute("BEGIN IMMEDIATE")
             try:
@@ -420,6 +489,10 @@ class TaskStore:
             for conn in self._conns:
                 conn.close()
             self._conns.clear()
+        with self._write_lock:
+            if self._lock_fd is not None and self._lock_pid == os.getpid():
+                os.close(self._lock_fd)
+            self._lock_fd = None
 
     def __enter__(self) -> TaskStore:
         return self
@@ -512,6 +585,11 @@ class TaskStore:
             op.observations,
             4,
         )
+        if op.log is not None and op.owner is not None:
+            conn.execute(
+                "INSERT INTO observation_log (owner, created_at, observations) VALUES (?, ?, ?)",
+                (op.owner, now, op.log),
+            )
         task = Task(row[0], rid, digest, op.payload, status, attempts, None, lease, op.owner, now, now)
         return Acceptance(task, True, None)
 
@@ -756,6 +834,62 @@ class TaskStore:
         for machine_id, metric, ts, value in rows:
             out.setdefault((machine_id, metric), []).append((ts, value))
         return out
+
+    def history_snapshot(self, limit: int) -> tuple[Histories, int]:
+        """:meth:`load_histories` and the observation log's position, read in one snapshot.
+
+        A reader that rebuilds its history from this and then reads the log after the
+        position sees every observation exactly once.
+        """
+        with map_sqlite_errors(self.path):
+            conn = self._conn()
+            conn.execute("BEGIN")  # one read snapshot (WAL) for both statements
+            try:
+                position = self._log_position(conn)
+                hist = self.load_histories(limit)
+            finally:
+                conn.execute("COMMIT")
+        return hist, position
+
+    @staticmethod
+    def _log_position(conn: sqlite3.Connection) -> int:
+        row = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'observation_log'").fetchone()
+        return int(row[0]) if row else 0
+
+    def read_log(self, after: int) -> LogRead:
+        """The observation log's entries after position ``after`` (see :class:`LogRead`)."""
+        with map_sqlite_errors(self.path):
+            conn = self._conn()
+            conn.execute("BEGIN")
+            try:
+                row = conn.execute("SELECT through FROM observation_log_trim WHERE id = 1").fetchone()
+                rows = conn.execute(
+                    "SELECT seq, owner, observations FROM observation_log WHERE seq > ? ORDER BY seq", (after,)
+                ).fetchall()
+            finally:
+                conn.execute("COMMIT")
+        trimmed = row is not None and int(row[0]) > after
+        through = int(rows[-1][0]) if rows else after
+        return LogRead(through, trimmed, [(str(o), bytes(b)) for _, o, b in rows])
+
+    def trim_log(self, older_than_s: float) -> int:
+        """Deletes observation log entries older than ``older_than_s`` seconds; returns how many went.
+
+        The last deleted position is kept, so a reader that had not read them yet learns
+        that it must rebuild (:attr:`LogRead.trimmed`).
+        """
+        with self._tx() as conn:
+            cutoff = self.clock() - older_than_s
+            last = conn.execute("SELECT MAX(seq) FROM observation_log WHERE created_at < ?", (cutoff,)).fetchone()[0]
+            if last is None:
+                return 0
+            cur = conn.execute("DELETE FROM observation_log WHERE seq <= ?", (last,))
+            conn.execute(
+                "INSERT INTO observation_log_trim VALUES (1, ?) "
+                "ON CONFLICT (id) DO UPDATE SET through = MAX(through, excluded.through)",
+                (int(last),),
+            )
+            return cur.rowcount
 
     def trim_observations(self, limit: int) -> int:
         """Deletes all but the last ``limit`` observations of each series; returns how many went."""

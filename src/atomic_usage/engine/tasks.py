@@ -39,7 +39,7 @@ from .._types import DEFAULT_METRICS
 from ..errors import EngineError
 from ..models.base import no_data_reason
 from .commit import settle
-from .forecast import TREND_STEPS, describe_many, iso
+from .forecast import TREND_STEPS, encode_many, iso
 from .runner import MachineForecast, WorkItem
 from .store import CompleteOp, FailOp, Task
 
@@ -53,6 +53,9 @@ __all__ = ["Outcome", "TaskJob", "TaskRunner", "settle"]
 
 _log = logging.getLogger("atomic_usage.engine")
 
+_METRIC_KEYS = [orjson.dumps(m) + b":" for m in DEFAULT_METRICS]
+"""Each metric's key in a result's ``forecasts`` object, in their order."""
+
 
 class Outcome(NamedTuple):
     """How a task ended, as the caller that submitted it sees it.
@@ -61,14 +64,18 @@ class Outcome(NamedTuple):
         task: the task (as accepted).
         bodies: the stored result bodies (sealed envelopes; plain JSON without persistence),
             or ``None`` when another caller runs the task and this one has to wait for it.
-        results: the results, when this process built the stored ones (no need to open them).
-        plain: each result's JSON text, the bytes that were sealed, alongside ``results``.
+        results: the results as dicts, when the caller has them (never from the task runner, which
+            builds their JSON text only; decode ``plain`` for them).
+        plain: each result's JSON text, the bytes that were sealed, when this process built the
+            stored results (no need to open them).
+        ids: each result's machine id, alongside ``plain``.
     """
 
     task: Task
     bodies: list[bytes] | None
     results: list[dict[str, Any]] | None = None
     plain: list[bytes] | None = None
+    ids: list[str] | None = None
 
 
 @dataclass(eq=False)
@@ -128,6 +135,8 @@ class TaskRunner:
         thresholds: levels whose crossing results report.
         encode: ``encode(task_id, record_index, json_text) -> stored body`` (seals at rest).
         on_end: called with a task id once its task is committed done or failed.
+        sync: called before each group joins the history (with other processes sharing the
+            store: reads what they accepted meanwhile into it); a failure is logged, not fatal.
     """
 
     def __init__(
@@ -140,6 +149,7 @@ class TaskRunner:
         thresholds: Sequence[float],
         encode: Callable[[str, int, bytes], bytes],
         on_end: Callable[[str], None] = lambda _task_id: None,
+        sync: Callable[[], object] | None = None,
     ) -> None:
         self.history = history
         self.pool = pool
@@ -148,6 +158,7 @@ class TaskRunner:
         self.thresholds = tuple(thresholds)
         self.encode = encode
         self.on_end = on_end
+        self.sync = sync
         self._events: queue.SimpleQueue[tuple[str, Any] | None] = queue.SimpleQueue()
         self._inflight: dict[str, Future[Outcome]] = {}
         self._lock = threading.Lock()
@@ -211,6 +222,13 @@ class TaskRunner:
                     self._fail(job, exc)
 
     def _start(self, jobs: list[TaskJob]) -> None:
+        if self.sync is not None:
+            # After the group's accepts were committed, so what another process accepted
+            # before them (and answered) is in the history these forecasts read.
+            try:
+                self.sync()
+            except Exception as exc:  # the next group reads it; serving goes on
+                _log.error("reading other processes' observations failed: %s", exc)
         try:
             added = [o for j in jobs if j.append for o in j.obs]
             if added:
@@ -241,7 +259,7 @@ class TaskRunner:
             return
         pos = {key: i for i, key in enumerate(group.keys)}
         ops: list[CompleteOp] = []
-        done: list[tuple[TaskJob, list[dict[str, Any]], list[bytes], list[bytes]]] = []
+        done: list[tuple[TaskJob, list[bytes], list[bytes]]] = []
         for job in group.jobs:
             idx = [pos[(o.id, job.horizon)] for o in job.obs]
             broken = next((forecasts[i] for i in idx if isinstance(forecasts[i], BaseException)), None)
@@ -249,24 +267,24 @@ class TaskRunner:
                 self._fail(job, broken)  # type: ignore[arg-type]
                 continue
             try:
-                results = [
-                    {
-                        "index": o.index,
-                        "id": o.id,
-                        "timestamp": iso(o.ts),
-                        "forecasts": described[i][0],
-                        "reasons": described[i][1],
-                    }
+                # orjson.dumps of {"index", "id", "timestamp", "forecasts", "reasons"}, spliced
+                # from the texts of the group's forecasts (built once per machine).
+                plain = [
+                    orjson.dumps({"index": o.index, "id": o.id, "timestamp": iso(o.ts)})[:-1]
+                    + b',"forecasts":'
+                    + described[i][0]
+                    + b',"reasons":'
+                    + described[i][1]
+                    + b"}"
                     for o, i in zip(job.obs, idx, strict=True)
                 ]
-                plain = [orjson.dumps(r) for r in results]
                 tid = job.task.task_id
                 bodies = [self.encode(tid, n, p) for n, p in enumerate(plain)]
             except Exception as exc:
                 self._fail(job, exc)
                 continue
             ops.append(CompleteOp(tid, bodies))
-            done.append((job, results, plain, bodies))
+            done.append((job, plain, bodies))
         if not ops:
             return
         try:
@@ -278,35 +296,32 @@ class TaskRunner:
         for fut, item in zip(futures, done, strict=True):
             fut.add_done_callback(functools.partial(self._completed, *item))
 
-    def _completed(
-        self, job: TaskJob, results: list[dict[str, Any]], plain: list[bytes], bodies: list[bytes], fut: Future[Any]
-    ) -> None:
+    def _completed(self, job: TaskJob, plain: list[bytes], bodies: list[bytes], fut: Future[Any]) -> None:
         exc = fut.exception()
         if exc is not None:
             self._fail(job, exc)
             return
         stored: list[bytes] = fut.result()
         mine = stored == bodies  # else recovered work finished first: its results stand
-        self._end(job, Outcome(job.task, stored, results if mine else None, plain if mine else None))
+        ids = [o.id for o in job.obs] if mine else None
+        self._end(job, Outcome(job.task, stored, None, plain if mine else None, ids))
 
-    def _describe(
-        self, group: _Group, forecasts: list[MachineForecast | BaseException]
-    ) -> list[tuple[dict[str, Any], dict[str, str]]]:
-        """Per key of the group: the forecasts of its metrics (None without data) and the reasons."""
-        out: list[tuple[dict[str, Any], dict[str, str]]] = []
+    def _describe(self, group: _Group, forecasts: list[MachineForecast | BaseException]) -> list[tuple[bytes, bytes]]:
+        """Per key of the group: the JSON texts of its ``forecasts`` (metric -> result or null)
+        and of its ``reasons``, as ``orjson.dumps`` of the dicts would write them."""
+        texts: list[list[bytes]] = []  # per key, per metric: the result's text ("null" without data)
+        reasons: list[bytes] = []
         rows: dict[int, list[tuple[int, int]]] = {}  # horizon -> (key, metric) with a forecast
         for i, mf in enumerate(forecasts):
-            metrics: dict[str, Any] = {}
-            reasons: dict[str, str] = {}
+            why: dict[str, str] = {}
             if not isinstance(mf, BaseException):
                 for j, m in enumerate(DEFAULT_METRICS):
                     if mf.models[j] is None:
-                        metrics[m] = None
-                        reasons[m] = no_data_reason(group.keys[i][0], m)
+                        why[m] = no_data_reason(group.keys[i][0], m)
                     else:
-                        metrics[m] = None  # filled below
                         rows.setdefault(group.keys[i][1], []).append((i, j))
-            out.append((metrics, reasons))
+            texts.append([b"null"] * len(DEFAULT_METRICS))
+            reasons.append(orjson.dumps(why))
         for _, cells in rows.items():
             ki = np.array([i for i, _ in cells])
             mj = np.array([j for _, j in cells])
@@ -314,7 +329,7 @@ class TaskRunner:
             seen = ~np.isnan(hist)
             last_pos = hist.shape[1] - 1 - np.argmax(seen[:, ::-1], axis=1)
             fc = np.stack([forecasts[i].quantiles[j] for i, j in cells])  # type: ignore[union-attr]
-            described = describe_many(
+            encoded = encode_many(
                 fc,
                 last_ts=group.last[ki].astype(float),
                 step_s=self.history.step_s,
@@ -324,9 +339,13 @@ class TaskRunner:
                 thresholds=self.thresholds,
                 recent=hist[:, -TREND_STEPS:],
             )
-            for (i, j), d in zip(cells, described, strict=True):
-                out[i][0][DEFAULT_METRICS[j]] = d
-        return out
+            for (i, j), text in zip(cells, encoded, strict=True):
+                texts[i][j] = text
+        keys = _METRIC_KEYS
+        return [
+            (b"{" + b",".join([k + t for k, t in zip(keys, row, strict=True)]) + b"}", why)
+            for row, why in zip(texts, reasons, strict=True)
+        ]
 
     def _fail(self, job: TaskJob, exc: BaseException) -> None:
         """Marks the task failed with the reason, then fails its future (after the commit)."""

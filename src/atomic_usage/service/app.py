@@ -12,9 +12,10 @@ import contextlib
 import gc
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
+import orjson
 from anyio import to_thread
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
@@ -26,11 +27,12 @@ from .auth import TokenVerifier
 from .errors import install_handlers
 from .fastpath import PredictFastPath
 from .gauges import ForecastGauges
-from .metrics import make_registry
+from .metrics import EngineCollector, make_registry
+from .peers import PeerBoard, merge_latest, merge_samples, merge_stats, peer_folder
 from .routes import router
 from .schemas import PredictRequest
 
-__all__ = ["ServiceState", "create_app"]
+__all__ = ["ServiceState", "create_app", "worker_app"]
 
 GAUGE_STEPS = (1, 3, 6, 12, 24, 72, 144, 288)
 """Forecast steps exported as gauges (where the horizon reaches them): 5 min to 24 h ahead."""
@@ -46,6 +48,8 @@ class ServiceState:
         verifier: checks bearer tokens.
         predictor: the engine; ``None`` until start-up has built it.
         stopping: set when shutdown begins (``/readyz`` then answers 503).
+        peers: with ``settings.processes`` > 1, this process's peer socket (:mod:`.peers`),
+            through which ``/metrics`` covers every serving process; else ``None``.
     """
 
     def __init__(self, settings: Settings, verifier: TokenVerifier, predictor: Any) -> None:
@@ -57,9 +61,49 @@ class ServiceState:
         # The latest forecast of every machine, as gauges alert rules can use (deploy/).
         self.gauges = ForecastGauges(steps=GAUGE_STEPS)
         self.registry.register(self.gauges)
+        self.peers: PeerBoard | None = None
 
     def _stats(self) -> dict[str, Any] | None:
         return None if self.predictor is None or self.stopping else self.predictor.stats()
+
+    def _http_samples(self) -> list[tuple[str, dict[str, str], float]]:
+        return [(x.name, dict(x.labels), x.value) for fam in self.http_latency.collect() for x in fam.samples]
+
+    def snapshot(self) -> bytes:
+        """This process's figures for a sibling's scrape: ``{"stats", "http", "latest"}`` as JSON."""
+        head = orjson.dumps({"stats": self._stats(), "http": self._http_samples()})
+        return head[:-1] + b',"latest":[' + b",".join(self.gauges.encoded()) + b"]}"
+
+    def render_metrics(self, siblings: list[dict[str, Any]]) -> bytes:
+        """The Prometheus text of this process merged with its siblings' snapshots."""
+        from prometheus_client import CollectorRegistry, generate_latest
+        from prometheus_client.core import Metric
+        from prometheus_client.registry import Collector
+
+        own = self._stats()
+        stats = [own] + [s["stats"] for s in siblings if s.get("stats") is not None] if own is not None else []
+        merged = merge_stats(stats) if stats else None
+        samples = merge_samples([self._http_samples()] + [s.get("http", []) for s in siblings])
+        latest = merge_latest(
+            [[orjson.loads(t) for t in self.gauges.encoded()]] + [s.get("latest", []) for s in siblings]
+        )
+        gauges = self.gauges
+
+        class _Merged(Collector):
+            def describe(self) -> list[Any]:
+                return []
+
+            def collect(self) -> Iterator[Any]:
+                http = Metric("atomic_http_request_duration_seconds", "HTTP request latency", "histogram")
+                for name, labels, value in samples:
+                    http.add_sample(name, labels, value)
+                yield http
+                yield from gauges.families(latest)
+
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(EngineCollector(lambda: merged))
+        registry.register(_Merged())
+        return generate_latest(registry)
 
 
 class _LatencyMiddleware:
@@ -101,6 +145,27 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
     return app.openapi_schema
 
 
+def worker_app(settings: Settings, model: str | None = None) -> FastAPI:
+    """The app of one serving process of ``atomic-usage serve --processes N``.
+
+    Called in each serving process (:mod:`.supervisor`), so every process loads its own model
+    and builds its own engine over the shared store.
+
+    Args:
+        settings: the service's settings (``processes`` > 1).
+        model: ``--model`` of serve (a folder or a baseline's name); None serves the settings' model.
+    """
+    # A fresh interpreter: log as the single-process command does (LOG_LEVEL, to stderr).
+    logging.basicConfig(level=settings.log_level, format="%(levelname)s %(name)s: %(message)s")
+    forecaster = None
+    if model is not None:
+        from ..engine.predictor import SESSION_THREADS
+        from ..models.artifact import load_forecaster
+
+        forecaster = load_forecaster(model, threads=SESSION_THREADS)
+    return create_app(settings, model=forecaster)
+
+
 def create_app(
     settings: Settings | None = None, predictor: Any = None, *, model: Any = None, fast_path: bool = True
 ) -> FastAPI:
@@ -137,10 +202,15 @@ def create_app(
         # wrk (naive, NORMAL): 245-291 -> 312-321 req/s, p99 227/174 -> 107/106 ms.
         gc.collect()
         gc.freeze()
+        if settings.processes > 1 and not settings.skip_persistence:
+            state.peers = PeerBoard(peer_folder(settings.data_dir), state.snapshot)
+            await state.peers.start()
         try:
             yield
         finally:
             state.stopping = True
+            if state.peers is not None:
+                await state.peers.close()
             if owned and state.predictor is not None:
                 await to_thread.run_sync(state.predictor.close)
                 _log.info("engine closed; unfinished tasks resume at the next start")

@@ -159,7 +159,7 @@ class PredictFastPath:
             if disconnected:
                 return
             out = await st.predictor.aprocess_json(payload, request_id=key, horizon=horizon, sealed=sealed)
-            st.gauges.update_encoded(zip([r["id"] for r in out.results], out.plain, strict=True))
+            st.gauges.update_encoded(zip(out.ids, out.plain, strict=True))
             body = out.body
         except AtomicError as exc:
             status, content = error_content(exc, "POST", _PATH)

@@ -169,12 +169,22 @@ class ForecastGauges:
         with self._lock:
             return len(self._latest)
 
+    def encoded(self) -> list[bytes]:
+        """The newest result of each machine held, as JSON text (for the sibling processes' scrapes)."""
+        with self._lock:
+            held = list(self._latest.values())
+        return [r if isinstance(r, bytes) else orjson.dumps(r) for r in held]
+
+    def families(self, latest: Iterable[Mapping[str, Any]]) -> list[GaugeMetricFamily]:
+        """The gauge families of ``latest`` results, with this collector's steps, prefix and clock."""
+        return forecast_metric_families(latest, now=self.clock(), steps=self.steps, prefix=self.prefix)
+
     def collect(self) -> Iterator[GaugeMetricFamily]:
         """Called by prometheus_client at each scrape."""
         with self._lock:
             held = list(self._latest.values())
         latest = [orjson.loads(r) if isinstance(r, bytes) else r for r in held]
-        yield from forecast_metric_families(latest, now=self.clock(), steps=self.steps, prefix=self.prefix)
+        yield from self.families(latest)
 
     def describe(self) -> list[Any]:
         """No fixed description: registering must not run a (possibly empty) collect."""

@@ -15,6 +15,10 @@ two apps in one process (tests) never share or clash over metrics.
 | ``atomic_tasks{status}`` | gauge | the store |
 | ``atomic_model_info{name,version}`` | gauge (1) | the served model |
 | ``atomic_http_request_duration_seconds{method,route,status}`` | histogram | this service |
+| ``atomic_processes`` | gauge | serving processes the scrape covered (``serve --processes``; 1 otherwise) |
+
+With several serving processes over one store, the scraped process merges its siblings'
+figures with its own (:mod:`.peers`).
 """
 
 from __future__ import annotations
@@ -97,6 +101,9 @@ class EngineCollector(Collector):
         info = GaugeMetricFamily("atomic_model_info", "The served model", labels=["name", "version"])
         info.add_metric([str(s["model"]["name"]), str(s["model"]["version"])], 1)
         yield info
+        yield GaugeMetricFamily(
+            "atomic_processes", "Serving processes this scrape covers", value=int(s.get("processes", 1))
+        )
 
 
 def make_registry(stats: Callable[[], dict[str, Any] | None]) -> tuple[CollectorRegistry, Histogram]:

@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 import orjson
+from anyio import to_thread
 from fastapi import APIRouter, Depends, Header, Path, Query, Request
 from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -153,7 +154,7 @@ async def predict(
     # Awaited on the event loop, no thread per request: the engine's writer, runner and
     # workers do the work, and the response is the JSON the engine encoded (and sealed) once.
     out = await st.predictor.aprocess_json(payload, request_id=idempotency_key, horizon=horizon, sealed=sealed)
-    st.gauges.update_encoded(zip([r["id"] for r in out.results], out.plain, strict=True))
+    st.gauges.update_encoded(zip(out.ids, out.plain, strict=True))
     return Response(out.body, media_type="application/json")
 
 
@@ -204,9 +205,18 @@ def find_task(
     },
     dependencies=[Depends(require_token_unless_open)],
 )
-def metrics(request: Request) -> Response:
-    """The TPS meter, latency, queue depth, workers, restarts, recoveries, tasks and model version."""
-    return Response(generate_latest(_state(request).registry), media_type=CONTENT_TYPE_LATEST)
+async def metrics(request: Request) -> Response:
+    """The TPS meter, latency, queue depth, workers, restarts, recoveries, tasks and model version.
+
+    With several serving processes, the figures of all of them (see ``service/peers.py``).
+    """
+    st = _state(request)
+    if st.peers is None:
+        body = await to_thread.run_sync(generate_latest, st.registry)
+    else:
+        siblings = await st.peers.gather()
+        body = await to_thread.run_sync(st.render_metrics, siblings)
+    return Response(body, media_type=CONTENT_TYPE_LATEST)
 
 
 @router.get(

@@ -1,0 +1,166 @@
+"""``serve --processes N``: N serving processes over one store, each on its own listening socket.
+
+Each process binds the address with ``SO_REUSEPORT``, so the kernel spreads new connections
+over the processes by a hash of each connection's addresses. One socket shared by all of them
+(uvicorn's own ``--workers``) leaves the spread to whichever event loop wakes first, and it
+takes every connection waiting: with wrk's 16 keep-alive connections, two processes got 16/0
+in two runs of three and 7/9 in the third, and the process with all of them served alone
+(docs/service.md). Where ``SO_REUSEPORT`` is missing, uvicorn's supervisor and one shared
+socket are used instead.
+
+The supervisor migrates the store and creates the keyring before any process starts, holds
+the port (bound, not listening) so a restarted process gets it back, restarts a process that
+dies after it started, stops everything when one cannot start, and on SIGTERM, SIGINT or
+SIGHUP sends SIGTERM to every process, each of which finishes its in-flight requests.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+from typing import TYPE_CHECKING, Any, Final
+
+if TYPE_CHECKING:
+    from multiprocessing.synchronize import Event
+
+    from ..config import Settings
+
+__all__ = ["STARTUP_FAILURE", "serve_processes"]
+
+STARTUP_FAILURE: Final = 3
+"""Exit status of a serving process that could not start (uvicorn's), and of the supervisor then."""
+
+_BACKLOG: Final = 2048
+"""Pending connections each process's socket queues (uvicorn's default)."""
+
+_log = logging.getLogger("atomic_usage.service")
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    """A TCP socket bound to ``(host, port)`` with ``SO_REUSEPORT`` (not listening yet)."""
+    family, kind, proto, _, addr = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind(addr)
+    return sock
+
+
+def _serve_one(settings: Settings, model: str | None, options: dict[str, Any], ready: Event) -> None:
+    """One serving process: its own socket on the shared port, its own app and engine."""
+    import uvicorn
+
+    from .app import worker_app
+
+    sock = _bind(options["host"], options["port"])
+    sock.listen(_BACKLOG)
+    try:
+        server = uvicorn.Server(uvicorn.Config(worker_app(settings, model), **options))
+    except Exception:
+        _log.exception("a serving process could not start")
+        sys.exit(STARTUP_FAILURE)
+
+    def tell() -> None:  # the supervisor restarts only processes that had started
+        while not server.started and not server.should_exit:
+            time.sleep(0.05)
+        if server.started:
+            ready.set()
+
+    threading.Thread(target=tell, daemon=True).start()
+    server.run(sockets=[sock])
+    if not server.started:
+        sys.exit(STARTUP_FAILURE)
+
+
+def serve_processes(settings: Settings, model: str | None, options: dict[str, Any]) -> int:
+    """Runs ``settings.processes`` serving processes until a signal stops them.
+
+    Args:
+        settings: the service's settings (``processes`` > 1, persistence on).
+        model: ``--model`` of serve, or None.
+        options: ``uvicorn.Config`` keyword arguments (host, port, TLS, logging, shutdown).
+
+    Returns:
+        The exit status: 0 after a signal, :data:`STARTUP_FAILURE` when a process could not start.
+    """
+    from ..engine.store import open_store
+    from ..security import load_or_create_keyring
+
+    open_store(settings).close()
+    load_or_create_keyring(settings, path=settings.keyring_path)
+    if not hasattr(socket, "SO_REUSEPORT"):  # pragma: no cover - not on Linux
+        return _serve_shared_socket(settings, model, options)
+    import multiprocessing
+
+    holder = _bind(options["host"], options["port"])  # holds the port; never listens, so gets no connection
+    options = {**options, "port": holder.getsockname()[1]}
+    ctx = multiprocessing.get_context("spawn")  # a fresh interpreter each: no threads or sessions forked
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, lambda *_: stop.set())
+
+    def start() -> tuple[Any, Event]:
+        ready = ctx.Event()
+        p = ctx.Process(target=_serve_one, args=(settings, model, options, ready), name="atomic-serve")
+        p.start()
+        return p, ready
+
+    procs = [start() for _ in range(settings.processes)]
+    scheme = "https" if options.get("ssl_certfile") else "http"
+    _log.info("serving on %s://%s:%d with %d processes", scheme, options["host"], options["port"], settings.processes)
+    status = 0
+    try:
+        while not stop.wait(0.2):
+            for i, (p, ready) in enumerate(procs):
+                if p.is_alive():
+                    continue
+                if not ready.is_set():
+                    _log.error("serving process %s could not start (exit %s); stopping", p.pid, p.exitcode)
+                    status = STARTUP_FAILURE
+                    stop.set()
+                    break
+                _log.warning("serving process %s died (exit %s); starting another", p.pid, p.exitcode)
+                procs[i] = start()
+    finally:
+        for p, _ in procs:
+            if p.is_alive() and p.pid is not None:
+                os.kill(p.pid, signal.SIGTERM)
+        grace = float(options.get("timeout_graceful_shutdown") or 30) + 15
+        for p, _ in procs:
+            p.join(grace)
+            if p.is_alive():
+                p.kill()
+                p.join(5)
+        holder.close()
+    return status
+
+
+def _serve_shared_socket(
+    settings: Settings, model: str | None, options: dict[str, Any]
+) -> int:  # pragma: no cover - not on Linux
+    """uvicorn's supervisor and one socket shared by the processes (where SO_REUSEPORT is missing)."""
+    import functools
+    import inspect
+
+    import uvicorn
+    from uvicorn.supervisors import Multiprocess
+
+    from .app import worker_app
+
+    config = uvicorn.Config(
+        functools.partial(worker_app, settings, model), factory=True, workers=settings.processes, **options
+    )
+    sock = config.bind_socket()
+    try:
+        if "target" in inspect.signature(Multiprocess).parameters:  # uvicorn < 0.31
+            Multiprocess(config, target=uvicorn.Server(config).run, sockets=[sock]).run()  # type: ignore[call-arg]
+        else:
+            Multiprocess(config, sockets=[sock]).run()
+    finally:
+        sock.close()
+    return 0

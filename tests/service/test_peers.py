@@ -1,0 +1,97 @@
+"""Merging the figures of several serving processes (service/peers.py)."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from atomic_usage.service.peers import PeerBoard, merge_latest, merge_samples, merge_stats, peer_folder
+
+
+def _stats(records: int, p99: float | None, batches: dict[str, int], mean: float | None) -> dict[str, Any]:
+    return {
+        "tps": {"1s": records / 10, "60s": 1.0, "300s": 0.5},
+        "records_total": records,
+        "failed_total": 1,
+        "recovered_tasks": 0,
+        "worker_restarts": 0,
+        "queue_depth": 2,
+        "items_total": records,
+        "latency_s": {"p50": 0.01, "p90": 0.02, "p99": p99, "samples": 5},
+        "batch_size": {"histogram": batches, "mean": mean},
+        "workers": {"alive": 1, "busy": 0, "configured": 1, "mode": "thread"},
+        "tasks": {"done": 7},
+        "model": {"name": "naive", "version": "Naive"},
+    }
+
+
+class TestMerge:
+    """Counters and rates add up, percentiles take the worst, the store's figures are taken once."""
+
+    def test_stats(self) -> None:
+        """Sums, the highest p99, a weighted batch mean, and how many processes answered."""
+        a = _stats(100, 0.2, {"1": 2, "2": 2}, 1.5)
+        b = _stats(50, None, {"1": 0, "2": 4}, 2.0)
+        m = merge_stats([a, b])
+        assert m["records_total"] == 150 and m["failed_total"] == 2 and m["queue_depth"] == 4
+        assert m["tps"]["1s"] == 15.0
+        assert m["latency_s"]["p99"] == 0.2 and m["latency_s"]["samples"] == 10
+        assert m["batch_size"]["histogram"] == {"1": 2, "2": 6}
+        assert m["batch_size"]["mean"] == (1.5 * 4 + 2.0 * 4) / 8
+        assert m["workers"]["alive"] == 2 and m["tasks"] == {"done": 7} and m["processes"] == 2
+
+    def test_samples(self) -> None:
+        """Histogram samples add up per name and labels; creation times keep the earliest."""
+        lab = {"route": "/v1/predict"}
+        a = [("h_count", lab, 3.0), ("h_created", lab, 100.0)]
+        b = [("h_count", lab, 2.0), ("h_created", lab, 90.0), ("h_count", {"route": "/metrics"}, 1.0)]
+        assert sorted(merge_samples([a, b]), key=str) == sorted(
+            [("h_count", lab, 5.0), ("h_created", lab, 90.0), ("h_count", {"route": "/metrics"}, 1.0)], key=str
+        )
+
+    def test_latest(self) -> None:
+        """Per machine the result with the newest observation time wins; a tie keeps the first group's."""
+        old = {"id": "m1", "timestamp": "2026-01-05T08:00:00Z", "n": 1}
+        new = {"id": "m1", "timestamp": "2026-01-05T08:05:00Z", "n": 2}
+        tie = {"id": "m2", "timestamp": "2026-01-05T08:00:00Z", "n": 3}
+        tie2 = {"id": "m2", "timestamp": "2026-01-05T08:00:00Z", "n": 4}
+        got = {r["id"]: r["n"] for r in merge_latest([[new, tie], [old, tie2]])}
+        assert got == {"m1": 2, "m2": 3}
+
+
+class TestPeerBoard:
+    """Sockets answer snapshots; a dead sibling's socket is removed."""
+
+    def test_gather_and_stale_socket(self, tmp_path: Path) -> None:
+        """One live sibling answers its snapshot; a socket nobody listens on is skipped and removed."""
+        import socket
+
+        folder = tmp_path / "peers"
+        stale = folder / "999999.sock"
+
+        async def run() -> list[dict[str, Any]]:
+            me = PeerBoard(folder, lambda: b"{}")
+            other = PeerBoard(folder, lambda: orjson.dumps({"stats": None, "who": "other"}))
+            other.path = folder / "1.sock"
+            await me.start()
+            await other.start()
+            s = socket.socket(socket.AF_UNIX)
+            s.bind(str(stale))  # bound, never listening: as a crashed process leaves it
+            s.close()
+            try:
+                return await me.gather()
+            finally:
+                await other.close()
+                await me.close()
+
+        got = asyncio.run(run())
+        assert got == [{"stats": None, "who": "other"}]
+        assert not stale.exists() and not list(folder.glob("*.sock"))
+
+    def test_folder_is_per_store(self, tmp_path: Path) -> None:
+        """The same data folder gives the same peer folder, another one another."""
+        assert peer_folder(tmp_path / "a") == peer_folder(tmp_path / "a" / ".." / "a")
+        assert peer_folder(tmp_path / "a") != peer_folder(tmp_path / "b")

@@ -1,0 +1,224 @@
+"""Several serving processes over one store: one task per key, any process answers, metrics for all.
+
+Tested against real servers on loopback: ``serve --processes 2`` (uvicorn's supervisor, one
+socket, two engines), and two such commands on one data folder (``ATOMIC_PROCESSES=2``, four
+processes), each on its own port, so a key is sent to two different processes for sure.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from ._server import AUTH, Server, payload
+from .test_shutdown import _check_after_restart, _db_tasks, _load
+
+T0 = "2026-01-05T08:{:02d}:00Z"
+
+
+def _metric(text: str, name: str) -> float:
+    m = re.search(rf"^{re.escape(name)} (\S+)$", text, re.M)
+    assert m, f"{name} missing from /metrics"
+    return float(m.group(1))
+
+
+def _wait_for_processes(srv: Server, n: int, timeout_s: float = 90) -> None:
+    """Waits until /metrics covers ``n`` processes (/readyz answers once the first one is up)."""
+    deadline = time.monotonic() + timeout_s
+    with srv.client() as c:
+        while True:
+            if _metric(c.get("/metrics", headers=AUTH).text, "atomic_processes") == n:
+                return
+            assert time.monotonic() < deadline, f"fewer than {n} processes answered in {timeout_s} s"
+            time.sleep(0.2)
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, Server]]:
+    """Two serve commands on one data folder (ATOMIC_PROCESSES=2: two processes each), each on its own port."""
+    data = tmp_path_factory.mktemp("shared")
+    Server(data, env={"ATOMIC_PROCESSES": "2"}).start().stop()  # creates the store and keyring first
+    with Server(data, env={"ATOMIC_PROCESSES": "2"}) as a, Server(data, env={"ATOMIC_PROCESSES": "2"}) as b:
+        _wait_for_processes(a, 4)
+        yield a, b
+
+
+class TestTwoServers:
+    """Two servers (four processes) on one store behave as one service."""
+
+    def test_same_key_sent_to_both_at_once_is_one_task(self, pair: tuple[Server, Server]) -> None:
+        """Both answer 200 with the same body; the store holds one task for the key, run once."""
+        a, b = pair
+        for n in range(4):
+            key, body = f"both-{n}", payload(5, seed=n, prefix=f"both{n}-")
+            answers: dict[str, httpx.Response] = {}
+
+            def send(
+                name: str, srv: Server, key: str = key, body: dict[str, Any] = body, answers: dict[str, Any] = answers
+            ) -> None:
+                with srv.client() as c:
+                    answers[name] = c.post("/v1/predict", json=body, headers={**AUTH, "Idempotency-Key": key})
+
+            threads = [threading.Thread(target=send, args=(name, srv)) for name, srv in (("a", a), ("b", b))]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(60)
+            assert answers["a"].status_code == answers["b"].status_code == 200
+            assert answers["a"].json() == answers["b"].json()
+            assert _db_tasks(a.data_dir)[key] == ("done", 1)
+
+    def test_task_read_from_the_other_process(self, pair: tuple[Server, Server]) -> None:
+        """A task one process ran is read, done and with its results, from the other."""
+        a, b = pair
+        with a.client() as ca, b.client() as cb:
+            r = ca.post("/v1/predict", json=payload(3, prefix="look-"), headers=AUTH).json()
+            t = cb.get(f"/v1/tasks/{r['taskId']}", headers=AUTH).json()
+            assert t["status"] == "done" and t["results"] == r["results"]
+            found = cb.get("/v1/tasks", params={"request_id": r["requestId"]}, headers=AUTH).json()
+            assert found["task_id"] == r["taskId"]
+
+    def test_history_is_shared(self, pair: tuple[Server, Server]) -> None:
+        """Observations sent to the two processes in turn make one history for the machine."""
+        a, b = pair
+        with a.client() as ca, b.client() as cb:
+            for k in range(6):
+                rec = {"id": "hist-1", "timestamp": T0.format(5 * k), "cpuLoad": 10.0 + k}
+                r = (ca, cb)[k % 2].post("/v1/predict", json={"usageData": [rec]}, headers=AUTH)
+                assert r.status_code == 200
+                assert r.json()["results"][0]["forecasts"]["cpuLoad"]["historyLength"] == k + 1
+
+    def test_metrics_cover_both(self, pair: tuple[Server, Server]) -> None:
+        """Either server's /metrics counts the records all four processes served, and says it covers four."""
+        a, b = pair
+        with a.client() as ca, b.client() as cb:
+            before = _metric(ca.get("/metrics", headers=AUTH).text, "atomic_records_total")
+            for k in range(3):
+                assert ca.post("/v1/predict", json=payload(4, seed=k, prefix="met-"), headers=AUTH).status_code == 200
+            for k in range(2):
+                assert cb.post("/v1/predict", json=payload(2, seed=k, prefix="met-"), headers=AUTH).status_code == 200
+            texts = [ca.get("/metrics", headers=AUTH).text, cb.get("/metrics", headers=AUTH).text]
+        for text in texts:
+            assert _metric(text, "atomic_records_total") == before + 3 * 4 + 2 * 2
+            assert _metric(text, "atomic_processes") == 4
+            assert _metric(text, "atomic_up") == 1
+            assert 'atomic_forecast_value{instance="met-0"' in text  # gauges merged too
+        served = [
+            _metric(t, 'atomic_http_request_duration_seconds_count{method="POST",route="/v1/predict",status="200"}')
+            for t in texts
+        ]
+        assert served[0] == served[1]
+
+
+class TestServeProcesses:
+    """``serve --processes 2``: one socket, two engines, and a SIGKILL of them all loses no 200."""
+
+    def test_requests_spread_and_metrics_add_up(self, tmp_path: Path) -> None:
+        """Requests on fresh connections are all answered; /metrics covers both processes."""
+        with Server(tmp_path, args=("--processes", "2"), group=True) as srv:
+            _wait_for_processes(srv, 2)
+            for n in range(16):
+                with srv.client() as c:  # a connection each, so both processes get some
+                    r = c.post("/v1/predict", json=payload(3, seed=n), headers={**AUTH, "Idempotency-Key": f"k{n}"})
+                    assert r.status_code == 200
+            with srv.client() as c:
+                text = c.get("/metrics", headers=AUTH).text
+            assert _metric(text, "atomic_processes") == 2
+            assert _metric(text, "atomic_records_total") == 16 * 3
+
+    def test_https(self, tmp_path: Path, tls_files: tuple[Path, Path, Path]) -> None:
+        """--tls-cert/--tls-key apply to every process: predict and metrics over HTTPS."""
+        with Server(tmp_path, args=("--processes", "2"), tls=tls_files, group=True) as srv:
+            _wait_for_processes(srv, 2)
+            with srv.client() as c:
+                assert c.post("/v1/predict", json=payload(2), headers=AUTH).status_code == 200
+
+    def test_refused_without_persistence(self, tmp_path: Path) -> None:
+        """In-memory stores cannot be shared: serve says so and does not start."""
+        srv = Server(tmp_path, args=("--processes", "2"), env={"SKIP_PERSISTENCE": "1"})
+        with pytest.raises(RuntimeError, match="SKIP_PERSISTENCE"):
+            srv.start(timeout_s=30)
+
+    def test_a_process_that_cannot_start_stops_the_supervisor(self, tmp_path: Path) -> None:
+        """No token configured: the processes cannot start, and the supervisor exits 3 instead of restarting them."""
+        srv = Server(tmp_path, args=("--processes", "2"), env={"ATOMIC_API_TOKENS": ""}, group=True)
+        with pytest.raises(RuntimeError, match="exited with 3"):
+            srv.start(timeout_s=90)
+
+    def test_connections_spread_over_the_processes(self, tmp_path: Path) -> None:
+        """Each process has its own SO_REUSEPORT socket: 16 connections opened at once land on both
+        (all on one: probability 2 ** -15)."""
+        if shutil.which("ss") is None:
+            pytest.skip("needs ss (iproute2) to see which process holds a connection")
+        with Server(tmp_path, args=("--processes", "2"), group=True) as srv:
+            _wait_for_processes(srv, 2)
+            clients = [srv.client() for _ in range(16)]
+            try:
+                for c in clients:
+                    assert c.get("/healthz", headers=AUTH).status_code == 200
+                out = subprocess.run(
+                    ["ss", "-tnpH", "state", "established", f"( sport = :{srv.port} )"],
+                    capture_output=True,
+                    text=True,
+                    check=True,
+                ).stdout
+                holders = set(re.findall(r"pid=(\d+)", out))
+                assert len(holders) == 2, out
+            finally:
+                for c in clients:
+                    c.close()
+
+    def _kill_and_restart(self, tmp_path: Path, clients: int, min_ok: int, retry_s: float, retry_all: bool) -> None:
+        srv = Server(tmp_path, args=("--processes", "2"), group=True).start()
+        try:
+            _wait_for_processes(srv, 2)
+            threads = _load(srv, clients, min_ok)
+            srv.kill_group()  # the supervisor and both serving processes at once
+            for t in threads:
+                t.stop.set()
+                t.join(30)
+            assert not [s for t in threads for s in t.statuses if s >= 500], "a 5xx before the kill"
+            srv.start()
+            _check_after_restart(srv, threads, retry_s, retry_all=retry_all)
+            _wait_for_processes(srv, 2)  # and never more: the dead processes' sockets were cleared
+            with srv.client() as c:
+                for _ in range(5):
+                    assert _metric(c.get("/metrics", headers=AUTH).text, "atomic_processes") == 2
+        finally:
+            srv.kill()
+
+    def test_sigkill_of_the_group_and_restart(self, tmp_path: Path) -> None:
+        """Every 200 is done at /v1/tasks after the restart, retries get the same body, nothing ran twice."""
+        self._kill_and_restart(tmp_path, clients=2, min_ok=10, retry_s=60, retry_all=False)
+
+    @pytest.mark.slow
+    def test_sigkill_under_load_resumes_cut_off_tasks_once(self, tmp_path: Path) -> None:
+        """Four clients: tasks cut off mid-run resume after their lease (~30 s), each once."""
+        self._kill_and_restart(tmp_path, clients=4, min_ok=40, retry_s=120, retry_all=True)
+        recovered = {k: v for k, v in _db_tasks(tmp_path).items() if v[1] > 1}
+        assert all(v == ("done", 2) for v in recovered.values()), recovered
+
+
+def test_sigterm_stops_every_process(tmp_path: Path) -> None:
+    """SIGTERM to the supervisor stops both serving processes cleanly; no task is left open."""
+    srv = Server(tmp_path, args=("--processes", "2"), group=True).start()
+    try:
+        threads = _load(srv, 2, min_ok=6)
+        assert srv.stop(signal.SIGTERM, timeout_s=60) in (0, -signal.SIGTERM)
+        for t in threads:
+            t.stop.set()
+            t.join(30)
+        tasks = _db_tasks(tmp_path)
+        assert all(status == "done" for status, _ in tasks.values()), "a task was left open"
+    finally:
+        srv.kill()
