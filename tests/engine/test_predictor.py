@@ -101,6 +101,44 @@ class TestProcess:
             r = p.process({"usageData": [rec("m", 5, cpuLoad=5.0)]})
         assert r["results"][0]["forecasts"]["cpuLoad"]["historyLength"] == 6
 
+    def test_stored_history_is_trimmed_to_the_limit(self, tmp_path: Path) -> None:
+        """The store keeps at most ``history_limit`` observations per machine and metric: the
+        start-up maintenance pass trims what an earlier run left, and ``trim_history`` what
+        this one added; the newest are kept, so a restart still reads a full history."""
+        import sqlite3
+
+        from atomic_usage.engine.store import STORE_FILENAME
+
+        big = Settings(data_dir=tmp_path / "data", workers=1, history_limit=100)
+        with UsagePredictor(big, model=Naive()) as p:
+            for k in range(12):
+                p.process({"usageData": [rec("m", k, cpuLoad=float(k), memoryUsage=50.0)]})
+
+        def stored() -> list[tuple[str, int, float]]:
+            with sqlite3.connect(tmp_path / "data" / STORE_FILENAME) as conn:
+                return conn.execute(
+                    "SELECT metric, COUNT(*), MIN(ts) FROM observations GROUP BY metric ORDER BY metric"
+                ).fetchall()
+
+        assert [n for _, n, _ in stored()] == [12, 12]
+        small = Settings(data_dir=tmp_path / "data", workers=1, history_limit=5)
+        with UsagePredictor(small, model=Naive()) as p:
+            pause = threading.Event()
+            for _ in range(200):  # the start-up pass runs on the maintenance thread
+                if [n for _, n, _ in stored()] == [5, 5]:
+                    break
+                pause.wait(0.05)
+            assert [n for _, n, _ in stored()] == [5, 5]
+            assert {ts for _, _, ts in stored()} == {T0 + 300 * 7}  # the newest five: steps 7-11
+            for k in range(12, 15):
+                p.process({"usageData": [rec("m", k, cpuLoad=float(k), memoryUsage=50.0)]})
+            assert p.trim_history() == 6
+            assert [n for _, n, _ in stored()] == [5, 5]
+        with UsagePredictor(small, model=Naive()) as p:
+            r = p.process({"usageData": [rec("m", 15, cpuLoad=15.0)]})
+        # the five kept observations read back, and the new one
+        assert r["results"][0]["forecasts"]["cpuLoad"]["historyLength"] == 6
+
     def test_recovery_runs_abandoned_task_once(self, settings: Settings) -> None:
         """A task accepted by a process that died is completed by the next start, exactly once."""
         with UsagePredictor(settings, model=Naive(), recover=False) as p:

@@ -66,6 +66,11 @@ LOG_KEEP_S = 300.0
 """Seconds the observation log keeps an entry for the other processes sharing the store
 (each one reads it before every group and every ``DEFAULT_LEASE_S / 3`` when idle)."""
 
+TRIM_EVERY_S = 600.0
+"""Seconds between the maintenance passes that delete stored observations beyond
+``Settings.history_limit`` per machine and metric (the first pass runs at start), so a
+service that runs for months keeps a bounded store."""
+
 _INLINE_RECORDS = 1000
 """Payloads up to this many records are validated on the event loop by ``aprocess`` (about
 0.1 ms per 10 records); larger ones in a worker thread, so the loop is never held long."""
@@ -542,13 +547,30 @@ class UsagePredictor:
             _log.warning("task %s was failed during recovery: %s", task.task_id, task.error)
         return {"resumed": len(report.resumed), "failed": len(report.failed)}
 
+    def trim_history(self) -> int:
+        """Deletes stored observations beyond ``history_limit`` per machine and metric (the
+        newest are kept: what a restart reads back); returns how many went."""
+        n = self.store.trim_observations(self.settings.history_limit)
+        if n:
+            _log.info("trimmed %d stored observations beyond %d per series", n, self.settings.history_limit)
+        return n
+
     def _maintain(self, recover: bool) -> None:
         if recover:
             try:
                 self.recover()
             except Exception as exc:  # pragma: no cover - logged, the engine keeps serving
                 _log.error("recovery at start failed: %s", exc)
-        while not self._closed.wait(DEFAULT_LEASE_S / 3):
+        last_trim = -float("inf")
+        while True:
+            if time.monotonic() - last_trim >= TRIM_EVERY_S:
+                try:
+                    self.trim_history()
+                except Exception as exc:  # pragma: no cover - logged, retried next pass
+                    _log.error("trimming stored observations failed: %s", exc)
+                last_trim = time.monotonic()
+            if self._closed.wait(DEFAULT_LEASE_S / 3):
+                break
             with self._open_lock:
                 open_ids = list(self._open)
             try:
