@@ -138,7 +138,8 @@ class TestTrainAndDataset:
 
         split = served.candidates[0]  # type: ignore[attr-defined]
         assert isinstance(split, SplitHorizon) and isinstance(split.far, BacktestSelector)
-        assert [c.name for c in split.far.candidates] == ["atomic", "naive"] and split.spec.context == 24
+        assert [c.name for c in split.far.candidates] == ["atomic", "naive", "damped_trend"]
+        assert split.spec.context == 24
         ramp = np.linspace(10, 40, 60)
         fc = served.forecast_arrays([ramp], 12, np.array([True]))
         assert fc.shape == (1, 3, 12) and (np.diff(fc, axis=1) >= 0).all()

@@ -599,6 +599,11 @@ def dataset_build(
         )
 
 
+_CANDIDATES = {"after-near": ["naive", "damped_trend"], "backtest": ["naive"]}
+"""The baselines each serving selection weighs against the long network, per series: after the
+first hour a damped trend too, so a filling disk's forecast keeps climbing (docs/accuracy.md)."""
+
+
 @app.command(cls=_ArgvCommand)
 def train(
     ctx: typer.Context,
@@ -725,7 +730,7 @@ def train(
             },
             validation=json.loads(json.dumps(result.validation, default=float)),
             near=near,
-            serving={"selection": selection, "k": 3, "backtest_max": 12, "candidates": ["naive"]}
+            serving={"selection": selection, "k": 3, "backtest_max": 12, "candidates": _CANDIDATES[selection]}
             if selection != "none"
             else {"selection": "none"},
         )

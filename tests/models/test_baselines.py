@@ -8,7 +8,7 @@ import pytest
 
 from atomic_usage.errors import NotFittedError
 from atomic_usage.models.base import FRAME_COLUMNS
-from atomic_usage.models.baselines import Naive, PredictLinear, SeasonalNaive, _nanquantile_rows
+from atomic_usage.models.baselines import DampedTrend, Naive, PredictLinear, SeasonalNaive, _nanquantile_rows
 from atomic_usage.models.checks import check_forecaster
 
 B = np.array([False])
@@ -50,7 +50,9 @@ class TestBaselines:
         up = PredictLinear(window=4).forecast_arrays([np.array([97.0, 98.0, 99.0, 99.5])], 5, np.array([True]))[0]
         assert (up <= 100).all() and up[1, -1] == 100.0
 
-    @pytest.mark.parametrize("model", [Naive(), SeasonalNaive(), SeasonalNaive(season=12), PredictLinear()])
+    @pytest.mark.parametrize(
+        "model", [Naive(), SeasonalNaive(), SeasonalNaive(season=12), PredictLinear(), DampedTrend()]
+    )
     def test_contract(self, model: object) -> None:
         """Every baseline passes the forecaster contract suite."""
         check_forecaster(model)  # type: ignore[arg-type]
@@ -70,6 +72,41 @@ class TestBaselines:
         assert list(out.columns) == list(FRAME_COLUMNS)
         assert out["timestamp"].tolist() == list(pd.date_range("2024-01-01 00:20", periods=2, freq="5min", tz="UTC"))
         assert out["p50"].tolist() == [4.0, 4.0] and set(out["model"]) == {"naive"}
+
+
+class TestDampedTrend:
+    """The damped trend offered after the first hour: a climb carried on, then levelling off."""
+
+    def test_a_steady_climb_rises_less_and_less(self) -> None:
+        """A disk filling 1 %/h: p50 rises every step, each step less than the one before, and
+        stops short of the undamped line; the band is naive's, so it widens."""
+        rng = np.random.default_rng(0)
+        disk = 60 + np.arange(288) / 12 + rng.normal(0, 0.05, 288)
+        fc = DampedTrend().forecast_arrays([disk], 288, np.array([True]))[0]
+        step = np.diff(np.concatenate([[disk[-1]], fc[1]]))
+        assert (step[1:] > 0).all() and (np.diff(step[1:]) < 0).all()
+        assert 90 < fc[1, -1] < disk[-1] + 288 / 12
+        nv = Naive().forecast_arrays([disk], 288, np.array([False]))[0]
+        np.testing.assert_allclose(np.minimum(fc[1] + (nv[2] - nv[1]), 100), fc[2], atol=1e-9)
+        assert fc[2, -1] - fc[1, -1] > fc[2, 0] - fc[1, 0]  # wider a day out than 5 minutes out
+        assert (fc <= 100).all()
+
+    def test_flat_and_short_histories_are_naive(self) -> None:
+        """No slope, no trend: a flat history and one shorter than the window get naive's forecast."""
+        flat = np.full(100, 70.0)
+        short = np.linspace(10, 20, 30)
+        got = DampedTrend().forecast_arrays([flat, short], 24, np.array([True, True]))
+        want = Naive().forecast_arrays([flat, short], 24, np.array([True, True]))
+        np.testing.assert_allclose(got, want)
+
+    def test_a_falling_series_stays_in_range(self) -> None:
+        """A shrinking disk keeps falling, more and more slowly, and never below 0."""
+        fc = DampedTrend().forecast_arrays([np.linspace(20, 2, 200)], 288, np.array([True]))[0]
+        assert fc[1, 0] < 2 and (np.diff(fc[1]) <= 0).all() and (fc >= 0).all()
+
+    def test_phi_out_of_range_is_refused(self) -> None:
+        with pytest.raises(ValueError, match="phi"):
+            DampedTrend(phi=1.5)
 
 
 class TestNanQuantileRows:

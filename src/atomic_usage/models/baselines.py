@@ -14,7 +14,7 @@ import numpy as np
 
 from .base import Forecaster, finalize_quantiles
 
-__all__ = ["BASELINES", "Naive", "PredictLinear", "SeasonalNaive"]
+__all__ = ["BASELINES", "DampedTrend", "Naive", "PredictLinear", "SeasonalNaive"]
 
 _DAY = 288
 
@@ -232,9 +232,56 @@ class PredictLinear(Forecaster):
         return f"PredictLinear(window={self.window})"
 
 
+class DampedTrend(Forecaster):
+    """A damped trend: the least-squares line over the last ``window`` steps, its slope damped
+    by ``phi`` per step ahead (Gardner and McKenzie's damped trend), inside naive's band.
+
+    Step h ahead is the line at the last step plus ``slope * (phi + phi**2 + ... + phi**h)``:
+    a steady climb is carried on for a few hours and then levels off, where
+    :class:`PredictLinear` would extrapolate it without end. The p10/p90 are naive's
+    distances from its p50 (the spread of the series' own h-step changes), so the band widens
+    with the horizon. The bundled model offers it, beside naive, to the per-series choice made
+    after the first hour (``docs/accuracy.md``). Histories shorter than the window, and flat
+    ones, are forecast as naive forecasts them.
+
+    Args:
+        window: steps in the fitted line (72 = the last 6 hours of 5-minute steps).
+        phi: the damping per step (0.99: the slope's reach is at most 100 steps).
+
+    >>> fc = DampedTrend(window=3, phi=0.5).forecast_arrays([np.array([1.0, 2.0, 3.0])], 2, np.array([False]))
+    >>> fc[0, 1].round(6).tolist()
+    [3.5, 3.75]
+    """
+
+    name = "damped_trend"
+
+    def __init__(self, window: int = 72, phi: float = 0.99) -> None:
+        if not 0.0 <= phi <= 1.0:
+            raise ValueError(f"phi must be in [0, 1], not {phi!r}")
+        self.window = window
+        self.phi = phi
+
+    def forecast_arrays(self, histories: Sequence[np.ndarray], horizon: int, bounded: np.ndarray) -> np.ndarray:
+        """See :class:`~atomic_usage.models.base.Forecaster`."""
+        H = max(horizon, 2)  # two steps of the line give its slope
+        free = np.zeros(len(histories), bool)
+        line = PredictLinear(self.window).forecast_arrays(histories, H, free).astype(np.float64)[:, 1]
+        slope = line[:, 1] - line[:, 0]
+        start = line[:, 0] - slope  # the line at the last observed step
+        reach = np.cumsum(self.phi ** np.arange(1, H + 1, dtype=np.float64))
+        p50 = start[:, None] + slope[:, None] * reach[None, :]
+        nv = naive_arrays(histories, H).astype(np.float64)
+        out = p50[:, None, :] + (nv - nv[:, 1:2])
+        return finalize_quantiles(out[:, :, :horizon], np.asarray(bounded))
+
+    def __repr__(self) -> str:
+        return f"DampedTrend(window={self.window}, phi={self.phi})"
+
+
 BASELINES: dict[str, type[Forecaster]] = {
     "naive": Naive,
     "seasonal_naive": SeasonalNaive,
     "predict_linear": PredictLinear,
+    "damped_trend": DampedTrend,
 }
 """The baselines by the names the CLI and UsageBench use."""
