@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -98,6 +99,7 @@ class TestForecastOddColumns:
         """The user's file: ``id,timestamp,cpuLoad`` with ``a,...,abc`` on line 2 was refused whole
         ("Column 'cpuLoad' holds a non-numeric value 'abc' (row 1, id a)"). Now series a/cpuLoad is
         rejected, naming id, field, timestamp and the file line, and b is forecast."""
+        caplog.set_level(logging.INFO, logger="atomic_usage")
         res, out = self._run(tmp_path, "id,timestamp,cpuLoad", [r[:2] for r in self.ROWS])
         text = " ".join(res.output.split())
         assert res.exit_code == 0, text
@@ -107,6 +109,9 @@ class TestForecastOddColumns:
         assert reason.startswith("rejected: cpuLoad of id 'a' is 'abc' at 2026-01-01T00:00:00Z (line 2)")
         assert "not forecast: " + reason in text
         assert any("'abc'" in r.getMessage() and "line 2" in r.getMessage() for r in caplog.records)
+        # the rejected series' values are not "left missing": it is reported as not forecast
+        summary = [r.getMessage() for r in caplog.records if "left missing" in r.getMessage()]
+        assert summary and summary[0].endswith(" 0 left missing")
 
     def test_text_column_is_ignored_with_a_warning(self, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
         """An extra label column ``note`` is not a metric: it is ignored, with a warning naming it."""
