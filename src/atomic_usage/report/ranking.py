@@ -35,7 +35,8 @@ def crossings(forecast: pd.DataFrame, history: pd.DataFrame, thresholds: Sequenc
         thresholds: percent levels, e.g. ``(90, 100)``.
 
     Returns:
-        One row per id, metric and threshold with a forecast (a null p50 has none): ``id, metric, threshold, now, origin,
+        One row per id, metric and threshold with a forecast (a null p50 has none): ``id, metric,
+        threshold, now, origin,
         horizon_s, peak_p90, p50_s, p90_s``. ``peak_p90`` is the highest p90 of the horizon
         (shown as "max p90"; not ``process()``'s ``peak.p90``, the p90 at the median's peak
         step). ``origin`` is the forecast's origin (the
