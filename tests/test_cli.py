@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -35,7 +36,9 @@ class TestForecast:
         assert res.exit_code == 0, res.output
         df = pd.read_csv(out)
         assert list(df.columns) == list(FRAME_COLUMNS)
-        assert len(df) == 4 * 3 * 6 and set(df["model"]) == {model}
+        # 60 steps are shorter than a day and 2: seasonal naive serves them by their last value, and says so
+        served = "naive(short-season)" if model == "seasonal_naive" else model
+        assert len(df) == 4 * 3 * 6 and set(df["model"]) == {served}
         assert (df["p10"] <= df["p50"]).all() and (df["p50"] <= df["p90"]).all()
         assert df["timestamp"].iloc[0] == "2026-01-05T05:00:00Z"
 
@@ -80,6 +83,60 @@ class TestForecast:
             app, ["forecast", "-i", str(inp), "-H", "3", "-o", str(tmp_path / "o.csv"), "-m", str(tmp_path / "nomodel")]
         )
         assert res.exit_code == 3 and "model.json is missing" in " ".join(res.output.split())
+
+
+class TestForecastOddColumns:
+    """One bad cell or an extra column never blocks the fleet: it is named and the rest is forecast."""
+
+    ROWS = [("a", "abc", "x"), ("a", "5", "y"), ("a", "6", "y"), ("b", "7", "z"), ("b", "8", "z"), ("b", "9", "z")]
+
+    def _run(self, tmp_path: Path, header: str, rows: list[tuple[str, ...]]) -> tuple[object, pd.DataFrame]:
+        inp = tmp_path / "in.csv"
+        lines = [header] + [f"{r[0]},2026-01-01T00:{5 * (k % 3):02d}:00Z,{','.join(r[1:])}" for k, r in enumerate(rows)]
+        inp.write_text("\n".join(lines) + "\n")
+        res = runner.invoke(app, ["forecast", "-i", str(inp), "-H", "2", "-o", str(tmp_path / "o.csv"), "-m", "naive"])
+        return res, pd.read_csv(tmp_path / "o.csv", keep_default_na=False) if res.exit_code == 0 else pd.DataFrame()
+
+    def test_non_numeric_cell_rejects_only_its_series(self, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+        """The user's file: ``id,timestamp,cpuLoad`` with ``a,...,abc`` on line 2 was refused whole
+        ("Column 'cpuLoad' holds a non-numeric value 'abc' (row 1, id a)"). Now series a/cpuLoad is
+        rejected, naming id, field, timestamp and the file line, and b is forecast."""
+        caplog.set_level(logging.INFO, logger="atomic_usage")
+        res, out = self._run(tmp_path, "id,timestamp,cpuLoad", [r[:2] for r in self.ROWS])
+        text = " ".join(res.output.split())
+        assert res.exit_code == 0, text
+        a, b = out[out["id"] == "a"], out[out["id"] == "b"]
+        assert (a["model"] == "error").all() and (b["model"] == "naive").all() and (b["p50"] == "9").all()
+        reason = a["reason"].iloc[0]
+        assert reason.startswith("rejected: cpuLoad of id 'a' is 'abc' at 2026-01-01T00:00:00Z (line 2)")
+        assert "not forecast: " + reason in text
+        assert any("'abc'" in r.getMessage() and "line 2" in r.getMessage() for r in caplog.records)
+        # the rejected series' values are not "left missing": it is reported as not forecast
+        summary = [r.getMessage() for r in caplog.records if "left missing" in r.getMessage()]
+        assert summary and summary[0].endswith(" 0 left missing")
+
+    def test_text_column_is_ignored_with_a_warning(self, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+        """An extra label column ``note`` is not a metric: it is ignored, with a warning naming it."""
+        res, out = self._run(
+            tmp_path, "id,timestamp,cpuLoad,note", [(r[0], str(5 + k), r[2]) for k, r in enumerate(self.ROWS)]
+        )
+        assert res.exit_code == 0, res.output
+        assert set(out["metric"]) == {"cpuLoad"} and (out["model"] == "naive").all()
+        assert any("['note']" in r.getMessage() and "ignored" in r.getMessage() for r in caplog.records)
+
+    @pytest.mark.parametrize(("column", "meant"), [("cpuload", "cpuLoad"), ("memUsage", "memoryUsage")])
+    def test_misspelled_metric_is_named(
+        self, tmp_path: Path, caplog: pytest.LogCaptureFixture, column: str, meant: str
+    ) -> None:
+        """A misspelled metric (``cpuload``, ``memUsage``) is still forecast as a count, as DESIGN allows
+        any named numeric column, but a warning names it and the metric it looks like."""
+        res, out = self._run(
+            tmp_path, f"id,timestamp,{column}", [(r[0], str(150 + k)) for k, r in enumerate(self.ROWS)]
+        )
+        assert res.exit_code == 0, res.output
+        assert set(out["metric"]) == {column} and (out["p50"].astype(float) > 100).all()  # a count: not clipped
+        warned = [r.getMessage() for r in caplog.records if repr(column) in r.getMessage()]
+        assert warned and f"did you mean {meant!r}" in warned[0]
 
 
 class TestTrainAndDataset:

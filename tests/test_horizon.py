@@ -97,9 +97,13 @@ class TestEverywhere:
         assert res.exit_code == 0, res.output
         assert len(out.read_text().splitlines()) == 1 + 3 * 288
 
-    @pytest.mark.parametrize("value", ["289", "0"])
+    @pytest.mark.parametrize("value", ["289", "0", "abc", "1.5"])
     def test_service(self, predictor: UsagePredictor, value: str) -> None:
-        """POST /v1/predict answers 422 with the horizon's error in the per-record list, nothing stored."""
+        """POST /v1/predict answers 422 with the horizon's error in the per-record list, nothing stored.
+
+        The detail names the query parameter with the same message: ``?horizon=289`` said "The payload
+        has bad records; nothing from it was applied." though the records were fine, and ``?horizon=abc``
+        said something else again ("A query parameter or header is out of range.")."""
         pytest.importorskip("fastapi")
         httpx = pytest.importorskip("httpx")
         from atomic_usage.service.app import create_app
@@ -118,9 +122,10 @@ class TestEverywhere:
 
             r, doc = asyncio.run(go())
             assert r.status_code == 422, r.text
-            assert r.json()["errors"] == [
-                {"index": -1, "id": None, "field": "horizon", "message": validate_horizon(int(value))}
-            ]
+            message = validate_horizon(int(value) if value.isdigit() else value)
+            assert message is not None and message.endswith(f"not {int(value) if value.isdigit() else value!r}")
+            assert r.json()["errors"] == [{"index": -1, "id": None, "field": "horizon", "message": message}]
+            assert r.json()["detail"] == f"The query parameter horizon is invalid: it {message}; nothing was applied."
             params = doc.json()["paths"]["/v1/predict"]["post"]["parameters"]
             (horizon,) = [p for p in params if p["name"] == "horizon"]
             assert (horizon["schema"]["minimum"], horizon["schema"]["maximum"]) == (1, MAX_HORIZON)

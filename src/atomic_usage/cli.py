@@ -1094,7 +1094,9 @@ def serve(
         # As the predictor loads its default model: one ONNX Runtime thread per worker's session.
         forecaster = load_forecaster(model, threads=SESSION_THREADS) if model is not None else None
         api = create_app(settings, model=forecaster)
-        uvicorn.Server(uvicorn.Config(api, **options)).run()
+        from .service.server import Server
+
+        Server(uvicorn.Config(api, **options)).run()  # exits 0 after a clean SIGTERM shutdown
 
 
 @app.command("token-hash")

@@ -229,8 +229,7 @@ class TestBadInput:
     @pytest.mark.parametrize(
         ("column", "value", "message"),
         [
-            ("cpuLoad", "12,5%", r"bad\.csv: Column 'cpuLoad' holds a non-numeric value '12,5%' \(row \d+"),
-            ("id", None, r"bad\.csv: Row \d+ has no id"),
+            ("id", None, r"bad\.csv: Line \d+ has no id"),
             ("timestamp", "yesterday", r"bad\.csv: Column 'timestamp' holds a value that is not an ISO 8601"),
         ],
     )
@@ -246,16 +245,32 @@ class TestBadInput:
         assert (tmp_path / "out.csv").read_text() == "an older forecast"  # not replaced, not truncated
         assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.csv", "out.csv"]  # no .tmp, no scratch
 
-    def test_cli_exit_2_and_no_output(self, tmp_path: Path) -> None:
-        """Through the CLI: exit code 2, one message naming the file, no output file."""
+    def test_non_numeric_cell_rejects_its_series_in_every_chunk(self, tmp_path: Path) -> None:
+        """A non-numeric cell in a late chunk rejects only its series, with the whole read's reason
+        (file line included); the rest of the fleet is forecast, as for a far-out value."""
+        inp = self._late_bad_csv(tmp_path, "cpuLoad", "n/a!")
+        whole: list = []
+        read_wide(inp, issues=whole)
+        bad = [i for i in whole if i.raw is not None]
+        assert len(bad) == 1 and bad[0].line == f"line {len(hard_fleet()) - 40 + 2}"
+        forecast_chunked(inp, 3, tmp_path / "out.parquet", model=Naive(), rows_per_chunk=_ROWS)
+        got = pd.read_parquet(tmp_path / "out.parquet")
+        rows = got[(got["id"] == bad[0].id) & (got["metric"] == "cpuLoad")]
+        assert (rows["model"] == "error").all() and rows["reason"].iloc[0] == "rejected: " + bad[0].message
+        assert "'n/a!'" in bad[0].message and bad[0].line in bad[0].message
+        others = got[(got["id"] == bad[0].id) & (got["metric"] != "cpuLoad")]
+        assert (others["model"] == "naive").all()
+
+    def test_cli_non_numeric_cell_exit_0(self, tmp_path: Path) -> None:
+        """Through the CLI: exit code 0, the series named on stderr as not forecast, the output written."""
         inp = self._late_bad_csv(tmp_path, "cpuLoad", "n/a!")
         res = runner.invoke(
             app, ["forecast", "-i", str(inp), "-H", "3", "-o", str(tmp_path / "o.parquet"), "--rows-per-bucket", "600"]
         )
         text = " ".join(res.output.split())
-        assert res.exit_code == 2 and "bad.csv" in text and "non-numeric value 'n/a!'" in text
-        assert "Traceback" not in text and not (tmp_path / "o.parquet").exists()
-        assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.csv"]
+        assert res.exit_code == 0, text
+        assert "not forecast: rejected: cpuLoad of id" in text and "'n/a!'" in text and "Traceback" not in text
+        assert (tmp_path / "o.parquet").exists()
 
     def test_missing_column(self, tmp_path: Path) -> None:
         """A missing id column is reported before any data is read, as the whole read reports it."""

@@ -36,6 +36,14 @@ class TestRegularize:
         assert np.isnan(v[5:9]).all() and v[9] == 9
         assert rep.filled == 3 and rep.masked == 4
 
+    def test_left_missing_counts_only_series_that_are_forecast(self) -> None:
+        """A fresh-clone user saw "3 left missing" for a file whose only gaps were a rejected series
+        (masked whole, reported as not forecast): a series with no observed value is not counted."""
+        df = pd.concat([frame([0, None, None, None, None, 5]), frame([None, None, None], sid="b")])
+        df["memoryUsage"] = np.nan  # no data anywhere: not forecast either
+        _, rep = regularize(df, max_fill=0)
+        assert rep.masked == 4
+
     def test_missing_rows_are_gaps_in_time(self) -> None:
         """Rows absent from the file open gaps on the time axis, they are not compressed out."""
         df = frame([1, 2, 3]).drop(index=1)

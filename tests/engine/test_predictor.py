@@ -54,6 +54,17 @@ class TestProcess:
         cpu = f["cpuLoad"]
         assert cpu["trend"]["direction"] == "flat" and all(t["p50"] is None for t in cpu["thresholds"])
 
+    def test_short_history_names_what_served(self, predictor: UsagePredictor) -> None:
+        """Two observations: the last value, named ``naive(short-history)`` as in the file forecasts and
+        docs/data-rules.md (process() said ``predict_linear``), with p10/p90 null."""
+        for k in range(2):
+            r = predictor.process({"usageData": [rec("new", k, cpuLoad=10.0 + 5 * k)]})
+        cpu = r["results"][0]["forecasts"]["cpuLoad"]
+        assert cpu["model"] == "naive(short-history)" and cpu["historyLength"] == 2
+        assert {s["p50"] for s in cpu["steps"]} == {15.0} and cpu["steps"][0]["p90"] is None
+        r = predictor.process({"usageData": [rec("new", 2, cpuLoad=20.0)]})
+        assert r["results"][0]["forecasts"]["cpuLoad"]["model"] == "naive(short-window)"  # 3 values < 12
+
     def test_bad_payload_applies_nothing(self, predictor: UsagePredictor) -> None:
         """A payload with one bad record stores nothing: no task, no history."""
         with pytest.raises(PayloadError) as info:

@@ -129,3 +129,41 @@ class TestNanQuantileRows:
                 warnings.simplefilter("ignore", RuntimeWarning)
                 want = np.nanquantile(a, qs, axis=1).T
             np.testing.assert_array_equal(_nanquantile_rows(a, qs), want)
+
+
+class TestFallbackLabels:
+    """A row's ``model`` and ``reason`` say what served it, not the model that was asked."""
+
+    @staticmethod
+    def _forecast(model: object, n: dict[str, int]) -> pd.DataFrame:
+        from atomic_usage.data import regularize
+        from atomic_usage.models.base import forecast_frame
+
+        t0 = pd.Timestamp("2026-01-01T00:00:00Z")
+        rows = [(sid, t0 + pd.Timedelta(minutes=5 * k), 10.0 + 2 * k) for sid, m in n.items() for k in range(m)]
+        panel, _ = regularize(pd.DataFrame(rows, columns=["id", "timestamp", "cpuLoad"]))
+        return forecast_frame(model, panel, 2).drop_duplicates("id").set_index("id")  # type: ignore[arg-type]
+
+    def test_seasonal_naive_short_of_a_season_says_naive(self) -> None:
+        """The user's case: seasonal_naive on 10 steps served the last value as ``seasonal_naive``
+        with an empty reason. It is ``naive(short-season)`` with a ``short season`` reason."""
+        out = self._forecast(SeasonalNaive(season=6), {"short": 7, "long": 8})
+        assert out.loc["short", "model"] == "naive(short-season)" and out.loc["short", "p50"] == 22.0
+        assert out.loc["short", "reason"].startswith("short season: cpuLoad of id 'short' has 7 step(s)")
+        assert out.loc["long", "model"] == "seasonal_naive" and out.loc["long", "reason"] == ""
+
+    def test_predict_linear_short_of_its_window_says_naive(self) -> None:
+        """predict_linear repeats the last value below its window, and says so."""
+        out = self._forecast(PredictLinear(window=5), {"short": 4, "long": 5})
+        assert out.loc["short", "model"] == "naive(short-window)" and out.loc["short", "p50"] == 16.0
+        assert out.loc["short", "reason"].startswith("short window: cpuLoad of id 'short'")
+        assert out.loc["long", "model"] == "predict_linear" and out.loc["long", "p50"] == 20.0
+
+    @pytest.mark.parametrize("model", [Naive(), SeasonalNaive(), PredictLinear(window=2)])
+    def test_two_points_are_naive_short_history(self, model: object) -> None:
+        """Fewer than 3 values, whatever the model: the last value, named ``naive(short-history)`` as
+        docs/data-rules.md promises (it was labelled seasonal_naive/naive/predict_linear, and
+        predict_linear continued the line through the two points)."""
+        out = self._forecast(model, {"two": 2})
+        assert out.loc["two", "model"] == "naive(short-history)" and out.loc["two", "p50"] == 12.0
+        assert np.isnan(out.loc["two", "p10"]) and out.loc["two", "reason"].startswith("short history")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import math
 import re
 from pathlib import Path
@@ -20,6 +21,7 @@ from atomic_usage.report import (  # noqa: E402
     eval_chart,
     figure_png,
     format_seconds,
+    not_forecast,
     rank_machines,
     write_fan_charts,
     write_report,
@@ -141,3 +143,37 @@ class TestReport:
         ax = eval_chart(rows).axes[1]
         assert ax.get_ylim()[1] < 10 and "cut at" in ax.get_title()
         assert "1.2e+19" in [t.get_text() for t in ax.texts]
+
+
+class TestNotForecast:
+    """Series without a forecast are listed with their reason, and no cell ever says nan%."""
+
+    def test_rejected_no_data_and_short_are_listed(self, tmp_path: Path) -> None:
+        """The user's report hid a rejected series, a metric with no data and a 2-value history, and
+        printed ``nan%`` for them; now each is listed with its reason and shows "—"."""
+        from atomic_usage.data.validation import validate_wide
+
+        hist = generate_series(3, n_steps=60, seed=2)
+        ids = sorted(hist["id"].unique())
+        hist.loc[hist["id"] == ids[0], "cpuLoad"] = 180.0  # per-core sum: rejected
+        hist.loc[hist["id"] == ids[1], "memoryUsage"] = np.nan  # no data
+        short = pd.DataFrame(
+            {"id": "new", "timestamp": hist["timestamp"].iloc[-2:].to_numpy(), "cpuLoad": [50.0, 51.0]}
+        )
+        hist = pd.concat([hist, short], ignore_index=True)
+        issues: list = []
+        clean = validate_wide(hist, out_of_range="reject", issues=issues)
+        panel, _ = regularize(clean)
+        fc = forecast_frame(PredictLinear(), panel, 12, issues=issues)
+        text = write_report(tmp_path / "r.html", clean, fc, top=10).read_text()
+        cells = re.sub(r"base64,[^']*", "", text)  # the charts' bytes can spell anything
+        assert "nan" not in cells.lower()
+        listed = not_forecast(fc)
+        assert {(r.id, r.metric) for r in listed.itertuples()} >= {
+            (ids[0], "cpuLoad"),
+            (ids[1], "memoryUsage"),
+            ("new", "cpuLoad"),
+        }
+        for reason in listed["reason"]:
+            assert html.escape(reason) in text
+        assert "no forecast" in text and "naive(short-history)" in text

@@ -120,8 +120,8 @@ class TestGracefulShutdown:
         srv = Server(tmp_path).start()
         try:
             threads = _load(srv, 3, min_ok=10)
-            # uvicorn re-raises the signal it handled once it has shut down cleanly.
-            assert srv.stop(signal.SIGTERM, timeout_s=60) in (0, -signal.SIGTERM)
+            # A clean shutdown exits 0: uvicorn re-raised the SIGTERM it handled (143, a failure to a supervisor).
+            assert srv.stop(signal.SIGTERM, timeout_s=60) == 0
             for t in threads:
                 t.stop.set()
                 t.join(30)

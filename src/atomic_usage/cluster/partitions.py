@@ -250,7 +250,7 @@ def read_chunk(chunk: Chunk, *, id_col: str = "id", time_col: str = "timestamp")
             f"{chunk.path}: cannot be read ({type(exc).__name__}: {str(exc)[:200]}); replace or remove this file.",
             path=chunk.path,
         ) from None
-    return validate_wide(df, id_col=id_col, time_col=time_col, path=chunk.path)
+    return validate_wide(df, id_col=id_col, time_col=time_col, path=chunk.path, row_numbers=chunk.byte_range is None)
 
 
 def bucket_of(ids: np.ndarray | pd.Series, n_buckets: int) -> np.ndarray:

@@ -34,7 +34,9 @@ class RegularizeReport:
         duplicates: rows merged into another row of the same id and step (their values averaged).
         unsorted_ids: ids whose rows did not come in time order.
         filled: values filled by interpolation (gaps of at most ``max_fill`` steps), all metrics.
-        masked: values left missing inside a series' span (longer gaps, missing cells), all metrics.
+        masked: values left missing inside the span of series that are forecast (longer gaps, missing
+            cells), all metrics. A series without any observed value (no data, or masked whole by a
+            rejection) is not counted: it is not forecast, and the forecast reports it as such.
     """
 
     n_series: int
@@ -153,6 +155,17 @@ def fill_short_gaps(v: np.ndarray, seg_start: np.ndarray, seg_end: np.ndarray, m
     return int(gap.sum())
 
 
+def _masked_in_observed(v: np.ndarray, offsets: np.ndarray) -> int:
+    """Missing values of ``v`` (segments ``offsets[k]:offsets[k + 1]``) in segments with any observed value."""
+    if not len(v):
+        return 0
+    gaps = np.isnan(v)
+    starts = offsets[:-1]
+    n_gaps = np.add.reduceat(gaps.astype(np.int64), starts)
+    lengths = np.diff(offsets)
+    return int(n_gaps[n_gaps < lengths].sum())
+
+
 def regularize(
     df: pd.DataFrame,
     step: pd.Timedelta | str = DEFAULT_STEP,
@@ -223,7 +236,7 @@ def regularize(
         v = np.full(int(offsets[-1]), np.nan)
         v[grid_pos] = merged[m].to_numpy(np.float64)
         filled += fill_short_gaps(v, seg_start, seg_end, max_fill)
-        masked += int(np.isnan(v).sum())
+        masked += _masked_in_observed(v, offsets)
         values[m] = v
     panel = Panel(ids.astype(object), first_b.astype("datetime64[ns]"), step, offsets, values)
     report = RegularizeReport(len(ids), n_in, int(duplicates), unsorted, filled, masked)

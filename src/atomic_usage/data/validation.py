@@ -11,6 +11,7 @@ metric) is rejected: strict callers get a SchemaError, and callers that pass an
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import logging
 from collections.abc import Sequence
 from typing import Literal
@@ -18,7 +19,7 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
-from .._types import BOUNDED_METRICS
+from .._types import BOUNDED_METRICS, DEFAULT_METRICS
 from ..errors import SchemaError
 
 __all__ = [
@@ -26,6 +27,7 @@ __all__ = [
     "RangePolicy",
     "SeriesIssue",
     "check_ranges",
+    "close_metric",
     "combine_issues",
     "ensure_utc",
     "metric_columns",
@@ -61,7 +63,9 @@ class SeriesIssue:
         timestamp: ISO 8601 UTC time of the first offending value.
         value: that value.
         message: one sentence naming what is wrong, where, and what to do (without the file name).
-        count: how many values of the series were far out.
+        count: how many values of the series were far out (or not numbers).
+        raw: for a value that is not a number, the cell as written (``value`` is then NaN).
+        line: where that value is in the file (``"line 7"``), or empty when unknown.
     """
 
     id: str
@@ -70,6 +74,8 @@ class SeriesIssue:
     value: float
     message: str
     count: int = 1
+    raw: str | None = None
+    line: str = ""
 
 
 def combine_issues(first: SeriesIssue, later: SeriesIssue) -> SeriesIssue:
@@ -83,7 +89,7 @@ def combine_issues(first: SeriesIssue, later: SeriesIssue) -> SeriesIssue:
     True
     """
     count = first.count + later.count
-    message = _issue_message(first.id, first.metric, first.timestamp, first.value, count)
+    message = _issue_message(first.id, first.metric, first.timestamp, first.value, count, first.raw, first.line)
     return dataclasses.replace(first, count=count, message=message)
 
 
@@ -108,32 +114,79 @@ def require_columns(df: pd.DataFrame, columns: Sequence[str], *, path: str | Non
 def metric_columns(
     df: pd.DataFrame, *, id_col: str = "id", time_col: str = "timestamp", path: str | None = None
 ) -> list[str]:
-    """The metric columns of a wide frame: every column but id and timestamp.
+    """The metric columns of a wide frame: every column but id and timestamp that holds numbers.
+
+    A metric is one of cpuLoad, memoryUsage, storageUsage or another numeric column (DESIGN's
+    wide format). A column that is none of these and holds text only (a ``note``, a label) is
+    not a metric: it is left out with a logged warning naming it. A known metric, or a column
+    with at least one number, stays a metric even with text cells: :func:`validate_wide` deals
+    with those. An unknown name close to a known metric (``cpuload``) is kept, as a count, with
+    a warning naming the metric it may mean.
 
     Raises:
-        SchemaError: there is no metric column, or one is not numeric.
+        SchemaError: there is no metric column.
     """
     cols = [c for c in df.columns if c not in (id_col, time_col)]
     where = f"{path}: " if path else ""
+    text_only = [c for c in cols if c not in BOUNDED_METRICS and _is_text_only(df[c])]
+    if text_only:
+        _log.warning(
+            "%sColumn(s) %s hold text, not numbers, so they are not metrics and are ignored; "
+            "metric columns are cpuLoad, memoryUsage, storageUsage or other numeric columns.",
+            where,
+            text_only,
+        )
+    cols = [c for c in cols if c not in text_only]
     if not cols:
+        ignored = f" (ignored as text: {text_only})" if text_only else ""
         raise SchemaError(
-            f"{where}No metric column was found; add at least one of cpuLoad, memoryUsage, storageUsage "
+            f"{where}No metric column was found{ignored}; add at least one of cpuLoad, memoryUsage, storageUsage "
             "or another numeric column beside id and timestamp.",
             path=path,
         )
     for c in cols:
-        if not pd.api.types.is_numeric_dtype(df[c]):
-            converted = pd.to_numeric(df[c], errors="coerce")
-            bad = np.flatnonzero((converted.isna() & df[c].notna()).to_numpy())
-            if len(bad):
-                # The row's index label (a chunk of a file keeps its rows' numbers), its id by position.
-                i = int(bad[0])
-                raise SchemaError(
-                    f"{where}Column {c!r} holds a non-numeric value {df[c].iloc[i]!r} (row {df.index[i]}, "
-                    f"id {df[id_col].iloc[i] if id_col in df else '?'!s}); metric columns must be numbers.",
-                    path=path,
-                )
+        near = close_metric(str(c))
+        if near is not None:
+            _log.warning(
+                "%sColumn %r is not a known metric, so it is forecast as a count (unbounded, not a percent); "
+                "did you mean %r? Rename the column if so.",
+                where,
+                c,
+                near,
+            )
     return cols
+
+
+def close_metric(name: str) -> str | None:
+    """The known metric (cpuLoad, memoryUsage, storageUsage) that ``name`` looks like a misspelling
+    of, by :func:`difflib.get_close_matches` on lowercase names; None for a known metric or none close.
+
+    >>> close_metric("cpuload"), close_metric("memUsage"), close_metric("value"), close_metric("cpuLoad")
+    ('cpuLoad', 'memoryUsage', None, None)
+    """
+    if name in BOUNDED_METRICS:
+        return None
+    known = {m.lower(): m for m in DEFAULT_METRICS}
+    found = difflib.get_close_matches(name.lower(), list(known), n=1, cutoff=0.6)
+    return known[found[0]] if found else None
+
+
+def _is_text_only(values: pd.Series) -> bool:
+    """Whether a column has cells and none of them is a number (a label column, not a metric)."""
+    if pd.api.types.is_numeric_dtype(values) or pd.api.types.is_bool_dtype(values):
+        return False
+    present = values.notna()
+    return bool(present.any()) and not bool(pd.to_numeric(values, errors="coerce").notna().any())
+
+
+def _row_place(label: object, path: str | None, row_numbers: bool) -> str:
+    """Where a row is, for messages: its file line (header is line 1) in a CSV, its row in a
+    Parquet file, else the frame's index label."""
+    if row_numbers and path is not None and isinstance(label, int | np.integer):
+        if str(path).lower().endswith((".parquet", ".pq")):
+            return f"row {int(label) + 1} of the file"
+        return f"line {int(label) + 2}"
+    return f"row {label}"
 
 
 _NAIVE_TIME = r"[T ]\d{1,2}:\d{2}(?::\d{2}(?:\.\d+)?)?$"
@@ -188,6 +241,7 @@ def validate_wide(
     path: str | None = None,
     out_of_range: RangePolicy = "clip",
     issues: list[SeriesIssue] | None = None,
+    row_numbers: bool = True,
 ) -> pd.DataFrame:
     """Checks and normalizes a wide frame (``id,timestamp,<metric>...``).
 
@@ -196,11 +250,17 @@ def validate_wide(
     monitoring systems overshoot by a little, and one sample must not block a fleet). Infinite
     values, and under ``"reject"`` percents far out, reject their series: with an ``issues``
     list, the series is masked (all NaN) and a SeriesIssue appended; without one, SchemaError
-    is raised.
+    is raised. A cell of a metric column that is not a number (``abc``, ``12,5%``) is treated
+    the same way: with ``issues`` its series is rejected and the rest is forecast. Columns that
+    hold only text are not metrics and are left out (:func:`metric_columns`).
+
+    Args:
+        row_numbers: whether ``df``'s index labels are the file's 0-based data rows (a whole
+            read or a chunk of one), so messages can give the file line; False for a byte range.
 
     Raises:
-        SchemaError: a column is missing, a timestamp or number does not parse, or a value is out
-            of range (see above).
+        SchemaError: a column is missing, a timestamp does not parse, a row has no id, or (without
+            ``issues``) a value is not a number or is out of range (see above).
     """
     require_columns(df, [id_col, time_col], path=path)
     metrics = metric_columns(df, id_col=id_col, time_col=time_col, path=path)
@@ -213,11 +273,64 @@ def validate_wide(
     if df[id_col].isna().any():
         # The index label, as for a non-numeric value: a chunk of a file keeps its rows' numbers.
         row = df.index[df[id_col].isna().to_numpy()][0]
-        raise SchemaError(f"{path + ': ' if path else ''}Row {row} has no id; give every row an id.", path=path)
+        place = _row_place(row, path, row_numbers)
+        raise SchemaError(
+            f"{path + ': ' if path else ''}{place[0].upper() + place[1:]} has no id; give every row an id.", path=path
+        )
     for c in metrics:
         out[c] = pd.to_numeric(df[c], errors="coerce").astype("float64")
+        if not pd.api.types.is_numeric_dtype(df[c]):
+            _reject_non_numeric(
+                df, out, c, id_col=id_col, time_col=time_col, path=path, row_numbers=row_numbers, issues=issues
+            )
     check_ranges(out, metrics, id_col=id_col, time_col=time_col, path=path, policy=out_of_range, issues=issues)
     return out
+
+
+def _reject_non_numeric(
+    df: pd.DataFrame,
+    out: pd.DataFrame,
+    c: str,
+    *,
+    id_col: str,
+    time_col: str,
+    path: str | None,
+    row_numbers: bool,
+    issues: list[SeriesIssue] | None,
+) -> None:
+    """Rejects every series of column ``c`` with a cell that is not a number, as a far-out value
+    rejects its series: masked in ``out`` and appended to ``issues``, or raised without them."""
+    bad = (out[c].isna() & df[c].notna()).to_numpy()
+    if not bad.any():
+        return
+    where = f"{path}: " if path else ""
+    ids = out[id_col].to_numpy()
+    bad_ids = pd.unique(ids[bad])
+    for sid in bad_ids:
+        rows = np.flatnonzero(bad & (ids == sid))
+        i = int(rows[0])
+        raw = str(df[c].iloc[i])
+        line = _row_place(df.index[i], path, row_numbers)
+        ts = _iso(out[time_col].iloc[i])
+        if issues is None:
+            raise SchemaError(
+                f"{where}Column {c!r} holds a non-numeric value {raw!r} ({line}, id {sid!s}, at {ts}); "
+                "metric columns must be numbers (leave a cell empty for not measured).",
+                path=path,
+            )
+        issue = SeriesIssue(
+            str(sid),
+            c,
+            ts,
+            float("nan"),
+            _issue_message(str(sid), c, ts, np.nan, len(rows), raw, line),
+            len(rows),
+            raw,
+            line,
+        )
+        issues.append(issue)
+        _log.warning("%s%s", where, issue.message)
+    out.loc[np.isin(ids, bad_ids), c] = np.nan
 
 
 MAX_MAGNITUDE = 1e30
@@ -289,7 +402,13 @@ def _series_issue(row: pd.Series, c: str, count: int, *, id_col: str, time_col: 
     return SeriesIssue(sid, c, ts, value, _issue_message(sid, c, ts, value, count), count)
 
 
-def _issue_message(sid: str, c: str, ts: str, value: float, count: int) -> str:
+def _issue_message(sid: str, c: str, ts: str, value: float, count: int, raw: str | None = None, line: str = "") -> str:
+    if raw is not None:
+        at = f" ({line})" if line else ""
+        return (
+            f"{c} of id {sid!r} is {raw!r} at {ts}{at}, not a number ({count} such value(s)), so this series "
+            "was rejected; write metric values as numbers (leave a cell empty for not measured)."
+        )
     bounded = c in BOUNDED_METRICS
     rng = "0 to 100 (percent)" if bounded else f"0 to {MAX_MAGNITUDE:g}"
     if np.isinf(value):

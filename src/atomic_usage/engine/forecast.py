@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from ..models.base import MIN_INTERVAL
+from ..models.base import MIN_INTERVAL, SHORT_HISTORY
 
 __all__ = ["describe_forecast", "describe_many", "encode_many", "iso"]
 
@@ -248,6 +248,13 @@ class _Prepared:
         last_value = np.asarray(last_value, float)
         hours = step_s * np.arange(1, H + 1) / 3600.0
         spread = np.asarray(history_length) >= MIN_INTERVAL
+        if not spread.all():
+            # As in the file forecasts (forecast_frame): too few values for any model, the last one,
+            # named for what served it.
+            short = ~spread
+            fc = fc.copy()
+            fc[short] = last_value[short, None, None]
+            self.models = [SHORT_HISTORY if s else m for m, s in zip(models, short.tolist(), strict=True)]
         # Trend: over the recent observed steps, else (fewer than two) over the forecast from the origin.
         slope = np.full(R, np.nan)
         se = np.zeros(R)

@@ -30,6 +30,7 @@ __all__ = [
     "FRAME_COLUMNS",
     "MIN_INTERVAL",
     "NO_FORECAST",
+    "SHORT_HISTORY",
     "SWANSON_WEIGHTS",
     "Forecaster",
     "finalize_quantiles",
@@ -75,6 +76,14 @@ class Forecaster(abc.ABC):
     def fallback_flags(self, histories: Sequence[np.ndarray]) -> list[str]:
         """Per history, the name of the path that served it (the model itself by default)."""
         return [self.name] * len(histories)
+
+    def fallback_reasons(self, histories: Sequence[np.ndarray]) -> list[str]:
+        """Per history, why a fallback served it, or ``""`` (the model itself served it; the default).
+
+        A reason starts with its kind (``short season: ...``) and writes ``{series}`` where the
+        series belongs; :func:`forecast_frame` puts ``cpuLoad of id 'vm-1'`` there.
+        """
+        return [""] * len(histories)
 
     def fit(self, data: pd.DataFrame | Panel, **kwargs: Any) -> Forecaster:
         """Takes the histories to forecast from.
@@ -165,10 +174,16 @@ def no_data_reason(sid: str, metric: str) -> str:
     )
 
 
+SHORT_HISTORY = "naive(short-history)"
+"""``model`` of a series with fewer than MIN_INTERVAL observed values, whatever the model: its last
+value, with p10/p90 null (``docs/data-rules.md``)."""
+
+
 def _short_history(sid: str, metric: str, k: int) -> str:
     return (
         f"short history: {metric} of id {sid!r} has {k} observed value(s), fewer than the {MIN_INTERVAL} "
-        "an interval needs, so p10 and p90 are null; send more history for an interval."
+        "an interval needs, so the forecast is its last value (naive) and p10 and p90 are null; send more "
+        "history for a model forecast with an interval."
     )
 
 
@@ -184,8 +199,10 @@ def forecast_frame(
     - ``no data``: the metric has no observation while the id has others (null, not 0);
     - ``no observations``: the id has rows but no value at all (an error for the id);
     - ``rejected``: validation rejected the series (``issues``, e.g. per-core sums);
-    - ``short history``: fewer than MIN_INTERVAL observed values; p50 is the last value and
-      p10/p90 are null (the row has a forecast, flagged in ``model``).
+    - ``short history``: fewer than MIN_INTERVAL observed values; whatever the model, p50 is the
+      last value and p10/p90 are null, and ``model`` says so: SHORT_HISTORY (``naive(short-history)``);
+    - any other reason on a row with values: the model served it by a fallback, named in ``model``
+      (:meth:`Forecaster.fallback_reasons`, e.g. ``short season`` for seasonal naive).
 
     Args:
         model: the forecaster.
@@ -233,9 +250,15 @@ def forecast_frame(
         fc[where] = model.forecast_arrays(hists, horizon, bounded)
         names[where] = model.fallback_flags(hists)
         n_m = len(panel.metrics)
-        for w, k in zip(where, n_obs, strict=True):
+        for w, why in zip(where, model.fallback_reasons(hists), strict=True):
+            if why:
+                reasons[w] = why.format(series=f"{panel.metrics[w % n_m]} of id {str(panel.ids[w // n_m])!r}")
+        for w, h, k in zip(where, hists, n_obs, strict=True):
             if not interval_known(k):
+                # Too few values for any model (a line through 2 points is not a trend): the last one.
+                fc[w, :] = h[~np.isnan(h)][-1]
                 fc[w, [0, 2]] = np.nan
+                names[w] = SHORT_HISTORY
                 reasons[w] = _short_history(str(panel.ids[w // n_m]), panel.metrics[w % n_m], k)
     step = np.int64(panel.step.value)
     ends = np.repeat(panel.end().astype("datetime64[ns]").astype(np.int64), len(panel.metrics))

@@ -14,9 +14,15 @@ import numpy as np
 
 from .base import Forecaster, finalize_quantiles
 
-__all__ = ["BASELINES", "DampedTrend", "Naive", "PredictLinear", "SeasonalNaive"]
+__all__ = ["BASELINES", "SHORT_SEASON", "SHORT_WINDOW", "DampedTrend", "Naive", "PredictLinear", "SeasonalNaive"]
 
 _DAY = 288
+
+SHORT_SEASON = "naive(short-season)"
+"""``model`` of a series seasonal naive forecast by its last value: shorter than a season and 2 steps."""
+
+SHORT_WINDOW = "naive(short-window)"
+"""``model`` of a series predict_linear forecast by its last value: shorter than its window."""
 
 
 def _by_length(hists: Sequence[np.ndarray], fn: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
@@ -151,6 +157,25 @@ class SeasonalNaive(Forecaster):
 
         return finalize_quantiles(_by_length(histories, fn), bounded)
 
+    def fallback_flags(self, histories: Sequence[np.ndarray]) -> list[str]:
+        """``seasonal_naive``, or ``naive(short-season)`` for a history shorter than a season and 2
+        steps, which is forecast by its last value (see :meth:`fallback_reasons`)."""
+        return [self.name if len(h) >= self.season + 2 else SHORT_SEASON for h in histories]
+
+    def fallback_reasons(self, histories: Sequence[np.ndarray]) -> list[str]:
+        """Why a history got the naive forecast instead of the seasonal one (empty when it did not)."""
+        need = self.season + 2
+        return [
+            ""
+            if len(h) >= need
+            else (
+                f"short season: {{series}} has {len(h)} step(s), fewer than the {need} seasonal naive needs "
+                f"(a season of {self.season} steps and 2 more), so the forecast is its last value (naive); "
+                "send a longer history for a seasonal forecast."
+            )
+            for h in histories
+        ]
+
     def __repr__(self) -> str:
         return f"SeasonalNaive(season={self.season})"
 
@@ -228,6 +253,24 @@ class PredictLinear(Forecaster):
 
         return finalize_quantiles(_by_length(histories, fn), bounded)
 
+    def fallback_flags(self, histories: Sequence[np.ndarray]) -> list[str]:
+        """``predict_linear``, or ``naive(short-window)`` for a history shorter than the window,
+        which is forecast by its last value (see :meth:`fallback_reasons`)."""
+        return [self.name if len(h) >= self.window else SHORT_WINDOW for h in histories]
+
+    def fallback_reasons(self, histories: Sequence[np.ndarray]) -> list[str]:
+        """Why a history got the naive forecast instead of a line (empty when it did not)."""
+        w = self.window
+        return [
+            ""
+            if len(h) >= w
+            else (
+                f"short window: {{series}} has {len(h)} step(s), fewer than the {w} predict_linear fits its "
+                "line on, so the forecast is its last value (naive); send a longer history for a line."
+            )
+            for h in histories
+        ]
+
     def __repr__(self) -> str:
         return f"PredictLinear(window={self.window})"
 
@@ -273,6 +316,24 @@ class DampedTrend(Forecaster):
         nv = naive_arrays(histories, H).astype(np.float64)
         out = p50[:, None, :] + (nv - nv[:, 1:2])
         return finalize_quantiles(out[:, :, :horizon], np.asarray(bounded))
+
+    def fallback_flags(self, histories: Sequence[np.ndarray]) -> list[str]:
+        """``damped_trend``, or ``naive(short-window)`` for a history shorter than the window,
+        which is forecast by its last value (see :meth:`fallback_reasons`)."""
+        return [self.name if len(h) >= self.window else SHORT_WINDOW for h in histories]
+
+    def fallback_reasons(self, histories: Sequence[np.ndarray]) -> list[str]:
+        """Why a history got the naive forecast instead of a trend (empty when it did not)."""
+        w = self.window
+        return [
+            ""
+            if len(h) >= w
+            else (
+                f"short window: {{series}} has {len(h)} step(s), fewer than the {w} damped_trend fits its "
+                "line on, so the forecast is its last value (naive); send a longer history for a trend."
+            )
+            for h in histories
+        ]
 
     def __repr__(self) -> str:
         return f"DampedTrend(window={self.window}, phi={self.phi})"

@@ -7,7 +7,7 @@ A layer beside ``service``: it uses ``models`` output (the long forecast frame) 
 from __future__ import annotations
 
 from .charts import eval_chart, fan_chart, figure_png, write_fan_charts
-from .html import format_seconds, render_report, write_report
+from .html import format_seconds, not_forecast, render_report, write_report
 from .ranking import crossings, rank_machines
 
 __all__ = [
@@ -16,6 +16,7 @@ __all__ = [
     "fan_chart",
     "figure_png",
     "format_seconds",
+    "not_forecast",
     "rank_machines",
     "render_report",
     "write_fan_charts",

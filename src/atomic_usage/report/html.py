@@ -16,10 +16,11 @@ from typing import Final
 
 import pandas as pd
 
+from ..models.base import NO_FORECAST
 from .charts import fan_chart, figure_png
 from .ranking import rank_machines
 
-__all__ = ["format_seconds", "render_report", "write_report"]
+__all__ = ["format_seconds", "not_forecast", "render_report", "write_report"]
 
 DEFAULT_TOP: Final = 20
 """Machines shown in a report (the closest to exhausting a resource)."""
@@ -46,6 +47,26 @@ def format_seconds(s: float) -> str:
     if s < 2 * 86400:
         return f"{s / 3600:.1f} h"
     return f"{s / 86400:.1f} d"
+
+
+def _pct(v: float) -> str:
+    """A percent cell: ``—`` where there is no value (no history, or an interval unknown), never ``nan%``."""
+    return f"{v:.1f}%" if math.isfinite(v) else "—"
+
+
+def not_forecast(forecast: pd.DataFrame) -> pd.DataFrame:
+    """The series (id, metric) of a long forecast frame that carry a reason: not forecast (rejected, no
+    data, no observations) or forecast without the model's full answer (a short history, a fallback).
+
+    Returns:
+        Columns ``id, metric, model, reason``, one row per such series, in the frame's order.
+    """
+    cols = ["id", "metric", "model", "reason"]
+    if "reason" not in forecast.columns:
+        return pd.DataFrame({c: [] for c in cols})
+    firsts = forecast.drop_duplicates(["id", "metric"])
+    flagged = firsts[firsts["reason"].fillna("").astype(str) != ""]
+    return flagged[cols].reset_index(drop=True)
 
 
 def _cls(s: float) -> str:
@@ -78,7 +99,7 @@ def render_report(
         cells = "".join(f"<td class={_cls(d[f'p90_s@{t:g}'])}>{format_seconds(d[f'p90_s@{t:g}'])}</td>" for t in levels)
         body_rows.append(
             f"<tr><td>{k}</td><td class=l><a href='#m{k}'>{esc(str(d['id']))}</a></td>"
-            f"<td class=l>{esc(d['metric'])}</td><td>{d['now']:.1f}%</td><td>{d['peak_p90']:.1f}%</td>{cells}"
+            f"<td class=l>{esc(d['metric'])}</td><td>{_pct(d['now'])}</td><td>{_pct(d['peak_p90'])}</td>{cells}"
             f"<td class={_cls(d['p50_s'])}>{format_seconds(d['p50_s'])}</td></tr>"
         )
     horizon_s = float(ranked["horizon_s"].max()) if len(ranked) else 0.0
@@ -104,12 +125,26 @@ def render_report(
         if body_rows
         else "<p>No percent metric (cpuLoad, memoryUsage, storageUsage) was forecast.</p>"
     )
+    flagged = not_forecast(forecast)
+    listed = "".join(
+        f"<tr><td class=l>{esc(str(d['id']))}</td><td class=l>{esc(str(d['metric']))}</td>"
+        f"<td class=l>{'no forecast' if d['model'] in NO_FORECAST else esc(str(d['model']))}</td>"
+        f"<td class=l>{esc(str(d['reason']))}</td></tr>"
+        for d in flagged.to_dict("records")
+    )
+    apart = (
+        "<h2>Not forecast, or not by the model</h2><table><thead><tr><th class=l>machine</th>"
+        f"<th class=l>resource</th><th class=l>forecast</th><th class=l>reason</th></tr></thead><tbody>{listed}"
+        "</tbody></table>"
+        if listed
+        else ""
+    )
     return (
         "<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
         "<meta name='viewport' content='width=device-width,initial-scale=1'>"
         f"<title>{esc(title)}</title><style>{_CSS}</style></head><body>"
         f"<h1>{esc(title)}</h1><p class=meta>{meta}</p>"
-        f"<h2>Closest to exhausting a resource (time until threshold at p90)</h2>{table}"
+        f"<h2>Closest to exhausting a resource (time until threshold at p90)</h2>{table}{apart}"
         f"<h2>Charts</h2>{''.join(charts)}</body></html>\n"
     )
 

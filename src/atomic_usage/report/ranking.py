@@ -35,7 +35,8 @@ def crossings(forecast: pd.DataFrame, history: pd.DataFrame, thresholds: Sequenc
         thresholds: percent levels, e.g. ``(90, 100)``.
 
     Returns:
-        One row per id, metric and threshold: ``id, metric, threshold, now, origin,
+        One row per id, metric and threshold with a forecast (a null p50 has none): ``id, metric,
+        threshold, now, origin,
         horizon_s, peak_p90, p50_s, p90_s``. ``peak_p90`` is the highest p90 of the horizon
         (shown as "max p90"; not ``process()``'s ``peak.p90``, the p90 at the median's peak
         step). ``origin`` is the forecast's origin (the
@@ -49,7 +50,10 @@ def crossings(forecast: pd.DataFrame, history: pd.DataFrame, thresholds: Sequenc
     missing = [c for c in _FORECAST_COLS if c not in forecast.columns]
     if missing:
         raise SchemaError(f"The forecast frame lacks the columns {missing}; pass the output of forecast_frame.")
-    fc = forecast[forecast["metric"].isin(list(BOUNDED_METRICS))].sort_values(["id", "metric", "timestamp"])
+    # A series without a forecast (rejected, no data: null values) has no time to a threshold; the
+    # report lists it apart with its reason (html.not_forecast).
+    fc = forecast[forecast["metric"].isin(list(BOUNDED_METRICS)) & forecast["p50"].notna()]
+    fc = fc.sort_values(["id", "metric", "timestamp"])
     cols = ["id", "metric", "threshold", "now", "origin", "horizon_s", "peak_p90", "p50_s", "p90_s"]
     if fc.empty or not len(thresholds):
         return pd.DataFrame({c: [] for c in cols})

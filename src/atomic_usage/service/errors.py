@@ -16,6 +16,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
+from ..config import validate_horizon
 from ..errors import (
     AtomicError,
     AuthError,
@@ -35,6 +36,7 @@ __all__ = [
     "RecordErrorBody",
     "error_content",
     "error_responses",
+    "horizon_detail",
     "install_handlers",
     "status_of",
 ]
@@ -101,6 +103,10 @@ def error_content(exc: AtomicError, method: str, path: str) -> tuple[int, dict[s
     """
     status, detail = status_of(exc)
     if isinstance(exc, PayloadError):
+        bad_horizon = [e for e in exc.errors if e.index == -1 and e.field == "horizon"]
+        if bad_horizon and len(bad_horizon) == len(exc.errors):
+            # The records were fine: only the query parameter was not, so say that.
+            detail = horizon_detail(bad_horizon[0].message)
         return status, {"detail": detail, "errors": [e.as_dict() for e in exc.errors]}
     if status >= 500:
         _log.error("%s %s failed: %s: %s", method, path, type(exc).__name__, exc)
@@ -115,12 +121,27 @@ async def _atomic_handler(request: Request, exc: Exception) -> JSONResponse:
     return _response(status, content["detail"], content["errors"])
 
 
+def horizon_detail(problem: str) -> str:
+    """The ``detail`` of a 422 for a bad ``?horizon=``: the query parameter named, with
+    :func:`~atomic_usage.config.validate_horizon`'s message, the one the CLI and process() give."""
+    return f"The query parameter horizon is invalid: it {problem}; nothing was applied."
+
+
 async def _validation_handler(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
-    errors = [
-        RecordError(-1, str(e["loc"][-1]) if e.get("loc") else "request", str(e.get("msg", "is invalid"))).as_dict()
-        for e in exc.errors()
-    ]
+    errors = []
+    for e in exc.errors():
+        loc = tuple(e.get("loc") or ())
+        if loc == ("query", "horizon"):
+            # Not an integer at all (?horizon=abc): the horizon's own message, as for ?horizon=289.
+            problem = validate_horizon(e.get("input")) or "must be a whole number of steps"
+            errors.append(RecordError(-1, "horizon", problem).as_dict())
+        else:
+            errors.append(
+                RecordError(-1, str(loc[-1]) if loc else "request", str(e.get("msg", "is invalid"))).as_dict()
+            )
+    if len(errors) == 1 and errors[0]["field"] == "horizon":
+        return _response(422, horizon_detail(errors[0]["message"]), errors)
     return _response(422, "A query parameter or header is out of range.", errors)
 
 

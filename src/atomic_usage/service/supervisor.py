@@ -56,11 +56,12 @@ def _serve_one(settings: Settings, model: str | None, options: dict[str, Any], r
     import uvicorn
 
     from .app import worker_app
+    from .server import Server
 
     sock = _bind(options["host"], options["port"])
     sock.listen(_BACKLOG)
     try:
-        server = uvicorn.Server(uvicorn.Config(worker_app(settings, model), **options))
+        server = Server(uvicorn.Config(worker_app(settings, model), **options))
     except Exception:
         _log.exception("a serving process could not start")
         sys.exit(STARTUP_FAILURE)
@@ -136,6 +137,8 @@ def serve_processes(settings: Settings, model: str | None, options: dict[str, An
             if p.is_alive():
                 p.kill()
                 p.join(5)
+            if p.exitcode:  # each shuts down cleanly on SIGTERM and exits 0 (service/server.py)
+                _log.warning("serving process %s exited with status %s on shutdown", p.pid, p.exitcode)
         holder.close()
     return status
 
