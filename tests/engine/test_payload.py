@@ -133,6 +133,8 @@ class TestAdversarialValues:
             ({"id": "m", "cpuLoad": 10**400}, "cpuLoad"),
             ({"id": 10**5000, "cpuLoad": 1}, "id"),
             ({"id": "x" * 300, "cpuLoad": 1}, "id"),
+            ({"id": "\ud800", "cpuLoad": 1}, "id"),  # a lone surrogate: no text, cannot be stored
+            ({"id": "m", "cpuLoad": 1, "\ud800": 5}, "'\\ud800'"),
         ],
     )
     def test_refused(self, record: dict[str, Any], field: str) -> None:
@@ -140,3 +142,4 @@ class TestAdversarialValues:
         with pytest.raises(PayloadError) as info:
             parse_payload({"usageData": [record]}, now=1_767_600_000.0)
         assert [e.field for e in info.value.errors] == [field]
+        str(info.value).encode("utf-8")  # the message itself is text that can be sent back

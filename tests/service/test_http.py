@@ -176,6 +176,10 @@ class TestErrors:
             (b"", 400, "body"),
             (b"\xff\xfe", 400, "body"),
             (b'{"usageData": [{"id": "a", "cpuLoad": NaN}]}', 400, "body"),
+            # lone UTF-16 surrogate escapes parse but are no text: they answered 500 once
+            (b'{"usageData": [{"id": "\\ud800", "cpuLoad": 1}]}', 400, "body"),
+            (b'{"usageData": [{"id": "\\ud800", "cpuLoad": "x"}]}', 400, "body"),
+            (b'{"usageData": [{"id": "a", "cpuLoad": 1, "\\ud800": 5}]}', 400, "body"),
             (b"[" * 100_000, 413, "body"),
             (json.dumps(payload(51)).encode(), 413, "usageData"),
             (b'{"usageData": [{"id": "a", "cpuLoad": "30"}]}', 422, "cpuLoad"),

@@ -97,6 +97,16 @@ def _to_epoch(raw: Any) -> float:
     raise ValueError(f"must be an ISO 8601 string or epoch seconds, not {type(raw).__name__}")
 
 
+def _is_text(s: str) -> bool:
+    """Whether ``s`` is valid Unicode text (a lone UTF-16 surrogate, which JSON's ``\\ud800``
+    escape can make, is not: it cannot be stored or sent back)."""
+    try:
+        s.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def parse_payload(payload: Any, *, now: float | None = None, max_records: int = MAX_RECORDS) -> list[Observation]:
     """Validates a payload and returns its observations, or raises with every problem listed.
 
@@ -149,7 +159,7 @@ def parse_payload(payload: Any, *, now: float | None = None, max_records: int = 
             continue
         rid_raw = rec.get("id")
         rid: str | None = None
-        if isinstance(rid_raw, str) and rid_raw.strip() and len(rid_raw) <= MAX_ID_LENGTH:
+        if isinstance(rid_raw, str) and rid_raw.strip() and len(rid_raw) <= MAX_ID_LENGTH and _is_text(rid_raw):
             rid = rid_raw
         elif isinstance(rid_raw, int) and not isinstance(rid_raw, bool) and abs(rid_raw) < 10**64:
             rid = str(rid_raw)
@@ -159,16 +169,19 @@ def parse_payload(payload: Any, *, now: float | None = None, max_records: int = 
             shown = (
                 f"a {type(rid_raw).__name__}"
                 if isinstance(rid_raw, int | float | list | dict)
-                else repr(rid_raw)
-                if len(repr(rid_raw)) <= 40
-                else repr(rid_raw)[:37] + "..."
+                else ascii(rid_raw)
+                if len(ascii(rid_raw)) <= 40
+                else ascii(rid_raw)[:37] + "..."
             )
             errors.append(
-                RecordError(i, "id", f"must be a non-empty string of at most {MAX_ID_LENGTH} characters, not {shown}")
+                RecordError(
+                    i, "id", f"must be a non-empty string of at most {MAX_ID_LENGTH} characters of text, not {shown}"
+                )
             )
         for k in sorted(set(rec) - _ALLOWED):
+            name = str(k) if _is_text(str(k)) else ascii(k)
             errors.append(
-                RecordError(i, str(k), "is not a known field; use id, timestamp, " + ", ".join(DEFAULT_METRICS), rid)
+                RecordError(i, name, "is not a known field; use id, timestamp, " + ", ".join(DEFAULT_METRICS), rid)
             )
         values: dict[str, float] = {}
         for m in DEFAULT_METRICS:

@@ -96,7 +96,15 @@ def decode_json(body: bytes) -> Any:
     except orjson.JSONDecodeError:
         pass
     try:
-        return json.loads(body.decode("utf-8"), parse_constant=_no_constant)
+        value = json.loads(body.decode("utf-8"), parse_constant=_no_constant)
+        orjson.dumps(value)  # a lone UTF-16 surrogate escape ("\ud800") parses but is no text
+        return value
+    except TypeError as exc:  # from orjson.dumps: no text, or nested beyond what it encodes
+        msg = (
+            "holds a lone UTF-16 surrogate escape (such as \\ud800), which is not text; send valid Unicode"
+            if "surrogate" in str(exc)
+            else "is not valid JSON: nested too deeply"
+        )
     except UnicodeDecodeError as exc:
         msg = f"is not UTF-8 (byte {exc.start}); send JSON text in UTF-8"
     except json.JSONDecodeError as exc:
