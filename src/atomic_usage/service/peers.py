@@ -182,7 +182,7 @@ class PeerBoard:
         return [a for a in answers if a is not None]
 
     async def close(self) -> None:
-        """Stops listening and removes this process's socket."""
+        """Stops listening and removes this process's socket (and the folder, once empty)."""
         if self._server is not None:
             self._server.close()
             with contextlib.suppress(Exception):
@@ -190,3 +190,5 @@ class PeerBoard:
             self._server = None
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()
+        with contextlib.suppress(OSError):  # the last process out removes the folder; others still use it
+            self.folder.rmdir()
