@@ -180,6 +180,19 @@ class SeasonalNaive(Forecaster):
         return f"SeasonalNaive(season={self.season})"
 
 
+def _short_window_reasons(histories: Sequence[np.ndarray], window: int, name: str, what: str) -> list[str]:
+    """Per history, why a line-fitting baseline gave its last value instead ("" when it did not)."""
+    return [
+        ""
+        if len(h) >= window
+        else (
+            f"short window: {{series}} has {len(h)} step(s), fewer than the {window} {name} fits its "
+            f"line on, so the forecast is its last value (naive); send a longer history for {what}."
+        )
+        for h in histories
+    ]
+
+
 class PredictLinear(Forecaster):
     """Prometheus ``predict_linear()``: a least-squares line over the last ``window`` steps.
 
@@ -260,16 +273,7 @@ class PredictLinear(Forecaster):
 
     def fallback_reasons(self, histories: Sequence[np.ndarray]) -> list[str]:
         """Why a history got the naive forecast instead of a line (empty when it did not)."""
-        w = self.window
-        return [
-            ""
-            if len(h) >= w
-            else (
-                f"short window: {{series}} has {len(h)} step(s), fewer than the {w} predict_linear fits its "
-                "line on, so the forecast is its last value (naive); send a longer history for a line."
-            )
-            for h in histories
-        ]
+        return _short_window_reasons(histories, self.window, self.name, "a line")
 
     def __repr__(self) -> str:
         return f"PredictLinear(window={self.window})"
@@ -318,22 +322,12 @@ class DampedTrend(Forecaster):
         return finalize_quantiles(out[:, :, :horizon], np.asarray(bounded))
 
     def fallback_flags(self, histories: Sequence[np.ndarray]) -> list[str]:
-        """``damped_trend``, or ``naive(short-window)`` for a history shorter than the window,
-        which is forecast by its last value (see :meth:`fallback_reasons`)."""
-        return [self.name if len(h) >= self.window else SHORT_WINDOW for h in histories]
+        """``damped_trend``, or ``naive(short-window)`` as :class:`PredictLinear` says it."""
+        return PredictLinear.fallback_flags(self, histories)  # type: ignore[arg-type]
 
     def fallback_reasons(self, histories: Sequence[np.ndarray]) -> list[str]:
         """Why a history got the naive forecast instead of a trend (empty when it did not)."""
-        w = self.window
-        return [
-            ""
-            if len(h) >= w
-            else (
-                f"short window: {{series}} has {len(h)} step(s), fewer than the {w} damped_trend fits its "
-                "line on, so the forecast is its last value (naive); send a longer history for a trend."
-            )
-            for h in histories
-        ]
+        return _short_window_reasons(histories, self.window, self.name, "a trend")
 
     def __repr__(self) -> str:
         return f"DampedTrend(window={self.window}, phi={self.phi})"
