@@ -310,9 +310,10 @@ class DampedTrend(Forecaster):
 
     def forecast_arrays(self, histories: Sequence[np.ndarray], horizon: int, bounded: np.ndarray) -> np.ndarray:
         """See :class:`~atomic_usage.models.base.Forecaster`."""
-        H = max(horizon, 2)  # two steps of the line give its slope
+        H = max(horizon, 2)
         free = np.zeros(len(histories), bool)
-        line = PredictLinear(self.window).forecast_arrays(histories, H, free).astype(np.float64)[:, 1]
+        # the line's first two steps give its slope; its band over the whole horizon is not needed
+        line = PredictLinear(self.window).forecast_arrays(histories, 2, free).astype(np.float64)[:, 1]
         slope = line[:, 1] - line[:, 0]
         start = line[:, 0] - slope  # the line at the last observed step
         reach = np.cumsum(self.phi ** np.arange(1, H + 1, dtype=np.float64))

@@ -178,12 +178,12 @@ def _truncate_history(ctx: np.ndarray, rng: np.random.Generator, share: float) -
 
 def _normalized_batch(
     ctx: np.ndarray, tgt: np.ndarray, spec: NeuralSpec, long_mad: np.ndarray | None = None
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, np.ndarray]]:
     inputs, state = prepare(ctx, clip=spec.input_clip, long_mad=long_mad)
     y = (tgt - state["loc"]) / state["input_scale"]
     mask = ~np.isnan(y)
     y = np.clip(np.nan_to_num(y), -100, 100).astype(np.float32)
-    return inputs["x"], y, mask.astype(np.float32)
+    return inputs["x"], y, mask.astype(np.float32), state
 
 
 def metric_weights(ctx: np.ndarray, long_mad: np.ndarray, clip: float) -> np.ndarray:
@@ -192,7 +192,11 @@ def metric_weights(ctx: np.ndarray, long_mad: np.ndarray, clip: float) -> np.nda
 
     A flat history's change is floored as the protocol floors it (a thousandth of its level).
     """
-    _, state = prepare(ctx)
+    return _weights(prepare(ctx)[1], long_mad, clip)
+
+
+def _weights(state: dict[str, np.ndarray], long_mad: np.ndarray, clip: float) -> np.ndarray:
+    """:func:`metric_weights` from the state :func:`prepare` already gave for the windows."""
     level = np.abs(state["loc"][:, 0]).astype(np.float64)
     hist = np.maximum(np.asarray(long_mad, np.float64), np.maximum(1e-3 * level, 1e-8))
     weights: np.ndarray = np.clip(state["input_scale"][:, 0] / hist, 1.0 / clip, clip).astype(np.float32)
@@ -303,9 +307,9 @@ def train_neural(
         idx = rng.integers(0, len(tr), config.batch_size)
         ctx, tgt, long_mad = tr.batch(idx)
         ctx = _truncate_history(ctx, rng, config.truncate_share)
-        x, y, m = _normalized_batch(ctx, tgt, spec, long_mad)
+        x, y, m, state = _normalized_batch(ctx, tgt, spec, long_mad)
         if config.loss_weight == "metric" and long_mad is not None:
-            m = m * metric_weights(ctx, long_mad, config.weight_clip)[:, None]
+            m = m * _weights(state, long_mad, config.weight_clip)[:, None]
         pred = net.members_forward(torch.from_numpy(x))
         loss = _pinball(torch, pred, torch.from_numpy(y), torch.from_numpy(m))
         opt.zero_grad()
@@ -322,7 +326,7 @@ def train_neural(
     factors = np.ones(spec.horizon)
     if len(val):
         ctx, tgt, long_mad = val.batch(_sample(len(val), rng))
-        x, y, m = _normalized_batch(ctx, tgt, spec, long_mad)
+        x, y, m, _ = _normalized_batch(ctx, tgt, spec, long_mad)
         pred = _predict_norm(torch, net, x)
         validation["val_uncalibrated"] = {h: _scores(pred, y, m, h) for h in (12, spec.horizon)}
         factors = calibrate_intervals(pred, y, m)
@@ -332,7 +336,7 @@ def train_neural(
     spec = dataclasses.replace(spec, interval_scale=tuple(float(round(f, 4)) for f in factors))
     if len(ho):
         ctx, tgt, long_mad = ho.batch(_sample(len(ho), rng))
-        x, y, m = _normalized_batch(ctx, tgt, spec, long_mad)
+        x, y, m, _ = _normalized_batch(ctx, tgt, spec, long_mad)
         pred = _predict_norm(torch, net, x)
         mid = pred[:, 1:2]
         cal = mid + (pred - mid) * factors[None, None, :]

@@ -14,32 +14,22 @@ __all__ = ["Server"]
 
 
 class Server(uvicorn.Server):
-    """``uvicorn.Server`` that does not raise again a SIGTERM it has shut down on.
+    """``uvicorn.Server`` after which a SIGTERM that stopped it cleanly does not kill the process.
 
-    uvicorn (0.29 and later) re-raises every signal it handled once the shutdown is done, so a
-    process stopped by SIGTERM after a clean shutdown died by the signal: exit status 143
-    (-15 to ``subprocess``), which supervisors (systemd, Kubernetes, ``serve --processes``)
-    count as a failure. SIGTERM is the ordinary way to stop a service: after a clean
-    shutdown the process exits 0. SIGINT is still raised again (Ctrl-C ends as Ctrl-C).
+    uvicorn (0.29 and later) raises every signal it handled again once the shutdown is done,
+    after putting back the handlers it found; with the default one a process stopped by
+    SIGTERM died by the signal: exit status 143 (-15 to ``subprocess``), which supervisors
+    (systemd, Kubernetes, ``serve --processes``) count as a failure. Under ``serve
+    --processes`` a second SIGTERM (the group's and the one the supervisor forwards) could
+    land there too. SIGTERM is the ordinary way to stop a service: after a clean shutdown the
+    process exits 0. SIGINT is still raised again (Ctrl-C ends as Ctrl-C).
     """
-
-    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-        """Starts the graceful shutdown, as uvicorn's; a SIGTERM is not kept for raising again."""
-        super().handle_exit(sig, frame)
-        captured = getattr(self, "_captured_signals", None)
-        if sig == signal.SIGTERM and isinstance(captured, list):
-            captured[:] = [s for s in captured if s != signal.SIGTERM]
 
     @contextlib.contextmanager
     def capture_signals(self) -> Generator[None, None, None]:
-        """uvicorn's, over a SIGTERM handler that ignores a SIGTERM arriving after the shutdown.
-
-        Under ``serve --processes`` a serving process gets the group's SIGTERM and the one the
-        supervisor forwards; the second, landing after uvicorn had put back the handler it
-        found (the default), killed a process that had shut down cleanly (status -15). uvicorn
-        now puts back this one, which lets a SIGTERM through as before unless the shutdown has
-        begun.
-        """
+        """uvicorn's, over a SIGTERM handler that lets a SIGTERM through as before unless the
+        shutdown has begun: uvicorn puts this one back, so neither the SIGTERM it raises again
+        nor a late second one ends a process that shut down cleanly."""
         if threading.current_thread() is threading.main_thread():
             previous = signal.getsignal(signal.SIGTERM)
 
