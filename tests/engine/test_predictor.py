@@ -83,6 +83,17 @@ class TestProcess:
         generated = predictor.process({"usageData": [rec("a", 2, cpuLoad=12.0)]})
         assert generated["requestId"] and generated["requestId"] != "req-1"
 
+    def test_replay_is_not_counted_as_new_records(self, predictor: UsagePredictor) -> None:
+        """A retry answered with the stored result counts as a replay, not as new records."""
+        p = {"usageData": [rec("a", 0, cpuLoad=10.0), rec("b", 0, cpuLoad=20.0)]}
+        predictor.process(p, request_id="req-r")
+        predictor.process(p, request_id="req-r")
+        asyncio.run(predictor.aprocess(p, request_id="req-r"))
+        asyncio.run(predictor.aprocess_json(p, request_id="req-r"))
+        s = predictor.stats()
+        assert (s["records_total"], s["replays_total"]) == (2, 3)
+        assert s["latency_s"]["samples"] == 4  # a replay is still a call the caller waited for
+
     def test_lookups_name_what_was_not_found(self, predictor: UsagePredictor) -> None:
         """An unknown request id is reported as a request id, an unknown task id as a task id."""
         first = predictor.process({"usageData": [rec("a", 0, cpuLoad=10.0)]}, request_id="req-9")
@@ -259,6 +270,8 @@ class TestConcurrentCalls:
         assert len(got) == 8 and all(r == got[0] for r in got)
         assert predictor.store.counts()["done"] == 1 and len(predictor.store.list_tasks()) == 1
         assert predictor.task(got[0]["taskId"])["attempts"] == 1
+        s = predictor.stats()  # the 7 that found the task, running or done, are replays
+        assert (s["records_total"], s["replays_total"]) == (2, 7)
 
     def test_async_calls_together(self, predictor: UsagePredictor) -> None:
         """aprocess calls gathered on one loop all complete, each with its own task."""

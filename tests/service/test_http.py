@@ -27,6 +27,13 @@ def _tasks_total(c: httpx.Client) -> float:
     )
 
 
+def _metric(c: httpx.Client, name: str) -> float:
+    for line in c.get("/metrics", headers=AUTH).text.splitlines():
+        if line.split(" ")[0] == name:
+            return float(line.split()[-1])
+    raise AssertionError(f"{name} is missing from /metrics")
+
+
 class TestAuth:
     """Every endpoint wants a configured bearer token, and a refusal tells nothing else."""
 
@@ -112,6 +119,18 @@ class TestPredict:
             assert again.json() == first.json() and first.json()["requestId"] == "retry-1"
             assert _tasks_done(c) == done
 
+    @pytest.mark.parametrize("params", [{}, {"sealed": "1"}])  # the fast path, and the route
+    def test_replay_is_not_counted_as_records(self, server: Server, params: dict[str, str]) -> None:
+        """A retry answered with the stored result adds to atomic_replays_total, not atomic_records_total."""
+        with server.client() as c:
+            h = {**AUTH, "Idempotency-Key": f"replay-{len(params)}"}
+            assert c.post("/v1/predict", json=payload(3, seed=5), headers=h, params=params).status_code == 200
+            records, replays = _metric(c, "atomic_records_total"), _metric(c, "atomic_replays_total")
+            for _ in range(2):
+                assert c.post("/v1/predict", json=payload(3, seed=5), headers=h, params=params).status_code == 200
+            assert _metric(c, "atomic_records_total") == records
+            assert _metric(c, "atomic_replays_total") == replays + 2
+
     def test_sealed_on_request(self, server: Server) -> None:
         """?sealed=true adds one AES-256-GCM envelope per record, which opens to the result."""
         from atomic_usage.config import Settings
@@ -134,6 +153,7 @@ class TestPredict:
         for name in (
             'atomic_records_per_second{window="60s"}',
             "atomic_records_total",
+            "atomic_replays_total",
             "atomic_queue_depth",
             "atomic_workers_alive 1.0",
             "atomic_worker_restarts_total",

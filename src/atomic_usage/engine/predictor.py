@@ -272,7 +272,7 @@ class UsagePredictor:
         if outcome.bodies is None:
             outcome = outcome._replace(bodies=self._wait(outcome.task.task_id))
         out = self._response(outcome, sealed=sealed)
-        self.meter.record(len(obs), latencies_s=[time.monotonic() - t0])
+        self._count(outcome, len(obs), t0)
         return out
 
     async def aprocess(
@@ -287,7 +287,7 @@ class UsagePredictor:
         t0 = time.monotonic()
         outcome, n = await self._aoutcome(payload, request_id, horizon)
         out = self._response(outcome, sealed=sealed)
-        self.meter.record(n, latencies_s=[time.monotonic() - t0])
+        self._count(outcome, n, t0)
         return out
 
     async def aprocess_json(
@@ -306,8 +306,17 @@ class UsagePredictor:
         t0 = time.monotonic()
         outcome, n = await self._aoutcome(payload, request_id, horizon)
         out = self._encoded(outcome, sealed=sealed)
-        self.meter.record(n, latencies_s=[time.monotonic() - t0])
+        self._count(outcome, n, t0)
         return out
+
+    def _count(self, outcome: Outcome, n: int, t0: float) -> None:
+        """Meters a call that returned: its ``n`` records, or one replay when its request id had
+        made the task before (the records were counted by the call that made it)."""
+        latency = [time.monotonic() - t0]
+        if outcome.replayed:
+            self.meter.record_replay(latencies_s=latency)
+        else:
+            self.meter.record(n, latencies_s=latency)
 
     async def _aoutcome(
         self, payload: Mapping[str, Any], request_id: str | None, horizon: int | None
@@ -401,14 +410,17 @@ class UsagePredictor:
             with self._open_lock:
                 self._open.add(task.task_id)
             self.runner.run([TaskJob(task, obs, horizon, True, out)])
+        # Not created: the request id named a task already (a retry), done or still running.
         elif task.status is TaskStatus.DONE and acc.results is not None:
-            settle(out, Outcome(task, list(acc.results)))
+            settle(out, Outcome(task, list(acc.results), replayed=True))
         else:
             running = self.runner.inflight(task.task_id)
             if running is None:  # run elsewhere (recovery, another process): wait for the store
-                settle(out, Outcome(task, None))
+                settle(out, Outcome(task, None, replayed=True))
             else:
-                running.add_done_callback(lambda r: settle(out, r.exception() or Outcome(task, r.result().bodies)))
+                running.add_done_callback(
+                    lambda r: settle(out, r.exception() or Outcome(task, r.result().bodies, replayed=True))
+                )
 
     def _untrack(self, task_id: str) -> None:
         with self._open_lock:
@@ -593,7 +605,16 @@ class UsagePredictor:
         return {
             **pool,
             **{
-                k: mine[k] for k in ("tps", "records_total", "failed_total", "latency_s", "recovered_tasks", "uptime_s")
+                k: mine[k]
+                for k in (
+                    "tps",
+                    "records_total",
+                    "replays_total",
+                    "failed_total",
+                    "latency_s",
+                    "recovered_tasks",
+                    "uptime_s",
+                )
             },
             "items_total": pool["records_total"],
             "tasks": {k.value: v for k, v in self.store.counts().items()},
