@@ -185,6 +185,24 @@ class TestPredict:
             for ln in text.splitlines()
         )
 
+    @pytest.mark.parametrize("params", [{}, {"sealed": "1"}])  # the fast path, and the route
+    def test_replay_leaves_the_newer_gauges(self, server: Server, params: dict[str, str]) -> None:
+        """A replay of an older request does not put its older forecast back into the gauges."""
+        mid = f"gauge-r{len(params)}"
+
+        def send(key: str, minute: int, cpu: float) -> None:
+            rec = {"id": mid, "timestamp": f"2026-01-05T08:{minute:02d}:00Z", "cpuLoad": cpu}
+            h = {**AUTH, "Idempotency-Key": f"{mid}-{key}"}
+            assert c.post("/v1/predict", json={"usageData": [rec]}, headers=h, params=params).status_code == 200
+
+        name = f'atomic_forecast_value{{instance="{mid}",metric="cpuLoad",quantile="0.5",step="1"}}'
+        with server.client() as c:
+            send("gauge-old", 0, 10.0)
+            send("gauge-new", 5, 90.0)
+            assert _metric(c, name) == 90.0  # the naive model: the last value
+            send("gauge-old", 0, 10.0)
+            assert _metric(c, name) == 90.0
+
 
 class TestErrors:
     """Bad input gets a 4xx with the per-record error list, and nothing is applied."""

@@ -83,17 +83,26 @@ class EncodedResponse:
         body: the response's JSON text (UTF-8), the same fields as the dict ``process()`` returns.
         plain: each result's JSON text (the parts of ``body`` that ``results`` came from).
         ids: each result's machine id, in order.
+        replayed: whether this was an idempotent replay (the request id had made the task
+            before): its results are that task's, not new forecasts.
     """
 
-    __slots__ = ("_results", "body", "ids", "plain")
+    __slots__ = ("_results", "body", "ids", "plain", "replayed")
 
     def __init__(
-        self, body: bytes, results: list[dict[str, Any]] | None, plain: list[bytes], *, ids: list[str] | None = None
+        self,
+        body: bytes,
+        results: list[dict[str, Any]] | None,
+        plain: list[bytes],
+        *,
+        ids: list[str] | None = None,
+        replayed: bool = False,
     ) -> None:
         self.body = body
         self.plain = plain
         self._results = results
         self.ids = ids if ids is not None else [str(r["id"]) for r in self.results]
+        self.replayed = replayed
 
     @property
     def results(self) -> list[dict[str, Any]]:
@@ -520,7 +529,7 @@ class UsagePredictor:
         if sealed:
             parts += [b',"sealed":', orjson.dumps(self._sealed(outcome, plain))]
         parts.append(b"}")
-        return EncodedResponse(b"".join(parts), results, plain, ids=outcome.ids)
+        return EncodedResponse(b"".join(parts), results, plain, ids=outcome.ids, replayed=outcome.replayed)
 
     # --- recovery and leases ----------------------------------------------------------
     def recover(self, *, force: bool = False) -> dict[str, int]:

@@ -159,7 +159,8 @@ class PredictFastPath:
             if disconnected:
                 return
             out = await st.predictor.aprocess_json(payload, request_id=key, horizon=horizon, sealed=sealed)
-            st.gauges.update_encoded(zip(out.ids, out.plain, strict=True))
+            if not out.replayed:  # a replay's results are older than what the gauges may hold
+                st.gauges.update_encoded(zip(out.ids, out.plain, strict=True))
             body = out.body
         except AtomicError as exc:
             status, content = error_content(exc, "POST", _PATH)

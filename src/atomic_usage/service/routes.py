@@ -162,7 +162,8 @@ async def predict(
     # Awaited on the event loop, no thread per request: the engine's writer, runner and
     # workers do the work, and the response is the JSON the engine encoded (and sealed) once.
     out = await st.predictor.aprocess_json(payload, request_id=idempotency_key, horizon=horizon, sealed=sealed)
-    st.gauges.update_encoded(zip(out.ids, out.plain, strict=True))
+    if not out.replayed:  # a replay's results are older than what the gauges may hold
+        st.gauges.update_encoded(zip(out.ids, out.plain, strict=True))
     return Response(out.body, media_type="application/json")
 
 
