@@ -72,6 +72,15 @@ class TestProcess:
         assert [(e.index, e.field) for e in info.value.errors] == [(1, "cpuLoad")]
         assert "ok" not in predictor.history and sum(predictor.store.counts().values()) == 0
 
+    def test_control_character_in_id_applies_nothing(self, predictor: UsagePredictor) -> None:
+        """A record whose id holds a NUL is refused with the payload: no task, no history, no observation."""
+        with pytest.raises(PayloadError) as info:
+            predictor.process({"usageData": [rec("ok", 0, cpuLoad=5.0), rec("b\x00d", 0, cpuLoad=5.0)]})
+        assert [(e.index, e.field) for e in info.value.errors] == [(1, "id")]
+        assert "ok" not in predictor.history and "b\x00d" not in predictor.history
+        assert sum(predictor.store.counts().values()) == 0
+        assert predictor.store.history_snapshot(12)[0] == {}
+
     def test_idempotent_retry(self, predictor: UsagePredictor) -> None:
         """The same request id returns the first result; with another payload it is refused."""
         p = {"usageData": [rec("a", 0, cpuLoad=10.0)]}
@@ -181,6 +190,22 @@ class TestProcess:
                 == done["results"]
             )
             assert p.stats()["recovered_tasks"] == 1
+
+    def test_recovery_fails_a_task_its_rules_now_refuse(self, settings: Settings) -> None:
+        """An abandoned task stored before control characters in ids were refused ends failed, with
+        the reason, instead of being handed back by every recovery pass."""
+        with UsagePredictor(settings, model=Naive(), recover=False) as p:
+            acc = p.store.accept(
+                {"usageData": [rec("z\x00", 0, cpuLoad=3.0)], "horizon": 4},
+                observations=[("z\x00", "cpuLoad", float(T0), 3.0)],
+                owner="dead",
+                lease_s=0.0,
+            )
+        with UsagePredictor(settings, model=Naive(), recover=False) as p:
+            p.recover()
+            task = p.task(acc.task.task_id)
+            assert task["status"] == "failed" and "control character U+0000" in task["error"]
+            assert p.recover() == {"resumed": 0, "failed": 0}
 
     def test_unknown_task(self, predictor: UsagePredictor) -> None:
         """Asking for a task that does not exist is TaskNotFound."""
@@ -321,6 +346,8 @@ class TestCallArguments:
             {"horizon": True},
             {"request_id": ""},
             {"request_id": {"a": 1}},
+            {"request_id": "req\x00-1"},
+            {"request_id": "req\n1"},
         ],
     )
     def test_bad_arguments(self, predictor: UsagePredictor, kwargs: dict[str, object]) -> None:

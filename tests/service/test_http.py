@@ -250,6 +250,21 @@ class TestErrors:
         assert r.status_code == 422
         assert r.json()["errors"] == [e.as_dict() for e in info.value.errors]
 
+    @pytest.mark.parametrize("rid", ["nul\x00id", "esc\x1b[2Jid", "line\nid", "del\x7fid"])
+    def test_control_character_in_id(self, server: Server, rid: str) -> None:
+        """An id holding a control character is a 422 naming record 1's id; nothing is stored or exported."""
+        body = {"usageData": [{"id": "ctl-ok", "cpuLoad": 5}, {"id": rid, "cpuLoad": 5}]}
+        with server.client() as c:
+            before = _tasks_total(c)
+            r = c.post("/v1/predict", json=body, headers=AUTH)
+            assert r.status_code == 422, r.text
+            errors = r.json()["errors"]
+            assert [(e["index"], e["id"], e["field"]) for e in errors] == [(1, None, "id")]
+            assert "control character" in errors[0]["message"]
+            assert _tasks_total(c) == before
+            text = c.get("/metrics", headers=AUTH).text
+        assert "ctl-ok" not in text and rid not in text and "\x00" not in text
+
     def test_chunked_oversized_body(self, server: Server) -> None:
         """A body with no Content-Length is cut off at the limit with 413."""
 

@@ -45,7 +45,7 @@ from ..models.base import Forecaster
 from .commit import GroupCommitter
 from .history import FleetHistory
 from .meter import TpsMeter
-from .payload import Observation, parse_payload
+from .payload import Observation, parse_payload, validate_printable
 from .pool import WorkerPool
 from .runner import RunnerFactory
 from .status import TaskStatus
@@ -552,6 +552,10 @@ class UsagePredictor:
                     self._open.add(task.task_id)
                 # The history was rebuilt from the store, so the observations are in it already.
                 jobs.append(TaskJob(claimed, obs, int(request.get("horizon", self.settings.horizon)), append=False))
+            except PayloadError as exc:
+                # Accepted under looser rules (an id with a control character, before they were
+                # refused): it can never run, so it ends failed instead of coming back every pass.
+                self._fail_unrunnable(task.task_id, exc)
             except Exception as exc:  # one bad task must not stop the others
                 _log.error("recovery of task %s failed: %s", task.task_id, exc)
         # Counted once claimed: with several processes, each may hand the same task back, one claims it.
@@ -567,6 +571,14 @@ class UsagePredictor:
         for task in report.failed:
             _log.warning("task %s was failed during recovery: %s", task.task_id, task.error)
         return {"resumed": len(report.resumed), "failed": len(report.failed)}
+
+    def _fail_unrunnable(self, task_id: str, exc: PayloadError) -> None:
+        """Marks a stored task whose payload no longer validates failed, with the reason."""
+        _log.error("task %s cannot be resumed, its payload is refused now: %s", task_id, exc)
+        try:
+            self.store.fail(task_id, f"{type(exc).__name__}: {exc}")
+        except Exception as err:  # logged; the next pass tries again
+            _log.error("recording the failure of task %s failed: %s", task_id, err)
 
     def trim_history(self) -> int:
         """Deletes stored observations beyond ``history_limit`` per machine and metric (the
@@ -660,6 +672,8 @@ def _check_call(request_id: Any, horizon: Any, default_horizon: int) -> int:
     errors = []
     if request_id is not None and not (isinstance(request_id, str) and 1 <= len(request_id) <= 200):
         errors.append(RecordError(-1, "request_id", "must be a string of 1 to 200 characters"))
+    elif isinstance(request_id, str) and (control := validate_printable(request_id, what="the request id")):
+        errors.append(RecordError(-1, "request_id", control))
     problem = None if horizon is None else validate_horizon(horizon)
     if problem is not None:
         errors.append(RecordError(-1, "horizon", problem))
