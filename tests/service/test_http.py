@@ -265,6 +265,77 @@ class TestErrors:
             text = c.get("/metrics", headers=AUTH).text
         assert "ctl-ok" not in text and rid not in text and "\x00" not in text
 
+    @pytest.mark.parametrize("params", [{}, {"sealed": "1"}])  # the fast path, and the route
+    @pytest.mark.parametrize(
+        "content_type",
+        [
+            "text/plain",
+            "application/x-www-form-urlencoded",  # what curl -d sends
+            "multipart/form-data; boundary=x",
+            "application/xml",
+            "application/jsonl",
+            "application/octet-stream",
+            "json",
+            "",
+            "application/json; charset=iso-8859-1",
+        ],
+    )
+    def test_wrong_content_type_is_415(self, server: Server, content_type: str, params: dict[str, str]) -> None:
+        """A valid JSON body declared as something else is a 415 naming Content-Type; nothing is stored."""
+        with server.client() as c:
+            before = _tasks_total(c)
+            r = c.post(
+                "/v1/predict",
+                content=json.dumps(payload(2)).encode(),
+                headers={**AUTH, "Content-Type": content_type},
+                params=params,
+            )
+            assert r.status_code == 415, r.text
+            body = r.json()
+            assert body["detail"].startswith("The request body must be JSON")
+            assert [(e["index"], e["id"], e["field"]) for e in body["errors"]] == [(-1, None, "Content-Type")]
+            assert "application/json" in body["errors"][0]["message"]
+            assert r.headers["accept-post"] == "application/json, application/*+json"
+            assert _tasks_total(c) == before
+
+    @pytest.mark.parametrize("params", [{}, {"sealed": "1"}])
+    @pytest.mark.parametrize(
+        "content_type",
+        [
+            "application/json",
+            "application/json; charset=utf-8",
+            'Application/JSON;charset="UTF-8"',
+            "application/vnd.atomic+json",
+            "application/merge-patch+json; charset=utf-8",
+            None,  # nothing declared: the body is read as JSON, as before
+        ],
+    )
+    def test_json_content_types_are_served(
+        self, server: Server, content_type: str | None, params: dict[str, str]
+    ) -> None:
+        """application/json (with or without charset=utf-8), application/*+json, or no Content-Type at all."""
+        headers = AUTH if content_type is None else {**AUTH, "Content-Type": content_type}
+        with server.client() as c:
+            r = c.post("/v1/predict", content=json.dumps(payload(2)).encode(), headers=headers, params=params)
+        assert r.status_code == 200, r.text
+
+    def test_content_type_twice_is_415(self, server: Server) -> None:
+        """Two Content-Type headers (even two JSON ones) are a 415: which one holds is anyone's guess."""
+        with server.client() as c:
+            r = c.post(
+                "/v1/predict",
+                content=json.dumps(payload(1)).encode(),
+                headers=[*AUTH.items(), ("Content-Type", "application/json"), ("Content-Type", "text/plain")],
+            )
+        assert r.status_code == 415 and r.json()["errors"][0]["field"] == "Content-Type"
+
+    def test_openapi_lists_415(self, server: Server) -> None:
+        """The OpenAPI document of POST /v1/predict lists the 415 with the error body."""
+        with server.client() as c:
+            doc = c.get("/openapi.json", headers=AUTH).json()
+        answer = doc["paths"]["/v1/predict"]["post"]["responses"]["415"]
+        assert answer["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/ErrorBody"}
+
     def test_chunked_oversized_body(self, server: Server) -> None:
         """A body with no Content-Length is cut off at the limit with 413."""
 
