@@ -10,7 +10,8 @@ class inherits it too, so ``except ValueError`` keeps working::
     │   ├── GapError(ValueError)           a series has no usable observations
     │   └── PayloadError(ValueError)       a process() payload has bad records (lists them all)
     │       ├── PayloadSyntaxError         the body is not JSON at all (HTTP 400)
-    │       └── PayloadTooLarge            too many records, or too many bytes (HTTP 413)
+    │       ├── PayloadTooLarge            too many records, or too many bytes (HTTP 413)
+    │       └── UnsupportedMediaType       the body is declared as something other than JSON (HTTP 415)
     ├── ModelError
     │   ├── NotFittedError(ValueError, AttributeError)
     │   └── ArtifactError(OSError)         a model folder is missing, unreadable or inconsistent
@@ -60,6 +61,7 @@ __all__ = [
     "StoreError",
     "TaskNotFound",
     "UnknownKeyError",
+    "UnsupportedMediaType",
     "WorkerCrashed",
 ]
 
@@ -150,6 +152,11 @@ class PayloadTooLarge(PayloadError):
 
     The limits are ``ATOMIC_MAX_RECORDS`` and ``ATOMIC_MAX_BODY_BYTES``; nothing was applied.
     """
+
+
+class UnsupportedMediaType(PayloadError):
+    """A request body is declared (by its Content-Type) as something other than JSON in UTF-8;
+    ``errors`` holds one entry naming the header. Nothing was read or applied."""
 
 
 # --- models ---------------------------------------------------------------

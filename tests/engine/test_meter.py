@@ -92,3 +92,15 @@ class TestFigures:
         assert s["batch_size"]["mean"] == (1 + 3 + 256 + 5000) / 4
         assert s["queue_depth"] == 17 and s["worker_restarts"] == 3 and s["recovered_tasks"] == 4
         assert s["failed_total"] == 3 and s["records_total"] == 100 and s["uptime_s"] >= 0
+
+    def test_replays_are_not_records(self) -> None:
+        """A replay adds its latency and one replay, and neither records nor the rates."""
+        clock = Clock()
+        m = TpsMeter(clock=clock)
+        m.record(4, latencies_s=[0.2])
+        m.record_replay(latencies_s=[0.1])
+        m.record_replay(2)
+        clock.now += 1
+        s = m.snapshot()
+        assert (s["records_total"], s["replays_total"], s["latency_s"]["samples"]) == (4, 3, 2)
+        assert m.rate(1) == 4.0

@@ -135,6 +135,7 @@ class TestAdversarialValues:
             ({"id": "x" * 300, "cpuLoad": 1}, "id"),
             ({"id": "\ud800", "cpuLoad": 1}, "id"),  # a lone surrogate: no text, cannot be stored
             ({"id": "m", "cpuLoad": 1, "\ud800": 5}, "'\\ud800'"),
+            ({"id": "m", "cpuLoad": 1, "a\x1b[2J": 5}, "'a\\x1b[2J'"),  # shown escaped, as a surrogate is
         ],
     )
     def test_refused(self, record: dict[str, Any], field: str) -> None:
@@ -143,3 +144,31 @@ class TestAdversarialValues:
             parse_payload({"usageData": [record]}, now=1_767_600_000.0)
         assert [e.field for e in info.value.errors] == [field]
         str(info.value).encode("utf-8")  # the message itself is text that can be sent back
+
+    @pytest.mark.parametrize(
+        ("rid", "code", "pos"),
+        [
+            ("\x00", "U+0000", 0),
+            ("web-1\x00", "U+0000", 5),
+            ("web\n1", "U+000A", 3),
+            ("\t", "U+0009", 0),
+            ("a\x1b[31mred", "U+001B", 1),
+            ("del\x7f", "U+007F", 3),
+            ("\x1f" + "x" * 300, "U+001F", 0),
+        ],
+    )
+    def test_control_characters_in_id(self, rid: str, code: str, pos: int) -> None:
+        """An id holding a C0 control character or DEL is refused by index and field, the character
+        named and the id shown escaped; the other records' errors are still all listed."""
+        payload = {"usageData": [{"id": "ok", "cpuLoad": 1}, {"id": rid, "cpuLoad": 1}, {"id": "x", "cpuLoad": -1}]}
+        with pytest.raises(PayloadError) as info:
+            parse_payload(payload, now=0)
+        assert [(e.index, e.field, e.record_id) for e in info.value.errors] == [(1, "id", None), (2, "cpuLoad", "x")]
+        message = info.value.errors[0].message
+        assert f"control character {code} at position {pos}" in message and "printable" in message
+        assert str(info.value).isprintable()  # safe to print on a terminal (the CLI does)
+
+    @pytest.mark.parametrize("rid", ["web-1", "wéb-1", "web 1", "\u00a0web", "ünïcode-\u200b"])
+    def test_printable_ids_are_kept(self, rid: str) -> None:
+        """Non-ASCII text and inner spaces are ids like any other; only C0 controls and DEL are refused."""
+        assert [o.id for o in parse_payload({"usageData": [{"id": rid, "cpuLoad": 1}]}, now=0)] == [rid]

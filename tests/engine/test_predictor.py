@@ -72,6 +72,15 @@ class TestProcess:
         assert [(e.index, e.field) for e in info.value.errors] == [(1, "cpuLoad")]
         assert "ok" not in predictor.history and sum(predictor.store.counts().values()) == 0
 
+    def test_control_character_in_id_applies_nothing(self, predictor: UsagePredictor) -> None:
+        """A record whose id holds a NUL is refused with the payload: no task, no history, no observation."""
+        with pytest.raises(PayloadError) as info:
+            predictor.process({"usageData": [rec("ok", 0, cpuLoad=5.0), rec("b\x00d", 0, cpuLoad=5.0)]})
+        assert [(e.index, e.field) for e in info.value.errors] == [(1, "id")]
+        assert "ok" not in predictor.history and "b\x00d" not in predictor.history
+        assert sum(predictor.store.counts().values()) == 0
+        assert predictor.store.history_snapshot(12)[0] == {}
+
     def test_idempotent_retry(self, predictor: UsagePredictor) -> None:
         """The same request id returns the first result; with another payload it is refused."""
         p = {"usageData": [rec("a", 0, cpuLoad=10.0)]}
@@ -82,6 +91,17 @@ class TestProcess:
             predictor.process({"usageData": [rec("a", 1, cpuLoad=11.0)]}, request_id="req-1")
         generated = predictor.process({"usageData": [rec("a", 2, cpuLoad=12.0)]})
         assert generated["requestId"] and generated["requestId"] != "req-1"
+
+    def test_replay_is_not_counted_as_new_records(self, predictor: UsagePredictor) -> None:
+        """A retry answered with the stored result counts as a replay, not as new records."""
+        p = {"usageData": [rec("a", 0, cpuLoad=10.0), rec("b", 0, cpuLoad=20.0)]}
+        predictor.process(p, request_id="req-r")
+        predictor.process(p, request_id="req-r")
+        asyncio.run(predictor.aprocess(p, request_id="req-r"))
+        asyncio.run(predictor.aprocess_json(p, request_id="req-r"))
+        s = predictor.stats()
+        assert (s["records_total"], s["replays_total"]) == (2, 3)
+        assert s["latency_s"]["samples"] == 4  # a replay is still a call the caller waited for
 
     def test_lookups_name_what_was_not_found(self, predictor: UsagePredictor) -> None:
         """An unknown request id is reported as a request id, an unknown task id as a task id."""
@@ -171,6 +191,22 @@ class TestProcess:
             )
             assert p.stats()["recovered_tasks"] == 1
 
+    def test_recovery_fails_a_task_its_rules_now_refuse(self, settings: Settings) -> None:
+        """An abandoned task stored before control characters in ids were refused ends failed, with
+        the reason, instead of being handed back by every recovery pass."""
+        with UsagePredictor(settings, model=Naive(), recover=False) as p:
+            acc = p.store.accept(
+                {"usageData": [rec("z\x00", 0, cpuLoad=3.0)], "horizon": 4},
+                observations=[("z\x00", "cpuLoad", float(T0), 3.0)],
+                owner="dead",
+                lease_s=0.0,
+            )
+        with UsagePredictor(settings, model=Naive(), recover=False) as p:
+            p.recover()
+            task = p.task(acc.task.task_id)
+            assert task["status"] == "failed" and "control character U+0000" in task["error"]
+            assert p.recover() == {"resumed": 0, "failed": 0}
+
     def test_unknown_task(self, predictor: UsagePredictor) -> None:
         """Asking for a task that does not exist is TaskNotFound."""
         with pytest.raises(TaskNotFound):
@@ -259,6 +295,8 @@ class TestConcurrentCalls:
         assert len(got) == 8 and all(r == got[0] for r in got)
         assert predictor.store.counts()["done"] == 1 and len(predictor.store.list_tasks()) == 1
         assert predictor.task(got[0]["taskId"])["attempts"] == 1
+        s = predictor.stats()  # the 7 that found the task, running or done, are replays
+        assert (s["records_total"], s["replays_total"]) == (2, 7)
 
     def test_async_calls_together(self, predictor: UsagePredictor) -> None:
         """aprocess calls gathered on one loop all complete, each with its own task."""
@@ -308,6 +346,8 @@ class TestCallArguments:
             {"horizon": True},
             {"request_id": ""},
             {"request_id": {"a": 1}},
+            {"request_id": "req\x00-1"},
+            {"request_id": "req\n1"},
         ],
     )
     def test_bad_arguments(self, predictor: UsagePredictor, kwargs: dict[str, object]) -> None:

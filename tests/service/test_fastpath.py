@@ -58,6 +58,23 @@ CASES: list[tuple[str, str, bytes | None, dict[str, str]]] = [
     ("too many bytes", "/v1/predict", b'{"usageData": []}' + b" " * 5000, AUTH),
     ("too many records", "/v1/predict", _body(*range(25)), AUTH),
     ("big integer id", "/v1/predict", b'{"usageData": [{"id": 123456789012345678901234567890, "cpuLoad": 1}]}', AUTH),
+    ("text/plain", "/v1/predict", _body(1), {**AUTH, "Content-Type": "text/plain"}),
+    ("form", "/v1/predict", _body(1), {**AUTH, "Content-Type": "application/x-www-form-urlencoded"}),
+    ("latin-1 charset", "/v1/predict", _body(1), {**AUTH, "Content-Type": "application/json; charset=latin-1"}),
+    ("wrong type, too many bytes", "/v1/predict", b" " * 5000, {**AUTH, "Content-Type": "text/plain"}),
+    ("wrong type, bad json", "/v1/predict", b"{", {**AUTH, "Content-Type": "text/plain"}),
+    (
+        "json with charset",
+        "/v1/predict",
+        _body(8, mid="cs"),
+        {**AUTH, "Content-Type": "application/json; charset=utf-8", "Idempotency-Key": "k-cs"},
+    ),
+    (
+        "+json",
+        "/v1/predict",
+        _body(9, mid="pj"),
+        {**AUTH, "Content-Type": "application/vnd.x+json", "Idempotency-Key": "k-pj"},
+    ),
     # left to the route:
     ("no token", "/v1/predict", _body(1), {}),
     ("wrong token", "/v1/predict", _body(1), {"Authorization": "Bearer nope"}),
@@ -83,6 +100,7 @@ class TestFastPath:
             assert a.status_code == b.status_code, name
             assert a.headers["content-type"] == b.headers["content-type"], name
             assert a.json() == b.json(), name
+            assert a.headers.get("accept-post") == b.headers.get("accept-post"), name
             if a.status_code == 200 and "Idempotency-Key" in headers:
                 assert a.content == b.content, name  # the retry's body, byte for byte
         conflict = _send(fast, "POST", "/v1/predict", _body(99), {**AUTH, "Idempotency-Key": "k-plain"})

@@ -27,6 +27,13 @@ def _tasks_total(c: httpx.Client) -> float:
     )
 
 
+def _metric(c: httpx.Client, name: str) -> float:
+    for line in c.get("/metrics", headers=AUTH).text.splitlines():
+        if line.split(" ")[0] == name:
+            return float(line.split()[-1])
+    raise AssertionError(f"{name} is missing from /metrics")
+
+
 class TestAuth:
     """Every endpoint wants a configured bearer token, and a refusal tells nothing else."""
 
@@ -112,6 +119,18 @@ class TestPredict:
             assert again.json() == first.json() and first.json()["requestId"] == "retry-1"
             assert _tasks_done(c) == done
 
+    @pytest.mark.parametrize("params", [{}, {"sealed": "1"}])  # the fast path, and the route
+    def test_replay_is_not_counted_as_records(self, server: Server, params: dict[str, str]) -> None:
+        """A retry answered with the stored result adds to atomic_replays_total, not atomic_records_total."""
+        with server.client() as c:
+            h = {**AUTH, "Idempotency-Key": f"replay-{len(params)}"}
+            assert c.post("/v1/predict", json=payload(3, seed=5), headers=h, params=params).status_code == 200
+            records, replays = _metric(c, "atomic_records_total"), _metric(c, "atomic_replays_total")
+            for _ in range(2):
+                assert c.post("/v1/predict", json=payload(3, seed=5), headers=h, params=params).status_code == 200
+            assert _metric(c, "atomic_records_total") == records
+            assert _metric(c, "atomic_replays_total") == replays + 2
+
     def test_sealed_on_request(self, server: Server) -> None:
         """?sealed=true adds one AES-256-GCM envelope per record, which opens to the result."""
         from atomic_usage.config import Settings
@@ -134,6 +153,7 @@ class TestPredict:
         for name in (
             'atomic_records_per_second{window="60s"}',
             "atomic_records_total",
+            "atomic_replays_total",
             "atomic_queue_depth",
             "atomic_workers_alive 1.0",
             "atomic_worker_restarts_total",
@@ -164,6 +184,24 @@ class TestPredict:
             ln.startswith("atomic_forecast_seconds_to_threshold{") and f'instance="{mid}"' in ln
             for ln in text.splitlines()
         )
+
+    @pytest.mark.parametrize("params", [{}, {"sealed": "1"}])  # the fast path, and the route
+    def test_replay_leaves_the_newer_gauges(self, server: Server, params: dict[str, str]) -> None:
+        """A replay of an older request does not put its older forecast back into the gauges."""
+        mid = f"gauge-r{len(params)}"
+
+        def send(key: str, minute: int, cpu: float) -> None:
+            rec = {"id": mid, "timestamp": f"2026-01-05T08:{minute:02d}:00Z", "cpuLoad": cpu}
+            h = {**AUTH, "Idempotency-Key": f"{mid}-{key}"}
+            assert c.post("/v1/predict", json={"usageData": [rec]}, headers=h, params=params).status_code == 200
+
+        name = f'atomic_forecast_value{{instance="{mid}",metric="cpuLoad",quantile="0.5",step="1"}}'
+        with server.client() as c:
+            send("gauge-old", 0, 10.0)
+            send("gauge-new", 5, 90.0)
+            assert _metric(c, name) == 90.0  # the naive model: the last value
+            send("gauge-old", 0, 10.0)
+            assert _metric(c, name) == 90.0
 
 
 class TestErrors:
@@ -211,6 +249,92 @@ class TestErrors:
             r = c.post("/v1/predict", json=bad, headers=AUTH)
         assert r.status_code == 422
         assert r.json()["errors"] == [e.as_dict() for e in info.value.errors]
+
+    @pytest.mark.parametrize("rid", ["nul\x00id", "esc\x1b[2Jid", "line\nid", "del\x7fid"])
+    def test_control_character_in_id(self, server: Server, rid: str) -> None:
+        """An id holding a control character is a 422 naming record 1's id; nothing is stored or exported."""
+        body = {"usageData": [{"id": "ctl-ok", "cpuLoad": 5}, {"id": rid, "cpuLoad": 5}]}
+        with server.client() as c:
+            before = _tasks_total(c)
+            r = c.post("/v1/predict", json=body, headers=AUTH)
+            assert r.status_code == 422, r.text
+            errors = r.json()["errors"]
+            assert [(e["index"], e["id"], e["field"]) for e in errors] == [(1, None, "id")]
+            assert "control character" in errors[0]["message"]
+            assert _tasks_total(c) == before
+            text = c.get("/metrics", headers=AUTH).text
+        assert "ctl-ok" not in text and rid not in text and "\x00" not in text
+
+    @pytest.mark.parametrize("params", [{}, {"sealed": "1"}])  # the fast path, and the route
+    @pytest.mark.parametrize(
+        "content_type",
+        [
+            "text/plain",
+            "application/x-www-form-urlencoded",  # what curl -d sends
+            "multipart/form-data; boundary=x",
+            "application/xml",
+            "application/jsonl",
+            "application/octet-stream",
+            "json",
+            "",
+            "application/json; charset=iso-8859-1",
+        ],
+    )
+    def test_wrong_content_type_is_415(self, server: Server, content_type: str, params: dict[str, str]) -> None:
+        """A valid JSON body declared as something else is a 415 naming Content-Type; nothing is stored."""
+        with server.client() as c:
+            before = _tasks_total(c)
+            r = c.post(
+                "/v1/predict",
+                content=json.dumps(payload(2)).encode(),
+                headers={**AUTH, "Content-Type": content_type},
+                params=params,
+            )
+            assert r.status_code == 415, r.text
+            body = r.json()
+            assert body["detail"].startswith("The request body must be JSON")
+            assert [(e["index"], e["id"], e["field"]) for e in body["errors"]] == [(-1, None, "Content-Type")]
+            assert "application/json" in body["errors"][0]["message"]
+            assert r.headers["accept-post"] == "application/json, application/*+json"
+            assert _tasks_total(c) == before
+
+    @pytest.mark.parametrize("params", [{}, {"sealed": "1"}])
+    @pytest.mark.parametrize(
+        "content_type",
+        [
+            "application/json",
+            "application/json; charset=utf-8",
+            'Application/JSON;charset="UTF-8"',
+            "application/vnd.atomic+json",
+            "application/merge-patch+json; charset=utf-8",
+            None,  # nothing declared: the body is read as JSON, as before
+        ],
+    )
+    def test_json_content_types_are_served(
+        self, server: Server, content_type: str | None, params: dict[str, str]
+    ) -> None:
+        """application/json (with or without charset=utf-8), application/*+json, or no Content-Type at all."""
+        headers = AUTH if content_type is None else {**AUTH, "Content-Type": content_type}
+        with server.client() as c:
+            r = c.post("/v1/predict", content=json.dumps(payload(2)).encode(), headers=headers, params=params)
+        assert r.status_code == 200, r.text
+
+    def test_content_type_twice_is_415(self, server: Server) -> None:
+        """Two Content-Type headers (even two JSON ones) are a 415: which one holds is anyone's guess."""
+        with server.client() as c:
+            r = c.post(
+                "/v1/predict",
+                content=json.dumps(payload(1)).encode(),
+                headers=[*AUTH.items(), ("Content-Type", "application/json"), ("Content-Type", "text/plain")],
+            )
+        assert r.status_code == 415 and r.json()["errors"][0]["field"] == "Content-Type"
+
+    def test_openapi_lists_415(self, server: Server) -> None:
+        """The OpenAPI document of POST /v1/predict lists the 415 with the error body."""
+        with server.client() as c:
+            doc = c.get("/openapi.json", headers=AUTH).json()
+        answer = doc["paths"]["/v1/predict"]["post"]["responses"]["415"]
+        assert answer["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/ErrorBody"}
 
     def test_chunked_oversized_body(self, server: Server) -> None:
         """A body with no Content-Length is cut off at the limit with 413."""

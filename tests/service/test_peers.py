@@ -15,6 +15,7 @@ def _stats(records: int, p99: float | None, batches: dict[str, int], mean: float
     return {
         "tps": {"1s": records / 10, "60s": 1.0, "300s": 0.5},
         "records_total": records,
+        "replays_total": 3,
         "failed_total": 1,
         "recovered_tasks": 0,
         "worker_restarts": 0,
@@ -37,6 +38,7 @@ class TestMerge:
         b = _stats(50, None, {"1": 0, "2": 4}, 2.0)
         m = merge_stats([a, b])
         assert m["records_total"] == 150 and m["failed_total"] == 2 and m["queue_depth"] == 4
+        assert m["replays_total"] == 6
         assert m["tps"]["1s"] == 15.0
         assert m["latency_s"]["p99"] == 0.2 and m["latency_s"]["samples"] == 10
         assert m["batch_size"]["histogram"] == {"1": 2, "2": 6}

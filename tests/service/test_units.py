@@ -17,6 +17,7 @@ from atomic_usage.errors import (
     RecordError,
     StoreError,
     TaskNotFound,
+    UnsupportedMediaType,
     WorkerCrashed,
 )
 
@@ -36,6 +37,7 @@ class TestErrorTable:
             (AuthError(), 401),
             (PayloadSyntaxError(_REC), 400),
             (PayloadTooLarge(_REC), 413),
+            (UnsupportedMediaType(_REC), 415),
             (PayloadError(_REC), 422),
             (IdempotencyError("k"), 409),
             (TaskNotFound("t"), 404),

@@ -56,6 +56,7 @@ class TpsMeter:
         self._batches = [0] * (len(BATCH_SIZE_BUCKETS) + 1)
         self._batch_records = 0
         self._records_total = 0
+        self._replays_total = 0
         self._failed_total = 0
         self._queue_depth = 0
         self._worker_restarts = 0
@@ -72,6 +73,13 @@ class TpsMeter:
             self._count[slot] += n
             self._records_total += n
             self._failed_total += failed
+            self._latencies.extend(latencies_s)
+
+    def record_replay(self, n: int = 1, *, latencies_s: Iterable[float] = ()) -> None:
+        """Counts ``n`` idempotent replays (calls answered with the result stored under their
+        request id) and their latencies; their records are not counted again, nor in the rates."""
+        with self._lock:
+            self._replays_total += n
             self._latencies.extend(latencies_s)
 
     def observe_batch(self, size: int) -> None:
@@ -120,7 +128,7 @@ class TpsMeter:
         """Every figure, JSON-ready.
 
         Returns:
-            ``{"tps": {"1s", "60s", "300s"}, "records_total", "failed_total", "queue_depth",
+            ``{"tps": {"1s", "60s", "300s"}, "records_total", "replays_total", "failed_total", "queue_depth",
             "batches_total", "batch_size": {"mean", "histogram": {"1", "2", ..., "+Inf"}},
             "latency_s": {"p50", "p90", "p99", "samples"}, "worker_restarts", "recovered_tasks",
             "uptime_s"}``; percentiles are ``None`` before any record finished.
@@ -133,6 +141,7 @@ class TpsMeter:
             return {
                 "tps": {f"{w}s": self._rate(now, w) for w in RATE_WINDOWS_S},
                 "records_total": self._records_total,
+                "replays_total": self._replays_total,
                 "failed_total": self._failed_total,
                 "queue_depth": self._queue_depth,
                 "batches_total": n_batches,

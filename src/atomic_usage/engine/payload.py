@@ -5,8 +5,9 @@ A payload is ``{"usageData": [record, ...]}``. A record is one observation of on
     {"id": "web-1", "cpuLoad": 30.5, "memoryUsage": 70, "storageUsage": 20,
      "timestamp": "2026-01-05T10:00:00Z"}        # timestamp optional: receive time
 
-Rules (the README's "Data rules"): ``id`` is a non-empty string (a JSON integer is taken
-as its decimal string); each metric is a JSON number in [0, 100], or null/absent for
+Rules (the README's "Data rules"): ``id`` is a non-empty string of printable text, without
+the C0 control characters U+0000 to U+001F or DEL U+007F (a JSON integer is taken as its
+decimal string); each metric is a JSON number in [0, 100], or null/absent for
 "not measured"; at least one metric per record; strings, NaN and infinities are refused,
 not coerced; unknown fields are refused; a timestamp is ISO 8601 (no offset = UTC) or
 epoch seconds. Records of one id at one time (or in one 5-minute step) are averaged by the
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
@@ -26,7 +28,7 @@ from typing import Any
 from .._types import DEFAULT_METRICS
 from ..errors import PayloadError, PayloadTooLarge, RecordError
 
-__all__ = ["MAX_RECORDS", "Observation", "parse_payload"]
+__all__ = ["MAX_RECORDS", "Observation", "parse_payload", "validate_printable"]
 
 MAX_RECORDS = 100_000
 """Records one payload may hold at most."""
@@ -97,6 +99,12 @@ def _to_epoch(raw: Any) -> float:
     raise ValueError(f"must be an ISO 8601 string or epoch seconds, not {type(raw).__name__}")
 
 
+_CONTROL = re.compile("[\x00-\x1f\x7f]")
+"""The C0 control characters and DEL: refused in ids, which are stored, sent back, and written
+into Prometheus label values and terminals (a NUL, a newline or an escape sequence there is
+a broken exposition or an injection, not a machine's name)."""
+
+
 def _is_text(s: str) -> bool:
     """Whether ``s`` is valid Unicode text (a lone UTF-16 surrogate, which JSON's ``\\ud800``
     escape can make, is not: it cannot be stored or sent back)."""
@@ -105,6 +113,36 @@ def _is_text(s: str) -> bool:
     except UnicodeEncodeError:
         return False
     return True
+
+
+def _shown(value: Any) -> str:
+    """A bad value as an error message shows it: escaped to ASCII, cut to 40 characters."""
+    text = ascii(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def validate_printable(value: str, *, what: str = "the machine's id") -> str | None:
+    """What is wrong with an id holding a control character (U+0000 to U+001F, U+007F), or None.
+
+    Args:
+        value: the id.
+        what: how the message names it.
+
+    Returns:
+        The problem, worded to follow a field name (as :func:`~atomic_usage.config.validate_horizon`'s).
+
+    >>> validate_printable("web-1") is None
+    True
+    >>> print(validate_printable("web" + chr(0) + "1").split(";")[0])
+    holds the control character U+0000 at position 3 of 'web\\x001'
+    """
+    found = _CONTROL.search(value)
+    if found is None:
+        return None
+    return (
+        f"holds the control character U+{ord(found.group()):04X} at position {found.start()} of {_shown(value)}; "
+        f"send {what} as printable text (no U+0000 to U+001F or U+007F)"
+    )
 
 
 def parse_payload(payload: Any, *, now: float | None = None, max_records: int = MAX_RECORDS) -> list[Observation]:
@@ -159,27 +197,24 @@ def parse_payload(payload: Any, *, now: float | None = None, max_records: int = 
             continue
         rid_raw = rec.get("id")
         rid: str | None = None
-        if isinstance(rid_raw, str) and rid_raw.strip() and len(rid_raw) <= MAX_ID_LENGTH and _is_text(rid_raw):
+        control = validate_printable(rid_raw) if isinstance(rid_raw, str) else None
+        if control is not None:
+            errors.append(RecordError(i, "id", control))
+        elif isinstance(rid_raw, str) and rid_raw.strip() and len(rid_raw) <= MAX_ID_LENGTH and _is_text(rid_raw):
             rid = rid_raw
         elif isinstance(rid_raw, int) and not isinstance(rid_raw, bool) and abs(rid_raw) < 10**64:
             rid = str(rid_raw)
         elif "id" not in rec or rid_raw is None:
             errors.append(RecordError(i, "id", "is missing; every record needs the machine's id"))
         else:
-            shown = (
-                f"a {type(rid_raw).__name__}"
-                if isinstance(rid_raw, int | float | list | dict)
-                else ascii(rid_raw)
-                if len(ascii(rid_raw)) <= 40
-                else ascii(rid_raw)[:37] + "..."
-            )
+            shown = f"a {type(rid_raw).__name__}" if isinstance(rid_raw, int | float | list | dict) else _shown(rid_raw)
             errors.append(
                 RecordError(
                     i, "id", f"must be a non-empty string of at most {MAX_ID_LENGTH} characters of text, not {shown}"
                 )
             )
         for k in sorted(set(rec) - _ALLOWED):
-            name = str(k) if _is_text(str(k)) else ascii(k)
+            name = str(k) if _is_text(str(k)) and not _CONTROL.search(str(k)) else ascii(k)
             errors.append(
                 RecordError(i, name, "is not a known field; use id, timestamp, " + ", ".join(DEFAULT_METRICS), rid)
             )

@@ -45,7 +45,7 @@ from ..models.base import Forecaster
 from .commit import GroupCommitter
 from .history import FleetHistory
 from .meter import TpsMeter
-from .payload import Observation, parse_payload
+from .payload import Observation, parse_payload, validate_printable
 from .pool import WorkerPool
 from .runner import RunnerFactory
 from .status import TaskStatus
@@ -83,17 +83,26 @@ class EncodedResponse:
         body: the response's JSON text (UTF-8), the same fields as the dict ``process()`` returns.
         plain: each result's JSON text (the parts of ``body`` that ``results`` came from).
         ids: each result's machine id, in order.
+        replayed: whether this was an idempotent replay (the request id had made the task
+            before): its results are that task's, not new forecasts.
     """
 
-    __slots__ = ("_results", "body", "ids", "plain")
+    __slots__ = ("_results", "body", "ids", "plain", "replayed")
 
     def __init__(
-        self, body: bytes, results: list[dict[str, Any]] | None, plain: list[bytes], *, ids: list[str] | None = None
+        self,
+        body: bytes,
+        results: list[dict[str, Any]] | None,
+        plain: list[bytes],
+        *,
+        ids: list[str] | None = None,
+        replayed: bool = False,
     ) -> None:
         self.body = body
         self.plain = plain
         self._results = results
         self.ids = ids if ids is not None else [str(r["id"]) for r in self.results]
+        self.replayed = replayed
 
     @property
     def results(self) -> list[dict[str, Any]]:
@@ -272,7 +281,7 @@ class UsagePredictor:
         if outcome.bodies is None:
             outcome = outcome._replace(bodies=self._wait(outcome.task.task_id))
         out = self._response(outcome, sealed=sealed)
-        self.meter.record(len(obs), latencies_s=[time.monotonic() - t0])
+        self._count(outcome, len(obs), t0)
         return out
 
     async def aprocess(
@@ -287,7 +296,7 @@ class UsagePredictor:
         t0 = time.monotonic()
         outcome, n = await self._aoutcome(payload, request_id, horizon)
         out = self._response(outcome, sealed=sealed)
-        self.meter.record(n, latencies_s=[time.monotonic() - t0])
+        self._count(outcome, n, t0)
         return out
 
     async def aprocess_json(
@@ -306,8 +315,17 @@ class UsagePredictor:
         t0 = time.monotonic()
         outcome, n = await self._aoutcome(payload, request_id, horizon)
         out = self._encoded(outcome, sealed=sealed)
-        self.meter.record(n, latencies_s=[time.monotonic() - t0])
+        self._count(outcome, n, t0)
         return out
+
+    def _count(self, outcome: Outcome, n: int, t0: float) -> None:
+        """Meters a call that returned: its ``n`` records, or one replay when its request id had
+        made the task before (the records were counted by the call that made it)."""
+        latency = [time.monotonic() - t0]
+        if outcome.replayed:
+            self.meter.record_replay(latencies_s=latency)
+        else:
+            self.meter.record(n, latencies_s=latency)
 
     async def _aoutcome(
         self, payload: Mapping[str, Any], request_id: str | None, horizon: int | None
@@ -401,14 +419,17 @@ class UsagePredictor:
             with self._open_lock:
                 self._open.add(task.task_id)
             self.runner.run([TaskJob(task, obs, horizon, True, out)])
+        # Not created: the request id named a task already (a retry), done or still running.
         elif task.status is TaskStatus.DONE and acc.results is not None:
-            settle(out, Outcome(task, list(acc.results)))
+            settle(out, Outcome(task, list(acc.results), replayed=True))
         else:
             running = self.runner.inflight(task.task_id)
             if running is None:  # run elsewhere (recovery, another process): wait for the store
-                settle(out, Outcome(task, None))
+                settle(out, Outcome(task, None, replayed=True))
             else:
-                running.add_done_callback(lambda r: settle(out, r.exception() or Outcome(task, r.result().bodies)))
+                running.add_done_callback(
+                    lambda r: settle(out, r.exception() or Outcome(task, r.result().bodies, replayed=True))
+                )
 
     def _untrack(self, task_id: str) -> None:
         with self._open_lock:
@@ -508,7 +529,7 @@ class UsagePredictor:
         if sealed:
             parts += [b',"sealed":', orjson.dumps(self._sealed(outcome, plain))]
         parts.append(b"}")
-        return EncodedResponse(b"".join(parts), results, plain, ids=outcome.ids)
+        return EncodedResponse(b"".join(parts), results, plain, ids=outcome.ids, replayed=outcome.replayed)
 
     # --- recovery and leases ----------------------------------------------------------
     def recover(self, *, force: bool = False) -> dict[str, int]:
@@ -531,6 +552,10 @@ class UsagePredictor:
                     self._open.add(task.task_id)
                 # The history was rebuilt from the store, so the observations are in it already.
                 jobs.append(TaskJob(claimed, obs, int(request.get("horizon", self.settings.horizon)), append=False))
+            except PayloadError as exc:
+                # Accepted under looser rules (an id with a control character, before they were
+                # refused): it can never run, so it ends failed instead of coming back every pass.
+                self._fail_unrunnable(task.task_id, exc)
             except Exception as exc:  # one bad task must not stop the others
                 _log.error("recovery of task %s failed: %s", task.task_id, exc)
         # Counted once claimed: with several processes, each may hand the same task back, one claims it.
@@ -546,6 +571,14 @@ class UsagePredictor:
         for task in report.failed:
             _log.warning("task %s was failed during recovery: %s", task.task_id, task.error)
         return {"resumed": len(report.resumed), "failed": len(report.failed)}
+
+    def _fail_unrunnable(self, task_id: str, exc: PayloadError) -> None:
+        """Marks a stored task whose payload no longer validates failed, with the reason."""
+        _log.error("task %s cannot be resumed, its payload is refused now: %s", task_id, exc)
+        try:
+            self.store.fail(task_id, f"{type(exc).__name__}: {exc}")
+        except Exception as err:  # logged; the next pass tries again
+            _log.error("recording the failure of task %s failed: %s", task_id, err)
 
     def trim_history(self) -> int:
         """Deletes stored observations beyond ``history_limit`` per machine and metric (the
@@ -593,7 +626,16 @@ class UsagePredictor:
         return {
             **pool,
             **{
-                k: mine[k] for k in ("tps", "records_total", "failed_total", "latency_s", "recovered_tasks", "uptime_s")
+                k: mine[k]
+                for k in (
+                    "tps",
+                    "records_total",
+                    "replays_total",
+                    "failed_total",
+                    "latency_s",
+                    "recovered_tasks",
+                    "uptime_s",
+                )
             },
             "items_total": pool["records_total"],
             "tasks": {k.value: v for k, v in self.store.counts().items()},
@@ -630,6 +672,8 @@ def _check_call(request_id: Any, horizon: Any, default_horizon: int) -> int:
     errors = []
     if request_id is not None and not (isinstance(request_id, str) and 1 <= len(request_id) <= 200):
         errors.append(RecordError(-1, "request_id", "must be a string of 1 to 200 characters"))
+    elif isinstance(request_id, str) and (control := validate_printable(request_id, what="the request id")):
+        errors.append(RecordError(-1, "request_id", control))
     problem = None if horizon is None else validate_horizon(horizon)
     if problem is not None:
         errors.append(RecordError(-1, "horizon", problem))

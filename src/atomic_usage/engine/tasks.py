@@ -69,6 +69,8 @@ class Outcome(NamedTuple):
         plain: each result's JSON text, the bytes that were sealed, when this process built the
             stored results (no need to open them).
         ids: each result's machine id, alongside ``plain``.
+        replayed: whether the call found the task its request id had made before (an idempotent
+            retry, answered with that task's result): its records are not new.
     """
 
     task: Task
@@ -76,6 +78,7 @@ class Outcome(NamedTuple):
     results: list[dict[str, Any]] | None = None
     plain: list[bytes] | None = None
     ids: list[str] | None = None
+    replayed: bool = False
 
 
 @dataclass(eq=False)

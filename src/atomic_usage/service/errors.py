@@ -28,13 +28,16 @@ from ..errors import (
     QueueFullError,
     RecordError,
     TaskNotFound,
+    UnsupportedMediaType,
 )
 
 __all__ = [
+    "ACCEPTED_MEDIA_TYPES",
     "ERROR_STATUS",
     "ErrorBody",
     "RecordErrorBody",
     "error_content",
+    "error_headers",
     "error_responses",
     "horizon_detail",
     "install_handlers",
@@ -48,6 +51,7 @@ ERROR_STATUS: Final[tuple[tuple[type[BaseException], int, str], ...]] = (
     (AuthError, 401, "A valid bearer token is required."),
     (PayloadSyntaxError, 400, "The request body is not valid JSON."),
     (PayloadTooLarge, 413, "The request is larger than this service allows; split it."),
+    (UnsupportedMediaType, 415, "The request body must be JSON, sent as Content-Type: application/json."),
     (PayloadError, 422, "The payload has bad records; nothing from it was applied."),
     (IdempotencyError, 409, "This Idempotency-Key was already used with a different payload."),
     (TaskNotFound, 404, "No task has this task id, or none was accepted under this request id."),
@@ -56,6 +60,9 @@ ERROR_STATUS: Final[tuple[tuple[type[BaseException], int, str], ...]] = (
     (AtomicError, 500, "Internal error; it was logged."),
 )
 """``(error type, HTTP status, safe detail)``; anything not listed is a 500 with the last row's detail."""
+
+ACCEPTED_MEDIA_TYPES: Final = "application/json, application/*+json"
+"""The request body types ``POST /v1/predict`` takes, as its 415 answers say (``Accept-Post``)."""
 
 
 class RecordErrorBody(BaseModel):
@@ -72,7 +79,7 @@ class ErrorBody(BaseModel):
 
     detail: str = Field(description="One sentence saying what went wrong (never internal details).")
     errors: list[RecordErrorBody] = Field(
-        default_factory=list, description="Every bad field, for payload errors (400, 413, 422); else empty."
+        default_factory=list, description="Every bad field, for payload errors (400, 413, 415, 422); else empty."
     )
 
 
@@ -91,9 +98,20 @@ def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     return {s: {"model": ErrorBody, "description": described.get(s, "Error.")} for s in statuses}
 
 
+def error_headers(status: int) -> dict[str, str]:
+    """The headers an error answer carries besides its body: the scheme a 401 wants, the body
+    types a 415 would have taken (``Accept-Post``, as RFC 9110 section 15.5.16 suggests)."""
+    if status == 401:
+        return {"WWW-Authenticate": "Bearer"}
+    if status == 415:
+        return {"Accept-Post": ACCEPTED_MEDIA_TYPES}
+    return {}
+
+
 def _response(status: int, detail: str, errors: list[dict[str, Any]] | None = None) -> JSONResponse:
-    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
-    return JSONResponse({"detail": detail, "errors": errors or []}, status_code=status, headers=headers)
+    return JSONResponse(
+        {"detail": detail, "errors": errors or []}, status_code=status, headers=error_headers(status) or None
+    )
 
 
 def error_content(exc: AtomicError, method: str, path: str) -> tuple[int, dict[str, Any]]:

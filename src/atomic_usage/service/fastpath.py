@@ -4,9 +4,9 @@ FastAPI's per-request machinery (dependency resolution, parameter validation, th
 exception middleware) measured about 0.29 ms per predict request in-process, a quarter of
 the whole budget at 1,000 requests/s on two cores. This pure ASGI layer answers the
 common request itself: a valid bearer token, at most ``horizon`` (digits) and ``sealed``
-(``true``/``false``) in the query, at most one well-formed ``Idempotency-Key``. It reads
-the body with the same limits, decodes and runs it exactly as the route does, and answers
-errors from the same table (:func:`~.errors.error_content`).
+(``true``/``false``) in the query, at most one well-formed ``Idempotency-Key``. It checks
+the Content-Type, reads the body with the same limits, decodes and runs it exactly as the
+route does, and answers errors from the same table (:func:`~.errors.error_content`).
 
 Anything else (a missing or wrong token, another query parameter or spelling, a repeated
 header, an engine not yet started) goes to the FastAPI route untouched, so the route stays
@@ -23,8 +23,8 @@ import orjson
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ..errors import AtomicError, AuthError
-from .errors import ERROR_STATUS, error_content
-from .routes import MAX_HORIZON, decode_json, read_limited
+from .errors import ERROR_STATUS, error_content, error_headers
+from .routes import MAX_HORIZON, check_content_type, decode_json, read_limited
 
 if TYPE_CHECKING:
     from .app import ServiceState
@@ -90,8 +90,9 @@ class PredictFastPath:
         self.state = state
         self._route: Any = None
 
-    def _plan(self, scope: Scope) -> tuple[str | None, int | None, bool, str] | None:
-        """``(idempotency key, horizon, sealed, content-length)`` for a request this path serves."""
+    def _plan(self, scope: Scope) -> tuple[str | None, int | None, bool, str, list[str]] | None:
+        """``(idempotency key, horizon, sealed, content-length, content-types)`` for a request this
+        path serves."""
         st = self.state
         if st.predictor is None:
             return None
@@ -99,6 +100,7 @@ class PredictFastPath:
         if q is None:
             return None
         auth = key = length = None
+        types: list[str] = []
         for name, value in scope["headers"]:
             if name == b"authorization":
                 if auth is not None:
@@ -110,6 +112,8 @@ class PredictFastPath:
                 key = value
             elif name == b"content-length":
                 length = value
+            elif name == b"content-type":
+                types.append(value.decode("latin-1"))
         if auth is None:
             return None
         scheme, _, token = auth.decode("latin-1").partition(" ")
@@ -124,6 +128,7 @@ class PredictFastPath:
             q[0],
             q[1],
             length.decode("latin-1") if length is not None else "",
+            types,
         )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -138,7 +143,7 @@ class PredictFastPath:
             # The next app in the middleware stack is not the router; the FastAPI app is in the scope.
             self._route = _find_route(getattr(scope.get("app"), "routes", ()), _PATH) or _RouteLabel(_PATH)
         scope["route"] = self._route  # for the latency histogram's route label
-        key, horizon, sealed, declared = plan
+        key, horizon, sealed, declared, types = plan
         st = self.state
         disconnected = False
 
@@ -155,11 +160,13 @@ class PredictFastPath:
 
         status, headers = 200, [(b"content-type", b"application/json")]
         try:
+            check_content_type(types)
             payload = decode_json(await read_limited(declared, chunks(), st.settings.max_body_bytes))
             if disconnected:
                 return
             out = await st.predictor.aprocess_json(payload, request_id=key, horizon=horizon, sealed=sealed)
-            st.gauges.update_encoded(zip(out.ids, out.plain, strict=True))
+            if not out.replayed:  # a replay's results are older than what the gauges may hold
+                st.gauges.update_encoded(zip(out.ids, out.plain, strict=True))
             body = out.body
         except AtomicError as exc:
             status, content = error_content(exc, "POST", _PATH)
@@ -167,6 +174,7 @@ class PredictFastPath:
         except Exception:
             _log.exception("POST %s failed unexpectedly", _PATH)
             status, body = 500, orjson.dumps({"detail": ERROR_STATUS[-1][2], "errors": []})
+        headers += [(k.lower().encode(), v.encode()) for k, v in error_headers(status).items()]
         headers.append((b"content-length", str(len(body)).encode()))
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})

@@ -6,7 +6,8 @@ two apps in one process (tests) never share or clash over metrics.
 | metric | type | from |
 | --- | --- | --- |
 | ``atomic_records_per_second{window="1s"|"60s"|"300s"}`` | gauge | the TPS meter |
-| ``atomic_records_total``, ``atomic_records_failed_total`` | counter | the TPS meter |
+| ``atomic_records_total``, ``atomic_records_failed_total`` | counter | the TPS meter (new records only) |
+| ``atomic_replays_total`` | counter | idempotent replays: calls answered with the stored result of their request id |
 | ``atomic_process_latency_seconds{quantile}`` | gauge | process() latency p50/p90/p99 |
 | ``atomic_batch_size`` | histogram | records per engine batch |
 | ``atomic_queue_depth`` | gauge | records waiting for a worker |
@@ -65,6 +66,11 @@ class EngineCollector(Collector):
             tps.add_metric([window], float(rate))
         yield tps
         yield CounterMetricFamily("atomic_records", "Records processed", value=s["records_total"])
+        yield CounterMetricFamily(
+            "atomic_replays",
+            "Idempotent replays: calls answered with the stored result of their request id (no new records)",
+            value=s.get("replays_total", 0),
+        )
         yield CounterMetricFamily("atomic_records_failed", "Records that failed", value=s.get("failed_total", 0))
         lat = s["latency_s"]
         q = GaugeMetricFamily(

@@ -11,7 +11,7 @@ for the whole service whichever process serves it:
 
 | figure | merged as |
 | --- | --- |
-| records/s, records, failures, recoveries, restarts, queue depth | sum over the processes |
+| records/s, records, replays, failures, recoveries, restarts, queue depth | sum over the processes |
 | workers, batch sizes, the HTTP latency histogram | sum over the processes |
 | ``process()`` latency p50/p90/p99 | the highest process's (a percentile cannot be summed) |
 | tasks by status, model | the store's and the model's, the same in every process |
@@ -42,7 +42,15 @@ __all__ = ["PeerBoard", "merge_latest", "merge_samples", "merge_stats", "peer_fo
 
 _log = logging.getLogger("atomic_usage.service")
 
-_SUMMED = ("records_total", "failed_total", "recovered_tasks", "worker_restarts", "queue_depth", "items_total")
+_SUMMED = (
+    "records_total",
+    "replays_total",
+    "failed_total",
+    "recovered_tasks",
+    "worker_restarts",
+    "queue_depth",
+    "items_total",
+)
 
 
 def peer_folder(data_dir: Path) -> Path:

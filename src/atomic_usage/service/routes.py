@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Annotated, Any
 
 import orjson
@@ -14,11 +14,11 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from ..config import MAX_HORIZON
-from ..errors import PayloadSyntaxError, PayloadTooLarge, RecordError
+from ..errors import PayloadSyntaxError, PayloadTooLarge, RecordError, UnsupportedMediaType
 from .errors import error_responses
 from .schemas import HealthBody, PredictResponse, TaskBody
 
-__all__ = ["IDEMPOTENCY_KEY_PATTERN", "MAX_HORIZON", "decode_json", "read_limited", "router"]
+__all__ = ["IDEMPOTENCY_KEY_PATTERN", "MAX_HORIZON", "check_content_type", "decode_json", "read_limited", "router"]
 
 IDEMPOTENCY_KEY_PATTERN = r"^[\x21-\x7e]+$"
 """What an Idempotency-Key may hold: 1 to 200 printable ASCII characters, no space."""
@@ -78,6 +78,55 @@ async def read_limited(declared: str, chunks: AsyncIterator[bytes], limit: int) 
     return b"".join(parts)
 
 
+def _shown(value: str, width: int = 60) -> str:
+    text = ascii(value)
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
+def _media_problem(value: str) -> str | None:
+    """Why one Content-Type value is not JSON in UTF-8, or None when it is."""
+    media, _, params = value.partition(";")
+    kind, slash, sub = media.strip().lower().partition("/")
+    if not (kind == "application" and slash and (sub == "json" or (sub.endswith("+json") and len(sub) > 5))):
+        return (
+            f"is {_shown(value)}, not JSON; send the body as JSON with Content-Type: application/json "
+            "(curl -d sends application/x-www-form-urlencoded: add -H 'Content-Type: application/json')"
+        )
+    for param in params.split(";"):
+        name, _, raw = param.partition("=")
+        if name.strip().lower() == "charset" and raw.strip().strip('"').lower() not in ("utf-8", "utf8"):
+            return (
+                f"declares the charset {_shown(raw.strip(), 30)}; JSON is read as UTF-8 (RFC 8259): send UTF-8 "
+                "with Content-Type: application/json, with charset=utf-8 or none"
+            )
+    return None
+
+
+def check_content_type(values: Sequence[str]) -> None:
+    """Refuses a request body declared as anything but JSON, before any of it is read.
+
+    Taken: ``application/json`` or any ``application/*+json`` (case aside), with no charset
+    parameter or ``charset=utf-8``; and no Content-Type at all: nothing was declared, so the
+    body is read as JSON (and refused with 400 if it is not), as raw clients send it.
+
+    Args:
+        values: every Content-Type header of the request (none, one, or a repeated header).
+
+    Raises:
+        UnsupportedMediaType: another type, another charset, an empty value, or more than one
+            Content-Type header (HTTP 415); its one error names the header.
+    """
+    if not values:
+        return
+    problem = (
+        f"is sent {len(values)} times; send one Content-Type: application/json"
+        if len(values) > 1
+        else _media_problem(values[0])
+    )
+    if problem is not None:
+        raise UnsupportedMediaType([RecordError(-1, "Content-Type", problem)])
+
+
 def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
@@ -119,11 +168,13 @@ def decode_json(body: bytes) -> Any:
     summary="Add observations and forecast each record's machine",
     response_model=PredictResponse,
     response_model_exclude_none=True,
-    responses=error_responses(400, 401, 409, 413, 422, 503),
+    responses=error_responses(400, 401, 409, 413, 415, 422, 503),
     dependencies=[Depends(require_token)],
     openapi_extra={
         "requestBody": {
             "required": True,
+            "description": "JSON in UTF-8: Content-Type application/json or application/*+json (charset utf-8 "
+            "or none); a request without Content-Type is read as JSON too; any other type is a 415.",
             "content": {"application/json": {"schema": {"$ref": "#/components/schemas/PredictRequest"}}},
         }
     },
@@ -155,14 +206,17 @@ async def predict(
     """Runs ``process()`` on the payload: it is stored durably, then each record's machine is forecast.
 
     Bad input never applies anything: malformed JSON is a 400, a body over ATOMIC_MAX_BODY_BYTES or
-    more than ATOMIC_MAX_RECORDS records a 413, and bad records a 422 listing every bad field.
+    more than ATOMIC_MAX_RECORDS records a 413, a body declared as another type than JSON a 415,
+    and bad records a 422 listing every bad field.
     """
     st = _state(request)
+    check_content_type(request.headers.getlist("content-type"))
     payload = decode_json(await _read_body(request, st.settings.max_body_bytes))
     # Awaited on the event loop, no thread per request: the engine's writer, runner and
     # workers do the work, and the response is the JSON the engine encoded (and sealed) once.
     out = await st.predictor.aprocess_json(payload, request_id=idempotency_key, horizon=horizon, sealed=sealed)
-    st.gauges.update_encoded(zip(out.ids, out.plain, strict=True))
+    if not out.replayed:  # a replay's results are older than what the gauges may hold
+        st.gauges.update_encoded(zip(out.ids, out.plain, strict=True))
     return Response(out.body, media_type="application/json")
 
 
