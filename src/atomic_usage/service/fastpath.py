@@ -168,5 +168,7 @@ class PredictFastPath:
             _log.exception("POST %s failed unexpectedly", _PATH)
             status, body = 500, orjson.dumps({"detail": ERROR_STATUS[-1][2], "errors": []})
         headers.append((b"content-length", str(len(body)).encode()))
+        if st.balance is not None and st.balance.should_close():
+            headers.append((b"connection", b"close"))  # this process holds more than its share
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})

@@ -10,7 +10,8 @@ socket are used instead.
 
 The supervisor migrates the store and creates the keyring before any process starts, holds
 the port (bound, not listening) so a restarted process gets it back, restarts a process that
-dies after it started, stops everything when one cannot start, and on SIGTERM, SIGINT or
+dies after it started, stops everything when one cannot start, shares one open-connection
+counter per process so that they keep the connections evenly spread (:mod:`.balance`), and on SIGTERM, SIGINT or
 SIGHUP sends SIGTERM to every process, each of which finishes its in-flight requests.
 """
 
@@ -26,6 +27,7 @@ import time
 from typing import TYPE_CHECKING, Any, Final
 
 if TYPE_CHECKING:
+    from collections.abc import MutableSequence
     from multiprocessing.synchronize import Event
 
     from ..config import Settings
@@ -51,20 +53,37 @@ def _bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def _serve_one(settings: Settings, model: str | None, options: dict[str, Any], ready: Event) -> None:
-    """One serving process: its own socket on the shared port, its own app and engine."""
+def _serve_one(
+    settings: Settings,
+    model: str | None,
+    options: dict[str, Any],
+    ready: Event,
+    counts: MutableSequence[int] | None = None,
+    slot: int = 0,
+) -> None:
+    """One serving process: its own socket on the shared port, its own app and engine.
+
+    ``counts`` and ``slot``: the processes' shared open-connection counters and this one's
+    (:mod:`.balance`); without them the process does not rebalance its connections.
+    """
     import uvicorn
 
     from .app import worker_app
+    from .balance import ConnectionBalance
     from .server import Server
 
     sock = _bind(options["host"], options["port"])
     sock.listen(_BACKLOG)
     try:
-        server = Server(uvicorn.Config(worker_app(settings, model), **options))
+        app = worker_app(settings, model)
+        server = Server(uvicorn.Config(app, **options))
     except Exception:
         _log.exception("a serving process could not start")
         sys.exit(STARTUP_FAILURE)
+    balance = None
+    if counts is not None:
+        balance = ConnectionBalance(counts, slot, lambda: len(server.server_state.connections)).start()
+        app.state.atomic.balance = balance
 
     def tell() -> None:  # the supervisor restarts only processes that had started
         while not server.started and not server.should_exit:
@@ -74,6 +93,8 @@ def _serve_one(settings: Settings, model: str | None, options: dict[str, Any], r
 
     threading.Thread(target=tell, daemon=True).start()
     server.run(sockets=[sock])
+    if balance is not None:
+        balance.stop()
     if not server.started:
         sys.exit(STARTUP_FAILURE)
 
@@ -91,6 +112,7 @@ def serve_processes(settings: Settings, model: str | None, options: dict[str, An
     """
     from ..engine.store import open_store
     from ..security import load_or_create_keyring
+    from .balance import shared_counts
 
     open_store(settings).close()
     load_or_create_keyring(settings, path=settings.keyring_path)
@@ -105,13 +127,16 @@ def serve_processes(settings: Settings, model: str | None, options: dict[str, An
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, lambda *_: stop.set())
 
-    def start() -> tuple[Any, Event]:
+    counts = shared_counts(ctx, settings.processes)
+
+    def start(slot: int) -> tuple[Any, Event]:
+        counts[slot] = 0  # a process that died held no connection any more
         ready = ctx.Event()
-        p = ctx.Process(target=_serve_one, args=(settings, model, options, ready), name="atomic-serve")
+        p = ctx.Process(target=_serve_one, args=(settings, model, options, ready, counts, slot), name="atomic-serve")
         p.start()
         return p, ready
 
-    procs = [start() for _ in range(settings.processes)]
+    procs = [start(i) for i in range(settings.processes)]
     scheme = "https" if options.get("ssl_certfile") else "http"
     _log.info("serving on %s://%s:%d with %d processes", scheme, options["host"], options["port"], settings.processes)
     status = 0
@@ -126,7 +151,7 @@ def serve_processes(settings: Settings, model: str | None, options: dict[str, An
                     stop.set()
                     break
                 _log.warning("serving process %s died (exit %s); starting another", p.pid, p.exitcode)
-                procs[i] = start()
+                procs[i] = start(i)
     finally:
         for p, _ in procs:
             if p.is_alive() and p.pid is not None:
