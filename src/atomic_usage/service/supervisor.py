@@ -10,7 +10,8 @@ socket are used instead.
 
 The supervisor migrates the store and creates the keyring before any process starts, holds
 the port (bound, not listening) so a restarted process gets it back, restarts a process that
-dies after it started, stops everything when one cannot start, shares one open-connection
+dies after it started (and kills and replaces one whose event loop has not ticked for
+``ATOMIC_PROCESS_STALL_S``: stopped or hung), stops everything when one cannot start, shares one open-connection
 counter per process so that they keep the connections evenly spread (:mod:`.balance`), and on SIGTERM, SIGINT or
 SIGHUP sends SIGTERM to every process, each of which finishes its in-flight requests.
 """
@@ -27,7 +28,7 @@ import time
 from typing import TYPE_CHECKING, Any, Final
 
 if TYPE_CHECKING:
-    from collections.abc import MutableSequence
+    from collections.abc import Callable, MutableSequence
     from multiprocessing.synchronize import Event
 
     from ..config import Settings
@@ -60,11 +61,14 @@ def _serve_one(
     ready: Event,
     counts: MutableSequence[int] | None = None,
     slot: int = 0,
+    beats: MutableSequence[float] | None = None,
 ) -> None:
     """One serving process: its own socket on the shared port, its own app and engine.
 
     ``counts`` and ``slot``: the processes' shared open-connection counters and this one's
     (:mod:`.balance`); without them the process does not rebalance its connections.
+    ``beats``: the processes' last signs of life; this one writes ``beats[slot]`` on every
+    tick of its event loop.
     """
     import uvicorn
 
@@ -84,6 +88,8 @@ def _serve_one(
     if counts is not None:
         balance = ConnectionBalance(counts, slot, lambda: len(server.server_state.connections)).start()
         app.state.atomic.balance = balance
+    if beats is not None:
+        server.beat = _beat(beats, slot)
 
     def tell() -> None:  # the supervisor restarts only processes that had started
         while not server.started and not server.should_exit:
@@ -97,6 +103,15 @@ def _serve_one(
         balance.stop()
     if not server.started:
         sys.exit(STARTUP_FAILURE)
+
+
+def _beat(beats: MutableSequence[float], slot: int) -> Callable[[], None]:
+    """Writes the time now (monotonic, the same clock in every process) to ``beats[slot]``."""
+
+    def beat() -> None:
+        beats[slot] = time.monotonic()
+
+    return beat
 
 
 def serve_processes(settings: Settings, model: str | None, options: dict[str, Any]) -> int:
@@ -128,13 +143,30 @@ def serve_processes(settings: Settings, model: str | None, options: dict[str, An
         signal.signal(sig, lambda *_: stop.set())
 
     counts = shared_counts(ctx, settings.processes)
+    beats: MutableSequence[float] = ctx.Array("d", settings.processes, lock=False)
+    alive_since: dict[int, float] = {}  # slot -> when the supervisor first saw it ready
 
     def start(slot: int) -> tuple[Any, Event]:
         counts[slot] = 0  # a process that died held no connection any more
+        beats[slot] = 0.0
+        alive_since.pop(slot, None)
         ready = ctx.Event()
-        p = ctx.Process(target=_serve_one, args=(settings, model, options, ready, counts, slot), name="atomic-serve")
+        args = (settings, model, options, ready, counts, slot, beats)
+        p = ctx.Process(target=_serve_one, args=args, name="atomic-serve")
         p.start()
         return p, ready
+
+    def stalled(slot: int, ready: Event) -> float | None:
+        """Seconds since a started process last showed life, if that is longer than allowed.
+
+        A process counts as started from its first tick (it may be serving before its
+        ``ready`` is set); one still loading its model is not judged.
+        """
+        if beats[slot] == 0.0 and not ready.is_set():
+            return None
+        now = time.monotonic()
+        quiet = now - max(beats[slot], alive_since.setdefault(slot, now))
+        return quiet if quiet > settings.process_stall_s else None
 
     procs = [start(i) for i in range(settings.processes)]
     scheme = "https" if options.get("ssl_certfile") else "http"
@@ -143,6 +175,15 @@ def serve_processes(settings: Settings, model: str | None, options: dict[str, An
     try:
         while not stop.wait(0.2):
             for i, (p, ready) in enumerate(procs):
+                quiet = stalled(i, ready) if p.is_alive() else None
+                if quiet is not None:
+                    # Stopped (SIGSTOP) or hung: it would keep its share of new connections and
+                    # never answer them. What it had accepted is in the store; recovery resumes it.
+                    _log.error("serving process %s has not run for %.0f s (stopped or hung); killing it", p.pid, quiet)
+                    p.kill()
+                    p.join(5)
+                    procs[i] = start(i)
+                    continue
                 if p.is_alive():
                     continue
                 if not ready.is_set():
