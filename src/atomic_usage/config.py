@@ -184,6 +184,10 @@ class Settings:
         processes: engine processes sharing the store at once (``ATOMIC_PROCESSES``; ``serve
             --processes``). Above 1, each process logs the observations it accepts and reads
             the others' into its in-memory history before it forecasts.
+        process_stall_s: under ``serve --processes``, seconds a serving process may go without
+            its event loop ticking before the supervisor kills and replaces it
+            (``ATOMIC_PROCESS_STALL_S``): a stopped or hung process would otherwise keep its
+            share of new connections and never answer them.
     """
 
     data_dir: Path = dataclasses.field(default_factory=default_data_dir)
@@ -206,6 +210,7 @@ class Settings:
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     open_metrics: bool = False
     processes: int = 1
+    process_stall_s: float = 30.0
 
     def __post_init__(self) -> None:
         # Accept str paths from Python callers; the rest of the code relies on Path.
@@ -252,6 +257,7 @@ class Settings:
         get("ATOMIC_MAX_BODY_BYTES", lambda n, r: _int(n, r, minimum=1024), "max_body_bytes")
         get("ATOMIC_OPEN_METRICS", _bool, "open_metrics")
         get("ATOMIC_PROCESSES", lambda n, r: _int(n, r, minimum=1), "processes")
+        get("ATOMIC_PROCESS_STALL_S", lambda n, r: _float(n, r, minimum=1.0), "process_stall_s")
         return cls(**kw)
 
     def replace(self, **changes: Any) -> Settings:

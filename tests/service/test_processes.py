@@ -7,6 +7,7 @@ processes), each on its own port, so a key is sent to two different processes fo
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import signal
@@ -222,4 +223,61 @@ def test_sigterm_stops_every_process(tmp_path: Path) -> None:
         tasks = _db_tasks(tmp_path)
         assert all(status == "done" for status, _ in tasks.values()), "a task was left open"
     finally:
+        srv.kill()
+
+
+def _children(pid: int) -> set[int]:
+    """The living processes whose parent is ``pid`` (Linux /proc)."""
+    out = set()
+    for d in Path("/proc").glob("[0-9]*"):
+        try:
+            fields = (d / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid and fields[0] != "Z":
+            out.add(int(d.name))
+    return out
+
+
+def _serving(pid: int) -> set[int]:
+    """The serving processes of the supervisor ``pid`` (spawned; not its resource tracker)."""
+    out = set()
+    for p in _children(pid):
+        try:
+            if b"spawn_main" in Path(f"/proc/{p}/cmdline").read_bytes():
+                out.add(p)
+        except OSError:
+            continue
+    return out
+
+
+def test_a_stopped_process_is_replaced(tmp_path: Path) -> None:
+    """A serving process frozen by SIGSTOP keeps its socket, so connections hashed to it would
+    hang: the supervisor sees its event loop stop ticking, kills it and starts another, and
+    then requests on fresh connections are all answered again."""
+    if not Path("/proc/self/stat").exists():
+        pytest.skip("reads /proc to find the serving processes")
+    srv = Server(tmp_path, args=("--processes", "2"), env={"ATOMIC_PROCESS_STALL_S": "2"}, group=True).start()
+    frozen = None
+    try:
+        _wait_for_processes(srv, 2)
+        assert srv.proc is not None
+        serving = _serving(srv.proc.pid)
+        assert len(serving) == 2, serving
+        frozen = min(serving)
+        os.kill(frozen, signal.SIGSTOP)
+        deadline = time.monotonic() + 60
+        while frozen in _children(srv.proc.pid) or len(_serving(srv.proc.pid)) < 2:
+            assert time.monotonic() < deadline, "the stopped process was not replaced"
+            time.sleep(0.2)
+        frozen = None
+        _wait_for_processes(srv, 2)
+        for n in range(16):
+            with srv.client(timeout=20) as c:  # a connection each: both sockets are reached
+                r = c.post("/v1/predict", json=payload(2, seed=n), headers={**AUTH, "Idempotency-Key": f"after-{n}"})
+                assert r.status_code == 200
+        assert "has not run for" in srv.log.read_text()
+    finally:
+        if frozen is not None:
+            os.kill(frozen, signal.SIGKILL)
         srv.kill()

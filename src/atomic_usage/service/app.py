@@ -24,6 +24,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from .. import __version__
 from ..config import Settings
 from .auth import TokenVerifier
+from .balance import ConnectionBalance
 from .errors import install_handlers
 from .fastpath import PredictFastPath
 from .gauges import ForecastGauges
@@ -50,6 +51,8 @@ class ServiceState:
         stopping: set when shutdown begins (``/readyz`` then answers 503).
         peers: with ``settings.processes`` > 1, this process's peer socket (:mod:`.peers`),
             through which ``/metrics`` covers every serving process; else ``None``.
+        balance: with ``serve --processes N``, what tells this process to close a connection
+            so that the processes hold even shares of them (:mod:`.balance`); else ``None``.
     """
 
     def __init__(self, settings: Settings, verifier: TokenVerifier, predictor: Any) -> None:
@@ -62,6 +65,7 @@ class ServiceState:
         self.gauges = ForecastGauges(steps=GAUGE_STEPS)
         self.registry.register(self.gauges)
         self.peers: PeerBoard | None = None
+        self.balance: ConnectionBalance | None = None
 
     def _stats(self) -> dict[str, Any] | None:
         return None if self.predictor is None or self.stopping else self.predictor.stats()

@@ -176,5 +176,7 @@ class PredictFastPath:
             status, body = 500, orjson.dumps({"detail": ERROR_STATUS[-1][2], "errors": []})
         headers += [(k.lower().encode(), v.encode()) for k, v in error_headers(status).items()]
         headers.append((b"content-length", str(len(body)).encode()))
+        if st.balance is not None and st.balance.should_close():
+            headers.append((b"connection", b"close"))  # this process holds more than its share
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import signal
 import threading
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from types import FrameType
 
 import uvicorn
@@ -23,7 +23,17 @@ class Server(uvicorn.Server):
     --processes`` a second SIGTERM (the group's and the one the supervisor forwards) could
     land there too. SIGTERM is the ordinary way to stop a service: after a clean shutdown the
     process exits 0. SIGINT is still raised again (Ctrl-C ends as Ctrl-C).
+
+    ``beat``, when set, is called on every tick of the event loop (ten a second while it
+    serves), so that ``serve --processes`` can tell a live process from a stopped or hung one.
     """
+
+    beat: Callable[[], None] | None = None
+
+    async def on_tick(self, counter: int) -> bool:
+        if self.beat is not None:
+            self.beat()
+        return await super().on_tick(counter)
 
     @contextlib.contextmanager
     def capture_signals(self) -> Generator[None, None, None]:

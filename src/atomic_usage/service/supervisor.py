@@ -10,7 +10,9 @@ socket are used instead.
 
 The supervisor migrates the store and creates the keyring before any process starts, holds
 the port (bound, not listening) so a restarted process gets it back, restarts a process that
-dies after it started, stops everything when one cannot start, and on SIGTERM, SIGINT or
+dies after it started (and kills and replaces one whose event loop has not ticked for
+``ATOMIC_PROCESS_STALL_S``: stopped or hung), stops everything when one cannot start, shares one open-connection
+counter per process so that they keep the connections evenly spread (:mod:`.balance`), and on SIGTERM, SIGINT or
 SIGHUP sends SIGTERM to every process, each of which finishes its in-flight requests.
 """
 
@@ -26,6 +28,7 @@ import time
 from typing import TYPE_CHECKING, Any, Final
 
 if TYPE_CHECKING:
+    from collections.abc import Callable, MutableSequence
     from multiprocessing.synchronize import Event
 
     from ..config import Settings
@@ -51,20 +54,42 @@ def _bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def _serve_one(settings: Settings, model: str | None, options: dict[str, Any], ready: Event) -> None:
-    """One serving process: its own socket on the shared port, its own app and engine."""
+def _serve_one(
+    settings: Settings,
+    model: str | None,
+    options: dict[str, Any],
+    ready: Event,
+    counts: MutableSequence[int] | None = None,
+    slot: int = 0,
+    beats: MutableSequence[float] | None = None,
+) -> None:
+    """One serving process: its own socket on the shared port, its own app and engine.
+
+    ``counts`` and ``slot``: the processes' shared open-connection counters and this one's
+    (:mod:`.balance`); without them the process does not rebalance its connections.
+    ``beats``: the processes' last signs of life; this one writes ``beats[slot]`` on every
+    tick of its event loop.
+    """
     import uvicorn
 
     from .app import worker_app
+    from .balance import ConnectionBalance
     from .server import Server
 
     sock = _bind(options["host"], options["port"])
     sock.listen(_BACKLOG)
     try:
-        server = Server(uvicorn.Config(worker_app(settings, model), **options))
+        app = worker_app(settings, model)
+        server = Server(uvicorn.Config(app, **options))
     except Exception:
         _log.exception("a serving process could not start")
         sys.exit(STARTUP_FAILURE)
+    balance = None
+    if counts is not None:
+        balance = ConnectionBalance(counts, slot, lambda: len(server.server_state.connections)).start()
+        app.state.atomic.balance = balance
+    if beats is not None:
+        server.beat = _beat(beats, slot)
 
     def tell() -> None:  # the supervisor restarts only processes that had started
         while not server.started and not server.should_exit:
@@ -74,8 +99,19 @@ def _serve_one(settings: Settings, model: str | None, options: dict[str, Any], r
 
     threading.Thread(target=tell, daemon=True).start()
     server.run(sockets=[sock])
+    if balance is not None:
+        balance.stop()
     if not server.started:
         sys.exit(STARTUP_FAILURE)
+
+
+def _beat(beats: MutableSequence[float], slot: int) -> Callable[[], None]:
+    """Writes the time now (monotonic, the same clock in every process) to ``beats[slot]``."""
+
+    def beat() -> None:
+        beats[slot] = time.monotonic()
+
+    return beat
 
 
 def serve_processes(settings: Settings, model: str | None, options: dict[str, Any]) -> int:
@@ -91,6 +127,7 @@ def serve_processes(settings: Settings, model: str | None, options: dict[str, An
     """
     from ..engine.store import open_store
     from ..security import load_or_create_keyring
+    from .balance import shared_counts
 
     open_store(settings).close()
     load_or_create_keyring(settings, path=settings.keyring_path)
@@ -105,19 +142,48 @@ def serve_processes(settings: Settings, model: str | None, options: dict[str, An
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, lambda *_: stop.set())
 
-    def start() -> tuple[Any, Event]:
+    counts = shared_counts(ctx, settings.processes)
+    beats: MutableSequence[float] = ctx.Array("d", settings.processes, lock=False)
+    alive_since: dict[int, float] = {}  # slot -> when the supervisor first saw it ready
+
+    def start(slot: int) -> tuple[Any, Event]:
+        counts[slot] = 0  # a process that died held no connection any more
+        beats[slot] = 0.0
+        alive_since.pop(slot, None)
         ready = ctx.Event()
-        p = ctx.Process(target=_serve_one, args=(settings, model, options, ready), name="atomic-serve")
+        args = (settings, model, options, ready, counts, slot, beats)
+        p = ctx.Process(target=_serve_one, args=args, name="atomic-serve")
         p.start()
         return p, ready
 
-    procs = [start() for _ in range(settings.processes)]
+    def stalled(slot: int, ready: Event) -> float | None:
+        """Seconds since a started process last showed life, if that is longer than allowed.
+
+        A process counts as started from its first tick (it may be serving before its
+        ``ready`` is set); one still loading its model is not judged.
+        """
+        if beats[slot] == 0.0 and not ready.is_set():
+            return None
+        now = time.monotonic()
+        quiet = now - max(beats[slot], alive_since.setdefault(slot, now))
+        return quiet if quiet > settings.process_stall_s else None
+
+    procs = [start(i) for i in range(settings.processes)]
     scheme = "https" if options.get("ssl_certfile") else "http"
     _log.info("serving on %s://%s:%d with %d processes", scheme, options["host"], options["port"], settings.processes)
     status = 0
     try:
         while not stop.wait(0.2):
             for i, (p, ready) in enumerate(procs):
+                quiet = stalled(i, ready) if p.is_alive() else None
+                if quiet is not None:
+                    # Stopped (SIGSTOP) or hung: it would keep its share of new connections and
+                    # never answer them. What it had accepted is in the store; recovery resumes it.
+                    _log.error("serving process %s has not run for %.0f s (stopped or hung); killing it", p.pid, quiet)
+                    p.kill()
+                    p.join(5)
+                    procs[i] = start(i)
+                    continue
                 if p.is_alive():
                     continue
                 if not ready.is_set():
@@ -126,7 +192,7 @@ def serve_processes(settings: Settings, model: str | None, options: dict[str, An
                     stop.set()
                     break
                 _log.warning("serving process %s died (exit %s); starting another", p.pid, p.exitcode)
-                procs[i] = start()
+                procs[i] = start(i)
     finally:
         for p, _ in procs:
             if p.is_alive() and p.pid is not None:
