@@ -7,11 +7,13 @@ processes), each on its own port, so a key is sent to two different processes fo
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
 import signal
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -281,3 +283,34 @@ def test_a_stopped_process_is_replaced(tmp_path: Path) -> None:
         if frozen is not None:
             os.kill(frozen, signal.SIGKILL)
         srv.kill()
+
+
+def test_sigterm_while_a_process_is_still_starting(tmp_path: Path) -> None:
+    """SIGTERM to the supervisor while its processes are still starting (importing, loading the
+    model): every one exits 0, not by the signal, and so does the supervisor."""
+    srv = Server(tmp_path, args=("--processes", "2"), group=True)
+    srv.data_dir.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2] / "src"))
+    env.update(ATOMIC_DATA_DIR=str(tmp_path), ATOMIC_API_TOKENS="t" * 32, LOG_LEVEL="WARNING")
+    with open(srv.log, "ab") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "atomic_usage.cli", "serve", "--port", "0", "--processes", "2", "--model", "naive"],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        deadline = time.monotonic() + 60
+        while len(_serving(proc.pid)) < 2:
+            assert proc.poll() is None, srv.log.read_text()
+            assert time.monotonic() < deadline, "the serving processes were never started"
+            time.sleep(0.02)
+        starting = _serving(proc.pid)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 0
+        assert "on shutdown" not in srv.log.read_text(), srv.log.read_text()
+        assert not [p for p in starting if Path(f"/proc/{p}").exists()], "a serving process outlived the supervisor"
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)

@@ -70,6 +70,9 @@ def _serve_one(
     ``beats``: the processes' last signs of life; this one writes ``beats[slot]`` on every
     tick of its event loop.
     """
+    # Until uvicorn takes SIGTERM over (once the server runs), the supervisor's shutdown may
+    # reach a process still loading its model: it then ends cleanly (exit 0), not by the signal.
+    signal.signal(signal.SIGTERM, _exit_before_serving)
     import uvicorn
 
     from .app import worker_app
@@ -103,6 +106,11 @@ def _serve_one(
         balance.stop()
     if not server.started:
         sys.exit(STARTUP_FAILURE)
+
+
+def _exit_before_serving(sig: int, frame: object) -> None:
+    """A serving process stopped before it served anything has nothing to finish."""
+    raise SystemExit(0)
 
 
 def _beat(beats: MutableSequence[float], slot: int) -> Callable[[], None]:
@@ -198,12 +206,14 @@ def serve_processes(settings: Settings, model: str | None, options: dict[str, An
             if p.is_alive() and p.pid is not None:
                 os.kill(p.pid, signal.SIGTERM)
         grace = float(options.get("timeout_graceful_shutdown") or 30) + 15
-        for p, _ in procs:
+        for p, ready in procs:
             p.join(grace)
             if p.is_alive():
                 p.kill()
                 p.join(5)
-            if p.exitcode:  # each shuts down cleanly on SIGTERM and exits 0 (service/server.py)
+            # Each shuts down cleanly on SIGTERM and exits 0 (service/server.py); one still
+            # starting (spawning, importing) may end by the signal itself, with nothing to finish.
+            if p.exitcode and not (p.exitcode == -signal.SIGTERM and not ready.is_set()):
                 _log.warning("serving process %s exited with status %s on shutdown", p.pid, p.exitcode)
         holder.close()
     return status
