@@ -225,6 +225,8 @@ def forecast(
                 rows_per_bucket=rows_per_bucket,
                 scratch=scratch,
             )
+            for reason in job.reasons:
+                err.print(f"[yellow]not forecast:[/] {reason}", highlight=False, soft_wrap=True)
             err.print(_series_notes(job.summary(), job.fallback, job.missing), highlight=False, soft_wrap=True)
         return
     if input is not None and not prometheus and not from_store and _is_large(input, rows_per_bucket):
