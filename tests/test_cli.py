@@ -361,3 +361,89 @@ class TestOutputErrors:
         inp = write_fleet(tmp_path / "in.csv")
         res = runner.invoke(app, ["forecast", "-i", str(inp), "-H", "3", "-o", str(tmp_path), "-m", "naive"])
         assert res.exit_code == 2 and "the output is a folder" in " ".join(res.output.split())
+
+
+def _numeric_options() -> list[tuple[tuple[str, ...], str, type, float | None, float | None]]:
+    """Every option of every command that takes a number: (command path, option, int or float, min, max)."""
+    import typer.main
+
+    found: list[tuple[tuple[str, ...], str, type, float | None, float | None]] = []
+
+    def walk(command: object, path: tuple[str, ...]) -> None:
+        subs = getattr(command, "commands", None)
+        if subs is not None:
+            for name, sub in subs.items():
+                walk(sub, (*path, name))
+            return
+        for p in command.params:  # type: ignore[attr-defined]
+            if p.type_descriptor.annotation in (int, float):
+                found.append((path, p.opts[0], p.type_descriptor.annotation, p.min, p.max))
+
+    walk(typer.main.get_command(app), ())
+    return found
+
+
+NUMERIC = _numeric_options()
+
+
+def _flat(text: str) -> str:
+    """Console output with rich's box drawing and line breaks taken out."""
+    return " ".join(text.translate(str.maketrans("│╭╮╰╯─", "      ")).split())
+
+
+class TestNumericOptions:
+    """Every numeric option says what it accepts, as the horizon's message does, for a word or a value out of range."""
+
+    def test_every_numeric_option_is_checked(self) -> None:
+        """The walk finds the options of every command (so the tests below cover each one)."""
+        names = {(" ".join(c), o) for c, o, _, _, _ in NUMERIC}
+        assert {("forecast", "--horizon"), ("forecast", "--rows-per-bucket"), ("serve", "--port")} <= names
+        assert {("train", "--time-budget"), ("demo", "--hours"), ("tasks list", "--limit")} <= names
+        assert len(names) >= 20
+
+    @pytest.mark.parametrize(
+        ("command", "option", "kind", "low", "high"), NUMERIC, ids=[f"{' '.join(n[0])} {n[1]}" for n in NUMERIC]
+    )
+    def test_not_a_number(
+        self, command: tuple[str, ...], option: str, kind: type, low: float | None, high: float | None
+    ) -> None:
+        """``--port abc`` exits 2 saying what --port accepts (typer said "Input should be a valid integer,
+        unable to parse string as an integer"); a value out of range gets the same sentence."""
+        res = runner.invoke(app, [*command, option, "abc"])
+        text = _flat(res.output)
+        assert res.exit_code == 2, text
+        assert f"Invalid value for '{option}'" in text and "Input should" not in text, text
+        accepts = text.split(": must be ", 1)[1].split(", not ")[0]
+        assert text.endswith(f"must be {accepts}, not 'abc'") and accepts.startswith(("a whole number", "a number"))
+        for value, bound in ((low, "from" if high is not None else "at least"), (high, "to")):
+            if value is None:
+                continue
+            outside = kind(value - 1 if bound != "to" else value + 1)
+            res = runner.invoke(app, [*command, option, str(outside)])
+            assert res.exit_code == 2 and _flat(res.output).endswith(f"must be {accepts}, not {outside!r}"), res.output
+            assert f"{bound} {value}" in accepts
+
+    @pytest.mark.parametrize(
+        ("args", "message"),
+        [
+            (["serve", "--port", "abc"], "must be a whole number from 0 to 65535, not 'abc'"),
+            (["forecast", "--rows-per-bucket", "x"], "must be a whole number of rows of at least 1, not 'x'"),
+            (["serve", "--graceful-s", "soon"], "must be a number of seconds of at least 0, not 'soon'"),
+            (["train", "--time-budget", "nan"], "must be a number of seconds, not 'nan'"),
+            (["demo", "--seed", "1.5"], "must be a whole number, not '1.5'"),
+        ],
+    )
+    def test_wording(self, args: list[str], message: str) -> None:
+        """The sentence names the kind of number, its unit and its range."""
+        res = runner.invoke(app, args)
+        assert res.exit_code == 2 and _flat(res.output).endswith(message), res.output
+
+    def test_numbers_still_accepted(self, tmp_path: Path) -> None:
+        """What typer accepted before still works: ``6``, ``6.0`` and `` 6`` for a whole number."""
+        inp = write_fleet(tmp_path / "in.csv")
+        for h in ("6", "6.0", " 6"):
+            res = runner.invoke(
+                app, ["forecast", "-i", str(inp), "-H", h, "-o", str(tmp_path / "o.csv"), "-m", "naive"]
+            )
+            assert res.exit_code == 0, res.output
+            assert len(pd.read_csv(tmp_path / "o.csv")) == 4 * 3 * 6

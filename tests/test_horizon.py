@@ -78,15 +78,19 @@ class TestEverywhere:
         with pytest.raises(SchemaError, match="The horizon must be a whole number of steps from 1 to 288"):
             forecast_frame(Naive(), panel, MAX_HORIZON + 1)
 
+    @pytest.mark.parametrize("value", ["289", "0", "abc", "1.5"])
     @pytest.mark.parametrize("command", ["forecast", "report"])
-    def test_cli_flag(self, tmp_path: Path, command: str) -> None:
-        """The CLI exits 2 naming --horizon and the limit, before it reads any input."""
+    def test_cli_flag(self, tmp_path: Path, command: str, value: str) -> None:
+        """The CLI exits 2 naming --horizon and the limit, before it reads any input. ``--horizon abc``
+        said "Input should be a valid integer, unable to parse string as an integer" instead."""
         res = runner.invoke(
             app,
-            [command, "--input", str(tmp_path / "absent.csv"), "--horizon", "289", "--output", str(tmp_path / "o")],
+            [command, "--input", str(tmp_path / "absent.csv"), "--horizon", value, "--output", str(tmp_path / "o")],
         )
         assert res.exit_code == 2
-        assert f"Invalid value for '--horizon' / '-H': {MESSAGE}" in _flat(res.output)
+        message = validate_horizon(int(value) if value.isdigit() else value)
+        assert message is not None and message.startswith("must be a whole number of steps from 1 to 288")
+        assert f"Invalid value for '--horizon' / '-H': {message}" in _flat(res.output)
 
     def test_cli_at_the_limit(self, tmp_path: Path) -> None:
         """--horizon 288 forecasts 288 steps."""

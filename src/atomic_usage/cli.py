@@ -7,8 +7,10 @@ and where), 3 a model, store or key problem.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
+import math
 import shlex
 import shutil
 import sys
@@ -43,6 +45,67 @@ err = Console(stderr=True)
 out = Console()
 
 
+@functools.cache
+def _adapter(kind: type) -> Any:
+    """pydantic's reading of a number, as typer does it for an ``int`` or ``float`` option."""
+    from pydantic import TypeAdapter
+
+    return TypeAdapter(kind)
+
+
+def _read_number(kind: type, value: Any) -> Any:
+    """``value`` as an ``int`` or a finite ``float``, read as typer reads it (``6``, ``6.0``, `` 6``,
+    ``1e3`` for a float), or None when it is not one."""
+    from pydantic import ValidationError
+
+    try:
+        number = _adapter(kind).validate_python(value)
+    except ValidationError:
+        return None
+    return number if kind is int or math.isfinite(number) else None
+
+
+def _accepts(kind: type, minimum: float | None, maximum: float | None, unit: str) -> str:
+    """What a numeric option accepts, worded as ``validate_horizon`` words the horizon's limit.
+
+    >>> _accepts(int, 1, None, "rows"), _accepts(float, 0, None, "seconds"), _accepts(int, 0, 65535, "")
+    ('a whole number of rows of at least 1', 'a number of seconds of at least 0', 'a whole number from 0 to 65535')
+    """
+    what = ("a whole number" if kind is int else "a number") + (f" of {unit}" if unit else "")
+    if minimum is not None and maximum is not None:
+        return f"{what} from {minimum} to {maximum}"
+    if minimum is not None:
+        return f"{what} of at least {minimum}"
+    return f"{what} of at most {maximum}" if maximum is not None else what
+
+
+def _number_option(
+    *names: str,
+    kind: type = int,
+    minimum: float | None = None,
+    maximum: float | None = None,
+    unit: str = "",
+    **options: Any,
+) -> Any:
+    """A ``typer.Option`` for a number whose bad values say what it accepts: ``--port abc`` exits 2 with
+    "Invalid value for '--port': must be a whole number from 0 to 65535, not 'abc'" (typer said "Input
+    should be a valid integer, unable to parse string as an integer"), and so does ``--port 70000``.
+
+    ``min``/``max`` are passed on for the help's range; the parser checks them (typer does not
+    once a parser is given).
+    """
+    accepts = _accepts(kind, minimum, maximum, unit)
+
+    def parse(value: Any) -> Any:
+        number = _read_number(kind, value)
+        shown = value if number is None else number
+        if number is None or (minimum is not None and number < minimum) or (maximum is not None and number > maximum):
+            raise typer.BadParameter(f"must be {accepts}, not {shown!r}")
+        return number
+
+    return typer.Option(*names, parser=parse, min=minimum, max=maximum, **options)
+
+
 ClusterOpt = Annotated[
     str | None,
     typer.Option(
@@ -65,13 +128,16 @@ ProtocolOpt = Annotated[
 ]
 RowsPerBucketOpt = Annotated[
     int,
-    typer.Option("--rows-per-bucket", min=1, help="On a cluster: input rows per task (bounds worker memory)."),
+    _number_option(
+        "--rows-per-bucket", minimum=1, unit="rows", help="On a cluster: input rows per task (bounds worker memory)."
+    ),
 ]
 ForecastRowsOpt = Annotated[
     int,
-    typer.Option(
+    _number_option(
         "--rows-per-bucket",
-        min=1,
+        minimum=1,
+        unit="rows",
         help="Input rows per task on a cluster. In one process, a file with more rows is forecast in "
         "chunks of about this many rows of whole machines (bounds memory); a smaller one is read whole.",
     ),
@@ -86,12 +152,14 @@ ScratchOpt = Annotated[
 ]
 
 
-def _horizon(value: int) -> int:
-    """Checks a --horizon value against the one limit (config.MAX_HORIZON) before any data is read."""
-    problem = validate_horizon(value)
+def _horizon(value: Any) -> int:
+    """Reads a --horizon value and checks it against the one limit (config.MAX_HORIZON) before any
+    data is read; a word (``abc``) gets the same sentence as a number out of range."""
+    number = _read_number(int, value)
+    problem = validate_horizon(value if number is None else number)
     if problem is not None:
         raise typer.BadParameter(problem)
-    return value
+    return int(number)
 
 
 _HORIZON_HELP = f"Steps (5 min each) to forecast, 1 to {MAX_HORIZON} ({MAX_HORIZON} = 1 day)."
@@ -174,7 +242,7 @@ def _load_forecaster(model: str | None, settings: Settings) -> Any:
 
 @app.command()
 def forecast(
-    horizon: Annotated[int, typer.Option("--horizon", "-H", callback=_horizon, help=_HORIZON_HELP)],
+    horizon: Annotated[int, typer.Option("--horizon", "-H", parser=_horizon, help=_HORIZON_HELP)],
     output: Annotated[Path, typer.Option("--output", "-o", help="Long CSV or Parquet to write.")],
     input: InputOpt = None,
     model: Annotated[
@@ -225,6 +293,8 @@ def forecast(
                 rows_per_bucket=rows_per_bucket,
                 scratch=scratch,
             )
+            for reason in job.reasons:
+                err.print(f"[yellow]not forecast:[/] {reason}", highlight=False, soft_wrap=True)
             err.print(_series_notes(job.summary(), job.fallback, job.missing), highlight=False, soft_wrap=True)
         return
     if input is not None and not prometheus and not from_store and _is_large(input, rows_per_bucket):
@@ -615,12 +685,15 @@ def train(
     holdout_machines: Annotated[
         list[str] | None, typer.Option("--holdout-machines", help="As in `dataset build`.")
     ] = None,
-    steps: Annotated[int, typer.Option(min=1, help="Optimizer steps.")] = 3000,
-    batch_size: Annotated[int, typer.Option(min=8, help="Windows per step.")] = 512,
-    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
-    time_budget: Annotated[float, typer.Option(help="Stop training after this many seconds (0: no limit).")] = 0.0,
-    context: Annotated[int, typer.Option(min=12, help="Steps of history the network reads.")] = 288,
-    horizon: Annotated[int, typer.Option(min=1, help="Steps the network forecasts.")] = 288,
+    steps: Annotated[int, _number_option(minimum=1, unit="optimizer steps", help="Optimizer steps.")] = 3000,
+    batch_size: Annotated[int, _number_option(minimum=8, unit="windows", help="Windows per step.")] = 512,
+    seed: Annotated[int, _number_option(help="Random seed.")] = 0,
+    time_budget: Annotated[
+        float,
+        _number_option(kind=float, unit="seconds", help="Stop training after this many seconds (0: no limit)."),
+    ] = 0.0,
+    context: Annotated[int, _number_option(minimum=12, unit="steps", help="Steps of history the network reads.")] = 288,
+    horizon: Annotated[int, _number_option(minimum=1, unit="steps", help="Steps the network forecasts.")] = 288,
     name: Annotated[str, typer.Option(help="The model's name in forecasts.")] = "atomic",
     selection: Annotated[
         str,
@@ -633,14 +706,23 @@ def train(
     ] = "after-near",
     near_context: Annotated[
         int,
-        typer.Option(
-            min=0, help="Context of the short network that forecasts the first --near-horizon steps (0: none)."
+        _number_option(
+            minimum=0,
+            unit="steps",
+            help="Context of the short network that forecasts the first --near-horizon steps (0: none).",
         ),
     ] = 36,
-    near_horizon: Annotated[int, typer.Option(min=1, help="Steps the short network forecasts.")] = 12,
-    near_steps: Annotated[int, typer.Option(min=1, help="Optimizer steps of the short network.")] = 4000,
+    near_horizon: Annotated[
+        int, _number_option(minimum=1, unit="steps", help="Steps the short network forecasts.")
+    ] = 12,
+    near_steps: Annotated[
+        int, _number_option(minimum=1, unit="optimizer steps", help="Optimizer steps of the short network.")
+    ] = 4000,
     near_time_budget: Annotated[
-        float, typer.Option(help="Stop the short network's training after this many seconds (0: no limit).")
+        float,
+        _number_option(
+            kind=float, unit="seconds", help="Stop the short network's training after this many seconds (0: no limit)."
+        ),
     ] = 0.0,
 ) -> None:
     """Train the neural forecaster (PyTorch, CPU), export it to ONNX and write the model folder.
@@ -819,9 +901,13 @@ def info() -> None:
 
 @app.command()
 def demo(
-    machines: Annotated[int, typer.Option(min=1, max=1000, help="Machines in the generated fleet.")] = 12,
-    seed: Annotated[int, typer.Option(help="Seed of the generated fleet.")] = 7,
-    hours: Annotated[int, typer.Option(min=1, max=MAX_HORIZON // 12, help="Hours ahead to forecast.")] = 6,
+    machines: Annotated[
+        int, _number_option(minimum=1, maximum=1000, unit="machines", help="Machines in the generated fleet.")
+    ] = 12,
+    seed: Annotated[int, _number_option(help="Seed of the generated fleet.")] = 7,
+    hours: Annotated[
+        int, _number_option(minimum=1, maximum=MAX_HORIZON // 12, unit="hours", help="Hours ahead to forecast.")
+    ] = 6,
 ) -> None:
     """Forecast a generated sample fleet with the bundled model and show what is coming."""
     settings = _settings().replace(skip_persistence=True)
@@ -917,7 +1003,7 @@ request, status, attempts, created and error columns at their narrowest readable
 @tasks_app.command("list")
 def tasks_list(
     status: Annotated[str | None, typer.Option(help="accepted, running, done or failed.")] = None,
-    limit: Annotated[int, typer.Option(min=1, help="Tasks to show at most (newest first).")] = 50,
+    limit: Annotated[int, _number_option(minimum=1, unit="tasks", help="Tasks to show at most (newest first).")] = 50,
     as_json: Annotated[bool, typer.Option("--json", help="JSON lines instead of a table.")] = False,
 ) -> None:
     """List stored tasks, newest first."""
@@ -1018,23 +1104,28 @@ def stats(
 @app.command()
 def serve(
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(min=0, max=65535, help="Port to listen on.")] = 8000,
+    port: Annotated[int, _number_option(minimum=0, maximum=65535, help="Port to listen on.")] = 8000,
     tls_cert: Annotated[Path | None, typer.Option("--tls-cert", help="PEM certificate chain: serve HTTPS.")] = None,
     tls_key: Annotated[Path | None, typer.Option("--tls-key", help="PEM private key of --tls-cert.")] = None,
     workers: Annotated[
-        int | None, typer.Option(min=0, help="Engine worker threads (ATOMIC_WORKERS; 0: one per core).")
+        int | None,
+        _number_option(minimum=0, unit="threads", help="Engine worker threads (ATOMIC_WORKERS; 0: one per core)."),
     ] = None,
     model: Annotated[
         str | None, typer.Option("--model", "-m", help="Model folder or naive|seasonal_naive|predict_linear.")
     ] = None,
     graceful_s: Annotated[
-        float, typer.Option("--graceful-s", min=0, help="Seconds in-flight requests get at shutdown.")
+        float,
+        _number_option(
+            "--graceful-s", kind=float, minimum=0, unit="seconds", help="Seconds in-flight requests get at shutdown."
+        ),
     ] = 30.0,
     log_level: Annotated[str | None, typer.Option(help="uvicorn log level (default: LOG_LEVEL).")] = None,
     processes: Annotated[
         int | None,
-        typer.Option(
-            min=1,
+        _number_option(
+            minimum=1,
+            unit="processes",
             help="Serving processes over the one store, each with its own engine (ATOMIC_PROCESSES; default 1).",
         ),
     ] = None,
@@ -1254,7 +1345,9 @@ def collect(
     interval: Annotated[str, typer.Option("--interval", help="Time between samples, e.g. 5m.")] = "5m",
     count: Annotated[
         int | None,
-        typer.Option("--count", min=1, help="Stop after this many samples (default: until Ctrl-C)."),
+        _number_option(
+            "--count", minimum=1, unit="samples", help="Stop after this many samples (default: until Ctrl-C)."
+        ),
     ] = None,
     mount: MountOpt = "/",
     machine_id: Annotated[str | None, typer.Option("--id", help="The id to record (default: host name).")] = None,
@@ -1295,11 +1388,13 @@ def report(
     selector: SelectorOpt = None,
     mount: MountOpt = "/",
     query: QueryOpt = None,
-    horizon: Annotated[int, typer.Option("--horizon", "-H", callback=_horizon, help=_HORIZON_HELP)] = MAX_HORIZON,
+    horizon: Annotated[int, typer.Option("--horizon", "-H", parser=_horizon, help=_HORIZON_HELP)] = MAX_HORIZON,
     model: Annotated[
         str | None, typer.Option("--model", "-m", help="As in forecast; default: the bundled model.")
     ] = None,
-    top: Annotated[int, typer.Option("--top", min=1, help="Machines in the table and charts.")] = 20,
+    top: Annotated[
+        int, _number_option("--top", minimum=1, unit="machines", help="Machines in the table and charts.")
+    ] = 20,
 ) -> None:
     """Write one self-contained HTML page: machines closest to exhausting a resource, with charts."""
     settings = _settings()

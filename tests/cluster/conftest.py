@@ -63,12 +63,14 @@ def grouped_parquet(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def single_machine(path: Path, model: object, horizon: int) -> pd.DataFrame:
-    """The single-machine path of `atomic-usage forecast`: read_wide, regularize, forecast_frame."""
+    """The single-machine path of `atomic-usage forecast`: read_wide, regularize, forecast_frame,
+    with a series that has a bad value rejected (model ``error``) and the rest forecast."""
     from atomic_usage.data import read_wide, regularize
     from atomic_usage.models.base import forecast_frame
 
-    panel, _ = regularize(read_wide(path))
-    return forecast_frame(model, panel, horizon)  # type: ignore[arg-type]
+    issues: list = []
+    panel, _ = regularize(read_wide(path, issues=issues))
+    return forecast_frame(model, panel, horizon, issues=issues)  # type: ignore[arg-type]
 
 
 def assert_same_forecast(got: pd.DataFrame, want: pd.DataFrame, atol: float = 1e-6) -> None:

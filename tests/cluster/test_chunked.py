@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import logging
 import shutil
 from pathlib import Path
 
@@ -294,6 +295,29 @@ class TestBadInput:
         (tmp_path / "out").mkdir()
         with pytest.raises(SchemaError, match="the output is a folder"):
             forecast_chunked(inp, 6, tmp_path / "out", model=Naive(), rows_per_chunk=_ROWS)
+
+
+class TestWarningsOnce:
+    """A warning every chunk meets is logged once per file, with the counts of all the chunks."""
+
+    @pytest.mark.parametrize("name", ["in.parquet", "in.csv"])
+    def test_each_warning_once(self, tmp_path: Path, caplog: pytest.LogCaptureFixture, name: str) -> None:
+        """A text column, a misspelled metric and a series rejected in three chunks, in a shuffled file
+        (a CSV is read twice: the stream finds it unsorted): each is named once, as a whole read names it."""
+        df = shuffled(hard_fleet()).rename(columns={"storageUsage": "storageUsag"})
+        df["note"] = "rack 4"
+        inp = write_input(df, tmp_path / name)
+        caplog.set_level(logging.WARNING, logger="atomic_usage")
+        job = forecast_chunked(inp, 3, tmp_path / "out.parquet", model=Naive(), rows_per_chunk=_ROWS)
+        assert job.n_chunks > 3
+        chunked_logs = [r.getMessage() for r in caplog.records]
+        caplog.clear()
+        read_wide(inp, issues=[])
+        whole_logs = [r.getMessage() for r in caplog.records]
+        for needle in ("['note']", "'storageUsag'", "of id 'vm-030'", "of id 'vm-031'"):
+            found = [m for m in chunked_logs if needle in m]
+            assert found == [m for m in whole_logs if needle in m] and len(found) == 1, (needle, chunked_logs)
+        assert "(3 value(s) far outside" in next(m for m in chunked_logs if "of id 'vm-030'" in m)
 
 
 class TestFrameWriter:

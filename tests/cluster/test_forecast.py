@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import logging
 import os
 import signal
 import threading
@@ -112,34 +114,9 @@ class TestDirect:
         job = forecast_distributed(client, grouped_parquet, 6, tmp_path / "out", model="naive", rows_per_bucket=10**7)
         assert job.mode == "shuffle" and job.n_chunks == 1 and job.n_parts >= 2
 
-    def test_bad_value_names_the_file(self, client, tmp_path: Path) -> None:
-        """A non-numeric cell in one partition fails on the worker that reads it, naming the file."""
-        df = generate_series(6, n_steps=50, seed=1)
-        ids = sorted(df["id"].unique())
-        (tmp_path / "in").mkdir()
-        df[df["id"].isin(ids[:3])].to_parquet(tmp_path / "in" / "p1.parquet")
-        bad = df[df["id"].isin(ids[3:])].astype({"cpuLoad": str})  # a string column, as a CSV export gives
-        bad.iloc[7, bad.columns.get_loc("cpuLoad")] = "12,5%"
-        bad.to_parquet(tmp_path / "in" / "p2.parquet")
-        with pytest.raises(SchemaError, match=r"p2\.parquet: .*'12,5%'"):
-            forecast_distributed(client, tmp_path / "in", 6, tmp_path / "out", model="naive")
-        assert not (tmp_path / "out" / "_SUCCESS").exists()
-
 
 class TestBadInput:
-    """A bad partition fails the job with an error naming the file; nothing is marked complete."""
-
-    def test_non_numeric_csv_partition(self, client, tmp_path: Path) -> None:
-        """The worker that reads the bad CSV raises SchemaError; the client re-raises it as is."""
-        (tmp_path / "in").mkdir()
-        df = generate_series(6, n_steps=50, seed=1)
-        df.iloc[:150].to_csv(tmp_path / "in" / "p1.csv", index=False)
-        bad = df.iloc[150:].astype({"cpuLoad": object})
-        bad.iloc[7, bad.columns.get_loc("cpuLoad")] = "12,5%"
-        bad.to_csv(tmp_path / "in" / "p2.csv", index=False)
-        with pytest.raises(SchemaError, match=r"p2\.csv: Column 'cpuLoad' holds a non-numeric value '12,5%'"):
-            forecast_distributed(client, tmp_path / "in", 6, tmp_path / "out", model="naive")
-        assert not (tmp_path / "out" / "_SUCCESS").exists()
+    """A partition or option the job cannot use at all fails it, naming what; nothing is marked complete."""
 
     def test_missing_model_folder(self, client, messy_parquet: Path, tmp_path: Path) -> None:
         """A wrong --model folder fails on the client, before any task runs."""
@@ -152,6 +129,164 @@ class TestBadInput:
         with pytest.raises(SchemaError, match="give a folder path"):
             forecast_distributed(client, messy_parquet, 6, tmp_path / "out.csv", model="naive")
         assert (tmp_path / "out.csv").read_text() == "keep me"
+
+
+def _iso(ts: pd.Timestamp) -> str:
+    return ts.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _without(df: pd.DataFrame, sid: str, metric: str) -> pd.DataFrame:
+    """The forecast rows of every series but (sid, metric)."""
+    return df[~((df["id"] == sid) & (df["metric"] == metric))]
+
+
+def _csv_partitions(folder: Path, df: pd.DataFrame) -> list[Path]:
+    """The rows of ``df`` in two CSV files, the first half and the second: every id is in both."""
+    folder.mkdir()
+    half = len(df) // 2
+    paths = [folder / "p1.csv", folder / "p2.csv"]
+    df.iloc[:half].to_csv(paths[0], index=False)
+    df.iloc[half:].to_csv(paths[1], index=False)
+    return paths
+
+
+@pytest.fixture
+def small_ranges(monkeypatch: pytest.MonkeyPatch) -> None:
+    """CSV files cut into byte ranges of 2 KB, so one file is read by several split tasks."""
+    from atomic_usage.cluster import forecast as forecast_module
+    from atomic_usage.cluster.partitions import plan_chunks
+
+    monkeypatch.setattr(forecast_module, "plan_chunks", functools.partial(plan_chunks, csv_block_bytes=2048))
+
+
+class TestBadCell:
+    """A cell that is not a number rejects only its series, as on the single-machine path: the reason
+    names file, line, id and column, and every other series is forecast as in a run without it."""
+
+    def test_shuffled_csv_partitions(self, client, tmp_path: Path, small_ranges: None) -> None:
+        """The user's case on a cluster: one ``12,5%`` late in the second of two CSV files (each file
+        in several byte ranges, each id in both files) failed the whole job with a SchemaError."""
+        df = generate_series(8, n_steps=60, seed=1).sample(frac=1.0, random_state=2).reset_index(drop=True)
+        clean = _csv_partitions(tmp_path / "clean", df)
+        bad = df.astype({"cpuLoad": object})
+        k = len(df) - 30  # a row of the second file's last byte range
+        bad.iloc[k, bad.columns.get_loc("cpuLoad")] = "12,5%"
+        paths = _csv_partitions(tmp_path / "in", bad)
+        sid, ts, line = bad["id"].iloc[k], _iso(bad["timestamp"].iloc[k]), k - len(df) // 2 + 2
+        job = forecast_distributed(client, tmp_path / "in", 6, tmp_path / "out", model="naive")
+        assert job.n_chunks > 4 and (tmp_path / "out" / "_SUCCESS").is_file()
+        got = pd.read_parquet(tmp_path / "out")
+        rows = got[(got["id"] == sid) & (got["metric"] == "cpuLoad")]
+        assert len(rows) == 6 and (rows["model"] == "error").all() and rows["p50"].isna().all()
+        reason = rows["reason"].iloc[0]
+        assert reason.startswith(
+            f"rejected: {paths[1].resolve()}: cpuLoad of id {sid!r} is '12,5%' at {ts} (line {line}), not a number"
+        ), reason
+        assert job.missing == 1 and list(job.reasons) == [reason]
+        assert (got.loc[got["id"] == sid, "model"] != "error").sum() == 2 * 6  # its other metrics are forecast
+        # the single-machine path on the same rows in one file gives the same forecasts and models
+        one = tmp_path / "one.csv"
+        bad.to_csv(one, index=False)
+        assert_same_forecast(got, single_machine(one, Naive(), 6))
+        # and every other series is what a run without the bad cell gives
+        forecast_distributed(client, tmp_path / "clean", 6, tmp_path / "out-clean", model="naive")
+        want = pd.read_parquet(tmp_path / "out-clean")
+        assert_same_forecast(_without(got, sid, "cpuLoad"), _without(want, sid, "cpuLoad"))
+        assert clean[0].read_text() == paths[0].read_text()
+
+    def test_direct_parquet_partitions(self, client, tmp_path: Path) -> None:
+        """Whole machines per file, forecast where they are read (no shuffle): the same rule, the row named."""
+        df = generate_series(6, n_steps=50, seed=1)
+        ids = sorted(df["id"].unique())
+        for name, frame in (("clean", df), ("in", df.astype({"cpuLoad": str}))):
+            (tmp_path / name).mkdir()
+            frame[frame["id"].isin(ids[:3])].to_parquet(tmp_path / name / "p1.parquet")
+            second = frame[frame["id"].isin(ids[3:])].reset_index(drop=True)
+            if name == "in":  # a string column, as a CSV export gives
+                second.iloc[7, second.columns.get_loc("cpuLoad")] = "12,5%"
+                sid, ts = second["id"].iloc[7], _iso(second["timestamp"].iloc[7])
+            second.to_parquet(tmp_path / name / "p2.parquet")
+        job = forecast_distributed(client, tmp_path / "in", 6, tmp_path / "out", model="naive")
+        assert job.mode == "direct" and job.missing == 1
+        got = pd.read_parquet(tmp_path / "out")
+        reason = got.loc[(got["id"] == sid) & (got["metric"] == "cpuLoad"), "reason"].iloc[0]
+        p2 = (tmp_path / "in" / "p2.parquet").resolve()
+        assert reason.startswith(f"rejected: {p2}: cpuLoad of id {sid!r} is '12,5%' at {ts} (row 8 of the file)")
+        mine = got[got["id"].isin(ids[3:])]
+        assert_same_forecast(mine, single_machine(p2, Naive(), 6))
+        forecast_distributed(client, tmp_path / "clean", 6, tmp_path / "out-clean", model="naive")
+        want = pd.read_parquet(tmp_path / "out-clean")
+        assert_same_forecast(_without(got, sid, "cpuLoad"), _without(want, sid, "cpuLoad"))
+
+    def test_far_out_value_rejects_its_series(self, client, tmp_path: Path) -> None:
+        """A percent far out of range (a per-core sum) rejects its series, as read_wide does; it was clipped."""
+        df = messy_frame()
+        sid = df["id"].iloc[0]
+        df.loc[df.index[df["id"] == sid][[5, 40]], "cpuLoad"] = 180.0
+        path = tmp_path / "fleet.parquet"
+        df.to_parquet(path, row_group_size=1500)
+        job = forecast_distributed(client, path, 6, tmp_path / "out", model="naive", rows_per_bucket=2000)
+        got = pd.read_parquet(tmp_path / "out")
+        assert_same_forecast(got, single_machine(path, Naive(), 6))
+        reason = got.loc[(got["id"] == sid) & (got["metric"] == "cpuLoad"), "reason"].iloc[0]
+        assert f"{path.resolve()}: cpuLoad of id {sid!r} is 180.0" in reason and "(2 value(s) far outside" in reason
+        assert job.missing == 1
+
+
+class TestWarningsOnce:
+    """A warning every chunk meets (a text column, a misspelled metric, values clipped) is logged once
+    per job, by the client, with the counts of all the chunks; the workers log none of them."""
+
+    def _run(self, client, folder: Path, out: Path, caplog: pytest.LogCaptureFixture) -> tuple[list[str], list[str]]:
+        from ._worker_logs import kept, start_keeping
+
+        caplog.set_level(logging.WARNING, logger="atomic_usage")
+        client.run(start_keeping)
+        forecast_distributed(client, folder, 6, out, model="naive", rows_per_bucket=2000)
+        on_workers = [m for ms in client.run(kept).values() for m in ms]
+        return [r.getMessage() for r in caplog.records if r.name.startswith("atomic_usage")], on_workers
+
+    def test_text_column_and_misspelled_metric(
+        self, client, tmp_path: Path, caplog: pytest.LogCaptureFixture, small_ranges: None
+    ) -> None:
+        """Two CSV files in many byte ranges, with a ``note`` column and ``memUsage``: one warning each."""
+        df = generate_series(8, n_steps=60, seed=1).rename(columns={"memoryUsage": "memUsage"})
+        df["note"] = "maintenance"
+        _csv_partitions(tmp_path / "in", df)
+        logged, on_workers = self._run(client, tmp_path / "in", tmp_path / "out", caplog)
+        assert on_workers == []
+        text = [m for m in logged if "['note']" in m]
+        assert len(text) == 1 and "ignored" in text[0], logged
+        assert text[0].startswith(f"{(tmp_path / 'in' / 'p1.csv').resolve()} (and 1 other file): ")
+        close = [m for m in logged if "'memUsage'" in m]
+        assert len(close) == 1 and "did you mean 'memoryUsage'" in close[0], logged
+        got = pd.read_parquet(tmp_path / "out")
+        assert set(got["metric"]) == {"cpuLoad", "memUsage", "storageUsage"}
+
+    def test_clipped_values_counted_over_chunks(
+        self, client, tmp_path: Path, caplog: pytest.LogCaptureFixture, small_ranges: None
+    ) -> None:
+        """Small overshoots in 3 machines, spread over every chunk: one warning counting all 9 values."""
+        df = generate_series(8, n_steps=60, seed=1).sample(frac=1.0, random_state=2).reset_index(drop=True)
+        for sid in ("vm-001", "vm-004", "vm-006"):
+            rows = df.index[df["id"] == sid]
+            df.loc[rows[[2, 30, 58]], "cpuLoad"] = 103.0
+        _csv_partitions(tmp_path / "in", df)
+        logged, on_workers = self._run(client, tmp_path / "in", tmp_path / "out", caplog)
+        assert on_workers == []
+        clipped = [m for m in logged if "clipped into range" in m]
+        assert len(clipped) == 1 and "(9 such value(s) in 3 series)" in clipped[0], logged
+
+    def test_rejected_series_once(self, client, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+        """A series rejected in several chunks is named once, with the count of all its bad values."""
+        df = messy_frame()
+        sid = df["id"].iloc[0]
+        df.loc[df.index[df["id"] == sid][[5, 60, 120]], "cpuLoad"] = 180.0  # rows in several row groups
+        df.to_parquet(tmp_path / "fleet.parquet", row_group_size=1500)
+        logged, on_workers = self._run(client, tmp_path / "fleet.parquet", tmp_path / "out", caplog)
+        assert on_workers == []
+        named = [m for m in logged if f"of id {sid!r}" in m]
+        assert len(named) == 1 and "(3 value(s) far outside" in named[0], logged
 
 
 class TestCli:
@@ -169,6 +304,21 @@ class TestCli:
         assert r1.exit_code == 0, r1.output
         assert r2.exit_code == 0, r2.output
         assert_same_forecast(pd.read_parquet(tmp_path / "parts"), pd.read_parquet(tmp_path / "one.parquet"))
+
+    def test_bad_cell_exit_0(self, client, tmp_path: Path) -> None:
+        """A non-numeric cell on the cluster: exit 0, the series named as not forecast, the parts written."""
+        from atomic_usage.cli import app
+
+        df = generate_series(6, n_steps=50, seed=1).astype({"cpuLoad": object})
+        df.iloc[200, df.columns.get_loc("cpuLoad")] = "high"
+        _csv_partitions(tmp_path / "in", df)
+        args = ["forecast", "-i", str(tmp_path / "in"), "-H", "3", "-o", str(tmp_path / "parts"), "-m", "naive"]
+        r = CliRunner().invoke(app, [*args, "--scheduler", client.scheduler.address])
+        text = " ".join(r.output.split())
+        assert r.exit_code == 0, text
+        assert f"not forecast: rejected: {(tmp_path / 'in' / 'p2.csv').resolve()}: cpuLoad of id" in text
+        assert "'high'" in text and "(1 series not forecast" in text
+        assert (tmp_path / "parts" / "_SUCCESS").is_file()
 
     def test_bad_cluster_value_exit_code(self, messy_parquet: Path, tmp_path: Path) -> None:
         """A malformed --cluster is a usage error (exit 2) with the expected form in the message."""

@@ -63,6 +63,35 @@ class TestPlanChunks:
             plan_chunks([tmp_path / "nope.csv"])
 
 
+class TestReadChunkIssues:
+    """A chunk's rejected series name the file and the row counted from the file's start."""
+
+    def test_parquet_row_of_the_file(self, tmp_path: Path) -> None:
+        """A bad cell in the third row group is named by its row in the file, not in the chunk
+        (the chunk's rows were numbered from 0, so it was "row 51 of the file")."""
+        df = generate_series(10, n_steps=30, seed=1).astype({"cpuLoad": str})
+        df.iloc[250, df.columns.get_loc("cpuLoad")] = "n/a!"
+        df.to_parquet(tmp_path / "a.parquet", row_group_size=100)
+        chunks = plan_chunks([tmp_path / "a.parquet"], rows_per_chunk=100)
+        issues: list = []
+        warnings: list = []
+        back = read_chunk(chunks[2], out_of_range="reject", issues=issues, warnings=warnings)
+        assert back["cpuLoad"][back["id"] == df["id"].iloc[250]].isna().all() and warnings == []
+        (issue,) = issues
+        path = str((tmp_path / "a.parquet").resolve())
+        assert issue.path == path and issue.line == "row 251 of the file" and issue.row == 250
+        assert issue.message.startswith(f"{path}: cpuLoad of id {df['id'].iloc[250]!r} is 'n/a!' at ")
+
+    def test_strict_without_issues(self, tmp_path: Path) -> None:
+        """Without an issues list (dataset build) a bad cell still fails the chunk, naming the file."""
+        df = generate_series(2, n_steps=10, seed=1).astype({"cpuLoad": object})
+        df.iloc[3, df.columns.get_loc("cpuLoad")] = "high"
+        df.to_csv(tmp_path / "a.csv", index=False)
+        (chunk,) = plan_chunks([tmp_path / "a.csv"])
+        with pytest.raises(SchemaError, match=r"a\.csv: Column 'cpuLoad' holds a non-numeric value 'high'"):
+            read_chunk(chunk)
+
+
 class TestBucketOf:
     """The bucket of an id is the same in every process and run."""
 

@@ -36,9 +36,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
+from ..data.issues import InputWarning, SeriesIssue, combine_issues, mask_rejected, report_warnings
 from ..data.readers import is_parquet, map_read_errors
 from ..data.regularize import DEFAULT_STEP, RegularizeReport, regularize
-from ..data.validation import SeriesIssue, combine_issues, validate_wide
+from ..data.validation import validate_wide
 from ..errors import SchemaError
 from ..models.base import NO_FORECAST, forecast_frame
 from .partitions import bucket_dir, estimate_rows, read_bucket, write_pieces
@@ -122,6 +123,7 @@ class _Run:
         self.model, self.horizon, self.step, self.writer, self.on_chunk = model, horizon, step, writer, on_chunk
         self.issues: dict[tuple[str, str], SeriesIssue] = {}
         self.issue_keys: dict[str, list[tuple[str, str]]] = {}
+        self.warnings: list[InputWarning] = []  # logged once, at the end (a second pass starts a new _Run)
         self.n_chunks = self.n_series = self.n_rows_in = self.max_rows = self.fallback = self.missing = 0
         self.n_metric_series = 0
         self.reasons: list[str] = []
@@ -142,12 +144,8 @@ class _Run:
         if self.issue_keys:
             for sid in pd.unique(df["id"].to_numpy()):
                 mine.extend(self.issues[k] for k in self.issue_keys.get(sid, ()))
-        if mine:
-            # A whole read masks a rejected series in all its rows; a chunk only masked its own rows.
-            df = df.copy()
-            ids = df["id"].to_numpy()
-            for metric in {i.metric for i in mine}:
-                df.loc[np.isin(ids, [i.id for i in mine if i.metric == metric]), metric] = np.nan
+        # A whole read masks a rejected series in all its rows; a chunk only masked its own rows.
+        df = mask_rejected(df, mine)
         panel, report = regularize(df, self.step)
         frame = forecast_frame(self.model, panel, self.horizon, issues=mine)
         self.writer.write(frame)
@@ -169,7 +167,7 @@ class _Run:
             self.reasons.extend(firsts["reason"][gone].head(MAX_REASONS - len(self.reasons)))
 
 
-def _header(path: Path, id_col: str, time_col: str) -> pd.DataFrame:
+def _header(path: Path, id_col: str, time_col: str, warnings: list[InputWarning]) -> pd.DataFrame:
     """An empty validated frame with the file's columns. Fails as ``read_wide`` does when the id,
     the timestamp or every metric column is missing, before any data is read."""
     with map_read_errors(path):
@@ -179,7 +177,7 @@ def _header(path: Path, id_col: str, time_col: str) -> pd.DataFrame:
             df = pq.read_schema(path).empty_table().to_pandas()
         else:
             df = pd.read_csv(path, dtype={id_col: str}, nrows=0)
-    df = validate_wide(df, id_col=id_col, time_col=time_col, path=str(path))
+    df = validate_wide(df, id_col=id_col, time_col=time_col, path=str(path), warnings=warnings)
     return df.rename(columns={id_col: "id", time_col: "timestamp"})
 
 
@@ -215,7 +213,15 @@ def _frames(path: Path, rows: int, run: _Run, id_col: str, time_col: str) -> Gen
     for raw in _raw_chunks(path, rows, id_col):
         found: list[SeriesIssue] = []
         box = [
-            validate_wide(raw, id_col=id_col, time_col=time_col, path=str(path), out_of_range="reject", issues=found)
+            validate_wide(
+                raw,
+                id_col=id_col,
+                time_col=time_col,
+                path=str(path),
+                out_of_range="reject",
+                issues=found,
+                warnings=run.warnings,
+            )
         ]
         del raw
         run.add_issues(found)
@@ -388,7 +394,8 @@ def forecast_chunked(
     if not p.is_file():
         raise SchemaError(f"{p}: the file does not exist or is not a file; check the path.", path=str(p))
     step_td = pd.Timedelta(step)
-    header = _header(p, id_col, time_col)
+    header_warnings: list[InputWarning] = []
+    header = _header(p, id_col, time_col, header_warnings)
     empty = forecast_frame(model, regularize(header, step_td)[0], horizon)  # also checks the horizon
     total = estimate_rows(p) if is_parquet(p) else None
     rows = max(int(rows_per_chunk), 1)
@@ -424,6 +431,8 @@ def forecast_chunked(
             _shuffle(p, rows, run, root, id_col, time_col, stage, total)
         if not run.n_chunks:
             writer.write(empty)
+    # Every chunk met the same columns, and a series may be rejected in several: each is named once.
+    report_warnings([*header_warnings, *run.warnings], run.issues.values(), path=str(p))
     return ChunkedJob(
         output=writer.path,
         mode=mode,

@@ -5,6 +5,12 @@ regularization, same model, same columns ``id,timestamp,metric,mean,p10,p50,p90,
 spread over ``part-XXXXX.parquet`` files, every id whole in one part. A part is one bucket
 of hashed ids after the shuffle or, when the Parquet footers show that no id is in two
 chunks (:mod:`~atomic_usage.cluster.layout`), one input chunk, forecast where it was read.
+
+Bad values follow the single-machine rule (``read_wide(..., issues=...)``): a cell that is not
+a number, or a percent far out of range, rejects its series (id and metric) only. The split
+task that finds it masks it and returns its issue; the client joins the issues of all the
+chunks (one per series, the file and line named), hands each bucket task those of its ids, and
+logs each rejected series and each distinct warning once for the job.
 """
 
 from __future__ import annotations
@@ -18,8 +24,9 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
+from .chunked import MAX_REASONS
 from .layout import whole_id_chunks
-from .partitions import Chunk, plan_chunks, read_bucket, read_chunk, write_parquet_atomic
+from .partitions import Chunk, bucket_of, plan_chunks, read_bucket, read_chunk, write_parquet_atomic
 from .plugin import ModelPlugin, resolve_model, worker_model
 from .shuffle import (
     DEFAULT_ROWS_PER_BUCKET,
@@ -35,6 +42,7 @@ from .shuffle import (
 if TYPE_CHECKING:
     import pandas as pd
 
+    from ..data.issues import InputWarning, SeriesIssue
     from ..models.base import Forecaster
 
 __all__ = ["ForecastJob", "forecast_bucket", "forecast_chunk", "forecast_distributed"]
@@ -58,6 +66,7 @@ class ForecastJob:
             (every id was in one chunk: each chunk forecast where it was read, one part each).
         n_metric_series: series, i.e. (id, metric) pairs, in the output.
         missing: series not forecast (model ``none`` or ``error``; see the ``reason`` column).
+        reasons: the reasons of the first MAX_REASONS of those, in part order (the CLI prints these).
     """
 
     output: Path
@@ -72,6 +81,7 @@ class ForecastJob:
     mode: str = "shuffle"
     n_metric_series: int = 0
     missing: int = 0
+    reasons: tuple[str, ...] = ()
 
     def summary(self) -> str:
         """One line for a console: machines are ids, series are (id, metric) pairs."""
@@ -82,14 +92,21 @@ class ForecastJob:
         )
 
 
-def _forecast_whole(df: pd.DataFrame, horizon: int, model: Forecaster) -> tuple[pd.DataFrame, dict[str, Any]]:
-    """Regularizes and forecasts ``df`` (every id in it whole); the forecast and the counts."""
+def _forecast_whole(
+    df: pd.DataFrame, horizon: int, model: Forecaster, issues: Sequence[SeriesIssue] = ()
+) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """Regularizes and forecasts ``df`` (every id in it whole), its rejected series masked;
+    the forecast and the counts."""
+    from ..data.issues import mask_rejected
     from ..data.regularize import regularize
     from ..models.base import NO_FORECAST, forecast_frame
 
+    # A split task masked a rejected series in its own chunk only; its other chunks' rows are here too.
+    df = mask_rejected(df, issues)
     panel, report = regularize(df)
-    frame = forecast_frame(model, panel, horizon)
-    names = frame["model"].iloc[::horizon]  # each (id, metric) is `horizon` consecutive rows
+    frame = forecast_frame(model, panel, horizon, issues=issues)
+    firsts = frame.iloc[::horizon]  # each (id, metric) is `horizon` consecutive rows
+    names = firsts["model"]
     gone = names.isin(NO_FORECAST)
     counts = {
         "series": len(panel),
@@ -98,12 +115,15 @@ def _forecast_whole(df: pd.DataFrame, horizon: int, model: Forecaster) -> tuple[
         "rows_out": len(frame),
         "fallback": int((~gone & (names != getattr(model, "name", ""))).sum()),
         "missing": int(gone.sum()),
+        "reasons": firsts["reason"][gone.to_numpy()].head(MAX_REASONS).tolist(),
         "report": dataclasses.asdict(report),
     }
     return frame, counts
 
 
-def forecast_bucket(directory: str, part: str, horizon: int, plugin_name: str) -> dict[str, Any]:
+def forecast_bucket(
+    directory: str, part: str, horizon: int, plugin_name: str, issues: Sequence[SeriesIssue] = ()
+) -> dict[str, Any]:
     """Pass 2, on a worker: regularize and forecast one bucket, then write its part.
 
     Args:
@@ -111,15 +131,29 @@ def forecast_bucket(directory: str, part: str, horizon: int, plugin_name: str) -
         part: the part file to write (its name is fixed by the bucket, so a re-run replaces it).
         horizon: steps to forecast.
         plugin_name: the :class:`~atomic_usage.cluster.plugin.ModelPlugin` holding the model.
+        issues: the series of this bucket's ids rejected by the split (masked here in every row,
+            then given model ``error`` and their reason).
 
     Returns:
         Counts for the job's summary: ``series`` (machines), ``metric_series``, ``rows_in``,
-        ``rows_out``, ``fallback``, ``missing`` (series), ``report``.
+        ``rows_out``, ``fallback``, ``missing`` (series), ``reasons`` (of the first MAX_REASONS
+        not forecast), ``report``.
     """
-    frame, counts = _forecast_whole(read_bucket(directory), horizon, worker_model(plugin_name))
+    frame, counts = _forecast_whole(read_bucket(directory), horizon, worker_model(plugin_name), issues)
     if len(frame):
         write_parquet_atomic(frame, Path(part))
     return counts
+
+
+def _issues_by_bucket(issues: Sequence[SeriesIssue], n_buckets: int) -> dict[int, list[SeriesIssue]]:
+    """The rejected series of each bucket, by the hash that put their ids there."""
+    if not issues:
+        return {}
+    buckets = bucket_of(np.array([i.id for i in issues], dtype=object), n_buckets)
+    out: dict[int, list[SeriesIssue]] = {}
+    for b, issue in zip(buckets.tolist(), issues, strict=True):
+        out.setdefault(b, []).append(issue)
+    return out
 
 
 def _id_batches(ids: np.ndarray, rows: int) -> np.ndarray:
@@ -150,7 +184,9 @@ def forecast_chunk(chunk: Chunk, part: str, horizon: int, plugin_name: str, rows
         rows_per_bucket: input rows per forecast call.
 
     Returns:
-        Counts for the job's summary, as :func:`forecast_bucket` gives them.
+        Counts for the job's summary, as :func:`forecast_bucket` gives them, and the chunk's
+        ``issues`` (its rejected series, whole since the chunk holds all their rows) and
+        ``warnings``, for the client to report once.
 
     Raises:
         SchemaError: the chunk cannot be read or is not valid wide data (the message names the file).
@@ -158,14 +194,18 @@ def forecast_chunk(chunk: Chunk, part: str, horizon: int, plugin_name: str, rows
     import pandas as pd
 
     model = worker_model(plugin_name)
-    df = read_chunk(chunk)
+    issues: list[SeriesIssue] = []
+    warnings: list[InputWarning] = []
+    df = read_chunk(chunk, out_of_range="reject", issues=issues, warnings=warnings)
     batch = _id_batches(df["id"].to_numpy(), rows_per_bucket)
     # Each batch is taken out of the chunk only while it is forecast; the forecasts are small.
-    done = [_forecast_whole(df[batch == k], horizon, model) for k in np.unique(batch)]
+    done = [_forecast_whole(df[batch == k], horizon, model, issues) for k in np.unique(batch)]
     done = done or [_forecast_whole(df, horizon, model)]  # an empty chunk still gives the counts' keys
     counts = [c for _, c in done]
-    total: dict[str, Any] = {k: sum(c[k] for c in counts) for k in counts[0] if k != "report"}
+    total: dict[str, Any] = {k: sum(c[k] for c in counts) for k in counts[0] if k not in ("report", "reasons")}
     total["report"] = {f: sum(c["report"][f] for c in counts) for f in counts[0]["report"]}
+    total["reasons"] = [r for c in counts for r in c["reasons"]][:MAX_REASONS]
+    total["issues"], total["warnings"] = issues, warnings
     out = pd.concat([f for f, _ in done], ignore_index=True) if len(done) > 1 else done[0][0]
     if len(out):
         write_parquet_atomic(out, Path(part))
@@ -195,6 +235,12 @@ def forecast_distributed(
     as many chunks as workers, there is no shuffle: each chunk is forecast by the task that
     reads it, one part per chunk.
 
+    A cell that is not a number, or a percent far out of range, rejects its series only (model
+    ``error``, a ``reason`` naming the file, the line or row, the id and the column), as on the
+    single-machine path; every other series is forecast. Each rejected series and each
+    distinct warning (a text column ignored, a misspelled metric, values clipped) is logged
+    once for the job, by the client.
+
     Args:
         client: a connected :class:`distributed.Client` (see :func:`~atomic_usage.cluster.client.connect`).
         inputs: wide CSV/Parquet files or folders of partition files, ``id,timestamp,<metric>...``.
@@ -213,12 +259,14 @@ def forecast_distributed(
         The job's summary.
 
     Raises:
-        SchemaError: an input file is missing, unreadable or invalid (the message names it),
-            or the horizon is not from 1 to MAX_HORIZON (``atomic_usage.config``).
+        SchemaError: an input file is missing, unreadable or invalid (a missing column, an
+            unparsable timestamp, a row without id; the message names it), or the horizon is
+            not from 1 to MAX_HORIZON (``atomic_usage.config``).
         ArtifactError: the model folder is missing or malformed.
         ClusterError: the cluster failed in a way a re-run could not absorb.
     """
     from ..config import validate_horizon
+    from ..data.issues import report_warnings
     from ..errors import SchemaError
 
     problem = validate_horizon(horizon)
@@ -258,9 +306,17 @@ def forecast_distributed(
             ]
             results = gather(client, futures)
             n_rows_in = sum(r["rows_in"] for r in results)
+            # Every id is in one chunk, so each chunk's issues are already those of whole series.
+            report_warnings([w for r in results for w in r["warnings"]], [i for r in results for i in r["issues"]])
         else:
             n_buckets = n_buckets_for(chunks, n_workers, rows_per_bucket)
-            rows = run_split(client, chunks, n_buckets, scratch_dir)
+            issues: list[SeriesIssue] = []
+            warnings: list[InputWarning] = []
+            rows = run_split(
+                client, chunks, n_buckets, scratch_dir, out_of_range="reject", issues=issues, warnings=warnings
+            )
+            report_warnings(warnings, issues)
+            by_bucket = _issues_by_bucket(issues, n_buckets)
             futures = [
                 client.submit(
                     forecast_bucket,
@@ -268,6 +324,7 @@ def forecast_distributed(
                     str(out_dir / f"part-{b:05d}.parquet"),
                     horizon,
                     plugin.name,
+                    by_bucket.get(b, []),
                     key=f"atomic-forecast-{job}-{b:05d}",
                     pure=False,
                 )
@@ -289,6 +346,7 @@ def forecast_distributed(
             mode="shuffle" if direct is None else "direct",
             n_metric_series=sum(r["metric_series"] for r in results),
             missing=sum(r["missing"] for r in results),
+            reasons=tuple([x for r in results for x in r["reasons"]][:MAX_REASONS]),
         )
         finish_output(out_dir, scratch_dir, dataclasses.asdict(result), keep_scratch=keep_scratch)
     return result

@@ -24,12 +24,16 @@ import os
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
 from ..errors import SchemaError
+
+if TYPE_CHECKING:
+    from ..data.issues import InputWarning, SeriesIssue
+    from ..data.validation import RangePolicy
 
 __all__ = [
     "CSV_BLOCK_BYTES",
@@ -216,13 +220,43 @@ def _read_csv_range(path: str, start: int, end: int) -> bytes:
     return header + data
 
 
-def read_chunk(chunk: Chunk, *, id_col: str = "id", time_col: str = "timestamp") -> pd.DataFrame:
+def _file_rows(meta: Any, row_groups: Sequence[int]) -> pd.Index:
+    """The 0-based rows, in the whole Parquet file, of the rows of ``row_groups`` (from the footer)."""
+    sizes = np.array([meta.row_group(g).num_rows for g in range(meta.num_row_groups)], np.int64)
+    starts = np.cumsum(sizes) - sizes
+    parts = [np.arange(starts[g], starts[g] + sizes[g]) for g in row_groups]
+    return pd.Index(np.concatenate(parts) if parts else np.zeros(0, np.int64))
+
+
+def read_chunk(
+    chunk: Chunk,
+    *,
+    id_col: str = "id",
+    time_col: str = "timestamp",
+    out_of_range: RangePolicy = "clip",
+    issues: list[SeriesIssue] | None = None,
+    warnings: list[InputWarning] | None = None,
+) -> pd.DataFrame:
     """Reads and validates one chunk into the wide frame (see :mod:`atomic_usage.data.readers`).
 
+    Args:
+        chunk: the chunk.
+        id_col: the id column's name.
+        time_col: the timestamp column's name.
+        out_of_range: the range policy (``"reject"`` for a forecast, as ``read_wide`` has it).
+        issues: when given, a series with a bad value (not a number, or out of range as
+            ``out_of_range`` says) is masked and reported here, its file named, instead of
+            failing the chunk. The issues of a CSV byte range count rows from the range's first
+            line: the caller places them (:func:`~atomic_usage.data.issues.place_issue` with
+            the rows of the file before the range, as :func:`~atomic_usage.cluster.shuffle.run_split` does).
+        warnings: when given, the warnings that reject nothing are kept here, and nothing is
+            logged (see :func:`~atomic_usage.data.validation.validate_wide`).
+
     Raises:
-        SchemaError: the chunk cannot be read or does not hold valid wide data; the message
-            names the file.
+        SchemaError: the chunk cannot be read or does not hold valid wide data (or, without
+            ``issues``, holds a bad value); the message names the file.
     """
+    from ..data.issues import place_issue
     from ..data.trainset import read_source
     from ..data.validation import validate_wide
 
@@ -232,7 +266,10 @@ def read_chunk(chunk: Chunk, *, id_col: str = "id", time_col: str = "timestamp")
         if chunk.kind == "parquet":
             import pyarrow.parquet as pq
 
-            df = pq.ParquetFile(chunk.path).read_row_groups(list(chunk.row_groups)).to_pandas()
+            pf = pq.ParquetFile(chunk.path)
+            df = pf.read_row_groups(list(chunk.row_groups)).to_pandas()
+            # Messages name rows of the file, not of the chunk (a stored pandas index is not a row).
+            df.index = _file_rows(pf.metadata, chunk.row_groups)
         elif chunk.byte_range is not None:
             raw = _read_csv_range(chunk.path, *chunk.byte_range)
             df = pd.read_csv(io.BytesIO(raw), dtype={id_col: str})
@@ -250,7 +287,20 @@ def read_chunk(chunk: Chunk, *, id_col: str = "id", time_col: str = "timestamp")
             f"{chunk.path}: cannot be read ({type(exc).__name__}: {str(exc)[:200]}); replace or remove this file.",
             path=chunk.path,
         ) from None
-    return validate_wide(df, id_col=id_col, time_col=time_col, path=chunk.path, row_numbers=chunk.byte_range is None)
+    found: list[SeriesIssue] | None = [] if issues is not None else None
+    out = validate_wide(
+        df,
+        id_col=id_col,
+        time_col=time_col,
+        path=chunk.path,
+        out_of_range=out_of_range,
+        issues=found,
+        row_numbers=chunk.byte_range is None,
+        warnings=warnings,
+    )
+    if issues is not None and found:
+        issues.extend(found if chunk.byte_range is not None else (place_issue(i, path=chunk.path) for i in found))
+    return out
 
 
 def bucket_of(ids: np.ndarray | pd.Series, n_buckets: int) -> np.ndarray:
@@ -297,16 +347,35 @@ def split_chunk(
     *,
     id_col: str = "id",
     time_col: str = "timestamp",
+    out_of_range: RangePolicy = "clip",
+    reject: bool = False,
 ) -> dict[str, Any]:
     """Pass 1: reads one chunk and writes its rows, by bucket of id, to the scratch folder.
 
+    Args:
+        chunk: the chunk.
+        chunk_no: its number; pieces are read back in this order.
+        n_buckets: buckets per source.
+        scratch: the scratch folder.
+        id_col: the id column's name.
+        time_col: the timestamp column's name.
+        out_of_range: the range policy of validation.
+        reject: a series with a bad value is rejected (masked, and returned in ``issues``)
+            instead of failing the chunk (see :func:`read_chunk`).
+
     Returns:
-        ``{"rows": rows read, "buckets": {bucket: rows}}`` (small; the data stays on disk).
+        ``{"rows": rows read, "buckets": {bucket: rows}, "issues": [SeriesIssue],
+        "warnings": [InputWarning]}`` (small; the data stays on disk). Nothing is logged here:
+        the client reports each warning once for the whole job.
     """
-    df = read_chunk(chunk, id_col=id_col, time_col=time_col)
+    issues: list[SeriesIssue] | None = [] if reject else None
+    warnings: list[InputWarning] = []
+    df = read_chunk(
+        chunk, id_col=id_col, time_col=time_col, out_of_range=out_of_range, issues=issues, warnings=warnings
+    )
     df = df.rename(columns={id_col: "id", time_col: "timestamp"})
     counts = write_pieces(df, bucket_of(df["id"].to_numpy(), n_buckets), scratch, chunk.source, chunk_no)
-    return {"rows": len(df), "buckets": counts}
+    return {"rows": len(df), "buckets": counts, "issues": issues or [], "warnings": warnings}
 
 
 def write_pieces(

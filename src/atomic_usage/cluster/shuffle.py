@@ -14,10 +14,14 @@ import shutil
 import uuid
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import AtomicError, ClusterError, SchemaError
 from .partitions import Chunk, bucket_dir, split_chunk
+
+if TYPE_CHECKING:
+    from ..data.issues import InputWarning, SeriesIssue
+    from ..data.validation import RangePolicy
 
 __all__ = [
     "DEFAULT_ROWS_PER_BUCKET",
@@ -77,17 +81,70 @@ def n_buckets_for(chunks: Sequence[Chunk], n_workers: int, rows_per_bucket: int)
     return max(2 * max(n_workers, 1), math.ceil(rows / max(rows_per_bucket, 1)))
 
 
-def run_split(client: Any, chunks: Sequence[Chunk], n_buckets: int, scratch: Path) -> dict[tuple[int, int], int]:
-    """Pass 1 on the workers. Returns the rows written per ``(source, bucket)``."""
+def run_split(
+    client: Any,
+    chunks: Sequence[Chunk],
+    n_buckets: int,
+    scratch: Path,
+    *,
+    out_of_range: RangePolicy = "clip",
+    issues: list[SeriesIssue] | None = None,
+    warnings: list[InputWarning] | None = None,
+) -> dict[tuple[int, int], int]:
+    """Pass 1 on the workers. Returns the rows written per ``(source, bucket)``.
+
+    Args:
+        client: a connected Dask client.
+        chunks: the input's chunks, in input order.
+        n_buckets: buckets per source.
+        scratch: the scratch folder.
+        out_of_range: the range policy of validation (``"reject"`` for a forecast).
+        issues: when given, a series with a bad value is rejected instead of failing its chunk,
+            and its issue is appended here: one per series over all the chunks
+            (:func:`~atomic_usage.data.issues.combine_issues`), naming the file and the line
+            counted from the file's start, in input order.
+        warnings: when given, the chunks' warnings are appended here, for the caller to report;
+            otherwise they are logged here, each distinct one once
+            (:func:`~atomic_usage.data.issues.report_warnings`). Workers log none of them.
+    """
+    from ..data.issues import combine_issues, place_issue, report_warnings
+
     job = uuid.uuid4().hex[:8]
     futures = [
-        client.submit(split_chunk, c, i, n_buckets, str(scratch), key=f"atomic-split-{job}-{i:06d}", pure=False)
+        client.submit(
+            split_chunk,
+            c,
+            i,
+            n_buckets,
+            str(scratch),
+            out_of_range=out_of_range,
+            reject=issues is not None,
+            key=f"atomic-split-{job}-{i:06d}",
+            pure=False,
+        )
         for i, c in enumerate(chunks)
     ]
     rows: dict[tuple[int, int], int] = {}
+    found: dict[tuple[str, str], SeriesIssue] = {}
+    kept: list[InputWarning] = []
+    rows_before: dict[str, int] = {}  # data rows of each file in the chunks before this one
     for chunk, result in zip(chunks, gather(client, futures), strict=True):
         for b, n in result["buckets"].items():
             rows[(chunk.source, b)] = rows.get((chunk.source, b), 0) + n
+        offset = rows_before.get(chunk.path, 0)
+        for issue in result["issues"]:
+            if chunk.byte_range is not None:  # a byte range counts its rows from its own first line
+                issue = place_issue(issue, path=chunk.path, row_offset=offset)
+            key = (issue.id, issue.metric)
+            found[key] = issue if key not in found else combine_issues(found[key], issue)
+        rows_before[chunk.path] = offset + result["rows"]
+        kept.extend(result["warnings"])
+    if issues is not None:
+        issues.extend(found.values())
+    if warnings is not None:
+        warnings.extend(kept)
+    else:
+        report_warnings(kept)
     return dict(sorted(rows.items()))
 
 

@@ -7,15 +7,16 @@ Knows nothing of models. Every reader returns the wide frame
 from __future__ import annotations
 
 from .collector import collect_once, read_collected
+from .issues import InputWarning, SeriesIssue
 from .prometheus import pull, read_prom_json
 from .readers import read_gcd, read_gcd_dir, read_nab, read_nab_dir, read_wide
 from .regularize import Panel, RegularizeReport, regularize
 from .synthetic import generate_series
 from .trainset import build_trainset, is_holdout, read_source, read_trainset, write_trainset
-from .validation import SeriesIssue
 from .windows import SeriesBank, last_windows, make_windows
 
 __all__ = [
+    "InputWarning",
     "Panel",
     "RegularizeReport",
     "SeriesBank",

@@ -6,11 +6,15 @@ timestamp; a value further out, or an infinite one, means the series is not a pe
 of this machine (per-core sums, bytes, a broken collector), so the whole series (id and
 metric) is rejected: strict callers get a SchemaError, and callers that pass an
 ``issues`` list get that series masked and a :class:`SeriesIssue` naming it.
+
+A whole read logs each warning as it finds it. A job that validates its input in parts
+(the chunks of a large file, a cluster's partitions) passes a ``warnings`` list instead:
+the parts then log nothing, and the job logs each distinct warning once, with the counts
+of all the parts (:mod:`atomic_usage.data.issues`).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import difflib
 import logging
 from collections.abc import Sequence
@@ -21,9 +25,20 @@ import pandas as pd
 
 from .._types import BOUNDED_METRICS, DEFAULT_METRICS
 from ..errors import SchemaError
+from .issues import (
+    MAX_MAGNITUDE,
+    MAX_WARNING_IDS,
+    InputWarning,
+    SeriesIssue,
+    combine_issues,
+    locate_row,
+    make_issue,
+    range_text,
+)
 
 __all__ = [
     "CLIP_TOLERANCE",
+    "MAX_MAGNITUDE",
     "RangePolicy",
     "SeriesIssue",
     "check_ranges",
@@ -53,46 +68,6 @@ series is rejected. A per-core sum on two cores passes 110 % once the cores aver
 _log = logging.getLogger("atomic_usage.data")
 
 
-@dataclasses.dataclass(frozen=True)
-class SeriesIssue:
-    """A series (one id and metric) rejected by validation and left out of the forecast.
-
-    Attributes:
-        id: the series id.
-        metric: the metric column.
-        timestamp: ISO 8601 UTC time of the first offending value.
-        value: that value.
-        message: one sentence naming what is wrong, where, and what to do (without the file name).
-        count: how many values of the series were far out (or not numbers).
-        raw: for a value that is not a number, the cell as written (``value`` is then NaN).
-        line: where that value is in the file (``"line 7"``), or empty when unknown.
-    """
-
-    id: str
-    metric: str
-    timestamp: str
-    value: float
-    message: str
-    count: int = 1
-    raw: str | None = None
-    line: str = ""
-
-
-def combine_issues(first: SeriesIssue, later: SeriesIssue) -> SeriesIssue:
-    """One issue for a series whose rows were checked in two parts (chunks of one file, in order).
-
-    Keeps the first part's offending value and timestamp and sums the counts, so the message
-    is the one a check of all the rows at once writes.
-
-    >>> a = SeriesIssue("vm-1", "cpuLoad", "2024-01-01T00:00:00Z", 180.0, "", 2)
-    >>> combine_issues(a, a).message.startswith("cpuLoad of id 'vm-1' is 180.0 at 2024-01-01T00:00:00Z (4 value(s)")
-    True
-    """
-    count = first.count + later.count
-    message = _issue_message(first.id, first.metric, first.timestamp, first.value, count, first.raw, first.line)
-    return dataclasses.replace(first, count=count, message=message)
-
-
 def require_columns(df: pd.DataFrame, columns: Sequence[str], *, path: str | None = None) -> None:
     """Raises SchemaError listing every column of ``columns`` that ``df`` lacks.
 
@@ -112,7 +87,12 @@ def require_columns(df: pd.DataFrame, columns: Sequence[str], *, path: str | Non
 
 
 def metric_columns(
-    df: pd.DataFrame, *, id_col: str = "id", time_col: str = "timestamp", path: str | None = None
+    df: pd.DataFrame,
+    *,
+    id_col: str = "id",
+    time_col: str = "timestamp",
+    path: str | None = None,
+    warnings: list[InputWarning] | None = None,
 ) -> list[str]:
     """The metric columns of a wide frame: every column but id and timestamp that holds numbers.
 
@@ -121,7 +101,8 @@ def metric_columns(
     not a metric: it is left out with a logged warning naming it. A known metric, or a column
     with at least one number, stays a metric even with text cells: :func:`validate_wide` deals
     with those. An unknown name close to a known metric (``cpuload``) is kept, as a count, with
-    a warning naming the metric it may mean.
+    a warning naming the metric it may mean. The warnings are logged, or appended to
+    ``warnings`` when it is given (see :func:`validate_wide`).
 
     Raises:
         SchemaError: there is no metric column.
@@ -130,12 +111,7 @@ def metric_columns(
     where = f"{path}: " if path else ""
     text_only = [c for c in cols if c not in BOUNDED_METRICS and _is_text_only(df[c])]
     if text_only:
-        _log.warning(
-            "%sColumn(s) %s hold text, not numbers, so they are not metrics and are ignored; "
-            "metric columns are cpuLoad, memoryUsage, storageUsage or other numeric columns.",
-            where,
-            text_only,
-        )
+        _warn(InputWarning("text_columns", tuple(text_only), path), warnings)
     cols = [c for c in cols if c not in text_only]
     if not cols:
         ignored = f" (ignored as text: {text_only})" if text_only else ""
@@ -147,14 +123,16 @@ def metric_columns(
     for c in cols:
         near = close_metric(str(c))
         if near is not None:
-            _log.warning(
-                "%sColumn %r is not a known metric, so it is forecast as a count (unbounded, not a percent); "
-                "did you mean %r? Rename the column if so.",
-                where,
-                c,
-                near,
-            )
+            _warn(InputWarning("close_metric", (c,), path, meant=near), warnings)
     return cols
+
+
+def _warn(warning: InputWarning, warnings: list[InputWarning] | None) -> None:
+    """Keeps ``warning`` for the caller to report, or logs it now (a whole read)."""
+    if warnings is not None:
+        warnings.append(warning)
+    else:
+        _log.warning("%s%s", f"{warning.path}: " if warning.path else "", warning.message)
 
 
 def close_metric(name: str) -> str | None:
@@ -177,16 +155,6 @@ def _is_text_only(values: pd.Series) -> bool:
         return False
     present = values.notna()
     return bool(present.any()) and not bool(pd.to_numeric(values, errors="coerce").notna().any())
-
-
-def _row_place(label: object, path: str | None, row_numbers: bool) -> str:
-    """Where a row is, for messages: its file line (header is line 1) in a CSV, its row in a
-    Parquet file, else the frame's index label."""
-    if row_numbers and path is not None and isinstance(label, int | np.integer):
-        if str(path).lower().endswith((".parquet", ".pq")):
-            return f"row {int(label) + 1} of the file"
-        return f"line {int(label) + 2}"
-    return f"row {label}"
 
 
 _NAIVE_TIME = r"[T ]\d{1,2}:\d{2}(?::\d{2}(?:\.\d+)?)?$"
@@ -242,6 +210,7 @@ def validate_wide(
     out_of_range: RangePolicy = "clip",
     issues: list[SeriesIssue] | None = None,
     row_numbers: bool = True,
+    warnings: list[InputWarning] | None = None,
 ) -> pd.DataFrame:
     """Checks and normalizes a wide frame (``id,timestamp,<metric>...``).
 
@@ -256,14 +225,20 @@ def validate_wide(
 
     Args:
         row_numbers: whether ``df``'s index labels are the file's 0-based data rows (a whole
-            read or a chunk of one), so messages can give the file line; False for a byte range.
+            read or a chunk of one), so messages can give the file line; False for a byte range
+            (an issue's ``row`` is then the label, for
+            :func:`~atomic_usage.data.issues.place_issue` to shift).
+        warnings: for an input validated in parts: the warnings that reject nothing
+            (:class:`~atomic_usage.data.issues.InputWarning`) are appended here instead of logged,
+            and rejected series (``issues``) are not logged either, so the caller reports each
+            once (:func:`~atomic_usage.data.issues.report_warnings`). None: both are logged here.
 
     Raises:
         SchemaError: a column is missing, a timestamp does not parse, a row has no id, or (without
             ``issues``) a value is not a number or is out of range (see above).
     """
     require_columns(df, [id_col, time_col], path=path)
-    metrics = metric_columns(df, id_col=id_col, time_col=time_col, path=path)
+    metrics = metric_columns(df, id_col=id_col, time_col=time_col, path=path, warnings=warnings)
     out = pd.DataFrame(
         {
             id_col: df[id_col].astype(str),
@@ -273,7 +248,7 @@ def validate_wide(
     if df[id_col].isna().any():
         # The index label, as for a non-numeric value: a chunk of a file keeps its rows' numbers.
         row = df.index[df[id_col].isna().to_numpy()][0]
-        place = _row_place(row, path, row_numbers)
+        place = locate_row(row, path, row_numbers)
         raise SchemaError(
             f"{path + ': ' if path else ''}{place[0].upper() + place[1:]} has no id; give every row an id.", path=path
         )
@@ -281,9 +256,26 @@ def validate_wide(
         out[c] = pd.to_numeric(df[c], errors="coerce").astype("float64")
         if not pd.api.types.is_numeric_dtype(df[c]):
             _reject_non_numeric(
-                df, out, c, id_col=id_col, time_col=time_col, path=path, row_numbers=row_numbers, issues=issues
+                df,
+                out,
+                c,
+                id_col=id_col,
+                time_col=time_col,
+                path=path,
+                row_numbers=row_numbers,
+                issues=issues,
+                quiet=warnings is not None,
             )
-    check_ranges(out, metrics, id_col=id_col, time_col=time_col, path=path, policy=out_of_range, issues=issues)
+    check_ranges(
+        out,
+        metrics,
+        id_col=id_col,
+        time_col=time_col,
+        path=path,
+        policy=out_of_range,
+        issues=issues,
+        warnings=warnings,
+    )
     return out
 
 
@@ -297,9 +289,11 @@ def _reject_non_numeric(
     path: str | None,
     row_numbers: bool,
     issues: list[SeriesIssue] | None,
+    quiet: bool = False,
 ) -> None:
     """Rejects every series of column ``c`` with a cell that is not a number, as a far-out value
-    rejects its series: masked in ``out`` and appended to ``issues``, or raised without them."""
+    rejects its series: masked in ``out`` and appended to ``issues`` (and logged unless ``quiet``),
+    or raised without them."""
     bad = (out[c].isna() & df[c].notna()).to_numpy()
     if not bad.any():
         return
@@ -310,7 +304,8 @@ def _reject_non_numeric(
         rows = np.flatnonzero(bad & (ids == sid))
         i = int(rows[0])
         raw = str(df[c].iloc[i])
-        line = _row_place(df.index[i], path, row_numbers)
+        label = df.index[i]
+        line = locate_row(label, path, row_numbers)
         ts = _iso(out[time_col].iloc[i])
         if issues is None:
             raise SchemaError(
@@ -318,23 +313,20 @@ def _reject_non_numeric(
                 "metric columns must be numbers (leave a cell empty for not measured).",
                 path=path,
             )
-        issue = SeriesIssue(
+        issue = make_issue(
             str(sid),
             c,
             ts,
             float("nan"),
-            _issue_message(str(sid), c, ts, np.nan, len(rows), raw, line),
             len(rows),
-            raw,
-            line,
+            raw=raw,
+            line=line,
+            row=int(label) if isinstance(label, int | np.integer) else None,
         )
         issues.append(issue)
-        _log.warning("%s%s", where, issue.message)
+        if not quiet:
+            _log.warning("%s%s", where, issue.message)
     out.loc[np.isin(ids, bad_ids), c] = np.nan
-
-
-MAX_MAGNITUDE = 1e30
-"""Largest magnitude a value may have (the model computes in float32, whose range ends at 3.4e38)."""
 
 
 def check_ranges(
@@ -346,13 +338,15 @@ def check_ranges(
     path: str | None = None,
     policy: RangePolicy = "error",
     issues: list[SeriesIssue] | None = None,
+    warnings: list[InputWarning] | None = None,
 ) -> None:
     """Finds infinite values, negatives and percents above 100, naming id, field and timestamp.
 
     Out-of-range finite values are handled by ``policy`` (see RangePolicy); clipping happens in
-    place with a logged warning. An infinite value, or under ``"reject"`` a percent more than
-    CLIP_TOLERANCE out, rejects its whole series: appended to ``issues`` with the series masked
-    in place when a list is given, raised otherwise.
+    place with a logged warning (appended to ``warnings`` instead, when given). An infinite
+    value, or under ``"reject"`` a percent more than CLIP_TOLERANCE out, rejects its whole
+    series: appended to ``issues`` with the series masked in place when a list is given
+    (logged unless ``warnings`` is given), raised otherwise.
 
     Raises:
         SchemaError: a rejected series without ``issues``, or a small overshoot under ``"error"``.
@@ -362,7 +356,7 @@ def check_ranges(
         v = df[c].to_numpy(np.float64).copy()
         bounded = c in BOUNDED_METRICS
         hi = 100.0 if bounded else np.inf
-        rng = "0 to 100 (percent)" if bounded else f"0 to {MAX_MAGNITUDE:g}"
+        rng = range_text(c)
         # Beyond MAX_MAGNITUDE a value cannot be held in the float32 the model computes in.
         far = np.isinf(v) | (np.abs(v) > MAX_MAGNITUDE)
         if bounded and policy == "reject":
@@ -378,18 +372,30 @@ def check_ranges(
                 if issues is None:
                     raise SchemaError(where + issue.message, path=path)
                 issues.append(issue)
-                _log.warning("%s%s", where, issue.message)
+                if warnings is None:
+                    _log.warning("%s%s", where, issue.message)
             v[in_bad] = np.nan
         small = ((v < 0) | (v > hi)) & ~np.isnan(v)
         if small.any():
             i = int(small.nonzero()[0][0])
-            msg = (
-                f"{where}{c} of id {df[id_col].iloc[i]!r} at {_iso(df[time_col].iloc[i])} is "
-                f"{float(v[i])!r}, outside {rng} ({int(small.sum())} such value(s) in the column)"
-            )
+            example = f"of id {df[id_col].iloc[i]!r} at {_iso(df[time_col].iloc[i])} is {float(v[i])!r}"
             if policy == "error":
-                raise SchemaError(msg + "; fix or drop these rows.", path=path)
-            _log.warning("%s; clipped into range.", msg)
+                raise SchemaError(
+                    f"{where}{c} {example}, outside {rng} ({int(small.sum())} such value(s) in the column); "
+                    "fix or drop these rows.",
+                    path=path,
+                )
+            clipped_ids = pd.unique(df[id_col].to_numpy()[small])
+            found = InputWarning(
+                "clipped",
+                (c,),
+                path,
+                example=example,
+                values=int(small.sum()),
+                series=len(clipped_ids),
+                ids=frozenset(str(x) for x in clipped_ids[:MAX_WARNING_IDS]),
+            )
+            _warn(found, warnings)
         df[c] = np.clip(v, 0.0, hi)
 
 
@@ -398,25 +404,4 @@ def _iso(ts: pd.Timestamp) -> str:
 
 
 def _series_issue(row: pd.Series, c: str, count: int, *, id_col: str, time_col: str) -> SeriesIssue:
-    sid, ts, value = str(row[id_col]), _iso(row[time_col]), float(row[c])
-    return SeriesIssue(sid, c, ts, value, _issue_message(sid, c, ts, value, count), count)
-
-
-def _issue_message(sid: str, c: str, ts: str, value: float, count: int, raw: str | None = None, line: str = "") -> str:
-    if raw is not None:
-        at = f" ({line})" if line else ""
-        return (
-            f"{c} of id {sid!r} is {raw!r} at {ts}{at}, not a number ({count} such value(s)), so this series "
-            "was rejected; write metric values as numbers (leave a cell empty for not measured)."
-        )
-    bounded = c in BOUNDED_METRICS
-    rng = "0 to 100 (percent)" if bounded else f"0 to {MAX_MAGNITUDE:g}"
-    if np.isinf(value):
-        what, fix = "infinite", "fix the collector or drop these rows"
-    elif bounded:
-        what = f"far outside {rng}"
-        fix = "send a percent of the whole machine (divide per-core sums by the core count)"
-    else:
-        what = f"far outside {rng}"
-        fix = "send the values in a larger unit (e.g. GB instead of bytes)"
-    return f"{c} of id {sid!r} is {value!r} at {ts} ({count} value(s) {what}), so this series was rejected; {fix}."
+    return make_issue(str(row[id_col]), c, _iso(row[time_col]), float(row[c]), count)
