@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import ssl
@@ -24,6 +25,17 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def connection_holders(port: int) -> list[int]:
+    """How many established connections each server process holds on ``port`` (sorted; Linux ``ss``)."""
+    out = subprocess.run(
+        ["ss", "-tnpH", "state", "established", f"( sport = :{port} )"], capture_output=True, text=True, check=True
+    ).stdout
+    per: dict[str, int] = {}
+    for pid in re.findall(r"pid=(\d+)", out):
+        per[pid] = per.get(pid, 0) + 1
+    return sorted(per.values())
 
 
 def payload(n: int, *, seed: int = 0, prefix: str = "m") -> dict[str, Any]:

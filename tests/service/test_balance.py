@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import multiprocessing
-import re
 import shutil
-import subprocess
 import time
 from pathlib import Path
 
@@ -13,7 +11,7 @@ import pytest
 
 from atomic_usage.service.balance import ConnectionBalance, shared_counts
 
-from ._server import AUTH, Server, payload
+from ._server import AUTH, Server, connection_holders, payload
 
 
 class _Clock:
@@ -107,16 +105,6 @@ def _write_seven(counts: list[int]) -> None:
     counts[1] = 7
 
 
-def _holders(port: int) -> list[int]:
-    out = subprocess.run(
-        ["ss", "-tnpH", "state", "established", f"( sport = :{port} )"], capture_output=True, text=True, check=True
-    ).stdout
-    per: dict[str, int] = {}
-    for pid in re.findall(r"pid=(\d+)", out):
-        per[pid] = per.get(pid, 0) + 1
-    return sorted(per.values())
-
-
 def test_sixteen_keepalive_clients_end_up_eight_and_eight(tmp_path: Path) -> None:
     """A client pool of 16 keep-alive connections, however the kernel first hashed them, ends
     up 8/8 over two processes; every request on the way is answered 200 (by chance alone,
@@ -136,7 +124,7 @@ def test_sixteen_keepalive_clients_end_up_eight_and_eight(tmp_path: Path) -> Non
                     assert r.status_code == 200, r.text
                 for c in clients:  # every client holds a connection again (reopened after a close)
                     assert c.get("/healthz", headers=AUTH).status_code == 200
-                spread = _holders(srv.port)
+                spread = connection_holders(srv.port)
                 if spread == [8, 8]:
                     break
                 time.sleep(0.25)  # past the cooldown

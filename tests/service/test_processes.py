@@ -23,7 +23,7 @@ from typing import Any
 import httpx
 import pytest
 
-from ._server import AUTH, Server, payload
+from ._server import AUTH, Server, connection_holders, payload
 from .test_shutdown import _check_after_restart, _db_tasks, _load
 
 T0 = "2026-01-05T08:{:02d}:00Z"
@@ -169,14 +169,8 @@ class TestServeProcesses:
             try:
                 for c in clients:
                     assert c.get("/healthz", headers=AUTH).status_code == 200
-                out = subprocess.run(
-                    ["ss", "-tnpH", "state", "established", f"( sport = :{srv.port} )"],
-                    capture_output=True,
-                    text=True,
-                    check=True,
-                ).stdout
-                holders = set(re.findall(r"pid=(\d+)", out))
-                assert len(holders) == 2, out
+                spread = connection_holders(srv.port)
+                assert len(spread) == 2, spread
             finally:
                 for c in clients:
                     c.close()
