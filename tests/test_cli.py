@@ -447,3 +447,28 @@ class TestNumericOptions:
             )
             assert res.exit_code == 0, res.output
             assert len(pd.read_csv(tmp_path / "o.csv")) == 4 * 3 * 6
+
+
+class TestSquareBrackets:
+    """Ids and paths are printed as they are: ``[...]`` in them is text, never console markup
+    (``[/x]`` crashed the CLI after writing its output; ``[b]`` vanished from the message)."""
+
+    def test_ids_in_not_forecast_lines(self, tmp_path: Path) -> None:
+        inp = tmp_path / "in.csv"
+        rows = [
+            f"{i},2026-01-01T00:{5 * k:02d}:00Z,{v}"
+            for i, v in (("[/x]vm", "abc"), ("[b]vm", "oops"))
+            for k in range(3)
+        ]
+        inp.write_text("id,timestamp,cpuLoad\n" + "\n".join(rows) + "\n")
+        res = runner.invoke(app, ["forecast", "-i", str(inp), "-H", "2", "-o", str(tmp_path / "o.csv"), "-m", "naive"])
+        text = " ".join(res.output.split())
+        assert res.exit_code == 0, text
+        assert "id '[/x]vm'" in text and "id '[b]vm'" in text
+
+    def test_path_in_an_error(self, tmp_path: Path) -> None:
+        missing = tmp_path / "a[/b].csv"
+        res = runner.invoke(app, ["forecast", "-i", str(missing), "-H", "2", "-o", str(tmp_path / "o.csv")])
+        assert res.exception is None or isinstance(res.exception, SystemExit), repr(res.exception)
+        assert res.exit_code not in (0, 1)
+        assert "a[/b].csv" in " ".join(res.output.split())

@@ -22,6 +22,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 from typer.core import TyperCommand
 
@@ -171,13 +172,13 @@ def _errors() -> Iterator[None]:
     try:
         yield
     except DataError as exc:
-        err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
     except ModelError as exc:
-        err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         raise typer.Exit(3) from None
     except AtomicError as exc:
-        err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         raise typer.Exit(3 if not isinstance(exc, ValueError) else 2) from None
 
 
@@ -294,7 +295,7 @@ def forecast(
                 scratch=scratch,
             )
             for reason in job.reasons:
-                err.print(f"[yellow]not forecast:[/] {reason}", highlight=False, soft_wrap=True)
+                err.print(f"[yellow]not forecast:[/] {escape(reason)}", highlight=False, soft_wrap=True)
             err.print(_series_notes(job.summary(), job.fallback, job.missing), highlight=False, soft_wrap=True)
         return
     if input is not None and not prometheus and not from_store and _is_large(input, rows_per_bucket):
@@ -320,7 +321,7 @@ def forecast(
         missing = firsts[firsts["model"].isin(NO_FORECAST)]
         fallback = firsts[~firsts["model"].isin((*NO_FORECAST, getattr(fc_model, "name", "")))]
         for reason in missing["reason"].head(20):
-            err.print(f"[yellow]not forecast:[/] {reason}", highlight=False, soft_wrap=True)
+            err.print(f"[yellow]not forecast:[/] {escape(reason)}", highlight=False, soft_wrap=True)
         line = (
             f"{len(panel)} machines ({len(firsts)} series: machine × metric), {len(result)} rows in {dt:.2f}s "
             f"-> {output}"
@@ -333,7 +334,7 @@ def forecast(
 def _series_notes(line: str, fallback: int, missing: int) -> str:
     """A forecast's summary line with its counts of series (machine × metric) on a fallback or not forecast."""
     return (
-        line
+        escape(line)
         + (f" ({fallback} series on a fallback: see the model column)" if fallback else "")
         + (f" ({missing} series not forecast: see the reason column)" if missing else "")
     )
@@ -384,10 +385,10 @@ def _forecast_chunked(
         )
     logging.getLogger("atomic_usage").info("%s: %s", input, job.regularize.summary())
     for reason in job.reasons:
-        err.print(f"[yellow]not forecast:[/] {reason}", highlight=False, soft_wrap=True)
+        err.print(f"[yellow]not forecast:[/] {escape(reason)}", highlight=False, soft_wrap=True)
     err.print(_series_notes(job.summary(), job.fallback, job.missing), highlight=False, soft_wrap=True)
     if plot is not None:
-        err.print(f"{charts} charts -> {plot}")
+        err.print(f"{charts} charts -> {escape(str(plot))}")
 
 
 @contextlib.contextmanager
@@ -653,7 +654,7 @@ def dataset_build(
                 holdout_machines=[v == "yes" for v in holdout_machines],
                 rows_per_bucket=rows_per_bucket,
             )
-            err.print(job.summary())
+            err.print(escape(job.summary()))
         return
     with _errors():
         from .data.trainset import write_trainset
@@ -662,10 +663,10 @@ def dataset_build(
             bank, holdout, reports = _build_bank(data, holdout_last, holdout_machines)
         write_trainset(bank, holdout, out_path)
         for src, r in zip(data, reports, strict=False):
-            err.print(f"{src}: {r.summary()}")
+            err.print(f"{escape(str(src))}: {escape(r.summary())}")
         err.print(
             f"{len(set(bank.ids.tolist()))} machines, {len(bank)} series: machine × metric "
-            f"({int(holdout.sum())} held out), {int(bank.lengths.sum())} steps -> {out_path}"
+            f"({int(holdout.sum())} held out), {int(bank.lengths.sum())} steps -> {escape(str(out_path))}"
         )
 
 
@@ -817,7 +818,7 @@ def train(
             else {"selection": "none"},
         )
         save_artifact(out_dir, onnx_bytes, card, near_bytes=near_bytes)
-        err.print(f"trained in {result.seconds:.0f}s; model {card.version} -> {out_dir}")
+        err.print(f"trained in {result.seconds:.0f}s; model {card.version} -> {escape(str(out_dir))}")
         _calibrate_served(out_dir, bank, holdout, _command_line(ctx))
 
 
@@ -895,7 +896,7 @@ def info() -> None:
             ("thresholds", settings.thresholds),
             ("workers", settings.n_workers),
         ]:
-            table.add_row(k, str(v))
+            table.add_row(k, escape(str(v)))
         out.print(table)
 
 
@@ -1038,11 +1039,11 @@ def tasks_list(
         for t in tasks:
             table.add_row(
                 t.task_id,
-                t.request_id,
+                escape(t.request_id),
                 t.status.value,
                 str(t.attempts),
                 time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(t.created_at)),
-                t.error or "",
+                escape(t.error or ""),
             )
         out.print(table)
 
@@ -1158,7 +1159,7 @@ def serve(
         except ImportError as exc:
             err.print(
                 f"[bold red]error:[/] serving needs the service extra ({exc.name} is missing); "
-                "install it with `pip install 'atomic-usage[service]'`.",
+                "install it with `pip install 'atomic-usage\\[service]'`.",
                 highlight=False,
             )
             raise typer.Exit(3) from None
@@ -1311,7 +1312,7 @@ def _plot(directory: Path, frame: Any, result: Any, settings: Settings) -> None:
 
     with _progress("charts", int(result["id"].nunique())) as advance:
         paths = write_fan_charts(directory, frame, result, thresholds=settings.thresholds, progress=advance)
-    err.print(f"{len(paths)} charts -> {directory}")
+    err.print(f"{len(paths)} charts -> {escape(str(directory))}")
 
 
 def _eval_chart(rows: list[dict[str, Any]], path: Path) -> None:
@@ -1319,7 +1320,7 @@ def _eval_chart(rows: list[dict[str, Any]], path: Path) -> None:
 
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(figure_png(eval_chart(rows)))
-    err.print(f"chart -> {path}")
+    err.print(f"chart -> {escape(str(path))}")
 
 
 @app.command()
@@ -1337,7 +1338,7 @@ def pull(
     with _errors():
         frame = _pull(prometheus, range_, step, selector, mount, query)
         _write_table(frame, output)
-        err.print(f"{frame['id'].nunique()} machines, {len(frame)} rows, {list(frame.columns[2:])} -> {output}")
+        err.print(escape(f"{frame['id'].nunique()} machines, {len(frame)} rows, {list(frame.columns[2:])} -> {output}"))
 
 
 @app.command()
@@ -1365,12 +1366,12 @@ def collect(
         def show(sample: dict[str, Any]) -> None:
             n[0] += 1
             err.print(
-                f"{sample['timestamp']} {sample['id']}: cpu {sample['cpuLoad']:.1f}%, "
+                f"{sample['timestamp']} {escape(str(sample['id']))}: cpu {sample['cpuLoad']:.1f}%, "
                 f"memory {sample['memoryUsage']:.1f}%, storage {sample['storageUsage']:.1f}%",
                 highlight=False,
             )
 
-        err.print(f"collecting every {interval} into {collector_path(settings)} (Ctrl-C stops)")
+        err.print(f"collecting every {interval} into {escape(str(collector_path(settings)))} (Ctrl-C stops)")
         try:
             run_collect(settings, interval_s=every, count=count, mount=mount, machine_id=machine_id, on_sample=show)
         except KeyboardInterrupt:
@@ -1419,7 +1420,7 @@ def report(
                 model=getattr(fc_model, "name", None),
                 progress=advance,
             )
-        err.print(f"{len(panel)} machines, top {top} -> {output}")
+        err.print(f"{len(panel)} machines, top {top} -> {escape(str(output))}")
 
 
 def main() -> None:
