@@ -24,6 +24,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 from typer.core import TyperCommand
 
 from .config import MAX_HORIZON, Settings, validate_horizon
@@ -42,8 +43,14 @@ app.add_typer(dataset_app, name="dataset")
 tasks_app = typer.Typer(no_args_is_help=True, help="Inspect and recover the engine's durable tasks.")
 app.add_typer(tasks_app, name="tasks")
 
-err = Console(stderr=True)
+err = Console(stderr=True, markup=False)
+"""Messages on stderr: ids, paths and messages in them print as they are (``[/x]`` is text, not markup)."""
 out = Console()
+
+
+def _say(label: str, style: str, text: str) -> None:
+    """One message on stderr: ``label`` in ``style``, then ``text`` as it is."""
+    err.print(Text.assemble((label, style), " ", text), highlight=False, soft_wrap=True)
 
 
 @functools.cache
@@ -172,13 +179,13 @@ def _errors() -> Iterator[None]:
     try:
         yield
     except DataError as exc:
-        err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
+        _say("error:", "bold red", str(exc))
         raise typer.Exit(2) from None
     except ModelError as exc:
-        err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
+        _say("error:", "bold red", str(exc))
         raise typer.Exit(3) from None
     except AtomicError as exc:
-        err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
+        _say("error:", "bold red", str(exc))
         raise typer.Exit(3 if not isinstance(exc, ValueError) else 2) from None
 
 
@@ -295,7 +302,7 @@ def forecast(
                 scratch=scratch,
             )
             for reason in job.reasons:
-                err.print(f"[yellow]not forecast:[/] {escape(reason)}", highlight=False, soft_wrap=True)
+                _say("not forecast:", "yellow", reason)
             err.print(_series_notes(job.summary(), job.fallback, job.missing), highlight=False, soft_wrap=True)
         return
     if input is not None and not prometheus and not from_store and _is_large(input, rows_per_bucket):
@@ -321,7 +328,7 @@ def forecast(
         missing = firsts[firsts["model"].isin(NO_FORECAST)]
         fallback = firsts[~firsts["model"].isin((*NO_FORECAST, getattr(fc_model, "name", "")))]
         for reason in missing["reason"].head(20):
-            err.print(f"[yellow]not forecast:[/] {escape(reason)}", highlight=False, soft_wrap=True)
+            _say("not forecast:", "yellow", reason)
         line = (
             f"{len(panel)} machines ({len(firsts)} series: machine × metric), {len(result)} rows in {dt:.2f}s "
             f"-> {output}"
@@ -334,7 +341,7 @@ def forecast(
 def _series_notes(line: str, fallback: int, missing: int) -> str:
     """A forecast's summary line with its counts of series (machine × metric) on a fallback or not forecast."""
     return (
-        escape(line)
+        line
         + (f" ({fallback} series on a fallback: see the model column)" if fallback else "")
         + (f" ({missing} series not forecast: see the reason column)" if missing else "")
     )
@@ -385,10 +392,10 @@ def _forecast_chunked(
         )
     logging.getLogger("atomic_usage").info("%s: %s", input, job.regularize.summary())
     for reason in job.reasons:
-        err.print(f"[yellow]not forecast:[/] {escape(reason)}", highlight=False, soft_wrap=True)
+        _say("not forecast:", "yellow", reason)
     err.print(_series_notes(job.summary(), job.fallback, job.missing), highlight=False, soft_wrap=True)
     if plot is not None:
-        err.print(f"{charts} charts -> {escape(str(plot))}")
+        err.print(f"{charts} charts -> {plot}")
 
 
 @contextlib.contextmanager
@@ -461,7 +468,7 @@ def evaluate(
         typer.Option(
             "--anchors",
             help="Also score UsageBench's anchors: statsforecast AutoETS and AutoTheta, and LightGBM "
-            "(needs `pip install 'atomic-usage[bench]'`; minutes on gcd).",
+            "(needs `pip install 'atomic-usage\\[bench]'`; minutes on gcd).",
         ),
     ] = False,
     models_opt: Annotated[
@@ -654,7 +661,7 @@ def dataset_build(
                 holdout_machines=[v == "yes" for v in holdout_machines],
                 rows_per_bucket=rows_per_bucket,
             )
-            err.print(escape(job.summary()))
+            err.print(job.summary())
         return
     with _errors():
         from .data.trainset import write_trainset
@@ -663,10 +670,10 @@ def dataset_build(
             bank, holdout, reports = _build_bank(data, holdout_last, holdout_machines)
         write_trainset(bank, holdout, out_path)
         for src, r in zip(data, reports, strict=False):
-            err.print(f"{escape(str(src))}: {escape(r.summary())}")
+            err.print(f"{src}: {r.summary()}")
         err.print(
             f"{len(set(bank.ids.tolist()))} machines, {len(bank)} series: machine × metric "
-            f"({int(holdout.sum())} held out), {int(bank.lengths.sum())} steps -> {escape(str(out_path))}"
+            f"({int(holdout.sum())} held out), {int(bank.lengths.sum())} steps -> {out_path}"
         )
 
 
@@ -818,7 +825,7 @@ def train(
             else {"selection": "none"},
         )
         save_artifact(out_dir, onnx_bytes, card, near_bytes=near_bytes)
-        err.print(f"trained in {result.seconds:.0f}s; model {card.version} -> {escape(str(out_dir))}")
+        err.print(f"trained in {result.seconds:.0f}s; model {card.version} -> {out_dir}")
         _calibrate_served(out_dir, bank, holdout, _command_line(ctx))
 
 
@@ -1157,10 +1164,11 @@ def serve(
 
             from .service.app import create_app
         except ImportError as exc:
-            err.print(
-                f"[bold red]error:[/] serving needs the service extra ({exc.name} is missing); "
-                "install it with `pip install 'atomic-usage\\[service]'`.",
-                highlight=False,
+            _say(
+                "error:",
+                "bold red",
+                f"serving needs the service extra ({exc.name} is missing); "
+                "install it with `pip install 'atomic-usage[service]'`.",
             )
             raise typer.Exit(3) from None
         from .engine.predictor import SESSION_THREADS
@@ -1312,7 +1320,7 @@ def _plot(directory: Path, frame: Any, result: Any, settings: Settings) -> None:
 
     with _progress("charts", int(result["id"].nunique())) as advance:
         paths = write_fan_charts(directory, frame, result, thresholds=settings.thresholds, progress=advance)
-    err.print(f"{len(paths)} charts -> {escape(str(directory))}")
+    err.print(f"{len(paths)} charts -> {directory}")
 
 
 def _eval_chart(rows: list[dict[str, Any]], path: Path) -> None:
@@ -1320,7 +1328,7 @@ def _eval_chart(rows: list[dict[str, Any]], path: Path) -> None:
 
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(figure_png(eval_chart(rows)))
-    err.print(f"chart -> {escape(str(path))}")
+    err.print(f"chart -> {path}")
 
 
 @app.command()
@@ -1338,7 +1346,7 @@ def pull(
     with _errors():
         frame = _pull(prometheus, range_, step, selector, mount, query)
         _write_table(frame, output)
-        err.print(escape(f"{frame['id'].nunique()} machines, {len(frame)} rows, {list(frame.columns[2:])} -> {output}"))
+        err.print(f"{frame['id'].nunique()} machines, {len(frame)} rows, {list(frame.columns[2:])} -> {output}")
 
 
 @app.command()
@@ -1366,12 +1374,12 @@ def collect(
         def show(sample: dict[str, Any]) -> None:
             n[0] += 1
             err.print(
-                f"{sample['timestamp']} {escape(str(sample['id']))}: cpu {sample['cpuLoad']:.1f}%, "
+                f"{sample['timestamp']} {sample['id']}: cpu {sample['cpuLoad']:.1f}%, "
                 f"memory {sample['memoryUsage']:.1f}%, storage {sample['storageUsage']:.1f}%",
                 highlight=False,
             )
 
-        err.print(f"collecting every {interval} into {escape(str(collector_path(settings)))} (Ctrl-C stops)")
+        err.print(f"collecting every {interval} into {collector_path(settings)} (Ctrl-C stops)")
         try:
             run_collect(settings, interval_s=every, count=count, mount=mount, machine_id=machine_id, on_sample=show)
         except KeyboardInterrupt:
@@ -1420,7 +1428,7 @@ def report(
                 model=getattr(fc_model, "name", None),
                 progress=advance,
             )
-        err.print(f"{len(panel)} machines, top {top} -> {escape(str(output))}")
+        err.print(f"{len(panel)} machines, top {top} -> {output}")
 
 
 def main() -> None:

@@ -83,21 +83,21 @@ class TestShare:
         assert p.exitcode == 0
         assert list(counts) == [0, 7]
 
-    def test_publisher_thread_keeps_the_slot_current(self) -> None:
-        counts = [0, 0]
+    def test_the_tick_keeps_the_slot_current(self) -> None:
+        """Each tick of a serving process's event loop writes its sign of life and its count, so
+        an idle process's slot is current too; stopping clears it."""
+        from atomic_usage.service.supervisor import _tick
+
+        counts, beats = [0, 0], [0.0, 0.0]
         mine = [4]
-        b = ConnectionBalance(counts, 0, lambda: mine[0]).start()
-        try:
-            deadline = time.monotonic() + 5
-            while counts[0] != 4:
-                assert time.monotonic() < deadline, "the count was never published"
-                time.sleep(0.05)
-            mine[0] = 2
-            while counts[0] != 2:
-                assert time.monotonic() < deadline, "the new count was never published"
-                time.sleep(0.05)
-        finally:
-            b.stop()
+        b = ConnectionBalance(counts, 0, lambda: mine[0])
+        tick = _tick(beats, 0, b)
+        tick()
+        assert counts[0] == 4 and beats[0] > 0
+        mine[0] = 2
+        tick()
+        assert counts[0] == 2
+        b.stop()
         assert counts[0] == 0
 
 

@@ -28,7 +28,7 @@ from typing import Any
 from .._types import DEFAULT_METRICS
 from ..errors import PayloadError, PayloadTooLarge, RecordError
 
-__all__ = ["MAX_RECORDS", "Observation", "parse_payload", "validate_printable"]
+__all__ = ["MAX_RECORDS", "Observation", "parse_payload", "shown", "validate_printable"]
 
 MAX_RECORDS = 100_000
 """Records one payload may hold at most."""
@@ -115,10 +115,14 @@ def _is_text(s: str) -> bool:
     return True
 
 
-def _shown(value: Any) -> str:
-    """A bad value as an error message shows it: escaped to ASCII, cut to 40 characters."""
+def shown(value: Any, width: int = 40) -> str:
+    """A bad value as an error message shows it: escaped to ASCII, cut to ``width`` characters.
+
+    >>> print(shown("web" + chr(0)), shown("x" * 50, 10))
+    'web\\x00' 'xxxxxx...
+    """
     text = ascii(value)
-    return text if len(text) <= 40 else text[:37] + "..."
+    return text if len(text) <= width else text[: width - 3] + "..."
 
 
 def validate_printable(value: str, *, what: str = "the machine's id") -> str | None:
@@ -140,7 +144,7 @@ def validate_printable(value: str, *, what: str = "the machine's id") -> str | N
     if found is None:
         return None
     return (
-        f"holds the control character U+{ord(found.group()):04X} at position {found.start()} of {_shown(value)}; "
+        f"holds the control character U+{ord(found.group()):04X} at position {found.start()} of {shown(value)}; "
         f"send {what} as printable text (no U+0000 to U+001F or U+007F)"
     )
 
@@ -207,10 +211,10 @@ def parse_payload(payload: Any, *, now: float | None = None, max_records: int = 
         elif "id" not in rec or rid_raw is None:
             errors.append(RecordError(i, "id", "is missing; every record needs the machine's id"))
         else:
-            shown = f"a {type(rid_raw).__name__}" if isinstance(rid_raw, int | float | list | dict) else _shown(rid_raw)
+            what = f"a {type(rid_raw).__name__}" if isinstance(rid_raw, int | float | list | dict) else shown(rid_raw)
             errors.append(
                 RecordError(
-                    i, "id", f"must be a non-empty string of at most {MAX_ID_LENGTH} characters of text, not {shown}"
+                    i, "id", f"must be a non-empty string of at most {MAX_ID_LENGTH} characters of text, not {what}"
                 )
             )
         for k in sorted(set(rec) - _ALLOWED):

@@ -180,6 +180,11 @@ class SeasonalNaive(Forecaster):
         return f"SeasonalNaive(season={self.season})"
 
 
+def _short_window_flags(histories: Sequence[np.ndarray], window: int, name: str) -> list[str]:
+    """Per history, ``name``, or ``naive(short-window)`` where it is shorter than ``window``."""
+    return [name if len(h) >= window else SHORT_WINDOW for h in histories]
+
+
 def _short_window_reasons(histories: Sequence[np.ndarray], window: int, name: str, what: str) -> list[str]:
     """Per history, why a line-fitting baseline gave its last value instead ("" when it did not)."""
     return [
@@ -269,7 +274,7 @@ class PredictLinear(Forecaster):
     def fallback_flags(self, histories: Sequence[np.ndarray]) -> list[str]:
         """``predict_linear``, or ``naive(short-window)`` for a history shorter than the window,
         which is forecast by its last value (see :meth:`fallback_reasons`)."""
-        return [self.name if len(h) >= self.window else SHORT_WINDOW for h in histories]
+        return _short_window_flags(histories, self.window, self.name)
 
     def fallback_reasons(self, histories: Sequence[np.ndarray]) -> list[str]:
         """Why a history got the naive forecast instead of a line (empty when it did not)."""
@@ -324,7 +329,7 @@ class DampedTrend(Forecaster):
 
     def fallback_flags(self, histories: Sequence[np.ndarray]) -> list[str]:
         """``damped_trend``, or ``naive(short-window)`` as :class:`PredictLinear` says it."""
-        return PredictLinear.fallback_flags(self, histories)  # type: ignore[arg-type]
+        return _short_window_flags(histories, self.window, self.name)
 
     def fallback_reasons(self, histories: Sequence[np.ndarray]) -> list[str]:
         """Why a history got the naive forecast instead of a trend (empty when it did not)."""

@@ -7,8 +7,9 @@ each new connection by a hash of its addresses. A client that keeps a few connec
 the other idled (docs/service.md).
 
 The supervisor shares one counter per process (:func:`shared_counts`). Each process writes
-its own number of open connections there, and when it holds more than its share
-(``ceil(total / N)``), it answers one request with ``Connection: close``. The client opens a
+its own number of open connections there, on every response and every tick of its event
+loop, and when it holds more than its share (``ceil(total / N)``), it answers one request
+with ``Connection: close``. The client opens a
 new connection, which the kernel hashes again, so the spread converges on an even one. A
 process closes at most one connection per ``cooldown_s``: its own count only drops once the
 client has gone, and without the pause it would close several for one excess. Nothing else
@@ -27,9 +28,6 @@ __all__ = ["DEFAULT_COOLDOWN_S", "ConnectionBalance", "shared_counts"]
 
 DEFAULT_COOLDOWN_S: Final = 0.2
 """Seconds a process waits after asking a client to reconnect before it asks another."""
-
-_PUBLISH_EVERY_S: Final = 0.5
-"""How often a process writes its count even when it answers nothing (an idle one has few)."""
 
 
 def shared_counts(ctx: Any, processes: int) -> MutableSequence[int]:
@@ -83,7 +81,6 @@ class ConnectionBalance:
         self._clock = clock
         self._last_close = float("-inf")
         self._lock = threading.Lock()
-        self._stop = threading.Event()
         self.closed = 0
         """Connections this process has asked its clients to reopen."""
 
@@ -108,17 +105,6 @@ class ConnectionBalance:
             self.closed += 1
         return True
 
-    def start(self) -> ConnectionBalance:
-        """Publishes this process's count every half second from a daemon thread, until :meth:`stop`."""
-
-        def loop() -> None:
-            while not self._stop.wait(_PUBLISH_EVERY_S):
-                self.publish()
-
-        threading.Thread(target=loop, name="atomic-balance", daemon=True).start()
-        return self
-
     def stop(self) -> None:
-        """Stops publishing and clears this process's slot (it holds no connection any more)."""
-        self._stop.set()
+        """Clears this process's slot: it holds no connection any more."""
         self._counts[self._index] = 0

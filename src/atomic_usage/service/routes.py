@@ -14,6 +14,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from ..config import MAX_HORIZON
+from ..engine.payload import shown
 from ..errors import PayloadSyntaxError, PayloadTooLarge, RecordError, UnsupportedMediaType
 from .errors import error_responses
 from .schemas import HealthBody, PredictResponse, TaskBody
@@ -78,25 +79,20 @@ async def read_limited(declared: str, chunks: AsyncIterator[bytes], limit: int) 
     return b"".join(parts)
 
 
-def _shown(value: str, width: int = 60) -> str:
-    text = ascii(value)
-    return text if len(text) <= width else text[: width - 3] + "..."
-
-
 def _media_problem(value: str) -> str | None:
     """Why one Content-Type value is not JSON in UTF-8, or None when it is."""
     media, _, params = value.partition(";")
     kind, slash, sub = media.strip().lower().partition("/")
     if not (kind == "application" and slash and (sub == "json" or (sub.endswith("+json") and len(sub) > 5))):
         return (
-            f"is {_shown(value)}, not JSON; send the body as JSON with Content-Type: application/json "
+            f"is {shown(value, 60)}, not JSON; send the body as JSON with Content-Type: application/json "
             "(curl -d sends application/x-www-form-urlencoded: add -H 'Content-Type: application/json')"
         )
     for param in params.split(";"):
         name, _, raw = param.partition("=")
         if name.strip().lower() == "charset" and raw.strip().strip('"').lower() not in ("utf-8", "utf8"):
             return (
-                f"declares the charset {_shown(raw.strip(), 30)}; JSON is read as UTF-8 (RFC 8259): send UTF-8 "
+                f"declares the charset {shown(raw.strip(), 30)}; JSON is read as UTF-8 (RFC 8259): send UTF-8 "
                 "with Content-Type: application/json, with charset=utf-8 or none"
             )
     return None

@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from multiprocessing.synchronize import Event
 
     from ..config import Settings
+    from .balance import ConnectionBalance
 
 __all__ = ["STARTUP_FAILURE", "serve_processes"]
 
@@ -59,20 +60,15 @@ def _serve_one(
     model: str | None,
     options: dict[str, Any],
     ready: Event,
-    counts: MutableSequence[int] | None = None,
-    slot: int = 0,
-    beats: MutableSequence[float] | None = None,
+    counts: MutableSequence[int],
+    beats: MutableSequence[float],
+    slot: int,
 ) -> None:
     """One serving process: its own socket on the shared port, its own app and engine.
 
-    ``counts`` and ``slot``: the processes' shared open-connection counters and this one's
-    (:mod:`.balance`); without them the process does not rebalance its connections.
-    ``beats``: the processes' last signs of life; this one writes ``beats[slot]`` on every
-    tick of its event loop.
+    ``counts`` and ``beats``: every process's open connections (:mod:`.balance`) and last sign
+    of life, in shared memory; this one writes both at ``slot`` on every tick of its event loop.
     """
-    # Until uvicorn takes SIGTERM over (once the server runs), the supervisor's shutdown may
-    # reach a process still loading its model: it then ends cleanly (exit 0), not by the signal.
-    signal.signal(signal.SIGTERM, _exit_before_serving)
     import uvicorn
 
     from .app import worker_app
@@ -87,12 +83,9 @@ def _serve_one(
     except Exception:
         _log.exception("a serving process could not start")
         sys.exit(STARTUP_FAILURE)
-    balance = None
-    if counts is not None:
-        balance = ConnectionBalance(counts, slot, lambda: len(server.server_state.connections)).start()
-        app.state.atomic.balance = balance
-    if beats is not None:
-        server.beat = _beat(beats, slot)
+    balance = ConnectionBalance(counts, slot, lambda: len(server.server_state.connections))
+    app.state.atomic.balance = balance
+    server.beat = _tick(beats, slot, balance)
 
     def tell() -> None:  # the supervisor restarts only processes that had started
         while not server.started and not server.should_exit:
@@ -102,24 +95,21 @@ def _serve_one(
 
     threading.Thread(target=tell, daemon=True).start()
     server.run(sockets=[sock])
-    if balance is not None:
-        balance.stop()
+    balance.stop()
     if not server.started:
         sys.exit(STARTUP_FAILURE)
 
 
-def _exit_before_serving(sig: int, frame: object) -> None:
-    """A serving process stopped before it served anything has nothing to finish."""
-    raise SystemExit(0)
+def _tick(beats: MutableSequence[float], slot: int, balance: ConnectionBalance) -> Callable[[], None]:
+    """What a serving process writes on every tick of its event loop (ten a second): the time
+    (monotonic, the same clock in every process) to ``beats[slot]``, its sign of life, and its
+    open connections, so that an idle process's count stays current too."""
 
-
-def _beat(beats: MutableSequence[float], slot: int) -> Callable[[], None]:
-    """Writes the time now (monotonic, the same clock in every process) to ``beats[slot]``."""
-
-    def beat() -> None:
+    def tick() -> None:
         beats[slot] = time.monotonic()
+        balance.publish()
 
-    return beat
+    return tick
 
 
 def serve_processes(settings: Settings, model: str | None, options: dict[str, Any]) -> int:
@@ -152,29 +142,22 @@ def serve_processes(settings: Settings, model: str | None, options: dict[str, An
 
     counts = shared_counts(ctx, settings.processes)
     beats: MutableSequence[float] = ctx.Array("d", settings.processes, lock=False)
-    alive_since: dict[int, float] = {}  # slot -> when the supervisor first saw it ready
 
     def start(slot: int) -> tuple[Any, Event]:
         counts[slot] = 0  # a process that died held no connection any more
-        beats[slot] = 0.0
-        alive_since.pop(slot, None)
+        beats[slot] = 0.0  # nor is it judged before its successor's first tick
         ready = ctx.Event()
-        args = (settings, model, options, ready, counts, slot, beats)
-        p = ctx.Process(target=_serve_one, args=args, name="atomic-serve")
+        p = ctx.Process(
+            target=_serve_one, args=(settings, model, options, ready, counts, beats, slot), name="atomic-serve"
+        )
         p.start()
         return p, ready
 
-    def stalled(slot: int, ready: Event) -> float | None:
-        """Seconds since a started process last showed life, if that is longer than allowed.
-
-        A process counts as started from its first tick (it may be serving before its
-        ``ready`` is set); one still loading its model is not judged.
-        """
-        if beats[slot] == 0.0 and not ready.is_set():
-            return None
-        now = time.monotonic()
-        quiet = now - max(beats[slot], alive_since.setdefault(slot, now))
-        return quiet if quiet > settings.process_stall_s else None
+    def stalled(slot: int) -> float | None:
+        """Seconds since a process last ticked, if that is longer than allowed (one that has not
+        ticked yet, still loading its model, is not judged)."""
+        quiet = time.monotonic() - beats[slot]
+        return quiet if beats[slot] and quiet > settings.process_stall_s else None
 
     procs = [start(i) for i in range(settings.processes)]
     scheme = "https" if options.get("ssl_certfile") else "http"
@@ -183,7 +166,7 @@ def serve_processes(settings: Settings, model: str | None, options: dict[str, An
     try:
         while not stop.wait(0.2):
             for i, (p, ready) in enumerate(procs):
-                quiet = stalled(i, ready) if p.is_alive() else None
+                quiet = stalled(i) if p.is_alive() else None
                 if quiet is not None:
                     # Stopped (SIGSTOP) or hung: it would keep its share of new connections and
                     # never answer them. What it had accepted is in the store; recovery resumes it.
