@@ -22,7 +22,10 @@ each window's loss by its scale over the whole history's mean change (clipped by
 as the product's ``loss_weight="metric"`` does; ``--coarse K --block B`` adds the means of
 the K blocks of B steps before the origin; ``--aug r|n|m`` adds time-reversed, mirrored or
 pairwise-mean copies of the training series; ``--dropout``; ``--arch res`` (residual blocks
-with layer norm); ``--bounds 1`` (the distances to 0 and 100 in units of the scale).
+with layer norm); ``--bounds 1`` (the distances to 0 and 100 in units of the scale);
+``--ema D`` scores an exponential moving average of the weights (decay D) instead of the last
+ones; ``--dump F.npy`` saves the forecasts (windows in the scoring order) so that runs can be
+averaged afterwards.
 """
 
 from __future__ import annotations
@@ -122,6 +125,8 @@ def main() -> None:
         ("--kind", int, 0),
         ("--block", int, 12),
         ("--wclip", float, 10.0),
+        ("--ema", float, 0.0),
+        ("--dump", str, ""),
     ]:
         ap.add_argument(name, type=typ, default=default)
     a = ap.parse_args()
@@ -239,6 +244,11 @@ def main() -> None:
         rng_e = np.random.default_rng(a.seed * 100 + e)
         net = Net()
         opt = torch.optim.AdamW(net.parameters(), lr=a.lr, weight_decay=a.wd)
+        avg = (
+            torch.optim.swa_utils.AveragedModel(net, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(a.ema))
+            if a.ema
+            else None
+        )
         for step in range(a.steps):
             fr = step / a.steps
             for g in opt.param_groups:
@@ -250,10 +260,12 @@ def main() -> None:
             opt.zero_grad()
             loss.backward()
             opt.step()
-        nets.append(net.eval())
+            if avg is not None:
+                avg.update_parameters(net)
+        nets.append((avg.module if avg is not None else net).eval())
     train_s = time.time() - t0
 
-    rows = []
+    rows, dumped = [], []
     for c in origins:
         for mi in range(2):
             vs = np.flatnonzero(eval_v)
@@ -273,6 +285,7 @@ def main() -> None:
             with torch.no_grad():
                 p = np.mean([nt(torch.from_numpy(F)).numpy().astype(np.float64) for nt in nets], 0)
             fc = np.clip(np.sort(lv[:, None, None] + np.where(moving, s, 0)[:, None, None] * p, axis=1), 0, 100)
+            dumped.append(fc)
             for j, v in enumerate(vs):
                 h, y = X[v, :c, mi], X[v, c : c + H, mi]
                 scale = np.abs(np.diff(h)).mean()
@@ -291,6 +304,8 @@ def main() -> None:
                     )
                 )
     df = pd.DataFrame(rows, columns=["mase", "sql", "cov", "naive", "hold"])
+    if a.dump:  # the forecasts, in the rows' order, to average runs afterwards
+        np.save(a.dump, np.concatenate(dumped))
     out = {
         **vars(a),
         "train_s": round(train_s),
