@@ -50,6 +50,17 @@ class TestReadWide:
             read_wide(p)
         assert str(p) in str(info.value) and info.value.path == str(p)
 
+    @pytest.mark.parametrize("suffix", [".csv", ".parquet"])
+    def test_a_file_with_no_rows_is_an_error(self, tmp_path: Path, suffix: str) -> None:
+        """A header without rows (an empty export) fails naming the file, not a silent "0 machines"."""
+        p = tmp_path / f"empty{suffix}"
+        if suffix == ".csv":
+            p.write_text("id,timestamp,cpuLoad\n")
+        else:
+            pd.DataFrame({"id": pd.Series([], dtype=str), "timestamp": [], "cpuLoad": []}).to_parquet(p)
+        with pytest.raises(SchemaError, match=r"holds no rows \(its columns: \['id', 'timestamp', 'cpuLoad'\]\)"):
+            read_wide(p)
+
     def test_missing_file(self, tmp_path: Path) -> None:
         """A path that does not exist is a SchemaError, not an OSError traceback."""
         with pytest.raises(SchemaError, match="does not exist"):

@@ -93,16 +93,21 @@ def read_wide(
         The validated wide frame (see the module docstring).
 
     Raises:
-        SchemaError: the file cannot be read, lacks id/timestamp, has no metric column,
-            or holds a value that is not a number, or out of range without ``issues``. The message
-            names the file.
+        SchemaError: the file cannot be read, holds no data rows, lacks id/timestamp, has no
+            metric column, or holds a value that is not a number, or out of range without
+            ``issues``. The message names the file.
     """
     p = Path(path)
     if not p.is_file():
         raise _fail(p, "the file does not exist or is not a file; check the path.")
     with map_read_errors(p):
         df = pd.read_parquet(p) if is_parquet(p) else pd.read_csv(p, dtype={id_col: str})
-    return validate_wide(df, id_col=id_col, time_col=time_col, path=str(p), issues=issues, out_of_range=out_of_range)
+    out = validate_wide(df, id_col=id_col, time_col=time_col, path=str(p), issues=issues, out_of_range=out_of_range)
+    if out.empty:
+        # An empty export (a query that matched nothing, a job that died before writing) would
+        # otherwise "forecast 0 machines" and exit 0, and the missing forecasts go unnoticed.
+        raise _fail(p, f"holds no rows (its columns: {list(map(str, df.columns))}); check what wrote it.")
+    return out
 
 
 def read_nab(path: str | Path, *, metric: str = "value") -> pd.DataFrame:
