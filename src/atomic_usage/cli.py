@@ -311,7 +311,7 @@ def forecast(
         return
     with _errors():
         from .data.regularize import regularize
-        from .models.base import NO_FORECAST
+        from .models.base import NO_FORECAST, on_fallback
 
         issues: list[Any] = []
         frame, grid = _read_source(
@@ -326,7 +326,7 @@ def forecast(
         dt = time.perf_counter() - t
         firsts = result.drop_duplicates(["id", "metric"])
         missing = firsts[firsts["model"].isin(NO_FORECAST)]
-        fallback = firsts[~firsts["model"].isin((*NO_FORECAST, getattr(fc_model, "name", "")))]
+        fallback = firsts[on_fallback(firsts["model"], fc_model)]
         for reason in missing["reason"].head(20):
             _say("not forecast:", "yellow", reason)
         line = (

@@ -256,6 +256,36 @@ class TestMembersAndSplit:
         np.testing.assert_array_equal(both[:, :, 6:], orig(hists, 20, b)[:, :, 6:])
         assert split.spec is far.spec and split.fallback_flags(hists) == ["tiny", "linear(exact-history)"]
 
+    def test_split_horizon_names_what_served_the_later_steps(self, tiny_model_dir: Path) -> None:
+        """Where a baseline served the steps after the near network's, ``model`` names both; a
+        forecast the near network serves alone names it alone, and so does a pickled copy."""
+        import pickle
+
+        from atomic_usage.models.baselines import Naive
+        from atomic_usage.models.ensemble import BacktestSelector
+        from atomic_usage.models.neural import NeuralForecaster, NeuralSpec, SplitHorizon
+
+        far = load_model(tiny_model_dir, raw=True)
+        assert isinstance(far, NeuralForecaster)
+        near = NeuralForecaster(far.onnx_path, far.spec, name="tiny")
+        near.spec = NeuralSpec(**{**far.spec.to_dict(), "horizon": 6})  # type: ignore[arg-type]
+        split = SplitHorizon(near, BacktestSelector([far, Naive()], k=2))
+        rng = np.random.default_rng(0)
+        hists = [40 + np.cumsum(rng.normal(0, s, 60)) for s in (0.2, 1.0, 3.0)]
+        hists += [15 + 5 * np.sin(np.arange(60.0) / 3), np.linspace(20, 30, 60)]
+        b = np.ones(len(hists), bool)
+        split.forecast_arrays(hists, 20, b)
+        own = far.fallback_flags(hists)
+        later = [own[i] if c == 0 else "naive" for i, c in enumerate(split.far.choose(hists, 20, b))]
+        assert "naive" in later and "tiny" in later  # both kinds are exercised
+        first = near.fallback_flags(hists)
+        assert split.fallback_flags(hists) == [a if a == z else f"{a}+{z}" for a, z in zip(first, later, strict=True)]
+        walk = hists[later.index("naive")]
+        assert split.fallback_flags(hists)[later.index("naive")] == "tiny+naive"
+        copy = pickle.loads(pickle.dumps(split))
+        copy.forecast_arrays([walk], 6, b[:1])
+        assert copy.fallback_flags([walk]) == ["tiny"]
+
     def test_near_network_missing_or_malformed(self, tmp_path: Path, tiny_model_dir: Path) -> None:
         """A card naming a near network whose file is absent, or whose spec or file name is bad,
         is an ArtifactError naming the problem; nothing is half-loaded."""

@@ -41,7 +41,7 @@ from ..data.readers import is_parquet, map_read_errors
 from ..data.regularize import DEFAULT_STEP, RegularizeReport, regularize
 from ..data.validation import validate_wide
 from ..errors import SchemaError
-from ..models.base import NO_FORECAST, forecast_frame
+from ..models.base import NO_FORECAST, forecast_frame, on_fallback
 from .partitions import bucket_dir, estimate_rows, read_bucket, write_pieces
 from .shuffle import DEFAULT_ROWS_PER_BUCKET
 from .writer import FrameWriter
@@ -162,7 +162,7 @@ class _Run:
         self.n_metric_series += len(names)
         gone = names.isin(NO_FORECAST).to_numpy()
         self.missing += int(gone.sum())
-        self.fallback += int((~names.isin((*NO_FORECAST, getattr(self.model, "name", "")))).sum())
+        self.fallback += int(on_fallback(names, self.model).sum())
         if gone.any() and len(self.reasons) < MAX_REASONS:
             self.reasons.extend(firsts["reason"][gone].head(MAX_REASONS - len(self.reasons)))
 

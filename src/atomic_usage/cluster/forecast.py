@@ -99,7 +99,7 @@ def _forecast_whole(
     the forecast and the counts."""
     from ..data.issues import mask_rejected
     from ..data.regularize import regularize
-    from ..models.base import NO_FORECAST, forecast_frame
+    from ..models.base import NO_FORECAST, forecast_frame, on_fallback
 
     # A split task masked a rejected series in its own chunk only; its other chunks' rows are here too.
     df = mask_rejected(df, issues)
@@ -113,7 +113,7 @@ def _forecast_whole(
         "metric_series": len(names),
         "rows_in": len(df),
         "rows_out": len(frame),
-        "fallback": int((~gone & (names != getattr(model, "name", ""))).sum()),
+        "fallback": int(on_fallback(names, model).sum()),
         "missing": int(gone.sum()),
         "reasons": firsts["reason"][gone.to_numpy()].head(MAX_REASONS).tolist(),
         "report": dataclasses.asdict(report),

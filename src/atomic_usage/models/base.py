@@ -38,6 +38,7 @@ __all__ = [
     "interval_known",
     "mean_from_quantiles",
     "no_data_reason",
+    "on_fallback",
 ]
 
 
@@ -152,6 +153,15 @@ def mean_from_quantiles(p10: np.ndarray, p50: np.ndarray, p90: np.ndarray) -> np
 NO_FORECAST = ("none", "error")
 """``model`` values of rows without a forecast: ``none`` for a metric with no data while the id
 has others, ``error`` for an id or series that cannot be forecast; ``reason`` says why."""
+
+
+def on_fallback(names: pd.Series, model: object) -> np.ndarray:
+    """Which forecast ``model`` values name a fallback: neither a row without a forecast nor
+    ``model`` itself as designed (its name alone, or its name then what served the later steps,
+    ``atomic+naive``)."""
+    name = str(getattr(model, "name", ""))
+    own = (names == name) | names.astype(str).str.startswith(name + "+")
+    return np.asarray(~names.isin(NO_FORECAST) & ~own)
 
 
 def interval_known(n_observed: int) -> bool:

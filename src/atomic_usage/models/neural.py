@@ -14,6 +14,7 @@ The network itself (:func:`build_network`) needs the ``train`` extra and is used
 from __future__ import annotations
 
 import dataclasses
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -331,12 +332,16 @@ class SplitHorizon(Forecaster):
         near: the short-context network.
         far: the long-context network (or a forecaster serving it, such as a per-series
             selection between it and naive); its spec sizes the engine's history.
+
+    The ``model`` of a forecast longer than ``near``'s steps names both parts where they
+    differ: ``atomic+naive`` is the network for the first hour, then naive.
     """
 
     def __init__(self, near: NeuralForecaster, far: Forecaster) -> None:
         self.near = near
         self.far = far
         self.name = far.name
+        self._local = threading.local()  # the horizon of the last call, per thread
 
     @property
     def spec(self) -> NeuralSpec:
@@ -350,17 +355,33 @@ class SplitHorizon(Forecaster):
         self.far.warm_up()
 
     def fallback_flags(self, histories: Sequence[np.ndarray]) -> list[str]:
-        """As :meth:`NeuralForecaster.fallback_flags` (the rules are the same for both)."""
-        return self.near.fallback_flags(histories)
+        """Who served each history in the last forecast: the near network's flags
+        (:meth:`NeuralForecaster.fallback_flags`), joined by ``+`` to what served the steps
+        after it where that was something else."""
+        first = self.near.fallback_flags(histories)
+        if getattr(self._local, "horizon", 0) <= self.near.spec.horizon:
+            return first
+        rest = self.far.fallback_flags(histories)
+        return [a if a == b else f"{a}+{b}" for a, b in zip(first, rest, strict=True)]
 
     def forecast_arrays(self, histories: Sequence[np.ndarray], horizon: int, bounded: np.ndarray) -> np.ndarray:
         """See :class:`~atomic_usage.models.base.Forecaster`."""
         k = self.near.spec.horizon
+        self._local.horizon = horizon
         if horizon <= k:
             return self.near.forecast_arrays(histories, horizon, bounded)
         out = self.far.forecast_arrays(histories, horizon, bounded)
         out[:, :, :k] = self.near.forecast_arrays(histories, k, bounded)
         return finalize_quantiles(out, np.asarray(bounded))
+
+    def __getstate__(self) -> dict[str, Any]:  # thread-local state does not pickle
+        state = self.__dict__.copy()
+        del state["_local"]
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._local = threading.local()
 
     def __repr__(self) -> str:
         return f"SplitHorizon(near={self.near!r}, far={self.far!r})"
