@@ -18,6 +18,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from ..data.windows import last_windows
+
 __all__ = ["EXACT_RTOL", "MIN_CONSTANT", "MIN_LINE", "exact_lines"]
 
 EXACT_RTOL = 1e-6
@@ -67,12 +69,7 @@ def exact_lines(
 
 
 def _batch(histories: Sequence[np.ndarray], horizon: int, context: int) -> tuple[np.ndarray, ...]:
-    n = len(histories)
-    y = np.full((n, context), np.nan)
-    for r, h in enumerate(histories):
-        k = min(len(h), context)
-        if k:
-            y[r, context - k :] = np.asarray(h, np.float64)[len(h) - k :]
+    y = last_windows(histories, context, np.float64)
     mask = ~np.isnan(y)
     n_obs = mask.sum(1)
     x = np.arange(context, dtype=np.float64)

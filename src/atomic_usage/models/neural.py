@@ -256,10 +256,8 @@ class NeuralForecaster(Forecaster):
         """Per history: ``self.name`` where the network served it (or it was a constant, continued),
         ``naive(short-history)`` where it was too short, EXACT_LINE where an exact sloped line was
         continued."""
-        names = [
-            self.name if _n_observed(h, self.spec.context) >= MIN_OBSERVED else "naive(short-history)"
-            for h in histories
-        ]
+        enough = _n_observed(histories, self.spec.context) >= MIN_OBSERVED
+        names = [self.name if ok else "naive(short-history)" for ok in enough.tolist()]
         idx, slope, _ = exact_lines(histories, 1, self.spec.context)
         for i in idx[slope != 0]:
             names[i] = EXACT_LINE
@@ -276,7 +274,7 @@ class NeuralForecaster(Forecaster):
         H = min(horizon, self.spec.horizon)
         out = np.empty((n, 3, horizon), np.float64)
         bounded = np.asarray(bounded)
-        short = [i for i, h in enumerate(histories) if _n_observed(h, self.spec.context) < MIN_OBSERVED]
+        short = np.flatnonzero(_n_observed(histories, self.spec.context) < MIN_OBSERVED).tolist()
         idx, _, lines = exact_lines(histories, horizon, self.spec.context)
         # Only the histories the network serves go through it (and the regime detector): a short
         # history or an exact line is answered by its rule below.
@@ -397,5 +395,6 @@ def _current_regime(histories: Sequence[np.ndarray], ctx: np.ndarray) -> np.ndar
     return ctx
 
 
-def _n_observed(h: np.ndarray, context: int) -> int:
-    return int(np.count_nonzero(~np.isnan(np.asarray(h)[-context:])))
+def _n_observed(histories: Sequence[np.ndarray], context: int) -> np.ndarray:
+    """Observed values in each history's last ``context`` steps."""
+    return np.asarray(np.count_nonzero(~np.isnan(last_windows(histories, context)), axis=1))
