@@ -115,6 +115,41 @@ class TestDirect:
         assert job.mode == "shuffle" and job.n_chunks == 1 and job.n_parts >= 2
 
 
+class TestSeveralInputs:
+    """Several input files are one fleet: every series of every file is forecast, each id whole in one part."""
+
+    def test_two_files_every_id(self, client, tmp_path: Path) -> None:
+        """Two CSV files with their own ids, and one id in both: the output holds each id once, whole,
+        as the single path gives it on the two files' rows together (half the ids were lost: the
+        second file's parts overwrote the first's, their names being the bucket number alone)."""
+        a = generate_series(12, n_steps=60, seed=1, id_prefix="a-")
+        b = generate_series(12, n_steps=60, seed=2, id_prefix="b-")
+        shared = generate_series(1, n_steps=80, seed=3, id_prefix="both-")
+        a = pd.concat([a, shared.iloc[:40]], ignore_index=True)
+        b = pd.concat([b, shared.iloc[40:]], ignore_index=True)
+        paths = [tmp_path / "a.csv", tmp_path / "b.csv"]
+        a.to_csv(paths[0], index=False)
+        b.to_csv(paths[1], index=False)
+        job = forecast_distributed(client, paths, 6, tmp_path / "out", model="naive", rows_per_bucket=500)
+        got = pd.read_parquet(tmp_path / "out")
+        assert set(got["id"]) == set(a["id"]) | set(b["id"]) and job.n_series == 25
+        one = tmp_path / "one.csv"
+        pd.concat([a, b], ignore_index=True).to_csv(one, index=False)
+        assert_same_forecast(got, single_machine(one, Naive(), 6))
+
+    def test_two_parquet_files_direct(self, client, tmp_path: Path) -> None:
+        """Two Parquet files holding whole machines are forecast where they are read, without a shuffle."""
+        df = generate_series(8, n_steps=50, seed=4)
+        ids = sorted(df["id"].unique())
+        paths = [tmp_path / "p1.parquet", tmp_path / "p2.parquet"]
+        df[df["id"].isin(ids[:4])].to_parquet(paths[0])
+        df[df["id"].isin(ids[4:])].to_parquet(paths[1])
+        job = forecast_distributed(client, paths, 6, tmp_path / "out", model="naive")
+        assert job.mode == "direct" and job.n_series == 8
+        df.to_parquet(tmp_path / "one.parquet")
+        assert_same_forecast(pd.read_parquet(tmp_path / "out"), single_machine(tmp_path / "one.parquet", Naive(), 6))
+
+
 class TestBadInput:
     """A partition or option the job cannot use at all fails it, naming what; nothing is marked complete."""
 

@@ -243,7 +243,9 @@ def forecast_distributed(
 
     Args:
         client: a connected :class:`distributed.Client` (see :func:`~atomic_usage.cluster.client.connect`).
-        inputs: wide CSV/Parquet files or folders of partition files, ``id,timestamp,<metric>...``.
+        inputs: wide CSV/Parquet files or folders of partition files, ``id,timestamp,<metric>...``,
+            taken together as one fleet, as one folder holding all the files would be (an id may
+            have rows in several of them).
         horizon: steps to forecast.
         output: the output folder (made if missing; parts of an earlier run are replaced).
         model: a model folder, a baseline name (``naive``...), a forecaster object, or None

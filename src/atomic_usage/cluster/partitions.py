@@ -122,7 +122,10 @@ def plan_chunks(
         rows_per_chunk: Parquet row groups are grouped up to about this many rows per chunk.
         csv_block_bytes: uncompressed CSV files are cut into byte ranges of this size.
         sources: each path is a ``dataset build`` source: a folder without CSV/Parquet
-            partition files (a GCD or NAB folder) becomes one ``"source"`` chunk.
+            partition files (a GCD or NAB folder) becomes one ``"source"`` chunk, and the
+            chunks of the k-th path have ``source=k`` (each source has its own buckets and
+            options). Otherwise the paths are one input, as a folder of them is: every chunk
+            has ``source=0``, so an id is hashed to one bucket whichever file holds its rows.
 
     Returns:
         The chunks, in input order.
@@ -134,7 +137,10 @@ def plan_chunks(
     import pyarrow.parquet as pq
 
     chunks: list[Chunk] = []
-    for k, raw in enumerate(paths):
+    for n, raw in enumerate(paths):
+        # A forecast's files are one fleet: numbered apart, their buckets (and parts) would hold
+        # the same bucket numbers twice, and an id in two files would be forecast in two halves.
+        k = n if sources else 0
         path = Path(raw)
         if sources and path.is_dir() and (any(path.glob("vm_*")) or _is_nab_dir(path)):
             chunks.append(Chunk(str(path.resolve()), "source", source=k))
