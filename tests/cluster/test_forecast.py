@@ -158,6 +158,17 @@ class TestBadInput:
         with pytest.raises(ArtifactError):
             forecast_distributed(client, messy_parquet, 6, tmp_path / "out", model=tmp_path / "nope")
 
+    def test_missing_id_names_the_file_line(self, client, tmp_path: Path, small_ranges: None) -> None:
+        """A row without id in a late byte range of a CSV file is named by its line in the file."""
+        df = generate_series(8, n_steps=60, seed=1).astype({"id": object})
+        df.iloc[400, df.columns.get_loc("id")] = None
+        path = (tmp_path / "fleet.csv").resolve()
+        df.to_csv(path, index=False)
+        with pytest.raises(SchemaError) as info:
+            forecast_distributed(client, path, 6, tmp_path / "out", model="naive")
+        assert str(info.value) == f"{path}: Line 402 has no id; give every row an id."
+        assert not (tmp_path / "out" / "_SUCCESS").exists()
+
     def test_output_is_a_file(self, client, messy_parquet: Path, tmp_path: Path) -> None:
         """The output of a cluster job is a folder; an existing file is refused, not replaced."""
         (tmp_path / "out.csv").write_text("keep me")

@@ -19,6 +19,7 @@ client and to every worker under the same name (a shared filesystem).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import io
 import os
 import uuid
@@ -226,6 +227,20 @@ def _read_csv_range(path: str, start: int, end: int) -> bytes:
     return header + data
 
 
+def _csv_rows_before(path: str, start: int) -> int:
+    """The data rows of a CSV file on the lines that begin before byte ``start`` (the first line
+    of a range from :func:`_read_csv_range`), blank lines skipped as pandas skips them."""
+    rows = 0
+    with open(path, "rb") as fh:
+        pos = len(fh.readline())
+        for line in fh:
+            if pos >= start:
+                break
+            pos += len(line)
+            rows += bool(line.strip(b"\r\n"))
+    return rows
+
+
 def _file_rows(meta: Any, row_groups: Sequence[int]) -> pd.Index:
     """The 0-based rows, in the whole Parquet file, of the rows of ``row_groups`` (from the footer)."""
     sizes = np.array([meta.row_group(g).num_rows for g in range(meta.num_row_groups)], np.int64)
@@ -260,7 +275,8 @@ def read_chunk(
 
     Raises:
         SchemaError: the chunk cannot be read or does not hold valid wide data (or, without
-            ``issues``, holds a bad value); the message names the file.
+            ``issues``, holds a bad value); the message names the file, and a row by its line
+            in the file even for a byte range (the rows before it are then counted).
     """
     from ..data.issues import place_issue
     from ..data.trainset import read_source
@@ -294,16 +310,24 @@ def read_chunk(
             path=chunk.path,
         ) from None
     found: list[SeriesIssue] | None = [] if issues is not None else None
-    out = validate_wide(
-        df,
-        id_col=id_col,
-        time_col=time_col,
-        path=chunk.path,
-        out_of_range=out_of_range,
-        issues=found,
-        row_numbers=chunk.byte_range is None,
-        warnings=warnings,
+    check = functools.partial(
+        validate_wide, id_col=id_col, time_col=time_col, path=chunk.path, out_of_range=out_of_range
     )
+    refused: SchemaError | None = None
+    try:
+        out = check(df, issues=found, row_numbers=chunk.byte_range is None, warnings=warnings)
+    except SchemaError as exc:
+        if chunk.byte_range is None:
+            raise
+        refused = exc
+    if refused is not None and chunk.byte_range is not None:
+        # A byte range does not know its first row until the rows before it are counted, which
+        # costs a read of the file up to it: only on this failure path, so the error can name the
+        # file's line (a row without id; without ``issues``, a bad cell) and not the range's row.
+        first = _csv_rows_before(chunk.path, chunk.byte_range[0])
+        df.index = pd.RangeIndex(first, first + len(df))
+        check(df, issues=None if issues is None else [], row_numbers=True, warnings=[])
+        raise refused
     if issues is not None and found:
         issues.extend(found if chunk.byte_range is not None else (place_issue(i, path=chunk.path) for i in found))
     return out
