@@ -366,6 +366,42 @@ class TestCli:
         assert "'high'" in text and "(1 series not forecast" in text
         assert (tmp_path / "parts" / "_SUCCESS").is_file()
 
+    def test_dask_info_not_shown(self, tmp_path: Path) -> None:
+        """`forecast --cluster local:2` in a fresh process: stderr shows our summary and warnings and
+        Dask's warnings, not Dask's INFO lines (the scheduler's and nannies' start and stop were shown,
+        since importing distributed set its loggers back to INFO after the command had quieted them)."""
+        import subprocess
+        import sys
+
+        import atomic_usage
+
+        df = generate_series(6, n_steps=40, seed=1)
+        df["note"] = "maintenance"  # a text column: our warning, which must still show
+        df.to_csv(tmp_path / "in.csv", index=False)
+        script = (
+            "import logging, sys\n"
+            "from atomic_usage.cli import main\n"
+            "try:\n    main()\nexcept SystemExit as exc:\n    code = exc.code\n"
+            "logging.getLogger('distributed.scheduler').warning('a warning from Dask')\n"
+            "sys.exit(code)\n"
+        )
+        args = ["forecast", "-i", str(tmp_path / "in.csv"), "-H", "3", "-o", str(tmp_path / "out"), "-m", "naive"]
+        env = {**os.environ, "PYTHONPATH": str(Path(atomic_usage.__file__).parents[1]), "LOG_LEVEL": "INFO"}
+        r = subprocess.run(
+            [sys.executable, "-c", script, *args, "--cluster", "local:2"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd=tmp_path,
+        )
+        lines = r.stderr.splitlines()
+        assert r.returncode == 0, r.stderr
+        assert [x for x in lines if x.startswith("INFO distributed")] == [], r.stderr
+        assert any(x.startswith("6 machines (18 series") for x in lines), r.stderr
+        assert any(x.startswith("WARNING atomic_usage.data:") and "['note']" in x for x in lines), r.stderr
+        assert "WARNING distributed.scheduler: a warning from Dask" in lines, r.stderr
+
     def test_bad_cluster_value_exit_code(self, messy_parquet: Path, tmp_path: Path) -> None:
         """A malformed --cluster is a usage error (exit 2) with the expected form in the message."""
         from atomic_usage.cli import app
