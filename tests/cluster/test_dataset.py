@@ -89,3 +89,18 @@ class TestBadValues:
         build_trainset_distributed(client, [path], tmp_path / "ts")
         bank, _ = read_trainset(tmp_path / "ts")
         assert max(float(np.nanmax(bank.series(i))) for i in range(len(bank))) <= 100.0
+
+    def test_mixed_column_fails_as_build_trainset(self, client, tmp_path: Path) -> None:
+        """A column with text only in its first row group and numbers in the others: build_trainset
+        refuses the text cell; the cluster ignored the column in that chunk and built the set."""
+        df = generate_series(6, n_steps=40, seed=3)
+        df["value"] = df["cpuLoad"].round(1).astype(str)
+        df.loc[df.index[:60], "value"] = "high"
+        path = (tmp_path / "fleet.parquet").resolve()
+        df.to_parquet(path, row_group_size=60)
+        with pytest.raises(SchemaError) as one:
+            build_trainset([path])
+        with pytest.raises(SchemaError) as many:
+            build_trainset_distributed(client, [path], tmp_path / "ts", rows_per_bucket=60)
+        assert str(many.value) == str(one.value)
+        assert "holds a non-numeric value 'high' (row 1 of the file, " in str(one.value)

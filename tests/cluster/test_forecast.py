@@ -279,6 +279,34 @@ class TestBadCell:
         assert job.missing == 1
 
 
+class TestMixedColumn:
+    """A column with text in some chunks of a file and numbers in others is a metric throughout, as on the
+    single-machine path: its text cells reject their series. The chunks with text only ignored it."""
+
+    def _frame(self) -> pd.DataFrame:
+        df = generate_series(8, n_steps=60, seed=1)
+        df["value"] = df["cpuLoad"].round(1).astype(object)
+        df.loc[df.index[:120], "value"] = "high"  # text only in the first byte ranges, or row group
+        return df
+
+    def test_shuffled_csv(self, client, tmp_path: Path, small_ranges: None) -> None:
+        """A CSV file in byte ranges of 2 KB: the forecasts and models of the single-machine path."""
+        path = tmp_path / "in.csv"
+        self._frame().to_csv(path, index=False)
+        job = forecast_distributed(client, path, 6, tmp_path / "out", model="naive")
+        assert job.n_chunks > 4
+        got = pd.read_parquet(tmp_path / "out")
+        assert_same_forecast(got, single_machine(path, Naive(), 6))
+        assert (got.loc[got["metric"] == "value", "model"] == "error").any()
+
+    def test_direct_parquet(self, client, tmp_path: Path) -> None:
+        """Row groups of whole machines, forecast where they are read: the same rule, parts rewritten."""
+        path = write_grouped(self._frame().astype({"value": str}), tmp_path / "in.parquet", 2)
+        job = forecast_distributed(client, path, 6, tmp_path / "out", model="naive", rows_per_bucket=100)
+        assert job.mode == "direct" and job.n_parts == 4
+        assert_same_forecast(pd.read_parquet(tmp_path / "out"), single_machine(path, Naive(), 6))
+
+
 class TestWarningsOnce:
     """A warning every chunk meets (a text column, a misspelled metric, values clipped) is logged once
     per job, by the client, with the counts of all the chunks; the workers log none of them."""

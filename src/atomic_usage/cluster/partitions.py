@@ -23,7 +23,7 @@ import functools
 import io
 import os
 import uuid
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -42,11 +42,13 @@ __all__ = [
     "Chunk",
     "bucket_dir",
     "bucket_of",
+    "columns_with_numbers",
     "estimate_rows",
     "plan_chunks",
     "read_bucket",
     "read_chunk",
     "split_chunk",
+    "text_columns",
     "write_parquet_atomic",
     "write_pieces",
 ]
@@ -257,6 +259,7 @@ def read_chunk(
     out_of_range: RangePolicy = "clip",
     issues: list[SeriesIssue] | None = None,
     warnings: list[InputWarning] | None = None,
+    numeric_columns: Collection[str] = (),
 ) -> pd.DataFrame:
     """Reads and validates one chunk into the wide frame (see :mod:`atomic_usage.data.readers`).
 
@@ -272,6 +275,8 @@ def read_chunk(
             the rows of the file before the range, as :func:`~atomic_usage.cluster.shuffle.run_split` does).
         warnings: when given, the warnings that reject nothing are kept here, and nothing is
             logged (see :func:`~atomic_usage.data.validation.validate_wide`).
+        numeric_columns: columns another chunk of the same file holds numbers in: metrics here
+            too, even if this chunk holds only text in them (see :func:`text_columns`).
 
     Raises:
         SchemaError: the chunk cannot be read or does not hold valid wide data (or, without
@@ -311,7 +316,12 @@ def read_chunk(
         ) from None
     found: list[SeriesIssue] | None = [] if issues is not None else None
     check = functools.partial(
-        validate_wide, id_col=id_col, time_col=time_col, path=chunk.path, out_of_range=out_of_range
+        validate_wide,
+        id_col=id_col,
+        time_col=time_col,
+        path=chunk.path,
+        out_of_range=out_of_range,
+        numeric_columns=numeric_columns,
     )
     refused: SchemaError | None = None
     try:
@@ -379,6 +389,7 @@ def split_chunk(
     time_col: str = "timestamp",
     out_of_range: RangePolicy = "clip",
     reject: bool = False,
+    numeric_columns: Collection[str] = (),
 ) -> dict[str, Any]:
     """Pass 1: reads one chunk and writes its rows, by bucket of id, to the scratch folder.
 
@@ -392,20 +403,62 @@ def split_chunk(
         out_of_range: the range policy of validation.
         reject: a series with a bad value is rejected (masked, and returned in ``issues``)
             instead of failing the chunk (see :func:`read_chunk`).
+        numeric_columns: see :func:`read_chunk`.
 
     Returns:
         ``{"rows": rows read, "buckets": {bucket: rows}, "issues": [SeriesIssue],
-        "warnings": [InputWarning]}`` (small; the data stays on disk). Nothing is logged here:
-        the client reports each warning once for the whole job.
+        "warnings": [InputWarning], "metrics": [column], "text_columns": [column]}`` (small; the
+        data stays on disk): the last two are the columns that held a number
+        (:func:`columns_with_numbers`) and those ignored as text. Nothing is logged here: the
+        client reports each warning once for the whole job.
     """
     issues: list[SeriesIssue] | None = [] if reject else None
     warnings: list[InputWarning] = []
     df = read_chunk(
-        chunk, id_col=id_col, time_col=time_col, out_of_range=out_of_range, issues=issues, warnings=warnings
+        chunk,
+        id_col=id_col,
+        time_col=time_col,
+        out_of_range=out_of_range,
+        issues=issues,
+        warnings=warnings,
+        numeric_columns=numeric_columns,
     )
     df = df.rename(columns={id_col: "id", time_col: "timestamp"})
     counts = write_pieces(df, bucket_of(df["id"].to_numpy(), n_buckets), scratch, chunk.source, chunk_no)
-    return {"rows": len(df), "buckets": counts, "issues": issues or [], "warnings": warnings}
+    return {
+        "rows": len(df),
+        "buckets": counts,
+        "issues": issues or [],
+        "warnings": warnings,
+        "metrics": columns_with_numbers(df, issues or (), skip=("id", "timestamp")),
+        "text_columns": text_columns(warnings),
+    }
+
+
+def columns_with_numbers(
+    df: pd.DataFrame, issues: Sequence[SeriesIssue] = (), *, skip: Sequence[str] = ()
+) -> list[str]:
+    """The columns of a validated chunk that held a number: one is left, or a series of the column
+    was rejected (a far-out number; or a text cell, which a column holding no number in the chunk
+    is not read as a metric for). An all-empty column holds none: it is no evidence either way.
+
+    >>> columns_with_numbers(pd.DataFrame({"id": ["a"], "x": [1.0], "y": [np.nan]}), skip=["id"])
+    ['x']
+    """
+    rejected = {i.metric for i in issues}
+    return [c for c in df.columns if c not in skip and (c in rejected or bool(df[c].notna().any()))]
+
+
+def text_columns(warnings: Sequence[InputWarning]) -> list[str]:
+    """The columns a chunk's validation ignored as text (from its ``text_columns`` warnings).
+
+    Whether a column is a metric is decided on what one chunk holds: a column with text in its
+    first rows and numbers further on is text in one chunk and a metric in the next. A whole
+    read makes it a metric whose text cells reject their series; a job that finds a column of
+    one file in both lists reads the chunks that ignored it again, with it in ``numeric_columns``
+    (:func:`~atomic_usage.cluster.shuffle.mixed_columns`).
+    """
+    return [c for w in warnings if w.kind == "text_columns" for c in w.columns]
 
 
 def write_pieces(
