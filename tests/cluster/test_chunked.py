@@ -413,9 +413,10 @@ class TestMixedColumn:
 
         df = _mixed(where)
         inp = tmp_path / name
-        df.astype({"value": str}).to_parquet(inp, row_group_size=250) if name.endswith(".parquet") else df.to_csv(
-            inp, index=False
-        )
+        if name.endswith(".parquet"):
+            df.astype({"value": str}).to_parquet(inp, row_group_size=250)
+        else:
+            df.to_csv(inp, index=False)
         caplog.set_level(logging.WARNING, logger="atomic_usage")
         job = forecast_chunked(inp, 6, tmp_path / "out.parquet", model=Naive(), rows_per_chunk=_ROWS)
         assert job.n_chunks > 2

@@ -70,7 +70,10 @@ class TestBadValues:
         sid = df["id"].iloc[70]
         df.loc[df.index[df["id"] == sid][[3, 9]], "cpuLoad"] = 180.0
         path = (tmp_path / f"fleet{suffix}").resolve()
-        df.to_csv(path, index=False) if suffix == ".csv" else df.to_parquet(path)
+        if suffix == ".csv":
+            df.to_csv(path, index=False)
+        else:
+            df.to_parquet(path)
         with pytest.raises(SchemaError) as one:
             build_trainset([path])
         with pytest.raises(SchemaError) as many:

@@ -140,6 +140,9 @@ def run_split(
         warnings: when given, the chunks' warnings are appended here, for the caller to report;
             otherwise they are logged here, each distinct one once
             (:func:`~atomic_usage.data.issues.report_warnings`). Workers log none of them.
+
+    A chunk that ignored as text a column another chunk of its file holds numbers in is split
+    again with that column kept as a metric (:func:`mixed_columns`), as a whole read has it.
     """
     from ..data.issues import combine_issues, place_issue, report_warnings
 
