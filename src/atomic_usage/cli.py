@@ -193,16 +193,19 @@ def _errors() -> Iterator[None]:
 def _cluster_client(cluster: str | None, scheduler: str | None, protocol: str | None) -> Iterator[Any]:
     """Parses the cluster options and yields a connected Dask client."""
     try:
-        from .cluster.client import connect, parse_target
+        from .cluster.client import connect, parse_target, require_distributed
     except ImportError as exc:  # pragma: no cover - the extra is installed in development
         raise typer.BadParameter(
             f"{exc}; install the cluster extra: pip install 'atomic-usage[cluster]'", param_hint="--cluster"
         ) from None
-    # Dask logs every worker start and stop at INFO; keep them for LOG_LEVEL=DEBUG only.
-    dask_log = logging.getLogger("distributed")
-    if not dask_log.isEnabledFor(logging.DEBUG):
-        dask_log.setLevel(logging.WARNING)
-    with connect(parse_target(cluster, scheduler, protocol)) as client:
+    target = parse_target(cluster, scheduler, protocol)
+    # Dask logs every worker start and stop at INFO; keep them for LOG_LEVEL=DEBUG only, and its
+    # warnings always. Importing distributed applies its logging config, which sets its logger to
+    # INFO, so the level is set after the import (set before it, it was undone).
+    require_distributed()
+    if not logging.getLogger().isEnabledFor(logging.DEBUG):
+        logging.getLogger("distributed").setLevel(logging.WARNING)
+    with connect(target) as client:
         yield client
 
 

@@ -388,3 +388,42 @@ class TestCliExtras:
         forecast_cli(inp, tmp_path / "out.csv", _ROWS)
         shown = buf.getvalue()
         assert all(stage in shown for stage in ("counting ids", "splitting", "forecasting"))
+
+
+def _mixed(where: str) -> pd.DataFrame:
+    """Machines sorted by id with a ``value`` column of numbers, but only text (``high``) in the first
+    700 rows or the last 700: every chunk of 600 rows there holds text only in that column."""
+    df = generate_series(12, n_steps=150, seed=4)
+    df["value"] = df["cpuLoad"].round(1).astype(object)
+    rows = df.index[:700] if where == "first" else df.index[-700:]
+    df.loc[rows, "value"] = "high"
+    return df
+
+
+class TestMixedColumn:
+    """A column holding text in some chunks and numbers in others is a metric in every chunk, as in a whole
+    read: its text cells reject their series. It was ignored in the text-only chunks (no rows for it)."""
+
+    @pytest.mark.parametrize("where", ["first", "last"])
+    @pytest.mark.parametrize("name", ["in.csv", "in.parquet"])
+    def test_same_as_whole_read(self, tmp_path: Path, caplog: pytest.LogCaptureFixture, where: str, name: str) -> None:
+        """Text in the first or the last chunks, CSV or Parquet: the whole read's rows, and no text-column warning."""
+        from atomic_usage.data import regularize
+        from atomic_usage.models.base import forecast_frame
+
+        df = _mixed(where)
+        inp = tmp_path / name
+        if name.endswith(".parquet"):
+            df.astype({"value": str}).to_parquet(inp, row_group_size=250)
+        else:
+            df.to_csv(inp, index=False)
+        caplog.set_level(logging.WARNING, logger="atomic_usage")
+        job = forecast_chunked(inp, 6, tmp_path / "out.parquet", model=Naive(), rows_per_chunk=_ROWS)
+        assert job.n_chunks > 2
+        assert not [r for r in caplog.records if "['value']" in r.getMessage()]
+        issues: list = []
+        panel, _ = regularize(read_wide(inp, issues=issues))
+        want = forecast_frame(Naive(), panel, 6, issues=issues)
+        got = pd.read_parquet(tmp_path / "out.parquet")
+        pd.testing.assert_frame_equal(got, want, check_exact=False, atol=1e-6, rtol=0)
+        assert (got.loc[got["metric"] == "value", "model"] == "error").any()

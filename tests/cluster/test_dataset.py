@@ -57,3 +57,53 @@ class TestTrainsetEquality:
         """Two --holdout-last values for one source is refused, as in the single-machine build."""
         with pytest.raises(SchemaError, match="one per source"):
             build_trainset_distributed(client, [messy_parquet], tmp_path / "ts", holdout_last=["1h", "2h"])
+
+
+class TestBadValues:
+    """A bad value fails the distributed build as it fails build_trainset, with the same message."""
+
+    @pytest.mark.parametrize("suffix", [".csv", ".parquet"])
+    def test_far_out_percent_rejected(self, client, tmp_path: Path, suffix: str) -> None:
+        """A per-core sum (cpuLoad 180) is refused on both paths with the same words; the cluster
+        clipped it to 100 and built the set."""
+        df = generate_series(6, n_steps=40, seed=3)
+        sid = df["id"].iloc[70]
+        df.loc[df.index[df["id"] == sid][[3, 9]], "cpuLoad"] = 180.0
+        path = (tmp_path / f"fleet{suffix}").resolve()
+        if suffix == ".csv":
+            df.to_csv(path, index=False)
+        else:
+            df.to_parquet(path)
+        with pytest.raises(SchemaError) as one:
+            build_trainset([path])
+        with pytest.raises(SchemaError) as many:
+            build_trainset_distributed(client, [path], tmp_path / "ts")
+        assert str(many.value) == str(one.value)
+        assert str(one.value).startswith(f"{path}: cpuLoad of id {sid!r} is 180.0 at ")
+        assert "(2 value(s) far outside 0 to 100 (percent))" in str(one.value)
+        assert not (tmp_path / "ts" / "_SUCCESS").exists()
+
+    def test_small_overshoot_still_clipped(self, client, tmp_path: Path) -> None:
+        """A percent just above 100 (monitoring overshoot) is clipped on both paths, as before."""
+        df = generate_series(4, n_steps=30, seed=3)
+        df.loc[df.index[:3], "cpuLoad"] = 104.0
+        path = tmp_path / "fleet.csv"
+        df.to_csv(path, index=False)
+        build_trainset_distributed(client, [path], tmp_path / "ts")
+        bank, _ = read_trainset(tmp_path / "ts")
+        assert max(float(np.nanmax(bank.series(i))) for i in range(len(bank))) <= 100.0
+
+    def test_mixed_column_fails_as_build_trainset(self, client, tmp_path: Path) -> None:
+        """A column with text only in its first row group and numbers in the others: build_trainset
+        refuses the text cell; the cluster ignored the column in that chunk and built the set."""
+        df = generate_series(6, n_steps=40, seed=3)
+        df["value"] = df["cpuLoad"].round(1).astype(str)
+        df.loc[df.index[:60], "value"] = "high"
+        path = (tmp_path / "fleet.parquet").resolve()
+        df.to_parquet(path, row_group_size=60)
+        with pytest.raises(SchemaError) as one:
+            build_trainset([path])
+        with pytest.raises(SchemaError) as many:
+            build_trainset_distributed(client, [path], tmp_path / "ts", rows_per_bucket=60)
+        assert str(many.value) == str(one.value)
+        assert "holds a non-numeric value 'high' (row 1 of the file, " in str(one.value)

@@ -115,6 +115,41 @@ class TestDirect:
         assert job.mode == "shuffle" and job.n_chunks == 1 and job.n_parts >= 2
 
 
+class TestSeveralInputs:
+    """Several input files are one fleet: every series of every file is forecast, each id whole in one part."""
+
+    def test_two_files_every_id(self, client, tmp_path: Path) -> None:
+        """Two CSV files with their own ids, and one id in both: the output holds each id once, whole,
+        as the single path gives it on the two files' rows together (half the ids were lost: the
+        second file's parts overwrote the first's, their names being the bucket number alone)."""
+        a = generate_series(12, n_steps=60, seed=1, id_prefix="a-")
+        b = generate_series(12, n_steps=60, seed=2, id_prefix="b-")
+        shared = generate_series(1, n_steps=80, seed=3, id_prefix="both-")
+        a = pd.concat([a, shared.iloc[:40]], ignore_index=True)
+        b = pd.concat([b, shared.iloc[40:]], ignore_index=True)
+        paths = [tmp_path / "a.csv", tmp_path / "b.csv"]
+        a.to_csv(paths[0], index=False)
+        b.to_csv(paths[1], index=False)
+        job = forecast_distributed(client, paths, 6, tmp_path / "out", model="naive", rows_per_bucket=500)
+        got = pd.read_parquet(tmp_path / "out")
+        assert set(got["id"]) == set(a["id"]) | set(b["id"]) and job.n_series == 25
+        one = tmp_path / "one.csv"
+        pd.concat([a, b], ignore_index=True).to_csv(one, index=False)
+        assert_same_forecast(got, single_machine(one, Naive(), 6))
+
+    def test_two_parquet_files_direct(self, client, tmp_path: Path) -> None:
+        """Two Parquet files holding whole machines are forecast where they are read, without a shuffle."""
+        df = generate_series(8, n_steps=50, seed=4)
+        ids = sorted(df["id"].unique())
+        paths = [tmp_path / "p1.parquet", tmp_path / "p2.parquet"]
+        df[df["id"].isin(ids[:4])].to_parquet(paths[0])
+        df[df["id"].isin(ids[4:])].to_parquet(paths[1])
+        job = forecast_distributed(client, paths, 6, tmp_path / "out", model="naive")
+        assert job.mode == "direct" and job.n_series == 8
+        df.to_parquet(tmp_path / "one.parquet")
+        assert_same_forecast(pd.read_parquet(tmp_path / "out"), single_machine(tmp_path / "one.parquet", Naive(), 6))
+
+
 class TestBadInput:
     """A partition or option the job cannot use at all fails it, naming what; nothing is marked complete."""
 
@@ -122,6 +157,17 @@ class TestBadInput:
         """A wrong --model folder fails on the client, before any task runs."""
         with pytest.raises(ArtifactError):
             forecast_distributed(client, messy_parquet, 6, tmp_path / "out", model=tmp_path / "nope")
+
+    def test_missing_id_names_the_file_line(self, client, tmp_path: Path, small_ranges: None) -> None:
+        """A row without id in a late byte range of a CSV file is named by its line in the file."""
+        df = generate_series(8, n_steps=60, seed=1).astype({"id": object})
+        df.iloc[400, df.columns.get_loc("id")] = None
+        path = (tmp_path / "fleet.csv").resolve()
+        df.to_csv(path, index=False)
+        with pytest.raises(SchemaError) as info:
+            forecast_distributed(client, path, 6, tmp_path / "out", model="naive")
+        assert str(info.value) == f"{path}: Line 402 has no id; give every row an id."
+        assert not (tmp_path / "out" / "_SUCCESS").exists()
 
     def test_output_is_a_file(self, client, messy_parquet: Path, tmp_path: Path) -> None:
         """The output of a cluster job is a folder; an existing file is refused, not replaced."""
@@ -233,6 +279,34 @@ class TestBadCell:
         assert job.missing == 1
 
 
+class TestMixedColumn:
+    """A column with text in some chunks of a file and numbers in others is a metric throughout, as on the
+    single-machine path: its text cells reject their series. The chunks with text only ignored it."""
+
+    def _frame(self) -> pd.DataFrame:
+        df = generate_series(8, n_steps=60, seed=1)
+        df["value"] = df["cpuLoad"].round(1).astype(object)
+        df.loc[df.index[:120], "value"] = "high"  # text only in the first byte ranges, or row group
+        return df
+
+    def test_shuffled_csv(self, client, tmp_path: Path, small_ranges: None) -> None:
+        """A CSV file in byte ranges of 2 KB: the forecasts and models of the single-machine path."""
+        path = tmp_path / "in.csv"
+        self._frame().to_csv(path, index=False)
+        job = forecast_distributed(client, path, 6, tmp_path / "out", model="naive")
+        assert job.n_chunks > 4
+        got = pd.read_parquet(tmp_path / "out")
+        assert_same_forecast(got, single_machine(path, Naive(), 6))
+        assert (got.loc[got["metric"] == "value", "model"] == "error").any()
+
+    def test_direct_parquet(self, client, tmp_path: Path) -> None:
+        """Row groups of whole machines, forecast where they are read: the same rule, parts rewritten."""
+        path = write_grouped(self._frame().astype({"value": str}), tmp_path / "in.parquet", 2)
+        job = forecast_distributed(client, path, 6, tmp_path / "out", model="naive", rows_per_bucket=100)
+        assert job.mode == "direct" and job.n_parts == 4
+        assert_same_forecast(pd.read_parquet(tmp_path / "out"), single_machine(path, Naive(), 6))
+
+
 class TestWarningsOnce:
     """A warning every chunk meets (a text column, a misspelled metric, values clipped) is logged once
     per job, by the client, with the counts of all the chunks; the workers log none of them."""
@@ -319,6 +393,42 @@ class TestCli:
         assert f"not forecast: rejected: {(tmp_path / 'in' / 'p2.csv').resolve()}: cpuLoad of id" in text
         assert "'high'" in text and "(1 series not forecast" in text
         assert (tmp_path / "parts" / "_SUCCESS").is_file()
+
+    def test_dask_info_not_shown(self, tmp_path: Path) -> None:
+        """`forecast --cluster local:2` in a fresh process: stderr shows our summary and warnings and
+        Dask's warnings, not Dask's INFO lines (the scheduler's and nannies' start and stop were shown,
+        since importing distributed set its loggers back to INFO after the command had quieted them)."""
+        import subprocess
+        import sys
+
+        import atomic_usage
+
+        df = generate_series(6, n_steps=40, seed=1)
+        df["note"] = "maintenance"  # a text column: our warning, which must still show
+        df.to_csv(tmp_path / "in.csv", index=False)
+        script = (
+            "import logging, sys\n"
+            "from atomic_usage.cli import main\n"
+            "try:\n    main()\nexcept SystemExit as exc:\n    code = exc.code\n"
+            "logging.getLogger('distributed.scheduler').warning('a warning from Dask')\n"
+            "sys.exit(code)\n"
+        )
+        args = ["forecast", "-i", str(tmp_path / "in.csv"), "-H", "3", "-o", str(tmp_path / "out"), "-m", "naive"]
+        env = {**os.environ, "PYTHONPATH": str(Path(atomic_usage.__file__).parents[1]), "LOG_LEVEL": "INFO"}
+        r = subprocess.run(
+            [sys.executable, "-c", script, *args, "--cluster", "local:2"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd=tmp_path,
+        )
+        lines = r.stderr.splitlines()
+        assert r.returncode == 0, r.stderr
+        assert [x for x in lines if x.startswith("INFO distributed")] == [], r.stderr
+        assert any(x.startswith("6 machines (18 series") for x in lines), r.stderr
+        assert any(x.startswith("WARNING atomic_usage.data:") and "['note']" in x for x in lines), r.stderr
+        assert "WARNING distributed.scheduler: a warning from Dask" in lines, r.stderr
 
     def test_bad_cluster_value_exit_code(self, messy_parquet: Path, tmp_path: Path) -> None:
         """A malformed --cluster is a usage error (exit 2) with the expected form in the message."""

@@ -92,6 +92,61 @@ class TestReadChunkIssues:
             read_chunk(chunk)
 
 
+class TestReadChunkLines:
+    """An error in a CSV byte range names the line of the file, not the row within the range."""
+
+    def _csv(self, tmp_path: Path, column: str, row: int, value: object) -> Path:
+        df = generate_series(6, n_steps=40, seed=1).astype({column: object})
+        df.iloc[row, df.columns.get_loc(column)] = value
+        df.to_csv(tmp_path / "a.csv", index=False)
+        return (tmp_path / "a.csv").resolve()
+
+    def test_missing_id(self, tmp_path: Path) -> None:
+        """A row without id in a later range is named by its file line (it was "Row 25", within the range)."""
+        path = self._csv(tmp_path, "id", 200, None)
+        chunks = plan_chunks([path], csv_block_bytes=2048)
+        late = [c for c in chunks if c.byte_range is not None and c.byte_range[0] > 0]
+        errors = []
+        for c in late:
+            try:
+                read_chunk(c, out_of_range="reject", issues=[], warnings=[])
+            except SchemaError as exc:
+                errors.append(str(exc))
+        assert errors == [f"{path}: Line 202 has no id; give every row an id."]
+
+    def test_non_numeric_strict(self, tmp_path: Path) -> None:
+        """Without an issues list (dataset build), a bad cell in a later range names its file line."""
+        path = self._csv(tmp_path, "cpuLoad", 150, "high")
+        chunks = plan_chunks([path], csv_block_bytes=2048)
+        errors = []
+        for c in chunks:
+            try:
+                read_chunk(c)
+            except SchemaError as exc:
+                errors.append(str(exc))
+        assert len(errors) == 1 and "'high' (line 152, id " in errors[0], errors
+
+    def test_blank_lines_not_counted(self, tmp_path: Path) -> None:
+        """Blank lines are skipped as a whole read skips them, so the line is the one read_wide names."""
+        from atomic_usage.data import read_wide
+
+        df = generate_series(6, n_steps=40, seed=1)
+        lines = df.to_csv(index=False).splitlines()
+        lines[150] = "," + lines[150].split(",", 1)[1]  # no id
+        text = "\n".join(lines[:40] + [""] + lines[40:]) + "\n"  # a blank line in the first range
+        (tmp_path / "a.csv").write_text(text)
+        path = (tmp_path / "a.csv").resolve()
+        with pytest.raises(SchemaError) as whole:
+            read_wide(path)
+        errors = []
+        for c in plan_chunks([path], csv_block_bytes=1024):
+            try:
+                read_chunk(c, out_of_range="reject", issues=[], warnings=[])
+            except SchemaError as exc:
+                errors.append(str(exc))
+        assert errors == [str(whole.value)]
+
+
 class TestBucketOf:
     """The bucket of an id is the same in every process and run."""
 

@@ -42,7 +42,7 @@ from ..data.regularize import DEFAULT_STEP, RegularizeReport, regularize
 from ..data.validation import validate_wide
 from ..errors import SchemaError
 from ..models.base import NO_FORECAST, forecast_frame, on_fallback
-from .partitions import bucket_dir, estimate_rows, read_bucket, write_pieces
+from .partitions import bucket_dir, columns_with_numbers, estimate_rows, read_bucket, text_columns, write_pieces
 from .shuffle import DEFAULT_ROWS_PER_BUCKET
 from .writer import FrameWriter
 
@@ -109,6 +109,15 @@ class _Unsorted(Exception):
     """The stream met an id smaller than one it already forecast: the file is not sorted by id."""
 
 
+class _MixedColumns(Exception):
+    """A chunk holds numbers in columns an earlier chunk ignored as text: the pass starts again
+    with them read as metrics from the first chunk on, as a whole read has them."""
+
+    def __init__(self, columns: set[str]) -> None:
+        super().__init__(f"columns {sorted(columns)} hold text in one chunk and numbers in another")
+        self.columns = columns
+
+
 class _Run:
     """One pass over the file: forecasts chunks of whole machines and tallies what it wrote."""
 
@@ -119,8 +128,12 @@ class _Run:
         step: pd.Timedelta,
         writer: FrameWriter,
         on_chunk: Callable[[pd.DataFrame, pd.DataFrame], None] | None,
+        numeric: set[str] | None = None,
     ) -> None:
         self.model, self.horizon, self.step, self.writer, self.on_chunk = model, horizon, step, writer, on_chunk
+        # Columns seen holding numbers (metrics in every later chunk too) and columns ignored as text.
+        self.numeric: set[str] = set(numeric or ())
+        self.text: set[str] = set()
         self.issues: dict[tuple[str, str], SeriesIssue] = {}
         self.issue_keys: dict[str, list[tuple[str, str]]] = {}
         self.warnings: list[InputWarning] = []  # logged once, at the end (a second pass starts a new _Run)
@@ -212,6 +225,7 @@ def _frames(path: Path, rows: int, run: _Run, id_col: str, time_col: str) -> Gen
     """Validated chunks of the file in order, with columns ``id``, ``timestamp``, metrics."""
     for raw in _raw_chunks(path, rows, id_col):
         found: list[SeriesIssue] = []
+        kept: list[InputWarning] = []
         box = [
             validate_wide(
                 raw,
@@ -220,10 +234,18 @@ def _frames(path: Path, rows: int, run: _Run, id_col: str, time_col: str) -> Gen
                 path=str(path),
                 out_of_range="reject",
                 issues=found,
-                warnings=run.warnings,
+                warnings=kept,
+                numeric_columns=run.numeric,
             )
         ]
         del raw
+        metrics = set(columns_with_numbers(box[0], found, skip=(id_col, time_col)))
+        late = metrics & run.text
+        if late:
+            raise _MixedColumns(late)
+        run.numeric |= metrics
+        run.text.update(text_columns(kept))
+        run.warnings.extend(kept)
         run.add_issues(found)
         if id_col != "id" or time_col != "timestamp":
             box[0] = box[0].rename(columns={id_col: "id", time_col: "timestamp"})
@@ -414,21 +436,30 @@ def forecast_chunked(
         return tick
 
     with FrameWriter(output) as writer:
-        run = _Run(model, horizon, step_td, writer, on_chunk)
-        mode = "stream"
-        if _sorted_by_stats(p, id_col) is False:
-            mode = "shuffle"
-        else:
+        numeric: set[str] = set()
+        mode = "stream" if _sorted_by_stats(p, id_col) is not False else "shuffle"
+        while True:
+            run = _Run(model, horizon, step_td, writer, on_chunk, numeric)
             try:
-                _stream(_frames(p, rows, run, id_col, time_col), run, stage("forecasting", total))
-            except _Unsorted:
+                if mode == "stream":
+                    try:
+                        _stream(_frames(p, rows, run, id_col, time_col), run, stage("forecasting", total))
+                    except _Unsorted:
+                        writer.discard()
+                        numeric = run.numeric
+                        run = _Run(model, horizon, step_td, writer, on_chunk, numeric)
+                        mode = "shuffle"
+                if mode == "shuffle":
+                    root = Path(scratch) if scratch is not None else writer.path.parent
+                    root.mkdir(parents=True, exist_ok=True)
+                    _shuffle(p, rows, run, root, id_col, time_col, stage, total)
+            except _MixedColumns as exc:
+                # Rare (a column whose first rows are text): what was written used another set of
+                # metrics, so the pass starts again, reading these columns as metrics throughout.
                 writer.discard()
-                run = _Run(model, horizon, step_td, writer, on_chunk)
-                mode = "shuffle"
-        if mode == "shuffle":
-            root = Path(scratch) if scratch is not None else writer.path.parent
-            root.mkdir(parents=True, exist_ok=True)
-            _shuffle(p, rows, run, root, id_col, time_col, stage, total)
+                numeric = run.numeric | exc.columns
+                continue
+            break
         if not run.n_chunks:
             writer.write(empty)
     # Every chunk met the same columns, and a series may be rejected in several: each is named once.

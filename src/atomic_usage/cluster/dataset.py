@@ -116,8 +116,9 @@ def build_trainset_distributed(
     the same series (row order aside) to ``output/part-*.parquet``, then ``output/_SUCCESS``.
 
     Raises:
-        SchemaError: a source is missing or invalid (the message names the file), or an
-            option has neither one value nor one per source.
+        SchemaError: a source is missing or invalid (the message names the file), holds a value
+            that is not a number or a percent far out of range (as ``read_wide`` refuses them, in
+            the same words), or an option has neither one value nor one per source.
         ClusterError: the cluster failed in a way a re-run could not absorb.
     """
     t0 = time.perf_counter()
@@ -132,7 +133,9 @@ def build_trainset_distributed(
         scratch_dir = prepare_output(out_dir, Path(scratch).resolve() if scratch else None)
         n_workers = len(client.scheduler_info(n_workers=-1)["workers"])
         per_source = max(1, len(chunks) and n_buckets_for(chunks, n_workers, rows_per_bucket) // n)
-        rows = run_split(client, chunks, per_source, scratch_dir)
+        # The range policy of read_wide, which build_trainset reads a wide file with: a percent far
+        # out of range (a per-core sum) fails the build, a small overshoot is clipped with a warning.
+        rows = run_split(client, chunks, per_source, scratch_dir, out_of_range="reject")
         job = uuid.uuid4().hex[:8]
         keys = bucket_dirs(scratch_dir, rows)
         futures = [

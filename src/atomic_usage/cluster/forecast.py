@@ -26,7 +26,16 @@ import numpy as np
 
 from .chunked import MAX_REASONS
 from .layout import whole_id_chunks
-from .partitions import Chunk, bucket_of, plan_chunks, read_bucket, read_chunk, write_parquet_atomic
+from .partitions import (
+    Chunk,
+    bucket_of,
+    columns_with_numbers,
+    plan_chunks,
+    read_bucket,
+    read_chunk,
+    text_columns,
+    write_parquet_atomic,
+)
 from .plugin import ModelPlugin, resolve_model, worker_model
 from .shuffle import (
     DEFAULT_ROWS_PER_BUCKET,
@@ -34,6 +43,7 @@ from .shuffle import (
     finish_output,
     gather,
     map_dask_errors,
+    mixed_columns,
     n_buckets_for,
     prepare_output,
     run_split,
@@ -170,7 +180,14 @@ def _id_batches(ids: np.ndarray, rows: int) -> np.ndarray:
     return batch
 
 
-def forecast_chunk(chunk: Chunk, part: str, horizon: int, plugin_name: str, rows_per_bucket: int) -> dict[str, Any]:
+def forecast_chunk(
+    chunk: Chunk,
+    part: str,
+    horizon: int,
+    plugin_name: str,
+    rows_per_bucket: int,
+    numeric_columns: Sequence[str] = (),
+) -> dict[str, Any]:
     """The direct pass, on a worker: read one chunk whose ids are in no other chunk, forecast it, write its part.
 
     The chunk is regularized and forecast in batches of whole ids of about ``rows_per_bucket``
@@ -182,11 +199,14 @@ def forecast_chunk(chunk: Chunk, part: str, horizon: int, plugin_name: str, rows
         horizon: steps to forecast.
         plugin_name: the :class:`~atomic_usage.cluster.plugin.ModelPlugin` holding the model.
         rows_per_bucket: input rows per forecast call.
+        numeric_columns: columns to read as metrics even if the chunk holds only text in them
+            (see :func:`~atomic_usage.cluster.shuffle.mixed_columns`).
 
     Returns:
         Counts for the job's summary, as :func:`forecast_bucket` gives them, and the chunk's
         ``issues`` (its rejected series, whole since the chunk holds all their rows) and
-        ``warnings``, for the client to report once.
+        ``warnings``, for the client to report once; ``metrics`` and ``text_columns``, the
+        columns that held a number and those ignored as text.
 
     Raises:
         SchemaError: the chunk cannot be read or is not valid wide data (the message names the file).
@@ -196,7 +216,7 @@ def forecast_chunk(chunk: Chunk, part: str, horizon: int, plugin_name: str, rows
     model = worker_model(plugin_name)
     issues: list[SeriesIssue] = []
     warnings: list[InputWarning] = []
-    df = read_chunk(chunk, out_of_range="reject", issues=issues, warnings=warnings)
+    df = read_chunk(chunk, out_of_range="reject", issues=issues, warnings=warnings, numeric_columns=numeric_columns)
     batch = _id_batches(df["id"].to_numpy(), rows_per_bucket)
     # Each batch is taken out of the chunk only while it is forecast; the forecasts are small.
     done = [_forecast_whole(df[batch == k], horizon, model, issues) for k in np.unique(batch)]
@@ -206,6 +226,8 @@ def forecast_chunk(chunk: Chunk, part: str, horizon: int, plugin_name: str, rows
     total["report"] = {f: sum(c["report"][f] for c in counts) for f in counts[0]["report"]}
     total["reasons"] = [r for c in counts for r in c["reasons"]][:MAX_REASONS]
     total["issues"], total["warnings"] = issues, warnings
+    total["metrics"] = columns_with_numbers(df, issues, skip=("id", "timestamp"))
+    total["text_columns"] = text_columns(warnings)
     out = pd.concat([f for f, _ in done], ignore_index=True) if len(done) > 1 else done[0][0]
     if len(out):
         write_parquet_atomic(out, Path(part))
@@ -243,7 +265,9 @@ def forecast_distributed(
 
     Args:
         client: a connected :class:`distributed.Client` (see :func:`~atomic_usage.cluster.client.connect`).
-        inputs: wide CSV/Parquet files or folders of partition files, ``id,timestamp,<metric>...``.
+        inputs: wide CSV/Parquet files or folders of partition files, ``id,timestamp,<metric>...``,
+            taken together as one fleet, as one folder holding all the files would be (an id may
+            have rows in several of them).
         horizon: steps to forecast.
         output: the output folder (made if missing; parts of an earlier run are replaced).
         model: a model folder, a baseline name (``naive``...), a forecaster object, or None
@@ -291,20 +315,28 @@ def forecast_distributed(
         job = uuid.uuid4().hex[:8]
         if direct is not None:
             chunks = direct
-            futures = [
-                client.submit(
+
+            def forecast_one(i: int, numeric_columns: Sequence[str] = (), attempt: str = "") -> Any:
+                return client.submit(
                     forecast_chunk,
-                    c,
+                    chunks[i],
                     str(out_dir / f"part-{i:05d}.parquet"),
                     horizon,
                     plugin.name,
                     rows_per_bucket,
-                    key=f"atomic-forecast-{job}-{i:05d}",
+                    numeric_columns,
+                    key=f"atomic-forecast-{job}-{i:05d}{attempt}",
                     pure=False,
                 )
-                for i, c in enumerate(chunks)
-            ]
-            results = gather(client, futures)
+
+            results = gather(client, [forecast_one(i) for i in range(len(chunks))])
+            # A chunk that ignored as text a column another chunk of its file holds numbers in
+            # is forecast again with that column a metric (its part is rewritten), as in run_split.
+            redo = mixed_columns(chunks, results)
+            if redo:
+                again = gather(client, [forecast_one(i, cols, "-metrics") for i, cols in redo.items()])
+                for i, r in zip(redo, again, strict=True):
+                    results[i] = r
             n_rows_in = sum(r["rows_in"] for r in results)
             # Every id is in one chunk, so each chunk's issues are already those of whole series.
             report_warnings([w for r in results for w in r["warnings"]], [i for r in results for i in r["issues"]])

@@ -19,10 +19,11 @@ client and to every worker under the same name (a shared filesystem).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import io
 import os
 import uuid
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -41,11 +42,13 @@ __all__ = [
     "Chunk",
     "bucket_dir",
     "bucket_of",
+    "columns_with_numbers",
     "estimate_rows",
     "plan_chunks",
     "read_bucket",
     "read_chunk",
     "split_chunk",
+    "text_columns",
     "write_parquet_atomic",
     "write_pieces",
 ]
@@ -122,7 +125,10 @@ def plan_chunks(
         rows_per_chunk: Parquet row groups are grouped up to about this many rows per chunk.
         csv_block_bytes: uncompressed CSV files are cut into byte ranges of this size.
         sources: each path is a ``dataset build`` source: a folder without CSV/Parquet
-            partition files (a GCD or NAB folder) becomes one ``"source"`` chunk.
+            partition files (a GCD or NAB folder) becomes one ``"source"`` chunk, and the
+            chunks of the k-th path have ``source=k`` (each source has its own buckets and
+            options). Otherwise the paths are one input, as a folder of them is: every chunk
+            has ``source=0``, so an id is hashed to one bucket whichever file holds its rows.
 
     Returns:
         The chunks, in input order.
@@ -134,7 +140,10 @@ def plan_chunks(
     import pyarrow.parquet as pq
 
     chunks: list[Chunk] = []
-    for k, raw in enumerate(paths):
+    for n, raw in enumerate(paths):
+        # A forecast's files are one fleet: numbered apart, their buckets (and parts) would hold
+        # the same bucket numbers twice, and an id in two files would be forecast in two halves.
+        k = n if sources else 0
         path = Path(raw)
         if sources and path.is_dir() and (any(path.glob("vm_*")) or _is_nab_dir(path)):
             chunks.append(Chunk(str(path.resolve()), "source", source=k))
@@ -220,6 +229,20 @@ def _read_csv_range(path: str, start: int, end: int) -> bytes:
     return header + data
 
 
+def _csv_rows_before(path: str, start: int) -> int:
+    """The data rows of a CSV file on the lines that begin before byte ``start`` (the first line
+    of a range from :func:`_read_csv_range`), blank lines skipped as pandas skips them."""
+    rows = 0
+    with open(path, "rb") as fh:
+        pos = len(fh.readline())
+        for line in fh:
+            if pos >= start:
+                break
+            pos += len(line)
+            rows += bool(line.strip(b"\r\n"))
+    return rows
+
+
 def _file_rows(meta: Any, row_groups: Sequence[int]) -> pd.Index:
     """The 0-based rows, in the whole Parquet file, of the rows of ``row_groups`` (from the footer)."""
     sizes = np.array([meta.row_group(g).num_rows for g in range(meta.num_row_groups)], np.int64)
@@ -236,6 +259,7 @@ def read_chunk(
     out_of_range: RangePolicy = "clip",
     issues: list[SeriesIssue] | None = None,
     warnings: list[InputWarning] | None = None,
+    numeric_columns: Collection[str] = (),
 ) -> pd.DataFrame:
     """Reads and validates one chunk into the wide frame (see :mod:`atomic_usage.data.readers`).
 
@@ -251,10 +275,13 @@ def read_chunk(
             the rows of the file before the range, as :func:`~atomic_usage.cluster.shuffle.run_split` does).
         warnings: when given, the warnings that reject nothing are kept here, and nothing is
             logged (see :func:`~atomic_usage.data.validation.validate_wide`).
+        numeric_columns: columns another chunk of the same file holds numbers in: metrics here
+            too, even if this chunk holds only text in them (see :func:`text_columns`).
 
     Raises:
         SchemaError: the chunk cannot be read or does not hold valid wide data (or, without
-            ``issues``, holds a bad value); the message names the file.
+            ``issues``, holds a bad value); the message names the file, and a row by its line
+            in the file even for a byte range (the rows before it are then counted).
     """
     from ..data.issues import place_issue
     from ..data.trainset import read_source
@@ -288,16 +315,29 @@ def read_chunk(
             path=chunk.path,
         ) from None
     found: list[SeriesIssue] | None = [] if issues is not None else None
-    out = validate_wide(
-        df,
+    check = functools.partial(
+        validate_wide,
         id_col=id_col,
         time_col=time_col,
         path=chunk.path,
         out_of_range=out_of_range,
-        issues=found,
-        row_numbers=chunk.byte_range is None,
-        warnings=warnings,
+        numeric_columns=numeric_columns,
     )
+    refused: SchemaError | None = None
+    try:
+        out = check(df, issues=found, row_numbers=chunk.byte_range is None, warnings=warnings)
+    except SchemaError as exc:
+        if chunk.byte_range is None:
+            raise
+        refused = exc
+    if refused is not None and chunk.byte_range is not None:
+        # A byte range does not know its first row until the rows before it are counted, which
+        # costs a read of the file up to it: only on this failure path, so the error can name the
+        # file's line (a row without id; without ``issues``, a bad cell) and not the range's row.
+        first = _csv_rows_before(chunk.path, chunk.byte_range[0])
+        df.index = pd.RangeIndex(first, first + len(df))
+        check(df, issues=None if issues is None else [], row_numbers=True, warnings=[])
+        raise refused
     if issues is not None and found:
         issues.extend(found if chunk.byte_range is not None else (place_issue(i, path=chunk.path) for i in found))
     return out
@@ -349,6 +389,7 @@ def split_chunk(
     time_col: str = "timestamp",
     out_of_range: RangePolicy = "clip",
     reject: bool = False,
+    numeric_columns: Collection[str] = (),
 ) -> dict[str, Any]:
     """Pass 1: reads one chunk and writes its rows, by bucket of id, to the scratch folder.
 
@@ -362,20 +403,62 @@ def split_chunk(
         out_of_range: the range policy of validation.
         reject: a series with a bad value is rejected (masked, and returned in ``issues``)
             instead of failing the chunk (see :func:`read_chunk`).
+        numeric_columns: see :func:`read_chunk`.
 
     Returns:
         ``{"rows": rows read, "buckets": {bucket: rows}, "issues": [SeriesIssue],
-        "warnings": [InputWarning]}`` (small; the data stays on disk). Nothing is logged here:
-        the client reports each warning once for the whole job.
+        "warnings": [InputWarning], "metrics": [column], "text_columns": [column]}`` (small; the
+        data stays on disk): the last two are the columns that held a number
+        (:func:`columns_with_numbers`) and those ignored as text. Nothing is logged here: the
+        client reports each warning once for the whole job.
     """
     issues: list[SeriesIssue] | None = [] if reject else None
     warnings: list[InputWarning] = []
     df = read_chunk(
-        chunk, id_col=id_col, time_col=time_col, out_of_range=out_of_range, issues=issues, warnings=warnings
+        chunk,
+        id_col=id_col,
+        time_col=time_col,
+        out_of_range=out_of_range,
+        issues=issues,
+        warnings=warnings,
+        numeric_columns=numeric_columns,
     )
     df = df.rename(columns={id_col: "id", time_col: "timestamp"})
     counts = write_pieces(df, bucket_of(df["id"].to_numpy(), n_buckets), scratch, chunk.source, chunk_no)
-    return {"rows": len(df), "buckets": counts, "issues": issues or [], "warnings": warnings}
+    return {
+        "rows": len(df),
+        "buckets": counts,
+        "issues": issues or [],
+        "warnings": warnings,
+        "metrics": columns_with_numbers(df, issues or (), skip=("id", "timestamp")),
+        "text_columns": text_columns(warnings),
+    }
+
+
+def columns_with_numbers(
+    df: pd.DataFrame, issues: Sequence[SeriesIssue] = (), *, skip: Sequence[str] = ()
+) -> list[str]:
+    """The columns of a validated chunk that held a number: one is left, or a series of the column
+    was rejected (a far-out number; or a text cell, which a column holding no number in the chunk
+    is not read as a metric for). An all-empty column holds none: it is no evidence either way.
+
+    >>> columns_with_numbers(pd.DataFrame({"id": ["a"], "x": [1.0], "y": [np.nan]}), skip=["id"])
+    ['x']
+    """
+    rejected = {i.metric for i in issues}
+    return [c for c in df.columns if c not in skip and (c in rejected or bool(df[c].notna().any()))]
+
+
+def text_columns(warnings: Sequence[InputWarning]) -> list[str]:
+    """The columns a chunk's validation ignored as text (from its ``text_columns`` warnings).
+
+    Whether a column is a metric is decided on what one chunk holds: a column with text in its
+    first rows and numbers further on is text in one chunk and a metric in the next. A whole
+    read makes it a metric whose text cells reject their series; a job that finds a column of
+    one file in both lists reads the chunks that ignored it again, with it in ``numeric_columns``
+    (:func:`~atomic_usage.cluster.shuffle.mixed_columns`).
+    """
+    return [c for w in warnings if w.kind == "text_columns" for c in w.columns]
 
 
 def write_pieces(

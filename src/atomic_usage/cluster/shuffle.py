@@ -28,6 +28,7 @@ __all__ = [
     "finish_output",
     "gather",
     "map_dask_errors",
+    "mixed_columns",
     "n_buckets_for",
     "prepare_output",
     "run_split",
@@ -75,6 +76,39 @@ def gather(client: Any, futures: Sequence[Any]) -> list[Any]:
         raise
 
 
+def mixed_columns(chunks: Sequence[Chunk], results: Sequence[dict[str, Any]]) -> dict[int, list[str]]:
+    """The chunks to read again, each with the columns to read as metrics this time.
+
+    A chunk decides alone whether a column is a metric (it holds a number) or text to ignore.
+    A whole read decides for the whole file: a column that holds a number anywhere in it is a
+    metric, and its text cells reject their series. So a chunk that ignored as text a column
+    another chunk of its file read as a metric is read again with that column kept.
+
+    Args:
+        chunks: the chunks, as submitted.
+        results: their results, with ``metrics`` (the columns that held a number) and
+            ``text_columns`` (those ignored as text) lists.
+
+    Returns:
+        ``{chunk index: columns}``, empty when every file's chunks agree (the usual case).
+
+    >>> c = [Chunk("a.csv", "csv"), Chunk("a.csv", "csv"), Chunk("b.csv", "csv")]
+    >>> r = [{"metrics": ["cpuLoad"], "text_columns": ["value"]}, {"metrics": ["cpuLoad", "value"],
+    ...      "text_columns": []}, {"metrics": ["cpuLoad"], "text_columns": ["value"]}]
+    >>> mixed_columns(c, r)
+    {0: ['value']}
+    """
+    numeric: dict[str, set[str]] = {}
+    for chunk, r in zip(chunks, results, strict=True):
+        numeric.setdefault(chunk.path, set()).update(r["metrics"])
+    redo: dict[int, list[str]] = {}
+    for i, (chunk, r) in enumerate(zip(chunks, results, strict=True)):
+        cols = sorted(numeric[chunk.path] & set(r["text_columns"]))
+        if cols:
+            redo[i] = cols
+    return redo
+
+
 def n_buckets_for(chunks: Sequence[Chunk], n_workers: int, rows_per_bucket: int) -> int:
     """Buckets per source: enough for ``rows_per_bucket`` each, and at least two per worker."""
     rows = sum(c.est_rows for c in chunks)
@@ -106,29 +140,41 @@ def run_split(
         warnings: when given, the chunks' warnings are appended here, for the caller to report;
             otherwise they are logged here, each distinct one once
             (:func:`~atomic_usage.data.issues.report_warnings`). Workers log none of them.
+
+    A chunk that ignored as text a column another chunk of its file holds numbers in is split
+    again with that column kept as a metric (:func:`mixed_columns`), as a whole read has it.
     """
     from ..data.issues import combine_issues, place_issue, report_warnings
 
     job = uuid.uuid4().hex[:8]
-    futures = [
-        client.submit(
+
+    def split(i: int, numeric_columns: Sequence[str] = (), attempt: str = "") -> Any:
+        return client.submit(
             split_chunk,
-            c,
+            chunks[i],
             i,
             n_buckets,
             str(scratch),
             out_of_range=out_of_range,
             reject=issues is not None,
-            key=f"atomic-split-{job}-{i:06d}",
+            numeric_columns=numeric_columns,
+            key=f"atomic-split-{job}-{i:06d}{attempt}",
             pure=False,
         )
-        for i, c in enumerate(chunks)
-    ]
+
+    results = gather(client, [split(i) for i in range(len(chunks))])
+    # The futures are released by now, so Dask cannot re-run a first read (after a worker died)
+    # over the second one's pieces, which hold the same rows with one more column.
+    redo = mixed_columns(chunks, results)
+    if redo:
+        again = gather(client, [split(i, cols, "-metrics") for i, cols in redo.items()])
+        for i, result in zip(redo, again, strict=True):
+            results[i] = result
     rows: dict[tuple[int, int], int] = {}
     found: dict[tuple[str, str], SeriesIssue] = {}
     kept: list[InputWarning] = []
     rows_before: dict[str, int] = {}  # data rows of each file in the chunks before this one
-    for chunk, result in zip(chunks, gather(client, futures), strict=True):
+    for chunk, result in zip(chunks, results, strict=True):
         for b, n in result["buckets"].items():
             rows[(chunk.source, b)] = rows.get((chunk.source, b), 0) + n
         offset = rows_before.get(chunk.path, 0)

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import difflib
 import logging
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Literal
 
 import numpy as np
@@ -93,6 +93,7 @@ def metric_columns(
     time_col: str = "timestamp",
     path: str | None = None,
     warnings: list[InputWarning] | None = None,
+    numeric_columns: Collection[str] = (),
 ) -> list[str]:
     """The metric columns of a wide frame: every column but id and timestamp that holds numbers.
 
@@ -104,12 +105,17 @@ def metric_columns(
     a warning naming the metric it may mean. The warnings are logged, or appended to
     ``warnings`` when it is given (see :func:`validate_wide`).
 
+    Args:
+        numeric_columns: for a part of a file: the columns another part of it holds numbers in.
+            They are metrics here too, even where this part holds only text, as in a whole read.
+
     Raises:
         SchemaError: there is no metric column.
     """
     cols = [c for c in df.columns if c not in (id_col, time_col)]
     where = f"{path}: " if path else ""
-    text_only = [c for c in cols if c not in BOUNDED_METRICS and _is_text_only(df[c])]
+    keep = set(BOUNDED_METRICS) | set(numeric_columns)
+    text_only = [c for c in cols if c not in keep and _is_text_only(df[c])]
     if text_only:
         _warn(InputWarning("text_columns", tuple(text_only), path), warnings)
     cols = [c for c in cols if c not in text_only]
@@ -211,6 +217,7 @@ def validate_wide(
     issues: list[SeriesIssue] | None = None,
     row_numbers: bool = True,
     warnings: list[InputWarning] | None = None,
+    numeric_columns: Collection[str] = (),
 ) -> pd.DataFrame:
     """Checks and normalizes a wide frame (``id,timestamp,<metric>...``).
 
@@ -232,13 +239,18 @@ def validate_wide(
             (:class:`~atomic_usage.data.issues.InputWarning`) are appended here instead of logged,
             and rejected series (``issues``) are not logged either, so the caller reports each
             once (:func:`~atomic_usage.data.issues.report_warnings`). None: both are logged here.
+        numeric_columns: for a part of a file: the columns another part of it holds numbers in,
+            kept as metrics even where this part holds only text, so that the part's text cells
+            reject their series as a whole read does (:func:`metric_columns`).
 
     Raises:
         SchemaError: a column is missing, a timestamp does not parse, a row has no id, or (without
             ``issues``) a value is not a number or is out of range (see above).
     """
     require_columns(df, [id_col, time_col], path=path)
-    metrics = metric_columns(df, id_col=id_col, time_col=time_col, path=path, warnings=warnings)
+    metrics = metric_columns(
+        df, id_col=id_col, time_col=time_col, path=path, warnings=warnings, numeric_columns=numeric_columns
+    )
     out = pd.DataFrame(
         {
             id_col: df[id_col].astype(str),
