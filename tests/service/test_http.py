@@ -298,6 +298,34 @@ class TestErrors:
             assert r.headers["accept-post"] == "application/json, application/*+json"
             assert _tasks_total(c) == before
 
+    @pytest.mark.parametrize("params", [{}, {"sealed": "1"}])  # the fast path, and the route
+    @pytest.mark.parametrize(
+        ("content_type", "hint"),
+        [
+            ("application/x-www-form-urlencoded", True),  # what curl -d sends
+            ("Application/X-WWW-Form-Urlencoded; charset=utf-8", True),
+            ("text/plain", False),
+            ("multipart/form-data; boundary=x", False),
+            ("application/xml", False),
+            ("", False),
+        ],
+    )
+    def test_curl_hint_only_for_form_encoded(
+        self, server: Server, content_type: str, hint: bool, params: dict[str, str]
+    ) -> None:
+        """The 415 mentions curl -d (which sends form-encoded bodies) only for a form-encoded body."""
+        with server.client() as c:
+            r = c.post(
+                "/v1/predict",
+                content=json.dumps(payload(2)).encode(),
+                headers={**AUTH, "Content-Type": content_type},
+                params=params,
+            )
+        assert r.status_code == 415, r.text
+        message = r.json()["errors"][0]["message"]
+        assert ("curl -d" in message) is hint, message
+        assert "send the body as JSON with Content-Type: application/json" in message
+
     @pytest.mark.parametrize("params", [{}, {"sealed": "1"}])
     @pytest.mark.parametrize(
         "content_type",
