@@ -1,13 +1,20 @@
-"""Merging the figures of several serving processes (service/peers.py)."""
+"""Merging the figures of several serving processes (service/peers.py) and the peer folder's life
+(service/peerdir.py)."""
 
 from __future__ import annotations
 
 import asyncio
+import fcntl
+import os
+import shutil
+import socket
+import threading
 from pathlib import Path
 from typing import Any
 
 import orjson
 
+from atomic_usage.service.peerdir import clear_stale, join, leave
 from atomic_usage.service.peers import PeerBoard, merge_latest, merge_samples, merge_stats, peer_folder
 
 
@@ -97,3 +104,69 @@ class TestPeerBoard:
         """The same data folder gives the same peer folder, another one another."""
         assert peer_folder(tmp_path / "a") == peer_folder(tmp_path / "a" / ".." / "a")
         assert peer_folder(tmp_path / "a") != peer_folder(tmp_path / "b")
+
+
+def _listen(path: Path) -> socket.socket:
+    """A Unix socket listening at ``path``, as a live process's (close it to end it)."""
+    s = socket.socket(socket.AF_UNIX)
+    s.bind(str(path))
+    s.listen(1)
+    return s
+
+
+class TestPeerFolder:
+    """The first process in clears a dead run's leftovers, the last one out removes the folder, and
+    only folders no live process holds are removed as stale."""
+
+    def test_first_in_clears_last_out_removes(self, tmp_path: Path) -> None:
+        """Leftovers of a dead run go when the first process joins; a second joiner keeps what the
+        first made; the folder goes with the last one out."""
+        folder = tmp_path / "atomic-peers-a"
+        folder.mkdir()
+        for name in ("77.sock", "77.json", "retired.json"):
+            (folder / name).write_text("left")
+        first = join(folder)
+        assert sorted(p.name for p in folder.iterdir()) == ["owners.lock"]
+        (folder / "1.sock").write_text("mine")
+        second = join(folder)
+        assert (folder / "1.sock").exists()
+        assert leave(first, folder) is False and folder.exists()
+        assert leave(second, folder) is True and not folder.exists()
+
+    def test_join_waits_out_a_removal(self, tmp_path: Path) -> None:
+        """A process joining while another removes the folder joins the new folder, not the
+        removed one's lock file."""
+        folder = tmp_path / "atomic-peers-a"
+        folder.mkdir()
+        remover = os.open(folder / "owners.lock", os.O_RDWR | os.O_CREAT)
+        fcntl.flock(remover, fcntl.LOCK_EX)
+        got: list[int] = []
+        joiner = threading.Thread(target=lambda: got.append(join(folder)))
+        joiner.start()
+        joiner.join(0.3)
+        assert joiner.is_alive()  # waiting for the lock
+        shutil.rmtree(folder)
+        os.close(remover)
+        joiner.join(10)
+        assert os.fstat(got[0]).st_ino == os.stat(folder / "owners.lock").st_ino
+        assert leave(got[0], folder) and not folder.exists()
+
+    def test_clear_stale_removes_only_unheld_folders(self, tmp_path: Path) -> None:
+        """Removed: a folder nobody holds, with a dead socket. Kept: this process's folder, one a
+        live process holds, one without a lock whose socket accepts connections, and non-folders."""
+        mine, held, dead, unlocked = (tmp_path / f"atomic-peers-{n}" for n in ("mine", "held", "dead", "old"))
+        for f in (mine, dead, unlocked):
+            f.mkdir()
+        hold = join(held)
+        gone = socket.socket(socket.AF_UNIX)
+        gone.bind(str(dead / "9.sock"))  # bound, never listening: as a killed process leaves it
+        gone.close()
+        live = _listen(unlocked / "8.sock")
+        (tmp_path / "atomic-peers-file").write_text("not a folder")
+        try:
+            assert clear_stale(tmp_path, keep=mine) == [dead]
+            assert mine.exists() and held.exists() and unlocked.exists() and not dead.exists()
+            assert (tmp_path / "atomic-peers-file").exists()
+        finally:
+            live.close()
+            leave(hold, held)

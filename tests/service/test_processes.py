@@ -308,3 +308,28 @@ def test_sigterm_while_a_process_is_still_starting(tmp_path: Path) -> None:
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
+
+
+def test_a_new_run_removes_the_peer_folders_of_dead_runs(tmp_path: Path) -> None:
+    """A SIGKILLed server leaves its peer folder behind; the next server to start (on another
+    store) removes it, and leaves the folder of a server that still runs alone."""
+    from atomic_usage.service.peers import peer_folder
+
+    args = ("--processes", "2")
+    dead = Server(tmp_path / "dead", args=args, group=True).start()
+    try:
+        _wait_for_processes(dead, 2)
+    finally:
+        dead.kill_group()  # SIGKILL of the supervisor and its processes: none of them cleans up
+    left = peer_folder(tmp_path / "dead")
+    assert list(left.glob("*.sock")), "the killed server left no socket: nothing to test"
+    with Server(tmp_path / "live", args=args, group=True) as live:
+        _wait_for_processes(live, 2)
+        with Server(tmp_path / "new", args=args, group=True) as new:
+            _wait_for_processes(new, 2)
+            assert not left.exists(), "the dead run's peer folder was left behind"
+            assert peer_folder(tmp_path / "live").exists()
+            assert peer_folder(tmp_path / "new").exists()
+        assert peer_folder(tmp_path / "live").exists()
+        _wait_for_processes(live, 2, timeout_s=5)  # both of its processes still answer each other
+    assert not peer_folder(tmp_path / "live").exists()  # the last one out removes its folder
