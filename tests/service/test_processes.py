@@ -310,6 +310,76 @@ def test_sigterm_while_a_process_is_still_starting(tmp_path: Path) -> None:
             os.killpg(proc.pid, signal.SIGKILL)
 
 
+def _counter_samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Every counter and histogram sample of an exposition (not ``_created``), by name and labels."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    out = {}
+    for family in text_string_to_metric_families(text):
+        if family.type in ("counter", "histogram"):
+            for s in family.samples:
+                if not s.name.endswith("_created"):
+                    out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
+class _CounterWatch:
+    """Scrapes /metrics and fails when a counter or histogram sample is lower than in an earlier scrape."""
+
+    def __init__(self, srv: Server) -> None:
+        self.srv = srv
+        self.seen: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
+
+    def scrape(self) -> str:
+        with self.srv.client() as c:
+            text = c.get("/metrics", headers=AUTH).text
+        now = _counter_samples(text)
+        dropped = {k: (v, now.get(k)) for k, v in self.seen.items() if now.get(k, float("-inf")) < v}
+        assert not dropped, f"counters went down (before, after): {dropped}"
+        self.seen = now
+        return text
+
+
+def test_counters_never_drop_when_a_process_is_replaced(tmp_path: Path) -> None:
+    """SIGKILL of a serving process, three times in one slot: in every scrape, before, while and
+    after the supervisor replaces it, no counter or histogram sample is lower than before, and
+    the totals still count what the dead processes had served."""
+    if not Path("/proc/self/stat").exists():
+        pytest.skip("reads /proc to find the serving processes")
+    srv = Server(tmp_path, args=("--processes", "2"), group=True).start()
+    try:
+        _wait_for_processes(srv, 2)
+        assert srv.proc is not None
+        watch = _CounterWatch(srv)
+        victim = min(_serving(srv.proc.pid))
+        for rnd in range(3):
+            for n in range(8):
+                with srv.client() as c:  # a connection each, so both processes serve some
+                    for _ in range(2):  # the second one is a replay
+                        headers = {**AUTH, "Idempotency-Key": f"slot-{rnd}-{n}"}
+                        assert c.post("/v1/predict", json=payload(3, seed=n), headers=headers).status_code == 200
+            text = watch.scrape()
+            assert _metric(text, "atomic_processes") == 2
+            assert _metric(text, "atomic_records_total") == (rnd + 1) * 8 * 3
+            assert _metric(text, "atomic_replays_total") == (rnd + 1) * 8
+            before = _serving(srv.proc.pid)
+            os.kill(victim, signal.SIGKILL)
+            deadline = time.monotonic() + 90
+            while True:
+                text = watch.scrape()
+                serving = _serving(srv.proc.pid)
+                if victim not in serving and len(serving) == 2 and _metric(text, "atomic_processes") == 2:
+                    break
+                assert time.monotonic() < deadline, "the killed process was not replaced"
+                time.sleep(0.2)
+            [victim] = serving - before  # the same slot's next process: killed in the next round
+            text = watch.scrape()
+            assert _metric(text, "atomic_records_total") == (rnd + 1) * 8 * 3
+            assert _metric(text, "atomic_replays_total") == (rnd + 1) * 8
+    finally:
+        srv.kill()
+
+
 def test_a_new_run_removes_the_peer_folders_of_dead_runs(tmp_path: Path) -> None:
     """A SIGKILLed server leaves its peer folder behind; the next server to start (on another
     store) removes it, and leaves the folder of a server that still runs alone."""

@@ -1,13 +1,13 @@
 """The peer folder of several serving processes: where it is, who holds it, and what dead runs left.
 
 Every serving process of one store (``serve --processes N``, or several ``serve`` commands on
-one data folder) keeps its peer socket in one folder under the temporary folder
-(:func:`peer_folder`). Each holds a shared ``flock`` on the folder's
+one data folder) keeps its peer socket and its published counts in one folder under the
+temporary folder (:func:`peer_folder`). Each holds a shared ``flock`` on the folder's
 ``owners.lock`` for as long as it serves (:func:`join`). The kernel drops that lock when the
 process ends, SIGKILL included, so "nobody holds it" is the sign that every owner is gone:
 
-- the first process to join a folder nobody holds clears what a dead run left in it (its
-  sockets);
+- the first process to join a folder nobody holds clears what a dead run left in it
+  (sockets, counts), so a restarted service starts from zero, as one process does;
 - the last process to leave removes the folder (:func:`leave`);
 - a starting process removes the folders of other stores that nobody holds any more
   (:func:`clear_stale`): those of runs killed with SIGKILL, which could not remove their own.

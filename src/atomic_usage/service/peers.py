@@ -17,12 +17,12 @@ for the whole service whichever process serves it:
 | tasks by status, model | the store's and the model's, the same in every process |
 | forecast gauges | per machine, the result with the newest observation time |
 
-A process that does not answer within the timeout is left out of that scrape (logged); the
-socket of one that died is removed. The counters of a process that died are lost with it, as
-a restarted single process's are (Prometheus' ``rate`` treats the drop as a reset).
-``atomic_processes`` says how many processes the scrape covered. The folder lasts as long as
-one of its processes runs, and a starting process removes the folders of dead runs
-(:mod:`.peerdir`).
+A process that does not answer within the timeout is left out of that scrape (logged) but
+for its counters, counted as it last published them; the socket of one that died is
+removed, and its counters stay in the sum as it last published them (:mod:`.ledger`), so a
+merged counter never goes down when a process dies and is replaced. ``atomic_processes``
+says how many processes the scrape covered. The folder lasts as long as one of its
+processes runs, and a starting process removes the folders of dead runs (:mod:`.peerdir`).
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ from typing import Any
 
 import orjson
 
+from .ledger import CountLedger, Counts
 from .peerdir import clear_stale, join, leave, peer_folder
 
 __all__ = ["PeerBoard", "merge_latest", "merge_samples", "merge_stats", "peer_folder"]
@@ -130,6 +131,8 @@ class PeerBoard:
         self.snapshot = snapshot
         self.timeout_s = timeout_s
         self.path = self.folder / f"{os.getpid()}.sock"
+        self.ledger = CountLedger(self.folder)
+        """This process's published counters and those of the folder's processes that are gone."""
         self._server: asyncio.AbstractServer | None = None
         self._hold: int | None = None
 
@@ -137,6 +140,7 @@ class PeerBoard:
         """Joins the folder, listens on this process's socket (a stale one of the same pid is
         replaced), then removes the folders dead runs left (:func:`~.peerdir.clear_stale`)."""
         self._hold = await asyncio.to_thread(join, self.folder)
+        await asyncio.to_thread(self.ledger.fold_own_pid)
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()
         self._server = await asyncio.start_unix_server(self._answer, path=str(self.path))
@@ -154,6 +158,8 @@ class PeerBoard:
             body = await asyncio.to_thread(self.snapshot)
             writer.write(body)
             await writer.drain()
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the asker left without reading: a sibling checking that this process lives
         except Exception as exc:  # a sibling's scrape must never break this process
             _log.warning("answering a sibling's metrics request failed: %s", exc)
         finally:
@@ -189,6 +195,16 @@ class PeerBoard:
         paths = sorted(p for p in self.folder.glob("*.sock") if p != self.path)
         answers = await asyncio.gather(*(self._ask(p) for p in paths))
         return [a for a in answers if a is not None]
+
+    async def scrape(self) -> tuple[list[dict[str, Any]], Counts | None]:
+        """The siblings' snapshots, and the counts a scrape adds to them (:meth:`.CountLedger.settle`):
+        those of the processes that are gone and of live ones that did not answer.
+
+        A sibling that answered without figures (stopping) is counted as it last published.
+        """
+        siblings = await self.gather()
+        answered = [(int(s["pid"]), str(s["token"])) for s in siblings if s.get("stats") is not None and s.get("token")]
+        return siblings, await asyncio.to_thread(self.ledger.settle, answered)
 
     async def close(self) -> None:
         """Stops listening and removes this process's socket (and the folder, if it is the last one out)."""

@@ -272,8 +272,8 @@ async def metrics(request: Request) -> Response:
     if st.peers is None:
         body = await to_thread.run_sync(generate_latest, st.registry)
     else:
-        siblings = await st.peers.gather()
-        body = await to_thread.run_sync(st.render_metrics, siblings)
+        siblings, retired = await st.peers.scrape()
+        body = await to_thread.run_sync(st.render_metrics, siblings, retired)
     return Response(body, media_type=CONTENT_TYPE_LATEST)
 
 
