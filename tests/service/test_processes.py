@@ -403,3 +403,45 @@ def test_a_new_run_removes_the_peer_folders_of_dead_runs(tmp_path: Path) -> None
         assert peer_folder(tmp_path / "live").exists()
         _wait_for_processes(live, 2, timeout_s=5)  # both of its processes still answer each other
     assert not peer_folder(tmp_path / "live").exists()  # the last one out removes its folder
+
+
+def _holding_pids(port: int) -> set[int]:
+    """The processes holding an established connection on ``port`` (Linux ``ss``)."""
+    out = subprocess.run(
+        ["ss", "-tnpH", "state", "established", f"( sport = :{port} )"], capture_output=True, text=True, check=True
+    ).stdout
+    return {int(p) for p in re.findall(r"pid=(\d+)", out)}
+
+
+@pytest.mark.slow
+def test_retry_after_a_reset_gets_the_same_result(tmp_path: Path) -> None:
+    """A serving process SIGKILLed while clients send: their connections to it are reset mid-request.
+    Retrying every request with its Idempotency-Key (the supervisor has replaced the process) gets
+    a 200 with the first answer where there was one, one task per key, answered tasks run once
+    and cut-off ones resumed at most once (after their lease)."""
+    if shutil.which("ss") is None or not Path("/proc/self/stat").exists():
+        pytest.skip("needs ss (iproute2) and /proc to find the process holding a connection")
+    srv = Server(tmp_path, args=("--processes", "2"), group=True).start()
+    try:
+        _wait_for_processes(srv, 2)
+        assert srv.proc is not None
+        threads = _load(srv, 4, min_ok=20)
+        victims = _holding_pids(srv.port) & _serving(srv.proc.pid)
+        assert victims, "no serving process holds a client's connection"
+        os.kill(min(victims), signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while all(t.is_alive() for t in threads):
+            assert time.monotonic() < deadline, "no client's connection was reset"
+            time.sleep(0.05)
+        cut = [t for t in threads if not t.is_alive()]
+        for t in threads:
+            t.stop.set()
+            t.join(30)
+        assert not [s for t in threads for s in t.statuses if s >= 500], "a 5xx before the kill"
+        cut_keys = {list(t.sent)[-1] for t in cut}  # the request each cut-off client was sending
+        assert all(k not in t.ok for t in cut for k in cut_keys & set(t.sent))
+        _check_after_restart(srv, threads, retry_s=120, retry_all=True)
+        tasks = _db_tasks(tmp_path)
+        assert all(status == "done" and attempts <= 2 for status, attempts in tasks.values()), tasks
+    finally:
+        srv.kill()
