@@ -286,3 +286,12 @@ class TestCountLedger:
         assert out["batch_size"]["histogram"] == {"1": 2, "2": 2}
         assert out["batch_size"]["mean"] == (1.0 * 2 + 1.0 * 2) / 4
         assert add_retired(merged, None) == merged
+
+    def test_published_files_are_private(self, folder: Path) -> None:
+        """The counts files are this user's only (mode 0600), as the sockets are."""
+        me = CountLedger(folder)
+        me.publish(_counts(1))
+        _process(folder, 116).publish(_counts(1))
+        me.settle([])
+        for name in (f"{me.pid}.json", "retired.json"):
+            assert (folder / name).stat().st_mode & 0o777 == 0o600, name

@@ -143,7 +143,9 @@ class CountLedger:
 
     def _write(self, path: Path, data: Mapping[str, Any]) -> None:
         tmp = path.with_name(path.name + ".tmp")
-        tmp.write_bytes(orjson.dumps(data))
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)  # as the sockets
+        with os.fdopen(fd, "wb") as f:
+            f.write(orjson.dumps(data))
         os.replace(tmp, path)  # a reader sees the old file or the new one, never half of one
 
     def publish(self, counts: Counts) -> None:
