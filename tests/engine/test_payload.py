@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from atomic_usage.engine.payload import parse_payload
+from atomic_usage.engine.payload import parse_payload, shown
 from atomic_usage.errors import PayloadError
 
 
@@ -163,12 +163,70 @@ class TestAdversarialValues:
         payload = {"usageData": [{"id": "ok", "cpuLoad": 1}, {"id": rid, "cpuLoad": 1}, {"id": "x", "cpuLoad": -1}]}
         with pytest.raises(PayloadError) as info:
             parse_payload(payload, now=0)
-        assert [(e.index, e.field, e.record_id) for e in info.value.errors] == [(1, "id", None), (2, "cpuLoad", "x")]
+        assert [(e.index, e.field) for e in info.value.errors] == [(1, "id"), (2, "cpuLoad")]
+        assert info.value.errors[1].record_id == "x"
         message = info.value.errors[0].message
         assert f"control character {code} at position {pos}" in message and "printable" in message
         assert str(info.value).isprintable()  # safe to print on a terminal (the CLI does)
 
-    @pytest.mark.parametrize("rid", ["web-1", "wéb-1", "web 1", "\u00a0web", "ünïcode-\u200b"])
+    @pytest.mark.parametrize(
+        ("rid", "escaped"),
+        [
+            ("web-1\x00", "web-1\\x00"),
+            ("a\x1b[31mred", "a\\x1b[31mred"),
+            ("line\n1", "line\\n1"),
+            ("wéb\x7f", "w\\xe9b\\x7f"),
+            ("back\\slash\t", "back\\\\slash\\t"),
+            ("it's\x00", "it's\\x00"),
+        ],
+    )
+    def test_refused_id_is_given_escaped(self, rid: str, escaped: str) -> None:
+        """Every error of a record whose id holds a control character carries the id escaped to
+        printable ASCII (backslash escapes, as the message shows it), so a client can match it."""
+        payload = {"usageData": [{"id": rid, "cpuLoad": 130}]}
+        with pytest.raises(PayloadError) as info:
+            parse_payload(payload, now=0)
+        assert [(e.field, e.record_id) for e in info.value.errors] == [("id", escaped), ("cpuLoad", escaped)]
+        assert escaped.isprintable() and escaped.isascii()
+        assert escaped.encode("ascii").decode("unicode_escape") == rid  # reversible
+        assert shown(rid)[1:-1].replace("\\'", "'") == escaped  # the message's own escaping, without its quotes
+
+    def test_refused_long_id_is_cut(self) -> None:
+        """An id too long and holding a control character is given cut, as in the message."""
+        with pytest.raises(PayloadError) as info:
+            parse_payload({"usageData": [{"id": "\x1f" + "x" * 1000, "cpuLoad": 1}]}, now=0)
+        got = info.value.errors[0].record_id
+        assert got is not None and got.startswith("\\x1f" + "x" * 10) and got.endswith("...")
+        assert len(got) < 300
+
+    @pytest.mark.parametrize(
+        ("rid", "code", "kind"),
+        [
+            ("c1\x80", "U+0080", "control character"),
+            ("nel\x85", "U+0085", "control character"),
+            ("c1\x9f", "U+009F", "control character"),
+            ("ls\u2028", "U+2028", "line or paragraph separator"),
+            ("ps\u2029", "U+2029", "line or paragraph separator"),
+            ("lre\u202a", "U+202A", "bidirectional control"),
+            ("rlo\u202e", "U+202E", "bidirectional control"),
+            ("lri\u2066", "U+2066", "bidirectional control"),
+            ("pdi\u2069", "U+2069", "bidirectional control"),
+        ],
+    )
+    def test_invisible_characters_in_id(self, rid: str, code: str, kind: str) -> None:
+        """C1 controls, the line and paragraph separators and the bidirectional overrides and
+        isolates are refused as C0 controls are: one error on the id, the character named."""
+        payload = {"usageData": [{"id": "ok", "cpuLoad": 1}, {"id": rid, "cpuLoad": 1}]}
+        with pytest.raises(PayloadError) as info:
+            parse_payload(payload, now=0)
+        [error] = info.value.errors
+        assert (error.index, error.field) == (1, "id")
+        assert f"holds the {kind} {code} at position {len(rid) - 1}" in error.message
+        assert "printable" in error.message and str(info.value).isprintable()
+
+    @pytest.mark.parametrize(
+        "rid", ["web-1", "wéb-1", "web 1", "\u00a0web", "ünïcode-\u200b", "\u00a0\u00ff", "\u2027\u202f"]
+    )
     def test_printable_ids_are_kept(self, rid: str) -> None:
         """Non-ASCII text and inner spaces are ids like any other; only C0 controls and DEL are refused."""
         assert [o.id for o in parse_payload({"usageData": [{"id": rid, "cpuLoad": 1}]}, now=0)] == [rid]

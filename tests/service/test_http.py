@@ -250,17 +250,37 @@ class TestErrors:
         assert r.status_code == 422
         assert r.json()["errors"] == [e.as_dict() for e in info.value.errors]
 
-    @pytest.mark.parametrize("rid", ["nul\x00id", "esc\x1b[2Jid", "line\nid", "del\x7fid"])
-    def test_control_character_in_id(self, server: Server, rid: str) -> None:
-        """An id holding a control character is a 422 naming record 1's id; nothing is stored or exported."""
+    @pytest.mark.parametrize(
+        ("rid", "what"),
+        [
+            ("nul\x00id", "control character"),
+            ("esc\x1b[2Jid", "control character"),
+            ("line\nid", "control character"),
+            ("del\x7fid", "control character"),
+            ("c1\x85id", "control character"),
+            ("ls\u2028id", "line or paragraph separator"),
+            ("rlo\u202eid", "bidirectional control"),
+            ("fsi\u2068id", "bidirectional control"),
+        ],
+    )
+    def test_control_character_in_id(self, server: Server, rid: str, what: str) -> None:
+        """An id holding a control or other invisible character is a 422 naming record 1's id,
+        given escaped as process() gives it; nothing is stored or exported."""
+        from atomic_usage.engine.payload import parse_payload
+        from atomic_usage.errors import PayloadError
+
         body = {"usageData": [{"id": "ctl-ok", "cpuLoad": 5}, {"id": rid, "cpuLoad": 5}]}
+        with pytest.raises(PayloadError) as info:
+            parse_payload(body)
         with server.client() as c:
             before = _tasks_total(c)
             r = c.post("/v1/predict", json=body, headers=AUTH)
             assert r.status_code == 422, r.text
             errors = r.json()["errors"]
-            assert [(e["index"], e["id"], e["field"]) for e in errors] == [(1, None, "id")]
-            assert "control character" in errors[0]["message"]
+            escaped = rid.encode("unicode_escape").decode("ascii")
+            assert [(e["index"], e["id"], e["field"]) for e in errors] == [(1, escaped, "id")]
+            assert errors == [e.as_dict() for e in info.value.errors]
+            assert what in errors[0]["message"] and escaped in errors[0]["message"]
             assert _tasks_total(c) == before
             text = c.get("/metrics", headers=AUTH).text
         assert "ctl-ok" not in text and rid not in text and "\x00" not in text
@@ -297,6 +317,34 @@ class TestErrors:
             assert "application/json" in body["errors"][0]["message"]
             assert r.headers["accept-post"] == "application/json, application/*+json"
             assert _tasks_total(c) == before
+
+    @pytest.mark.parametrize("params", [{}, {"sealed": "1"}])  # the fast path, and the route
+    @pytest.mark.parametrize(
+        ("content_type", "hint"),
+        [
+            ("application/x-www-form-urlencoded", True),  # what curl -d sends
+            ("Application/X-WWW-Form-Urlencoded; charset=utf-8", True),
+            ("text/plain", False),
+            ("multipart/form-data; boundary=x", False),
+            ("application/xml", False),
+            ("", False),
+        ],
+    )
+    def test_curl_hint_only_for_form_encoded(
+        self, server: Server, content_type: str, hint: bool, params: dict[str, str]
+    ) -> None:
+        """The 415 mentions curl -d (which sends form-encoded bodies) only for a form-encoded body."""
+        with server.client() as c:
+            r = c.post(
+                "/v1/predict",
+                content=json.dumps(payload(2)).encode(),
+                headers={**AUTH, "Content-Type": content_type},
+                params=params,
+            )
+        assert r.status_code == 415, r.text
+        message = r.json()["errors"][0]["message"]
+        assert ("curl -d" in message) is hint, message
+        assert "send the body as JSON with Content-Type: application/json" in message
 
     @pytest.mark.parametrize("params", [{}, {"sealed": "1"}])
     @pytest.mark.parametrize(

@@ -1,13 +1,23 @@
-"""Merging the figures of several serving processes (service/peers.py)."""
+"""Merging the figures of several serving processes (service/peers.py), the counts of those that
+are gone (service/ledger.py) and the peer folder's life (service/peerdir.py)."""
 
 from __future__ import annotations
 
 import asyncio
+import fcntl
+import os
+import shutil
+import socket
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import orjson
+import pytest
 
+from atomic_usage.service.ledger import APART_S, CountLedger, add_retired, counts_of
+from atomic_usage.service.peerdir import clear_stale, join, leave
 from atomic_usage.service.peers import PeerBoard, merge_latest, merge_samples, merge_stats, peer_folder
 
 
@@ -97,3 +107,191 @@ class TestPeerBoard:
         """The same data folder gives the same peer folder, another one another."""
         assert peer_folder(tmp_path / "a") == peer_folder(tmp_path / "a" / ".." / "a")
         assert peer_folder(tmp_path / "a") != peer_folder(tmp_path / "b")
+
+
+def _listen(path: Path) -> socket.socket:
+    """A Unix socket listening at ``path``, as a live process's (close it to end it)."""
+    s = socket.socket(socket.AF_UNIX)
+    s.bind(str(path))
+    s.listen(1)
+    return s
+
+
+class TestPeerFolder:
+    """The first process in clears a dead run's leftovers, the last one out removes the folder, and
+    only folders no live process holds are removed as stale."""
+
+    def test_first_in_clears_last_out_removes(self, tmp_path: Path) -> None:
+        """Leftovers of a dead run go when the first process joins; a second joiner keeps what the
+        first made; the folder goes with the last one out."""
+        folder = tmp_path / "atomic-peers-a"
+        folder.mkdir()
+        for name in ("77.sock", "77.json", "retired.json"):
+            (folder / name).write_text("left")
+        first = join(folder)
+        assert sorted(p.name for p in folder.iterdir()) == ["owners.lock"]
+        (folder / "1.sock").write_text("mine")
+        second = join(folder)
+        assert (folder / "1.sock").exists()
+        assert leave(first, folder) is False and folder.exists()
+        assert leave(second, folder) is True and not folder.exists()
+
+    def test_join_waits_out_a_removal(self, tmp_path: Path) -> None:
+        """A process joining while another removes the folder joins the new folder, not the
+        removed one's lock file."""
+        folder = tmp_path / "atomic-peers-a"
+        folder.mkdir()
+        remover = os.open(folder / "owners.lock", os.O_RDWR | os.O_CREAT)
+        fcntl.flock(remover, fcntl.LOCK_EX)
+        got: list[int] = []
+        joiner = threading.Thread(target=lambda: got.append(join(folder)))
+        joiner.start()
+        joiner.join(0.3)
+        assert joiner.is_alive()  # waiting for the lock
+        shutil.rmtree(folder)
+        os.close(remover)
+        joiner.join(10)
+        assert os.fstat(got[0]).st_ino == os.stat(folder / "owners.lock").st_ino
+        assert leave(got[0], folder) and not folder.exists()
+
+    def test_clear_stale_removes_only_unheld_folders(self, tmp_path: Path) -> None:
+        """Removed: a folder nobody holds, with a dead socket. Kept: this process's folder, one a
+        live process holds, one without a lock whose socket accepts connections, and non-folders."""
+        mine, held, dead, unlocked = (tmp_path / f"atomic-peers-{n}" for n in ("mine", "held", "dead", "old"))
+        for f in (mine, dead, unlocked):
+            f.mkdir()
+        hold = join(held)
+        gone = socket.socket(socket.AF_UNIX)
+        gone.bind(str(dead / "9.sock"))  # bound, never listening: as a killed process leaves it
+        gone.close()
+        live = _listen(unlocked / "8.sock")
+        (tmp_path / "atomic-peers-file").write_text("not a folder")
+        try:
+            assert clear_stale(tmp_path, keep=mine) == [dead]
+            assert mine.exists() and held.exists() and unlocked.exists() and not dead.exists()
+            assert (tmp_path / "atomic-peers-file").exists()
+        finally:
+            live.close()
+            leave(hold, held)
+
+
+def _counts(records: int, *, batches: dict[str, int] | None = None) -> dict[str, Any]:
+    stats = _stats(records, 0.1, batches or {"1": 1, "2": 0}, 1.0)
+    return counts_of(stats, [("h_count", {"route": "/v1/predict"}, float(records)), ("h_created", {}, 5.0)])
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def folder() -> Iterator[Path]:
+    """A peer folder short enough for socket paths (the temporary folder, as the service's)."""
+    import tempfile
+
+    path = Path(tempfile.mkdtemp(prefix="atomic-ledger-test-"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _process(folder: Path, pid: int, clock: _Clock | None = None) -> CountLedger:
+    """The ledger of another serving process (its pid and token set by hand)."""
+    ledger = CountLedger(folder, clock=clock or _Clock())
+    ledger.pid, ledger.token = pid, f"{pid}-{id(ledger)}"
+    return ledger
+
+
+class TestCountLedger:
+    """What a process that is gone had published stays counted, once."""
+
+    def test_counts_of_leaves_out_gauges_and_created(self) -> None:
+        """Only counters and histogram samples are kept; the batch sum is mean x count."""
+        c = _counts(5, batches={"1": 2, "4": 2})
+        assert c["stats"]["records_total"] == 5 and "queue_depth" not in c["stats"]
+        assert c["batch"] == {"1": 2, "4": 2} and c["batch_sum"] == 4.0
+        assert c["http"] == [["h_count", {"route": "/v1/predict"}, 5.0]]
+
+    def test_dead_process_is_folded_once(self, folder: Path) -> None:
+        """A process with no socket is gone: its counts move to retired.json and every later
+        scrape still adds them, once."""
+        me, other = CountLedger(folder), _process(folder, 111)
+        other.publish(_counts(5))
+        for _ in range(3):
+            got = me.settle([])
+            assert got is not None and got["stats"]["records_total"] == 5 and got["stats"]["replays_total"] == 3
+        assert not (folder / "111.json").exists()
+
+    def test_live_silent_process_counts_as_published(self, folder: Path) -> None:
+        """A live process that did not answer is counted as it last published, and not folded."""
+        other = _process(folder, 112)
+        other.publish(_counts(7))
+        sock = _listen(folder / "112.sock")
+        try:
+            got = CountLedger(folder).settle([])
+            assert got is not None and got["stats"]["records_total"] == 7
+            assert (folder / "112.json").exists()
+        finally:
+            sock.close()
+
+    def test_answered_process_is_not_counted_twice(self, folder: Path) -> None:
+        """A scrape that has a process's answer does not add its published counts, even when a
+        concurrent scrape folded them as it died; after APART_S they join the total."""
+        clock = _Clock()
+        me, other = CountLedger(folder, clock=clock), _process(folder, 113)
+        other.publish(_counts(4))
+        assert me.settle([(113, other.token)]) is None  # answered: its answer counts it
+        assert (folder / "113.json").exists()
+        got = CountLedger(folder, clock=clock).settle([])  # it died; another scrape folds it
+        assert got is not None and got["stats"]["records_total"] == 4
+        assert me.settle([(113, other.token)]) is None  # a scrape that still had its answer
+        clock.now += APART_S + 1
+        got = me.settle([])
+        assert got is not None and got["stats"]["records_total"] == 4
+
+    def test_fold_cut_short_is_not_counted_again(self, folder: Path) -> None:
+        """A fold stopped after writing retired.json but before removing the dead file counts it once."""
+        me, other = CountLedger(folder), _process(folder, 114)
+        other.publish(_counts(6))
+        kept = (folder / "114.json").read_bytes()
+        me.settle([])
+        (folder / "114.json").write_bytes(kept)  # as if the unlink never happened
+        got = me.settle([])
+        assert got is not None and got["stats"]["records_total"] == 6
+
+    def test_pid_reused_by_a_new_process(self, folder: Path) -> None:
+        """A new process with a dead one's pid folds the dead one's counts before it listens, and
+        its own counts are counted beside them."""
+        _process(folder, 115).publish(_counts(5))
+        successor = _process(folder, 115)
+        successor.fold_own_pid()
+        successor.publish(_counts(2))
+        sock = _listen(folder / "115.sock")
+        try:
+            got = CountLedger(folder).settle([])
+            assert got is not None and got["stats"]["records_total"] == 7
+        finally:
+            sock.close()
+
+    def test_add_retired(self) -> None:
+        """Retired counters and batch buckets add to the merged stats; the batch mean is weighted."""
+        merged = merge_stats([_stats(10, 0.1, {"1": 2, "2": 0}, 1.0)])
+        out = add_retired(merged, _counts(5, batches={"1": 0, "2": 2}))
+        assert out["records_total"] == 15 and out["replays_total"] == 6 and out["queue_depth"] == 2
+        assert out["batch_size"]["histogram"] == {"1": 2, "2": 2}
+        assert out["batch_size"]["mean"] == (1.0 * 2 + 1.0 * 2) / 4
+        assert add_retired(merged, None) == merged
+
+    def test_published_files_are_private(self, folder: Path) -> None:
+        """The counts files are this user's only (mode 0600), as the sockets are."""
+        me = CountLedger(folder)
+        me.publish(_counts(1))
+        _process(folder, 116).publish(_counts(1))
+        me.settle([])
+        for name in (f"{me.pid}.json", "retired.json"):
+            assert (folder / name).stat().st_mode & 0o777 == 0o600, name

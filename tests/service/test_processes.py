@@ -308,3 +308,140 @@ def test_sigterm_while_a_process_is_still_starting(tmp_path: Path) -> None:
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
+
+
+def _counter_samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Every counter and histogram sample of an exposition (not ``_created``), by name and labels."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    out = {}
+    for family in text_string_to_metric_families(text):
+        if family.type in ("counter", "histogram"):
+            for s in family.samples:
+                if not s.name.endswith("_created"):
+                    out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
+class _CounterWatch:
+    """Scrapes /metrics and fails when a counter or histogram sample is lower than in an earlier scrape."""
+
+    def __init__(self, srv: Server) -> None:
+        self.srv = srv
+        self.seen: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
+
+    def scrape(self) -> str:
+        with self.srv.client() as c:
+            text = c.get("/metrics", headers=AUTH).text
+        now = _counter_samples(text)
+        dropped = {k: (v, now.get(k)) for k, v in self.seen.items() if now.get(k, float("-inf")) < v}
+        assert not dropped, f"counters went down (before, after): {dropped}"
+        self.seen = now
+        return text
+
+
+def test_counters_never_drop_when_a_process_is_replaced(tmp_path: Path) -> None:
+    """SIGKILL of a serving process, three times in one slot: in every scrape, before, while and
+    after the supervisor replaces it, no counter or histogram sample is lower than before, and
+    the totals still count what the dead processes had served."""
+    if not Path("/proc/self/stat").exists():
+        pytest.skip("reads /proc to find the serving processes")
+    srv = Server(tmp_path, args=("--processes", "2"), group=True).start()
+    try:
+        _wait_for_processes(srv, 2)
+        assert srv.proc is not None
+        watch = _CounterWatch(srv)
+        victim = min(_serving(srv.proc.pid))
+        for rnd in range(3):
+            for n in range(8):
+                with srv.client() as c:  # a connection each, so both processes serve some
+                    for _ in range(2):  # the second one is a replay
+                        headers = {**AUTH, "Idempotency-Key": f"slot-{rnd}-{n}"}
+                        assert c.post("/v1/predict", json=payload(3, seed=n), headers=headers).status_code == 200
+            text = watch.scrape()
+            assert _metric(text, "atomic_processes") == 2
+            assert _metric(text, "atomic_records_total") == (rnd + 1) * 8 * 3
+            assert _metric(text, "atomic_replays_total") == (rnd + 1) * 8
+            before = _serving(srv.proc.pid)
+            os.kill(victim, signal.SIGKILL)
+            deadline = time.monotonic() + 90
+            while True:
+                text = watch.scrape()
+                serving = _serving(srv.proc.pid)
+                if victim not in serving and len(serving) == 2 and _metric(text, "atomic_processes") == 2:
+                    break
+                assert time.monotonic() < deadline, "the killed process was not replaced"
+                time.sleep(0.2)
+            [victim] = serving - before  # the same slot's next process: killed in the next round
+            text = watch.scrape()
+            assert _metric(text, "atomic_records_total") == (rnd + 1) * 8 * 3
+            assert _metric(text, "atomic_replays_total") == (rnd + 1) * 8
+    finally:
+        srv.kill()
+
+
+def test_a_new_run_removes_the_peer_folders_of_dead_runs(tmp_path: Path) -> None:
+    """A SIGKILLed server leaves its peer folder behind; the next server to start (on another
+    store) removes it, and leaves the folder of a server that still runs alone."""
+    from atomic_usage.service.peers import peer_folder
+
+    args = ("--processes", "2")
+    dead = Server(tmp_path / "dead", args=args, group=True).start()
+    try:
+        _wait_for_processes(dead, 2)
+    finally:
+        dead.kill_group()  # SIGKILL of the supervisor and its processes: none of them cleans up
+    left = peer_folder(tmp_path / "dead")
+    assert list(left.glob("*.sock")), "the killed server left no socket: nothing to test"
+    with Server(tmp_path / "live", args=args, group=True) as live:
+        _wait_for_processes(live, 2)
+        with Server(tmp_path / "new", args=args, group=True) as new:
+            _wait_for_processes(new, 2)
+            assert not left.exists(), "the dead run's peer folder was left behind"
+            assert peer_folder(tmp_path / "live").exists()
+            assert peer_folder(tmp_path / "new").exists()
+        assert peer_folder(tmp_path / "live").exists()
+        _wait_for_processes(live, 2, timeout_s=5)  # both of its processes still answer each other
+    assert not peer_folder(tmp_path / "live").exists()  # the last one out removes its folder
+
+
+def _holding_pids(port: int) -> set[int]:
+    """The processes holding an established connection on ``port`` (Linux ``ss``)."""
+    out = subprocess.run(
+        ["ss", "-tnpH", "state", "established", f"( sport = :{port} )"], capture_output=True, text=True, check=True
+    ).stdout
+    return {int(p) for p in re.findall(r"pid=(\d+)", out)}
+
+
+@pytest.mark.slow
+def test_retry_after_a_reset_gets_the_same_result(tmp_path: Path) -> None:
+    """A serving process SIGKILLed while clients send: their connections to it are reset mid-request.
+    Retrying every request with its Idempotency-Key (the supervisor has replaced the process) gets
+    a 200 with the first answer where there was one, one task per key, answered tasks run once
+    and cut-off ones resumed at most once (after their lease)."""
+    if shutil.which("ss") is None or not Path("/proc/self/stat").exists():
+        pytest.skip("needs ss (iproute2) and /proc to find the process holding a connection")
+    srv = Server(tmp_path, args=("--processes", "2"), group=True).start()
+    try:
+        _wait_for_processes(srv, 2)
+        assert srv.proc is not None
+        threads = _load(srv, 4, min_ok=20)
+        victims = _holding_pids(srv.port) & _serving(srv.proc.pid)
+        assert victims, "no serving process holds a client's connection"
+        os.kill(min(victims), signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while all(t.is_alive() for t in threads):
+            assert time.monotonic() < deadline, "no client's connection was reset"
+            time.sleep(0.05)
+        cut = [t for t in threads if not t.is_alive()]
+        for t in threads:
+            t.stop.set()
+            t.join(30)
+        assert not [s for t in threads for s in t.statuses if s >= 500], "a 5xx before the kill"
+        cut_keys = {list(t.sent)[-1] for t in cut}  # the request each cut-off client was sending
+        assert all(k not in t.ok for t in cut for k in cut_keys & set(t.sent))
+        _check_after_restart(srv, threads, retry_s=120, retry_all=True)
+        tasks = _db_tasks(tmp_path)
+        assert all(status == "done" and attempts <= 2 for status, attempts in tasks.values()), tasks
+    finally:
+        srv.kill()

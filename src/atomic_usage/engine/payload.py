@@ -6,12 +6,13 @@ A payload is ``{"usageData": [record, ...]}``. A record is one observation of on
      "timestamp": "2026-01-05T10:00:00Z"}        # timestamp optional: receive time
 
 Rules (the README's "Data rules"): ``id`` is a non-empty string of printable text, without
-the C0 control characters U+0000 to U+001F or DEL U+007F (a JSON integer is taken as its
-decimal string); each metric is a JSON number in [0, 100], or null/absent for
-"not measured"; at least one metric per record; strings, NaN and infinities are refused,
-not coerced; unknown fields are refused; a timestamp is ISO 8601 (no offset = UTC) or
-epoch seconds. Records of one id at one time (or in one 5-minute step) are averaged by the
-history, as repeated timestamps in a file are, so the result does not depend on their order.
+control characters (C0, DEL, C1), line or paragraph separators or bidirectional controls
+(:func:`validate_printable`; a JSON integer is taken as its decimal string); each metric is
+a JSON number in [0, 100], or null/absent for "not measured"; at least one metric per
+record; strings, NaN and infinities are refused, not coerced; unknown fields are refused; a
+timestamp is ISO 8601 (no offset = UTC) or epoch seconds. Records of one id at one time (or
+in one 5-minute step) are averaged by the history, as repeated timestamps in a file are, so
+the result does not depend on their order.
 Any bad record makes the whole payload fail with a :class:`~atomic_usage.errors.PayloadError`
 listing every bad field by index; nothing from it is applied.
 """
@@ -28,7 +29,7 @@ from typing import Any
 from .._types import DEFAULT_METRICS
 from ..errors import PayloadError, PayloadTooLarge, RecordError
 
-__all__ = ["MAX_RECORDS", "Observation", "parse_payload", "shown", "validate_printable"]
+__all__ = ["MAX_RECORDS", "Observation", "escaped", "parse_payload", "shown", "validate_printable"]
 
 MAX_RECORDS = 100_000
 """Records one payload may hold at most."""
@@ -99,10 +100,29 @@ def _to_epoch(raw: Any) -> float:
     raise ValueError(f"must be an ISO 8601 string or epoch seconds, not {type(raw).__name__}")
 
 
-_CONTROL = re.compile("[\x00-\x1f\x7f]")
-"""The C0 control characters and DEL: refused in ids, which are stored, sent back, and written
-into Prometheus label values and terminals (a NUL, a newline or an escape sequence there is
-a broken exposition or an injection, not a machine's name)."""
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+"""The characters refused in ids, which are stored, sent back, and written into Prometheus
+label values, logs and terminals: the C0 controls, DEL and the C1 controls (a NUL, a newline,
+an escape sequence or U+0085 NEXT LINE there is a broken exposition or an injection, not a
+machine's name), the line and paragraph separators U+2028/U+2029 (line breaks to many
+readers), and the bidirectional embeddings, overrides and isolates U+202A-U+202E and
+U+2066-U+2069 (they reorder the text shown around them: two ids that look alike differ)."""
+
+_REFUSED = (
+    "no control characters U+0000 to U+001F or U+007F to U+009F, line or paragraph separators "
+    "U+2028/U+2029, or bidirectional controls U+202A to U+202E and U+2066 to U+2069"
+)
+"""What :func:`validate_printable`'s message says an id must not hold."""
+
+
+def _kind(char: str) -> str:
+    """How a message names one refused character."""
+    code = ord(char)
+    if code in (0x2028, 0x2029):
+        return "line or paragraph separator"
+    if 0x202A <= code <= 0x202E or 0x2066 <= code <= 0x2069:
+        return "bidirectional control"
+    return "control character"
 
 
 def _is_text(s: str) -> bool:
@@ -125,8 +145,28 @@ def shown(value: Any, width: int = 40) -> str:
     return text if len(text) <= width else text[: width - 3] + "..."
 
 
+def escaped(value: str) -> str:
+    """An id as errors give it back when it holds a refused character: printable ASCII.
+
+    Backslash escapes, as in the messages (:func:`shown`) without their quotes and uncut up
+    to :data:`MAX_ID_LENGTH` characters: ``\\x00``, ``\\n``, ``\\xe9``, ``\\u202e``, and a
+    backslash doubled. A client finds its record by escaping its id the same way (Python:
+    ``rid.encode("unicode_escape").decode("ascii")``); a longer id is cut, ending in ``...``.
+
+    >>> print(escaped("web" + chr(0) + "1"), escaped("r" + chr(0x202E)))
+    web\\x001 r\\u202e
+    """
+    if len(value) > MAX_ID_LENGTH:
+        return value[:MAX_ID_LENGTH].encode("unicode_escape").decode("ascii") + "..."
+    return value.encode("unicode_escape").decode("ascii")
+
+
 def validate_printable(value: str, *, what: str = "the machine's id") -> str | None:
-    """What is wrong with an id holding a control character (U+0000 to U+001F, U+007F), or None.
+    """What is wrong with an id holding a control or other invisible character, or None.
+
+    Refused: the C0 and C1 controls and DEL (U+0000 to U+001F, U+007F to U+009F), the line and
+    paragraph separators (U+2028, U+2029) and the bidirectional controls (U+202A to U+202E,
+    U+2066 to U+2069).
 
     Args:
         value: the id.
@@ -143,9 +183,10 @@ def validate_printable(value: str, *, what: str = "the machine's id") -> str | N
     found = _CONTROL.search(value)
     if found is None:
         return None
+    char = found.group()
     return (
-        f"holds the control character U+{ord(found.group()):04X} at position {found.start()} of {shown(value)}; "
-        f"send {what} as printable text (no U+0000 to U+001F or U+007F)"
+        f"holds the {_kind(char)} U+{ord(char):04X} at position {found.start()} of {shown(value)}; "
+        f"send {what} as printable text ({_REFUSED})"
     )
 
 
@@ -203,7 +244,7 @@ def parse_payload(payload: Any, *, now: float | None = None, max_records: int = 
         rid: str | None = None
         control = validate_printable(rid_raw) if isinstance(rid_raw, str) else None
         if control is not None:
-            errors.append(RecordError(i, "id", control))
+            errors.append(RecordError(i, "id", control, escaped(str(rid_raw))))
         elif isinstance(rid_raw, str) and rid_raw.strip() and len(rid_raw) <= MAX_ID_LENGTH and _is_text(rid_raw):
             rid = rid_raw
         elif isinstance(rid_raw, int) and not isinstance(rid_raw, bool) and abs(rid_raw) < 10**64:
@@ -217,10 +258,13 @@ def parse_payload(payload: Any, *, now: float | None = None, max_records: int = 
                     i, "id", f"must be a non-empty string of at most {MAX_ID_LENGTH} characters of text, not {what}"
                 )
             )
+        # The other errors of the record name its id too; one holding a refused character is
+        # named escaped, as its id error gives it, so that the character is never sent back.
+        named = rid if control is None else escaped(str(rid_raw))
         for k in sorted(set(rec) - _ALLOWED):
             name = str(k) if _is_text(str(k)) and not _CONTROL.search(str(k)) else ascii(k)
             errors.append(
-                RecordError(i, name, "is not a known field; use id, timestamp, " + ", ".join(DEFAULT_METRICS), rid)
+                RecordError(i, name, "is not a known field; use id, timestamp, " + ", ".join(DEFAULT_METRICS), named)
             )
         values: dict[str, float] = {}
         for m in DEFAULT_METRICS:
@@ -228,22 +272,22 @@ def parse_payload(payload: Any, *, now: float | None = None, max_records: int = 
             if v is None:
                 continue
             if isinstance(v, bool) or not isinstance(v, int | float):
-                errors.append(RecordError(i, m, f"must be a number, not {v!r} ({type(v).__name__})", rid))
+                errors.append(RecordError(i, m, f"must be a number, not {v!r} ({type(v).__name__})", named))
                 continue
             try:
                 v = float(v)
             except OverflowError:
-                errors.append(RecordError(i, m, "is far outside 0 to 100 percent", rid))
+                errors.append(RecordError(i, m, "is far outside 0 to 100 percent", named))
                 continue
             if not math.isfinite(v):
-                errors.append(RecordError(i, m, f"must be finite, not {v!r}", rid))
+                errors.append(RecordError(i, m, f"must be finite, not {v!r}", named))
             elif not 0 <= v <= 100:
-                errors.append(RecordError(i, m, f"is {v!r}, outside 0 to 100 percent", rid))
+                errors.append(RecordError(i, m, f"is {v!r}, outside 0 to 100 percent", named))
             else:
                 values[m] = float(v)
         if not values and not any(e.index == i and e.field in DEFAULT_METRICS for e in errors):
             errors.append(
-                RecordError(i, "record", "has no metric; give at least one of " + ", ".join(DEFAULT_METRICS), rid)
+                RecordError(i, "record", "has no metric; give at least one of " + ", ".join(DEFAULT_METRICS), named)
             )
         explicit = rec.get("timestamp") is not None
         ts = received
@@ -251,7 +295,7 @@ def parse_payload(payload: Any, *, now: float | None = None, max_records: int = 
             try:
                 ts = _parse_ts(rec["timestamp"], received)
             except ValueError as exc:
-                errors.append(RecordError(i, "timestamp", str(exc), rid))
+                errors.append(RecordError(i, "timestamp", str(exc), named))
         if rid is not None:
             out.append(Observation(i, rid, ts, values, explicit))
     if errors:

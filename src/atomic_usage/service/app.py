@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import logging
+import os
 import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -28,6 +29,7 @@ from .balance import ConnectionBalance
 from .errors import install_handlers
 from .fastpath import PredictFastPath
 from .gauges import ForecastGauges
+from .ledger import Counts, add_retired, counts_of
 from .metrics import EngineCollector, make_registry
 from .peers import PeerBoard, merge_latest, merge_samples, merge_stats, peer_folder
 from .routes import router
@@ -73,21 +75,49 @@ class ServiceState:
     def _http_samples(self) -> list[tuple[str, dict[str, str], float]]:
         return [(x.name, dict(x.labels), x.value) for fam in self.http_latency.collect() for x in fam.samples]
 
+    def _publish(self, stats: dict[str, Any] | None, http: list[tuple[str, dict[str, str], float]]) -> None:
+        """Writes this process's counters to the peer folder before they leave it (:mod:`.ledger`)."""
+        if self.peers is not None and stats is not None:
+            self.peers.ledger.publish(counts_of(stats, http))
+
+    def publish_final(self) -> None:
+        """Publishes this process's counters once more as it stops, so its siblings keep them all."""
+        if self.peers is None or self.predictor is None:
+            return
+        try:
+            self._publish(self.predictor.stats(), self._http_samples())
+        except Exception as exc:  # stopping goes on; the counters last published stay
+            _log.warning("could not publish the final counters: %s", exc)
+
     def snapshot(self) -> bytes:
-        """This process's figures for a sibling's scrape: ``{"stats", "http", "latest"}`` as JSON."""
-        head = orjson.dumps({"stats": self._stats(), "http": self._http_samples()})
+        """This process's figures for a sibling's scrape: ``{"pid", "token", "stats", "http", "latest"}``
+        as JSON (the counters published first)."""
+        stats, http = self._stats(), self._http_samples()
+        self._publish(stats, http)
+        token = self.peers.ledger.token if self.peers is not None else None
+        head = orjson.dumps({"pid": os.getpid(), "token": token, "stats": stats, "http": http})
         return head[:-1] + b',"latest":[' + b",".join(self.gauges.encoded()) + b"]}"
 
-    def render_metrics(self, siblings: list[dict[str, Any]]) -> bytes:
-        """The Prometheus text of this process merged with its siblings' snapshots."""
+    def render_metrics(self, siblings: list[dict[str, Any]], retired: Counts | None = None) -> bytes:
+        """The Prometheus text of this process merged with its siblings' snapshots.
+
+        Args:
+            siblings: what :meth:`.PeerBoard.gather` returned.
+            retired: the counters of processes that are gone, or that did not answer with
+                figures (:meth:`.PeerBoard.scrape`), added to the merged counters.
+        """
         from prometheus_client import CollectorRegistry, generate_latest
         from prometheus_client.core import Metric
         from prometheus_client.registry import Collector
 
-        own = self._stats()
-        stats = [own] + [s["stats"] for s in siblings if s.get("stats") is not None] if own is not None else []
-        merged = merge_stats(stats) if stats else None
-        samples = merge_samples([self._http_samples()] + [s.get("http", []) for s in siblings])
+        own, own_http = self._stats(), self._http_samples()
+        self._publish(own, own_http)
+        counted = [s for s in siblings if s.get("stats") is not None]
+        stats = [own] + [s["stats"] for s in counted] if own is not None else []
+        merged = add_retired(merge_stats(stats), retired) if stats else None
+        samples = merge_samples(
+            [own_http] + [s.get("http", []) for s in counted] + ([retired["http"]] if retired else [])
+        )
         latest = merge_latest(
             [[orjson.loads(t) for t in self.gauges.encoded()]] + [s.get("latest", []) for s in siblings]
         )
@@ -214,6 +244,7 @@ def create_app(
         finally:
             state.stopping = True
             if state.peers is not None:
+                await to_thread.run_sync(state.publish_final)
                 await state.peers.close()
             if owned and state.predictor is not None:
                 await to_thread.run_sync(state.predictor.close)

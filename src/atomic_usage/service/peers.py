@@ -17,26 +17,29 @@ for the whole service whichever process serves it:
 | tasks by status, model | the store's and the model's, the same in every process |
 | forecast gauges | per machine, the result with the newest observation time |
 
-A process that does not answer within the timeout is left out of that scrape (logged); the
-socket of one that died is removed. The counters of a process that died are lost with it, as
-a restarted single process's are (Prometheus' ``rate`` treats the drop as a reset).
-``atomic_processes`` says how many processes the scrape covered.
+A process that does not answer within the timeout is left out of that scrape (logged) but
+for its counters, counted as it last published them; the socket of one that died is
+removed, and its counters stay in the sum as it last published them (:mod:`.ledger`), so a
+merged counter never goes down when a process dies and is replaced. ``atomic_processes``
+says how many processes the scrape covered. The folder lasts as long as one of its
+processes runs, and a starting process removes the folders of dead runs (:mod:`.peerdir`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
 import os
-import tempfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import orjson
+
+from .ledger import CountLedger, Counts
+from .peerdir import clear_stale, join, leave, peer_folder
 
 __all__ = ["PeerBoard", "merge_latest", "merge_samples", "merge_stats", "peer_folder"]
 
@@ -51,16 +54,6 @@ _SUMMED = (
     "queue_depth",
     "items_total",
 )
-
-
-def peer_folder(data_dir: Path) -> Path:
-    """The folder of the peer sockets of the processes serving the store in ``data_dir``.
-
-    Under the temporary folder, named by a hash of the data folder's resolved path: the same
-    for every process on that store, and short enough for a Unix socket's path (108 bytes).
-    """
-    digest = hashlib.sha256(str(Path(data_dir).resolve()).encode()).hexdigest()[:16]
-    return Path(tempfile.gettempdir()) / f"atomic-peers-{digest}"
 
 
 def merge_stats(snapshots: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
@@ -138,21 +131,35 @@ class PeerBoard:
         self.snapshot = snapshot
         self.timeout_s = timeout_s
         self.path = self.folder / f"{os.getpid()}.sock"
+        self.ledger = CountLedger(self.folder)
+        """This process's published counters and those of the folder's processes that are gone."""
         self._server: asyncio.AbstractServer | None = None
+        self._hold: int | None = None
 
     async def start(self) -> None:
-        """Listens on this process's socket (a stale one of the same pid is replaced)."""
-        self.folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        """Joins the folder, listens on this process's socket (a stale one of the same pid is
+        replaced), then removes the folders dead runs left (:func:`~.peerdir.clear_stale`)."""
+        self._hold = await asyncio.to_thread(join, self.folder)
+        await asyncio.to_thread(self.ledger.fold_own_pid)
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()
         self._server = await asyncio.start_unix_server(self._answer, path=str(self.path))
         os.chmod(self.path, 0o600)
+        try:
+            removed = await asyncio.to_thread(clear_stale, self.folder.parent, keep=self.folder)
+        except OSError as exc:  # housekeeping: never a reason not to serve
+            _log.warning("could not look for stale peer folders in %s: %s", self.folder.parent, exc)
+        else:
+            for folder in removed:
+                _log.info("removed the peer folder %s of a run that is gone", folder)
 
     async def _answer(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             body = await asyncio.to_thread(self.snapshot)
             writer.write(body)
             await writer.drain()
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the asker left without reading: a sibling checking that this process lives
         except Exception as exc:  # a sibling's scrape must never break this process
             _log.warning("answering a sibling's metrics request failed: %s", exc)
         finally:
@@ -189,8 +196,18 @@ class PeerBoard:
         answers = await asyncio.gather(*(self._ask(p) for p in paths))
         return [a for a in answers if a is not None]
 
+    async def scrape(self) -> tuple[list[dict[str, Any]], Counts | None]:
+        """The siblings' snapshots, and the counts a scrape adds to them (:meth:`.CountLedger.settle`):
+        those of the processes that are gone and of live ones that did not answer.
+
+        A sibling that answered without figures (stopping) is counted as it last published.
+        """
+        siblings = await self.gather()
+        answered = [(int(s["pid"]), str(s["token"])) for s in siblings if s.get("stats") is not None and s.get("token")]
+        return siblings, await asyncio.to_thread(self.ledger.settle, answered)
+
     async def close(self) -> None:
-        """Stops listening and removes this process's socket (and the folder, once empty)."""
+        """Stops listening and removes this process's socket (and the folder, if it is the last one out)."""
         if self._server is not None:
             self._server.close()
             with contextlib.suppress(Exception):
@@ -198,5 +215,6 @@ class PeerBoard:
             self._server = None
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()
-        with contextlib.suppress(OSError):  # the last process out removes the folder; others still use it
-            self.folder.rmdir()
+        if self._hold is not None:
+            hold, self._hold = self._hold, None
+            await asyncio.to_thread(leave, hold, self.folder)

@@ -84,10 +84,10 @@ def _media_problem(value: str) -> str | None:
     media, _, params = value.partition(";")
     kind, slash, sub = media.strip().lower().partition("/")
     if not (kind == "application" and slash and (sub == "json" or (sub.endswith("+json") and len(sub) > 5))):
-        return (
-            f"is {shown(value, 60)}, not JSON; send the body as JSON with Content-Type: application/json "
-            "(curl -d sends application/x-www-form-urlencoded: add -H 'Content-Type: application/json')"
-        )
+        problem = f"is {shown(value, 60)}, not JSON; send the body as JSON with Content-Type: application/json"
+        if (kind, sub) == ("application", "x-www-form-urlencoded"):  # what curl -d sends unless told otherwise
+            problem += " (curl -d sends application/x-www-form-urlencoded: add -H 'Content-Type: application/json')"
+        return problem
     for param in params.split(";"):
         name, _, raw = param.partition("=")
         if name.strip().lower() == "charset" and raw.strip().strip('"').lower() not in ("utf-8", "utf8"):
@@ -272,8 +272,8 @@ async def metrics(request: Request) -> Response:
     if st.peers is None:
         body = await to_thread.run_sync(generate_latest, st.registry)
     else:
-        siblings = await st.peers.gather()
-        body = await to_thread.run_sync(st.render_metrics, siblings)
+        siblings, retired = await st.peers.scrape()
+        body = await to_thread.run_sync(st.render_metrics, siblings, retired)
     return Response(body, media_type=CONTENT_TYPE_LATEST)
 
 
