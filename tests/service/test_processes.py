@@ -279,6 +279,38 @@ def test_a_stopped_process_is_replaced(tmp_path: Path) -> None:
         srv.kill()
 
 
+def test_serving_processes_stop_when_the_supervisor_is_killed(tmp_path: Path) -> None:
+    """SIGKILL of the supervisor alone: its serving processes notice (their parent changed) and
+    shut down gracefully, freeing the port, instead of serving on unsupervised."""
+    if not Path("/proc/self/stat").exists():
+        pytest.skip("reads /proc to find the serving processes")
+    srv = Server(tmp_path, args=("--processes", "2"), group=True).start()
+    try:
+        _wait_for_processes(srv, 2)
+        assert srv.proc is not None
+        serving = _serving(srv.proc.pid)
+        assert len(serving) == 2, serving
+        os.kill(srv.proc.pid, signal.SIGKILL)
+        srv.proc.wait(10)
+        deadline = time.monotonic() + 60
+        while any(Path(f"/proc/{p}").exists() and "Z" not in _state(p) for p in serving):
+            assert time.monotonic() < deadline, "a serving process outlived its supervisor"
+            time.sleep(0.2)
+        assert srv.log.read_text().count("is gone: this serving process shuts down") == 2
+        with pytest.raises(httpx.TransportError), srv.client(timeout=5) as c:
+            c.get("/healthz", headers=AUTH)
+    finally:
+        srv.kill()
+
+
+def _state(pid: int) -> str:
+    """A process's state letter (Z for a zombie), or "" once it is gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return ""
+
+
 def test_sigterm_while_a_process_is_still_starting(tmp_path: Path) -> None:
     """SIGTERM to the supervisor while its processes are still starting (importing, loading the
     model): every one exits 0, not by the signal, and so does the supervisor."""

@@ -85,7 +85,7 @@ def _serve_one(
         sys.exit(STARTUP_FAILURE)
     balance = ConnectionBalance(counts, slot, lambda: len(server.server_state.connections))
     app.state.atomic.balance = balance
-    server.beat = _tick(beats, slot, balance)
+    server.beat = _tick(beats, slot, balance, server)
 
     def tell() -> None:  # the supervisor restarts only processes that had started
         while not server.started and not server.should_exit:
@@ -100,14 +100,20 @@ def _serve_one(
         sys.exit(STARTUP_FAILURE)
 
 
-def _tick(beats: MutableSequence[float], slot: int, balance: ConnectionBalance) -> Callable[[], None]:
-    """What a serving process writes on every tick of its event loop (ten a second): the time
-    (monotonic, the same clock in every process) to ``beats[slot]``, its sign of life, and its
-    open connections, so that an idle process's count stays current too."""
+def _tick(beats: MutableSequence[float], slot: int, balance: ConnectionBalance, server: Any) -> Callable[[], None]:
+    """What a serving process does on every tick of its event loop (ten a second): writes the
+    time (monotonic, the same clock in every process) to ``beats[slot]``, its sign of life, and
+    its open connections, so that an idle process's count stays current too; and shuts down
+    gracefully once its supervisor is gone (SIGKILLed, say), since nothing would restart it,
+    stop it or merge its metrics, and it would hold the port against the next ``serve``."""
+    parent = os.getppid()
 
     def tick() -> None:
         beats[slot] = time.monotonic()
         balance.publish()
+        if os.getppid() != parent and not server.should_exit:
+            _log.warning("the supervisor (pid %d) is gone: this serving process shuts down", parent)
+            server.should_exit = True
 
     return tick
 
