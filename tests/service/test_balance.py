@@ -86,17 +86,20 @@ class TestShare:
     def test_the_tick_keeps_the_slot_current(self) -> None:
         """Each tick of a serving process's event loop writes its sign of life and its count, so
         an idle process's slot is current too; stopping clears it."""
+        from types import SimpleNamespace
+
         from atomic_usage.service.supervisor import _tick
 
         counts, beats = [0, 0], [0.0, 0.0]
         mine = [4]
         b = ConnectionBalance(counts, 0, lambda: mine[0])
-        tick = _tick(beats, 0, b)
+        server = SimpleNamespace(should_exit=False)
+        tick = _tick(beats, 0, b, server)
         tick()
         assert counts[0] == 4 and beats[0] > 0
         mine[0] = 2
         tick()
-        assert counts[0] == 2
+        assert counts[0] == 2 and not server.should_exit  # its parent is still there
         b.stop()
         assert counts[0] == 0
 
