@@ -20,6 +20,7 @@ from .errors import ConfigError
 __all__ = [
     "DEFAULT_BATCH_MAX_SIZE",
     "DEFAULT_BATCH_MAX_WAIT_S",
+    "DEFAULT_GAUGE_STEPS",
     "DEFAULT_HORIZON",
     "DEFAULT_MAX_BODY_BYTES",
     "DEFAULT_MAX_RECORDS",
@@ -39,6 +40,8 @@ service, ``ATOMIC_HORIZON`` and every CLI ``--horizon``: the long network's reac
 UsageBench's longest horizon; past it the forecast would only hold its last value."""
 
 DEFAULT_THRESHOLDS: Final = (90.0, 100.0)
+DEFAULT_GAUGE_STEPS: Final = (1, 3, 6, 12, 24, 72, 144, 288)
+"""Forecast steps the service exports as per-machine gauges: 5 min to 24 h ahead."""
 """Percent levels whose crossing time ``process()`` reports."""
 
 DEFAULT_BATCH_MAX_SIZE: Final = 256
@@ -138,6 +141,22 @@ def _thresholds(name: str, raw: str) -> tuple[float, ...]:
     return vals
 
 
+def _gauge_steps(name: str, raw: str) -> tuple[int, ...]:
+    if raw.strip().lower() == "none":
+        return ()
+    try:
+        vals = tuple(sorted({int(x) for x in raw.split(",") if x.strip()}))
+    except ValueError:
+        raise ConfigError(
+            f"{name}={raw!r} is not a comma-separated list of forecast steps, e.g. 1,12,288, or none.", name=name
+        ) from None
+    if not vals or any(not 1 <= v <= MAX_HORIZON for v in vals):
+        raise ConfigError(
+            f"{name}={raw!r} must list forecast steps from 1 to {MAX_HORIZON}, e.g. 1,12,288, or be none.", name=name
+        )
+    return vals
+
+
 def _tokens(name: str, raw: str) -> tuple[str, ...]:
     toks = tuple(dict.fromkeys(t.strip() for t in raw.split(",") if t.strip()))
     if any(len(t) < 16 for t in toks):
@@ -167,6 +186,9 @@ class Settings:
         model_dir: a model folder to serve instead of the bundled one (``ATOMIC_MODEL_DIR``).
         horizon: steps forecast by ``process()`` (``ATOMIC_HORIZON``).
         thresholds: percent levels whose crossing time is reported (``ATOMIC_THRESHOLDS``).
+        gauge_steps: forecast steps the service exports per machine as ``atomic_forecast_value``
+            (``ATOMIC_GAUGE_STEPS``; ``none`` exports none, keeping the time-to-threshold and
+            origin gauges): each step is 9 series per machine, so a large fleet exports fewer.
         history_limit: observations kept per machine and metric (``ATOMIC_HISTORY_LIMIT``).
         batch_max_size: records per engine batch at most (``ATOMIC_BATCH_MAX_SIZE``).
         batch_max_wait_s: seconds a batch waits to fill (``ATOMIC_BATCH_MAX_WAIT_S``).
@@ -196,6 +218,7 @@ class Settings:
     model_dir: Path | None = None
     horizon: int = DEFAULT_HORIZON
     thresholds: tuple[float, ...] = DEFAULT_THRESHOLDS
+    gauge_steps: tuple[int, ...] = DEFAULT_GAUGE_STEPS
     history_limit: int = DEFAULT_HISTORY_LIMIT
     batch_max_size: int = DEFAULT_BATCH_MAX_SIZE
     batch_max_wait_s: float = DEFAULT_BATCH_MAX_WAIT_S
@@ -243,6 +266,7 @@ class Settings:
         get("ATOMIC_MODEL_DIR", lambda n, r: Path(r).expanduser() if r else None, "model_dir")
         get("ATOMIC_HORIZON", _horizon, "horizon")
         get("ATOMIC_THRESHOLDS", _thresholds, "thresholds")
+        get("ATOMIC_GAUGE_STEPS", _gauge_steps, "gauge_steps")
         get("ATOMIC_HISTORY_LIMIT", lambda n, r: _int(n, r, minimum=2), "history_limit")
         get("ATOMIC_BATCH_MAX_SIZE", lambda n, r: _int(n, r, minimum=1), "batch_max_size")
         get("ATOMIC_BATCH_MAX_WAIT_S", lambda n, r: _float(n, r, minimum=0.0), "batch_max_wait_s")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import ssl
 from pathlib import Path
 
@@ -69,6 +70,17 @@ class TestAuth:
             before = _tasks_total(c)
             assert c.post("/v1/predict", json=payload(3)).status_code == 401
             assert _tasks_total(c) == before
+
+    @pytest.mark.parametrize(("steps", "exported"), [("none", set()), ("12,1", {"1", "12"})])
+    def test_gauge_steps_setting(self, tmp_path: Path, steps: str, exported: set[str]) -> None:
+        """ATOMIC_GAUGE_STEPS picks the forecast steps exported per machine (none: no value gauges,
+        the time-to-threshold gauges still there), so a large fleet's scrape stays small."""
+        with Server(tmp_path, env={"ATOMIC_GAUGE_STEPS": steps}) as srv, srv.client() as c:
+            mid = c.post("/v1/predict", json=payload(2), headers=AUTH).json()["results"][0]["id"]
+            lines = [ln for ln in c.get("/metrics", headers=AUTH).text.splitlines() if f'instance="{mid}"' in ln]
+        got = {re.search(r'step="(\d+)"', ln).group(1) for ln in lines if ln.startswith("atomic_forecast_value{")}  # type: ignore[union-attr]
+        assert got == exported
+        assert any(ln.startswith("atomic_forecast_seconds_to_threshold{") for ln in lines)
 
     def test_open_metrics_setting(self, tmp_path: Path) -> None:
         """ATOMIC_OPEN_METRICS=1 opens /metrics and health, and only them."""

@@ -37,9 +37,6 @@ from .schemas import PredictRequest
 
 __all__ = ["ServiceState", "create_app", "worker_app"]
 
-GAUGE_STEPS = (1, 3, 6, 12, 24, 72, 144, 288)
-"""Forecast steps exported as gauges (where the horizon reaches them): 5 min to 24 h ahead."""
-
 _log = logging.getLogger("atomic_usage.service")
 
 
@@ -64,7 +61,7 @@ class ServiceState:
         self.stopping = False
         self.registry, self.http_latency = make_registry(self._stats)
         # The latest forecast of every machine, as gauges alert rules can use (deploy/).
-        self.gauges = ForecastGauges(steps=GAUGE_STEPS)
+        self.gauges = ForecastGauges(steps=settings.gauge_steps)
         self.registry.register(self.gauges)
         self.peers: PeerBoard | None = None
         self.balance: ConnectionBalance | None = None
