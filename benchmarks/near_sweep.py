@@ -23,8 +23,9 @@ as the product's ``loss_weight="metric"`` does; ``--coarse K --block B`` adds th
 the K blocks of B steps before the origin; ``--aug r|n|m`` adds time-reversed, mirrored or
 pairwise-mean copies of the training series; ``--dropout``; ``--arch res`` (residual blocks
 with layer norm); ``--bounds 1`` (the distances to 0 and 100 in units of the scale);
-``--ema D`` scores an exponential moving average of the weights (decay D) instead of the last
-ones; ``--dump F.npy`` saves the forecasts (windows in the scoring order) so that runs can be
+``--q50w W`` weights the p50 term of the loss W times the p10 and p90 ones; ``--ema D``
+scores an exponential moving average of the weights (decay D) instead of the last ones;
+``--dump F.npy`` saves the forecasts (windows in the scoring order) so that runs can be
 averaged afterwards.
 """
 
@@ -126,6 +127,7 @@ def main() -> None:
         ("--block", int, 12),
         ("--wclip", float, 10.0),
         ("--ema", float, 0.0),
+        ("--q50w", float, 1.0),
         ("--dump", str, ""),
     ]:
         ap.add_argument(name, type=typ, default=default)
@@ -228,6 +230,7 @@ def main() -> None:
             return torch.stack([mid - sp(o[:, 0]), mid, mid + sp(o[:, 2])], 1)
 
     q = torch.tensor([0.1, 0.5, 0.9]).view(1, 3, 1)
+    qw = torch.tensor([1.0, a.q50w, 1.0]).view(1, 3, 1) * 3 / (2 + a.q50w)  # the p50 term's weight
     W = np.ones(len(Fx))
     if a.metricw:
         # weight each window by its scale over the metric's (the whole history's mean change), so
@@ -256,7 +259,7 @@ def main() -> None:
             idx = torch.from_numpy(rng_e.integers(0, len(Fx), a.bs))
             d = Y_t[idx][:, None, :] - net(Fx_t[idx])
             mw = M_t[idx] * W_t[idx][:, None]
-            loss = (torch.maximum(q * d, (q - 1) * d) * mw[:, None, :]).sum() / mw.sum() / 3
+            loss = (torch.maximum(q * d, (q - 1) * d) * qw * mw[:, None, :]).sum() / mw.sum() / 3
             opt.zero_grad()
             loss.backward()
             opt.step()
