@@ -14,6 +14,7 @@ the result holds p10, p50, p90 along axis 1, in order and within range.
 from __future__ import annotations
 
 import abc
+import threading
 from collections.abc import Sequence
 from typing import Any
 
@@ -33,6 +34,7 @@ __all__ = [
     "SHORT_HISTORY",
     "SWANSON_WEIGHTS",
     "Forecaster",
+    "PerThreadCall",
     "finalize_quantiles",
     "forecast_frame",
     "interval_known",
@@ -54,6 +56,23 @@ def finalize_quantiles(fc: np.ndarray, bounded: np.ndarray) -> np.ndarray:
     hi = np.where(bounded, 100.0, np.finfo(np.float32).max)[:, None, None]
     np.clip(fc, 0.0, hi, out=fc)
     return fc
+
+
+class PerThreadCall:
+    """A forecaster that remembers what its last call served, per thread (``self._local``, for
+    ``fallback_flags`` after ``forecast_arrays``): pickled without it, given a fresh one when
+    unpickled (a worker's copy starts with no call)."""
+
+    _local: threading.local
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state.pop("_local", None)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._local = threading.local()
 
 
 class Forecaster(abc.ABC):

@@ -13,17 +13,16 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
-from typing import Any
 
 import numpy as np
 
-from .base import Forecaster, finalize_quantiles
+from .base import Forecaster, PerThreadCall, finalize_quantiles
 from .calibrate import apply_interval_scale
 
 __all__ = ["BacktestSelector"]
 
 
-class BacktestSelector(Forecaster):
+class BacktestSelector(PerThreadCall, Forecaster):
     """Serves each series with whichever candidate backtested best on that series.
 
     Args:
@@ -123,15 +122,6 @@ class BacktestSelector(Forecaster):
         if names is None or len(names) != len(histories):
             return self.candidates[0].fallback_flags(histories)
         return [str(x) for x in names]
-
-    def __getstate__(self) -> dict[str, Any]:  # thread-local state does not pickle
-        state = self.__dict__.copy()
-        del state["_local"]
-        return state
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
-        self._local = threading.local()
 
     def __repr__(self) -> str:
         return f"BacktestSelector({self.candidates!r}, k={self.k})"

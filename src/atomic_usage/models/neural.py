@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from ..data.windows import last_windows
-from .base import Forecaster, finalize_quantiles
+from .base import Forecaster, PerThreadCall, finalize_quantiles
 from .baselines import naive_arrays
 from .lines import exact_lines
 from .shifts import regime_starts
@@ -314,7 +314,7 @@ class NeuralForecaster(Forecaster):
         return f"NeuralForecaster({str(self.onnx_path)!r}, context={self.spec.context}, horizon={self.spec.horizon})"
 
 
-class SplitHorizon(Forecaster):
+class SplitHorizon(PerThreadCall, Forecaster):
     """Two networks, one forecast: the first steps from a short-context network, the rest
     from the long one.
 
@@ -371,15 +371,6 @@ class SplitHorizon(Forecaster):
         out = self.far.forecast_arrays(histories, horizon, bounded)
         out[:, :, :k] = self.near.forecast_arrays(histories, k, bounded)
         return finalize_quantiles(out, np.asarray(bounded))
-
-    def __getstate__(self) -> dict[str, Any]:  # thread-local state does not pickle
-        state = self.__dict__.copy()
-        del state["_local"]
-        return state
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
-        self._local = threading.local()
 
     def __repr__(self) -> str:
         return f"SplitHorizon(near={self.near!r}, far={self.far!r})"
