@@ -8,7 +8,7 @@ deduplicated): :func:`~atomic_usage.data.regularize.regularize` does that.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +22,7 @@ __all__ = [
     "GCD_STEP",
     "is_parquet",
     "map_read_errors",
+    "no_rows_error",
     "read_gcd",
     "read_gcd_dir",
     "read_nab",
@@ -104,10 +105,18 @@ def read_wide(
         df = pd.read_parquet(p) if is_parquet(p) else pd.read_csv(p, dtype={id_col: str})
     out = validate_wide(df, id_col=id_col, time_col=time_col, path=str(p), issues=issues, out_of_range=out_of_range)
     if out.empty:
-        # An empty export (a query that matched nothing, a job that died before writing) would
-        # otherwise "forecast 0 machines" and exit 0, and the missing forecasts go unnoticed.
-        raise _fail(p, f"holds no rows (its columns: {list(map(str, df.columns))}); check what wrote it.")
+        raise no_rows_error(p, df.columns)
     return out
+
+
+def no_rows_error(path: str | Path, columns: Iterable[object]) -> SchemaError:
+    """The error for a wide file that holds a header but no data rows, naming the file.
+
+    An empty export (a query that matched nothing, a job that died before writing) would
+    otherwise "forecast 0 machines" and exit 0, and the missing forecasts go unnoticed. Every
+    reader of wide files (a whole read, a chunked read, a cluster job) raises this one.
+    """
+    return _fail(Path(path), f"holds no rows (its columns: {list(map(str, columns))}); check what wrote it.")
 
 
 def read_nab(path: str | Path, *, metric: str = "value") -> pd.DataFrame:
