@@ -107,3 +107,23 @@ class TestBadValues:
             build_trainset_distributed(client, [path], tmp_path / "ts", rows_per_bucket=60)
         assert str(many.value) == str(one.value)
         assert "holds a non-numeric value 'high' (row 1 of the file, " in str(one.value)
+
+
+class TestNoRows:
+    """A wide source without data rows fails the distributed build as it fails build_trainset."""
+
+    @pytest.mark.parametrize("suffix", [".csv", ".parquet"])
+    def test_named(self, client, tmp_path: Path, suffix: str) -> None:
+        """A header-only file: the single build names it; the cluster's split task crashed on it."""
+        path = (tmp_path / f"empty{suffix}").resolve()
+        df = generate_series(2, n_steps=10, seed=3).head(0)
+        if suffix == ".csv":
+            df.to_csv(path, index=False)
+        else:
+            df.to_parquet(path)
+        with pytest.raises(SchemaError) as one:
+            build_trainset([path])
+        with pytest.raises(SchemaError) as many:
+            build_trainset_distributed(client, [path], tmp_path / "ts")
+        assert str(many.value) == str(one.value) and "holds no rows" in str(one.value)
+        assert not (tmp_path / "ts" / "_SUCCESS").exists() and not (tmp_path / "ts" / "_scratch").exists()

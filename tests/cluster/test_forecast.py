@@ -169,6 +169,40 @@ class TestBadInput:
         assert str(info.value) == f"{path}: Line 402 has no id; give every row an id."
         assert not (tmp_path / "out" / "_SUCCESS").exists()
 
+    @pytest.mark.parametrize("suffix", [".csv", ".parquet", ".csv.gz"])
+    def test_file_without_rows_is_named(self, client, tmp_path: Path, suffix: str) -> None:
+        """A partition holding a header and no rows, next to a good one, fails the job with the
+        whole read's message naming it (a split task crashed on it: "zip() argument 2 is longer
+        than argument 1", exit 1); no part, no scratch and no _SUCCESS are left."""
+        from atomic_usage.data import read_wide
+
+        folder = tmp_path / "in"
+        folder.mkdir()
+        df = generate_series(4, n_steps=30, seed=1)
+        df.to_csv(folder / "a.csv", index=False)
+        empty = (folder / f"b{suffix}").resolve()
+        if suffix == ".parquet":
+            df.head(0).to_parquet(empty)
+        else:
+            df.head(0).to_csv(empty, index=False)
+        with pytest.raises(SchemaError) as one:
+            read_wide(empty)
+        for inputs in (folder, [folder / "a.csv", empty], empty):
+            with pytest.raises(SchemaError) as many:
+                forecast_distributed(client, inputs, 6, tmp_path / "out", model="naive")
+            assert str(many.value) == str(one.value) and "holds no rows" in str(many.value)
+            assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())
+
+    def test_blank_lines_at_the_end(self, client, tmp_path: Path, small_ranges: None) -> None:
+        """Blank lines filling the last byte ranges of a CSV file hold no rows, and that is no error:
+        the file's rows are forecast as the single path forecasts them."""
+        df = generate_series(4, n_steps=30, seed=1)
+        path = tmp_path / "fleet.csv"
+        path.write_text(df.to_csv(index=False) + "\n" * 6000)
+        job = forecast_distributed(client, path, 6, tmp_path / "out", model="naive")
+        assert job.n_series == 4
+        assert_same_forecast(pd.read_parquet(tmp_path / "out"), single_machine(path, Naive(), 6))
+
     def test_output_is_a_file(self, client, messy_parquet: Path, tmp_path: Path) -> None:
         """The output of a cluster job is a folder; an existing file is refused, not replaced."""
         (tmp_path / "out.csv").write_text("keep me")

@@ -461,6 +461,18 @@ def text_columns(warnings: Sequence[InputWarning]) -> list[str]:
     return [c for w in warnings if w.kind == "text_columns" for c in w.columns]
 
 
+def header_columns(path: str | Path) -> list[str]:
+    """The columns of a wide file as a whole read names them (Parquet: its schema; CSV: its header)."""
+    from ..data.readers import is_parquet, map_read_errors
+
+    with map_read_errors(path):
+        if is_parquet(path):
+            import pyarrow.parquet as pq
+
+            return list(map(str, pq.read_schema(path).empty_table().to_pandas().columns))
+        return list(map(str, pd.read_csv(path, nrows=0).columns))
+
+
 def write_pieces(
     df: pd.DataFrame, buckets: np.ndarray, scratch: str | Path, source: int, chunk_no: int
 ) -> dict[int, int]:
@@ -485,7 +497,8 @@ def write_pieces(
     sorted_b = buckets[order]
     table = pa.Table.from_pandas(df, preserve_index=False).take(pa.array(order))
     starts = np.flatnonzero(np.r_[True, np.diff(sorted_b) != 0]) if len(sorted_b) else np.array([], np.int64)
-    for a, e in zip(starts, [*starts[1:], len(sorted_b)], strict=True):
+    ends = [*starts[1:], len(sorted_b)] if len(starts) else []  # no rows: no piece
+    for a, e in zip(starts, ends, strict=True):
         b = int(sorted_b[a])
         counts[b] = int(e - a)
         _write_piece(table.slice(a, e - a), bucket_dir(scratch, source, b) / f"c{chunk_no:06d}.arrow")

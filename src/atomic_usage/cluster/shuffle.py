@@ -25,6 +25,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFAULT_ROWS_PER_BUCKET",
+    "check_rows",
+    "cleared_on_failure",
     "finish_output",
     "gather",
     "map_dask_errors",
@@ -109,6 +111,28 @@ def mixed_columns(chunks: Sequence[Chunk], results: Sequence[dict[str, Any]]) ->
     return redo
 
 
+def check_rows(chunks: Sequence[Chunk], rows: Sequence[int]) -> None:
+    """Fails naming the first wide file whose chunks held no data row, as a whole read of it fails.
+
+    Args:
+        chunks: the input's chunks, in input order.
+        rows: the data rows read from each chunk.
+
+    Raises:
+        SchemaError: a file holds a header but no rows (:func:`~atomic_usage.data.readers.no_rows_error`).
+    """
+    from ..data.readers import no_rows_error
+    from .partitions import header_columns
+
+    per_file: dict[str, int] = {}
+    for chunk, n in zip(chunks, rows, strict=True):
+        if chunk.kind != "source":  # a GCD/NAB folder is read whole, by its own reader
+            per_file[chunk.path] = per_file.get(chunk.path, 0) + int(n)
+    for path, n in per_file.items():
+        if not n:
+            raise no_rows_error(path, header_columns(path))
+
+
 def n_buckets_for(chunks: Sequence[Chunk], n_workers: int, rows_per_bucket: int) -> int:
     """Buckets per source: enough for ``rows_per_bucket`` each, and at least two per worker."""
     rows = sum(c.est_rows for c in chunks)
@@ -170,6 +194,7 @@ def run_split(
         again = gather(client, [split(i, cols, "-metrics") for i, cols in redo.items()])
         for i, result in zip(redo, again, strict=True):
             results[i] = result
+    check_rows(chunks, [r["rows"] for r in results])
     rows: dict[tuple[int, int], int] = {}
     found: dict[tuple[str, str], SeriesIssue] = {}
     kept: list[InputWarning] = []
@@ -214,6 +239,22 @@ def prepare_output(out_dir: Path, scratch: Path | None) -> Path:
         shutil.rmtree(scratch)
     scratch.mkdir(parents=True)
     return scratch
+
+
+@contextlib.contextmanager
+def cleared_on_failure(out_dir: Path, scratch: Path, *, keep_scratch: bool = False) -> Iterator[None]:
+    """Removes what a job that fails wrote (its parts, temporary files, the scratch folder, and the
+    output folder if nothing else is left in it), so a failed job leaves nothing half-written."""
+    try:
+        yield
+    except BaseException:
+        for old in [*out_dir.glob("part-*.parquet"), *out_dir.glob(".part-*.tmp")]:
+            old.unlink(missing_ok=True)
+        if not keep_scratch:
+            shutil.rmtree(scratch, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            out_dir.rmdir()  # only when empty: a folder holding anything else is the user's
+        raise
 
 
 def finish_output(out_dir: Path, scratch: Path, summary: dict[str, Any], *, keep_scratch: bool = False) -> None:
