@@ -295,3 +295,63 @@ class TestCountLedger:
         me.settle([])
         for name in (f"{me.pid}.json", "retired.json"):
             assert (folder / name).stat().st_mode & 0o777 == 0o600, name
+
+
+class TestLedgerDamage:
+    """A damaged or unwritable ledger costs at most the counts it held: it never stops a scrape or a
+    process from starting (a garbage retired.json failed every /metrics with a 500, and failed the
+    start of the process replacing a dead one, which stopped the whole service)."""
+
+    @pytest.mark.parametrize("garbage", [b"garbage{", b"", b"[]", b'{"total": 3}', b'{"total": null, "recent": 1}'])
+    def test_garbage_retired_file(self, folder: Path, garbage: bytes, caplog: pytest.LogCaptureFixture) -> None:
+        """An unreadable retired.json is replaced by an empty ledger, with a warning naming it."""
+        (folder / "retired.json").write_bytes(garbage)
+        me = CountLedger(folder)
+        me.fold_own_pid()
+        _process(folder, 121).publish(_counts(5))
+        for _ in range(2):
+            got = me.settle([])
+            assert got is not None and got["stats"]["records_total"] == 5
+        assert any("retired.json" in r.getMessage() for r in caplog.records if r.levelname == "WARNING")
+
+    @pytest.mark.parametrize(
+        "garbage",
+        [
+            b"[]",
+            b"{}",
+            b'{"token": "x"}',
+            b'{"token": 1, "counts": []}',
+            b'{"token": "x", "counts": {"stats": {"records_total": "many"}}}',
+        ],
+    )
+    def test_garbage_published_file(self, folder: Path, garbage: bytes) -> None:
+        """A published file of the wrong shape is left out of the sum (warned), the others counted."""
+        (folder / "122.json").write_bytes(garbage)
+        _process(folder, 123).publish(_counts(4))
+        got = CountLedger(folder).settle([])
+        assert got is not None and got["stats"]["records_total"] == 4
+
+    def test_unwritable_ledger(self, folder: Path) -> None:
+        """When retired.json cannot be written, a scrape still adds the dead process's counts (read
+        from its file, which is kept until the ledger holds them), and publishing only warns."""
+        _process(folder, 124).publish(_counts(6))
+        (folder / "retired.json.tmp").mkdir()  # every write of retired.json fails
+        me = CountLedger(folder)
+        for _ in range(2):
+            got = me.settle([])
+            assert got is not None and got["stats"]["records_total"] == 6
+        assert (folder / "124.json").exists()
+        (folder / f"{me.pid}.json.tmp").mkdir()
+        me.publish(_counts(1))  # no exception: the scrape that publishes is still answered
+        (folder / "retired.json.tmp").rmdir()
+        got = me.settle([])
+        assert got is not None and got["stats"]["records_total"] == 6
+        assert not (folder / "124.json").exists()
+
+    def test_folder_gone(self, folder: Path) -> None:
+        """A peer folder removed under a live process (a temporary-files cleaner) fails no scrape."""
+        me = CountLedger(folder)
+        shutil.rmtree(folder)
+        me.publish(_counts(1))
+        me.fold_own_pid()
+        assert me.settle([]) is None
