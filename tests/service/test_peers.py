@@ -154,6 +154,31 @@ class TestPeerFolder:
         assert os.fstat(got[0]).st_ino == os.stat(folder / "owners.lock").st_ino
         assert leave(got[0], folder) and not folder.exists()
 
+    def test_clear_stale_during_the_first_join(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        """The first process in turns its exclusive lock into a shared one, which is not atomic: another
+        server's clear_stale that takes the lock in between removes the folder. The joiner then
+        held a removed lock file, its folder gone (its socket could not be made, and a later
+        clear_stale could remove the folder it goes on to serve from): it joins again instead."""
+        from atomic_usage.service import peerdir
+
+        folder = tmp_path / "atomic-peers-new"
+        real = fcntl.flock
+        raced: list[list[Path]] = []
+
+        def flock(fd: int, op: int) -> None:
+            if op == fcntl.LOCK_SH and not raced:  # the conversion: the exclusive lock is let go first
+                real(fd, fcntl.LOCK_UN)
+                raced.append(clear_stale(tmp_path, keep=tmp_path / "atomic-peers-other"))
+            real(fd, op)
+
+        monkeypatch.setattr(peerdir.fcntl, "flock", flock)
+        fd = join(folder)
+        assert raced == [[folder]]  # the race happened
+        assert folder.is_dir() and os.fstat(fd).st_ino == os.stat(folder / "owners.lock").st_ino
+        monkeypatch.setattr(peerdir.fcntl, "flock", real)
+        assert clear_stale(tmp_path, keep=tmp_path / "atomic-peers-other") == [] and folder.is_dir()
+        assert leave(fd, folder)
+
     def test_clear_stale_removes_only_unheld_folders(self, tmp_path: Path) -> None:
         """Removed: a folder nobody holds, with a dead socket. Kept: this process's folder, one a
         live process holds, one without a lock whose socket accepts connections, and non-folders."""

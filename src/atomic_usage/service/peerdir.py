@@ -107,8 +107,12 @@ def join(folder: Path) -> int:
                 # Nobody held the folder: whatever is in it was left by processes that are gone.
                 _empty(folder)
                 # Not atomic (flock drops the lock, then takes the shared one): another process
-                # that takes the exclusive lock meanwhile clears a folder with nothing of ours yet.
+                # that takes the exclusive lock meanwhile clears a folder with nothing of ours yet,
+                # or (another store's server clearing stale folders) removes it: then join again.
                 fcntl.flock(fd, fcntl.LOCK_SH)
+                if not _is_current(fd, lock):
+                    os.close(fd)
+                    continue
             return fd
         except BaseException:
             os.close(fd)
