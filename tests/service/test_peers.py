@@ -179,6 +179,40 @@ class TestPeerFolder:
         assert clear_stale(tmp_path, keep=tmp_path / "atomic-peers-other") == [] and folder.is_dir()
         assert leave(fd, folder)
 
+    @pytest.mark.parametrize("kind", ["symlink", "other user"])
+    def test_join_refuses_a_folder_not_ours(self, tmp_path: Path, kind: str) -> None:
+        """The peer folder's name is known to anyone (a hash of the data folder's path): a symbolic
+        link put there made the first joiner empty the folder it points to (every file deleted
+        but owners.lock), and another user's folder would hold this service's sockets and counts.
+        Both are refused, naming the folder, and nothing is touched."""
+        from atomic_usage.errors import ConfigError
+
+        target = tmp_path / "precious"
+        target.mkdir()
+        (target / "keep.txt").write_text("mine")
+        folder = tmp_path / "atomic-peers-a"
+        if kind == "symlink":
+            folder.symlink_to(target)
+        else:
+            if os.getuid() != 0:
+                pytest.skip("making another user's folder needs root")
+            folder.mkdir()
+            (folder / "keep.txt").write_text("theirs")
+            os.chown(folder, 65534, 65534)
+        with pytest.raises(ConfigError, match=r"atomic-peers-a: .*not a folder of this user"):
+            join(folder)
+        assert (target / "keep.txt").read_text() == "mine"
+        assert folder.is_symlink() if kind == "symlink" else (folder / "keep.txt").exists()
+
+    def test_join_makes_an_open_folder_private(self, tmp_path: Path) -> None:
+        """This user's folder left open to others (mode 0777) is made 0700 before it is used."""
+        folder = tmp_path / "atomic-peers-a"
+        folder.mkdir()
+        folder.chmod(0o777)
+        fd = join(folder)
+        assert folder.stat().st_mode & 0o777 == 0o700
+        assert leave(fd, folder)
+
     def test_clear_stale_removes_only_unheld_folders(self, tmp_path: Path) -> None:
         """Removed: a folder nobody holds, with a dead socket. Kept: this process's folder, one a
         live process holds, one without a lock whose socket accepts connections, and non-folders."""
