@@ -3,7 +3,8 @@
 Every serving process of one store (``serve --processes N``, or several ``serve`` commands on
 one data folder) keeps its peer socket and its published counts in one folder under the
 temporary folder (:func:`peer_folder`). Each holds a shared ``flock`` on the folder's
-``owners.lock`` for as long as it serves (:func:`join`). The kernel drops that lock when the
+``owners.lock`` for as long as it serves (:func:`join`), and so does the supervisor of
+``serve --processes`` for as long as it runs. The kernel drops that lock when the
 process ends, SIGKILL included, so "nobody holds it" is the sign that every owner is gone:
 
 - the first process to join a folder nobody holds clears what a dead run left in it
