@@ -203,6 +203,19 @@ class TestBadInput:
         assert job.n_series == 4
         assert_same_forecast(pd.read_parquet(tmp_path / "out"), single_machine(path, Naive(), 6))
 
+    def test_quoted_newlines_in_a_split_csv(self, client, tmp_path: Path, small_ranges: None) -> None:
+        """A text column whose quoted cells hold line breaks (a multi-line note) is valid CSV, which
+        one process reads; cut into byte ranges by lines, a range began inside a quoted cell and
+        the job failed ("' with comma\"' is not an ISO 8601 timestamp"), or could read a cell's
+        tail as a row. Such a file is read whole by one task: the forecast is the single path's."""
+        df = generate_series(6, n_steps=60, seed=1)
+        df["note"] = ["line one\nline two, with comma" if i % 7 == 0 else "ok" for i in range(len(df))]
+        path = tmp_path / "quoted.csv"
+        df.to_csv(path, index=False)
+        job = forecast_distributed(client, path, 6, tmp_path / "out", model="naive")
+        assert job.n_series == 6
+        assert_same_forecast(pd.read_parquet(tmp_path / "out"), single_machine(path, Naive(), 6))
+
     def test_output_is_a_file(self, client, messy_parquet: Path, tmp_path: Path) -> None:
         """The output of a cluster job is a folder; an existing file is refused, not replaced."""
         (tmp_path / "out.csv").write_text("keep me")

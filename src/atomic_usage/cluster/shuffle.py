@@ -8,6 +8,7 @@ the workers.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
 import shutil
@@ -111,6 +112,29 @@ def mixed_columns(chunks: Sequence[Chunk], results: Sequence[dict[str, Any]]) ->
     return redo
 
 
+_NOTHING: dict[str, Any] = {"rows": 0, "buckets": {}, "issues": [], "warnings": [], "metrics": [], "text_columns": []}
+"""The result of a split that read no row."""
+
+
+def _read_whole(chunks: list[Chunk], results: list[dict[str, Any]], scratch: Path) -> list[int]:
+    """Turns every CSV file one of whose byte ranges reported quoted cells spanning lines (``whole``)
+    into one chunk read whole, at its first range's index; removes the pieces its other ranges
+    wrote and empties their results. Returns the indexes to split again."""
+    files = {c.path for c, r in zip(chunks, results, strict=True) if r.get("whole")}
+    again = []
+    for path in sorted(files):
+        mine = [i for i, c in enumerate(chunks) if c.path == path]
+        for i in mine:
+            for b in results[i]["buckets"]:
+                (bucket_dir(scratch, chunks[i].source, b) / f"c{i:06d}.arrow").unlink(missing_ok=True)
+            results[i] = dict(_NOTHING)
+        first = chunks[mine[0]]
+        est = sum(chunks[i].est_rows for i in mine)
+        chunks[mine[0]] = dataclasses.replace(first, byte_range=None, est_rows=est)
+        again.append(mine[0])
+    return again
+
+
 def check_rows(chunks: Sequence[Chunk], rows: Sequence[int]) -> None:
     """Fails naming the first wide file whose chunks held no data row, as a whole read of it fails.
 
@@ -171,11 +195,12 @@ def run_split(
     from ..data.issues import combine_issues, place_issue, report_warnings
 
     job = uuid.uuid4().hex[:8]
+    todo = list(chunks)  # a file read whole replaces its byte ranges here
 
     def split(i: int, numeric_columns: Sequence[str] = (), attempt: str = "") -> Any:
         return client.submit(
             split_chunk,
-            chunks[i],
+            todo[i],
             i,
             n_buckets,
             str(scratch),
@@ -186,20 +211,27 @@ def run_split(
             pure=False,
         )
 
-    results = gather(client, [split(i) for i in range(len(chunks))])
+    results = gather(client, [split(i) for i in range(len(todo))])
+    whole = _read_whole(todo, results, scratch)
+    if whole:
+        # A file whose quoted cells span lines cannot be cut by lines: one task reads it whole,
+        # under its first range's number (its pieces keep their place); its other ranges hold nothing.
+        again = gather(client, [split(i, attempt="-whole") for i in whole])
+        for i, result in zip(whole, again, strict=True):
+            results[i] = result
     # The futures are released by now, so Dask cannot re-run a first read (after a worker died)
     # over the second one's pieces, which hold the same rows with one more column.
-    redo = mixed_columns(chunks, results)
+    redo = mixed_columns(todo, results)
     if redo:
         again = gather(client, [split(i, cols, "-metrics") for i, cols in redo.items()])
         for i, result in zip(redo, again, strict=True):
             results[i] = result
-    check_rows(chunks, [r["rows"] for r in results])
+    check_rows(todo, [r["rows"] for r in results])
     rows: dict[tuple[int, int], int] = {}
     found: dict[tuple[str, str], SeriesIssue] = {}
     kept: list[InputWarning] = []
     rows_before: dict[str, int] = {}  # data rows of each file in the chunks before this one
-    for chunk, result in zip(chunks, results, strict=True):
+    for chunk, result in zip(todo, results, strict=True):
         for b, n in result["buckets"].items():
             rows[(chunk.source, b)] = rows.get((chunk.source, b), 0) + n
         offset = rows_before.get(chunk.path, 0)
