@@ -127,3 +127,20 @@ class TestNoRows:
             build_trainset_distributed(client, [path], tmp_path / "ts")
         assert str(many.value) == str(one.value) and "holds no rows" in str(one.value)
         assert not (tmp_path / "ts" / "_SUCCESS").exists() and not (tmp_path / "ts" / "_scratch").exists()
+
+
+class TestFolders:
+    """The distributed build removes only what it made."""
+
+    def test_scratch_and_output_apart_from_the_user_files(self, client, tmp_path: Path) -> None:
+        """A --scratch folder of the user's keeps its files; an output folder holding the source is refused."""
+        path = tmp_path / "part-00000.parquet"
+        generate_series(4, n_steps=30, seed=1).to_parquet(path)
+        scratch = tmp_path / "fast"
+        scratch.mkdir()
+        (scratch / "mine.txt").write_text("keep me")
+        build_trainset_distributed(client, [path], tmp_path / "ts", scratch=scratch)
+        assert sorted(p.name for p in scratch.iterdir()) == ["mine.txt"]
+        with pytest.raises(SchemaError, match="holds the input file"):
+            build_trainset_distributed(client, [path], tmp_path)
+        assert path.exists()

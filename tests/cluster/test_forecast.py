@@ -216,6 +216,32 @@ class TestBadInput:
         assert job.n_series == 6
         assert_same_forecast(pd.read_parquet(tmp_path / "out"), single_machine(path, Naive(), 6))
 
+    def test_scratch_folder_of_the_user_is_kept(self, client, messy_parquet: Path, tmp_path: Path) -> None:
+        """--scratch names a folder to work in, not one to own: the job removed the whole folder
+        (``--scratch /tmp`` would have emptied /tmp), at its start and at its end. The job works in
+        a folder of its own inside it and removes only that, after a failure too."""
+        scratch = tmp_path / "fast"
+        scratch.mkdir()
+        (scratch / "mine.txt").write_text("keep me")
+        forecast_distributed(
+            client, messy_parquet, 6, tmp_path / "out", model="naive", scratch=scratch, shuffle="always"
+        )
+        assert sorted(p.name for p in scratch.iterdir()) == ["mine.txt"]
+        with pytest.raises(SchemaError):
+            forecast_distributed(client, tmp_path / "nope.csv", 6, tmp_path / "out", model="naive", scratch=scratch)
+        assert sorted(p.name for p in scratch.iterdir()) == ["mine.txt"]
+
+    def test_output_folder_holding_the_input(self, client, tmp_path: Path) -> None:
+        """An output folder that holds input files (Spark's part-*.parquet) is refused before anything
+        is removed: its parts of an earlier run were removed first, the input's among them."""
+        folder = tmp_path / "parts"
+        folder.mkdir()
+        generate_series(4, n_steps=30, seed=1).to_parquet(folder / "part-00000.parquet")
+        with pytest.raises(SchemaError, match="holds the input file"):
+            forecast_distributed(client, folder, 6, folder, model="naive")
+        assert (folder / "part-00000.parquet").exists()
+        forecast_distributed(client, folder, 6, tmp_path / "out", model="naive")  # apart: as before
+
     def test_output_is_a_file(self, client, messy_parquet: Path, tmp_path: Path) -> None:
         """The output of a cluster job is a folder; an existing file is refused, not replaced."""
         (tmp_path / "out.csv").write_text("keep me")

@@ -131,7 +131,7 @@ def build_trainset_distributed(
     label = str(client.scheduler.address)
     with map_dask_errors(label):
         chunks = plan_chunks(sources, rows_per_chunk=rows_per_bucket, sources=True)
-        scratch_dir = prepare_output(out_dir, Path(scratch).resolve() if scratch else None)
+        scratch_dir = prepare_output(out_dir, Path(scratch).resolve() if scratch else None, [c.path for c in chunks])
         with cleared_on_failure(out_dir, scratch_dir):
             n_workers = len(client.scheduler_info(n_workers=-1)["workers"])
             per_source = max(1, len(chunks) and n_buckets_for(chunks, n_workers, rows_per_bucket) // n)

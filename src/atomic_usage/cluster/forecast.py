@@ -313,7 +313,7 @@ def forecast_distributed(
             direct = None  # fewer chunks than workers: the shuffle's buckets keep every worker busy
         plugin = ModelPlugin(ref)
         client.register_plugin(plugin)
-        scratch_dir = prepare_output(out_dir, Path(scratch).resolve() if scratch else None)
+        scratch_dir = prepare_output(out_dir, Path(scratch).resolve() if scratch else None, [c.path for c in chunks])
         with cleared_on_failure(out_dir, scratch_dir, keep_scratch=keep_scratch):
             job = uuid.uuid4().hex[:8]
             if direct is not None:

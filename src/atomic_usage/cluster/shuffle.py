@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import fnmatch
 import json
 import math
 import shutil
+import tempfile
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -251,11 +253,18 @@ def run_split(
     return dict(sorted(rows.items()))
 
 
-def prepare_output(out_dir: Path, scratch: Path | None) -> Path:
+def prepare_output(out_dir: Path, scratch: Path | None, inputs: Iterable[str] = ()) -> Path:
     """Makes the output folder, removes parts of an earlier run, and returns the scratch folder.
 
+    Args:
+        out_dir: the output folder.
+        scratch: a folder to work in (the scratch folder is made in it, under a name of its own, so
+            nothing else of it is touched), or None for ``out_dir/_scratch``.
+        inputs: the job's input files, none of which may be among what this removes.
+
     Raises:
-        SchemaError: ``out_dir`` exists and is a file.
+        SchemaError: ``out_dir`` exists and is a file, or holds an input file this would remove
+            (a Spark folder of ``part-*.parquet`` given as both input and output).
     """
     if out_dir.exists() and not out_dir.is_dir():
         raise SchemaError(
@@ -263,10 +272,23 @@ def prepare_output(out_dir: Path, scratch: Path | None) -> Path:
             "so give a folder path.",
             path=str(out_dir),
         )
+    for name in inputs:
+        f = Path(name)
+        replaced = f.parent == out_dir and (fnmatch.fnmatch(f.name, "part-*.parquet") or f.name == SUCCESS_FILE)
+        if replaced or (scratch is None and out_dir / "_scratch" in f.parents):
+            raise SchemaError(
+                f"{out_dir}: the output folder holds the input file {f}, which the job's parts would replace; "
+                "give an output folder apart from the input.",
+                path=str(out_dir),
+            )
     out_dir.mkdir(parents=True, exist_ok=True)
     for old in [*out_dir.glob("part-*.parquet"), out_dir / SUCCESS_FILE]:
         old.unlink(missing_ok=True)
-    scratch = scratch if scratch is not None else out_dir / "_scratch"
+    if scratch is not None:
+        # The user's folder (``--scratch /tmp``): the job's own folder in it, never the folder itself.
+        scratch.mkdir(parents=True, exist_ok=True)
+        return Path(tempfile.mkdtemp(prefix="atomic-scratch-", dir=scratch))
+    scratch = out_dir / "_scratch"
     if scratch.exists():
         shutil.rmtree(scratch)
     scratch.mkdir(parents=True)
