@@ -8,6 +8,7 @@ deduplicated): :func:`~atomic_usage.data.regularize.regularize` does that.
 from __future__ import annotations
 
 import contextlib
+import warnings
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -125,7 +126,7 @@ def read_nab(path: str | Path, *, metric: str = "value") -> pd.DataFrame:
     The id is the file's stem. Returns the wide frame with one metric column, ``metric``.
 
     Raises:
-        SchemaError: the file is unreadable or lacks ``timestamp``/``value``.
+        SchemaError: the file is unreadable, lacks ``timestamp``/``value`` or holds no rows.
     """
     p = Path(path)
     try:
@@ -136,15 +137,21 @@ def read_nab(path: str | Path, *, metric: str = "value") -> pd.DataFrame:
         ) from None
     if not {"timestamp", "value"} <= set(raw.columns):
         raise _fail(p, f"a NAB file needs the columns timestamp,value; found {list(raw.columns)}.")
+    if raw.empty:
+        raise no_rows_error(p, raw.columns)
     df = pd.DataFrame({"id": p.stem, "timestamp": raw["timestamp"], metric: raw["value"]})
     return validate_wide(df, path=str(p))
 
 
 def _load_gcd_array(p: Path) -> np.ndarray:
     try:
-        arr = np.loadtxt(p, dtype=np.float64, ndmin=2)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", "loadtxt: input contained no data", UserWarning)  # named below
+            arr = np.loadtxt(p, dtype=np.float64, ndmin=2)
     except (ValueError, OSError) as exc:
         raise _fail(p, f"cannot be read as a GCD VM file ({exc}); expected two numeric columns.") from None
+    if not len(arr) or not arr.size:
+        raise _fail(p, "holds no rows; check what wrote it.")
     if arr.shape[1] != 2:
         raise _fail(p, f"a GCD VM file has two columns (cpu %, memory %); found {arr.shape[1]}.")
     return arr
