@@ -289,6 +289,33 @@ class TestBadInput:
             forecast_chunked(tmp_path / "bad.parquet", 6, tmp_path / "o.csv", model=Naive(), rows_per_chunk=_ROWS)
         assert not (tmp_path / "o.csv").exists() and not (tmp_path / "o.csv.tmp").exists()
 
+    @pytest.mark.parametrize("name", ["empty.csv.gz", "blank.csv", "empty.parquet"])
+    def test_no_rows_names_the_file(self, tmp_path: Path, name: str) -> None:
+        """A file without data rows fails as the whole read fails, naming it, whatever its size
+        (a compressed header, or a header and many blank lines, were estimated as large, took the
+        chunked path and forecast "0 machines" with exit 0); an older output is left as it was."""
+        inp = tmp_path / name
+        if name == "blank.csv":
+            inp.write_text("id,timestamp,cpuLoad\n" + "\n" * 5000)
+        elif name == "empty.parquet":
+            hard_fleet().head(0).to_parquet(inp)
+        else:
+            with gzip.open(inp, "wt") as fh:
+                fh.write("id,timestamp,cpuLoad\n" + "\n" * 5000)
+        with pytest.raises(SchemaError) as whole:
+            read_wide(inp)
+        (tmp_path / "out.csv").write_text("an older forecast")
+        with pytest.raises(SchemaError) as part:
+            forecast_chunked(inp, 6, tmp_path / "out.csv", model=Naive(), rows_per_chunk=2)
+        assert str(part.value) == str(whole.value) and f"{name}: holds no rows" in str(part.value)
+        assert (tmp_path / "out.csv").read_text() == "an older forecast"
+        assert sorted(p.name for p in tmp_path.iterdir()) == sorted([name, "out.csv"])
+        res = runner.invoke(
+            app, ["forecast", "-i", str(inp), "-H", "3", "-o", str(tmp_path / "o.csv"), "--rows-per-bucket", "2"]
+        )
+        assert res.exit_code == 2 and "holds no rows" in res.output, res.output
+        assert not (tmp_path / "o.csv").exists()
+
     def test_output_is_a_folder(self, tmp_path: Path) -> None:
         """A folder as --output is refused before anything is read."""
         inp = write_input(hard_fleet(), tmp_path / "in.parquet")

@@ -107,3 +107,40 @@ class TestBadValues:
             build_trainset_distributed(client, [path], tmp_path / "ts", rows_per_bucket=60)
         assert str(many.value) == str(one.value)
         assert "holds a non-numeric value 'high' (row 1 of the file, " in str(one.value)
+
+
+class TestNoRows:
+    """A wide source without data rows fails the distributed build as it fails build_trainset."""
+
+    @pytest.mark.parametrize("suffix", [".csv", ".parquet"])
+    def test_named(self, client, tmp_path: Path, suffix: str) -> None:
+        """A header-only file: the single build names it; the cluster's split task crashed on it."""
+        path = (tmp_path / f"empty{suffix}").resolve()
+        df = generate_series(2, n_steps=10, seed=3).head(0)
+        if suffix == ".csv":
+            df.to_csv(path, index=False)
+        else:
+            df.to_parquet(path)
+        with pytest.raises(SchemaError) as one:
+            build_trainset([path])
+        with pytest.raises(SchemaError) as many:
+            build_trainset_distributed(client, [path], tmp_path / "ts")
+        assert str(many.value) == str(one.value) and "holds no rows" in str(one.value)
+        assert not (tmp_path / "ts" / "_SUCCESS").exists() and not (tmp_path / "ts" / "_scratch").exists()
+
+
+class TestFolders:
+    """The distributed build removes only what it made."""
+
+    def test_scratch_and_output_apart_from_the_user_files(self, client, tmp_path: Path) -> None:
+        """A --scratch folder of the user's keeps its files; an output folder holding the source is refused."""
+        path = tmp_path / "part-00000.parquet"
+        generate_series(4, n_steps=30, seed=1).to_parquet(path)
+        scratch = tmp_path / "fast"
+        scratch.mkdir()
+        (scratch / "mine.txt").write_text("keep me")
+        build_trainset_distributed(client, [path], tmp_path / "ts", scratch=scratch)
+        assert sorted(p.name for p in scratch.iterdir()) == ["mine.txt"]
+        with pytest.raises(SchemaError, match="holds the input file"):
+            build_trainset_distributed(client, [path], tmp_path)
+        assert path.exists()

@@ -169,6 +169,79 @@ class TestBadInput:
         assert str(info.value) == f"{path}: Line 402 has no id; give every row an id."
         assert not (tmp_path / "out" / "_SUCCESS").exists()
 
+    @pytest.mark.parametrize("suffix", [".csv", ".parquet", ".csv.gz"])
+    def test_file_without_rows_is_named(self, client, tmp_path: Path, suffix: str) -> None:
+        """A partition holding a header and no rows, next to a good one, fails the job with the
+        whole read's message naming it (a split task crashed on it: "zip() argument 2 is longer
+        than argument 1", exit 1); no part, no scratch and no _SUCCESS are left."""
+        from atomic_usage.data import read_wide
+
+        folder = tmp_path / "in"
+        folder.mkdir()
+        df = generate_series(4, n_steps=30, seed=1)
+        df.to_csv(folder / "a.csv", index=False)
+        empty = (folder / f"b{suffix}").resolve()
+        if suffix == ".parquet":
+            df.head(0).to_parquet(empty)
+        else:
+            df.head(0).to_csv(empty, index=False)
+        with pytest.raises(SchemaError) as one:
+            read_wide(empty)
+        for inputs in (folder, [folder / "a.csv", empty], empty):
+            with pytest.raises(SchemaError) as many:
+                forecast_distributed(client, inputs, 6, tmp_path / "out", model="naive")
+            assert str(many.value) == str(one.value) and "holds no rows" in str(many.value)
+            assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())
+
+    def test_blank_lines_at_the_end(self, client, tmp_path: Path, small_ranges: None) -> None:
+        """Blank lines filling the last byte ranges of a CSV file hold no rows, and that is no error:
+        the file's rows are forecast as the single path forecasts them."""
+        df = generate_series(4, n_steps=30, seed=1)
+        path = tmp_path / "fleet.csv"
+        path.write_text(df.to_csv(index=False) + "\n" * 6000)
+        job = forecast_distributed(client, path, 6, tmp_path / "out", model="naive")
+        assert job.n_series == 4
+        assert_same_forecast(pd.read_parquet(tmp_path / "out"), single_machine(path, Naive(), 6))
+
+    def test_quoted_newlines_in_a_split_csv(self, client, tmp_path: Path, small_ranges: None) -> None:
+        """A text column whose quoted cells hold line breaks (a multi-line note) is valid CSV, which
+        one process reads; cut into byte ranges by lines, a range began inside a quoted cell and
+        the job failed ("' with comma\"' is not an ISO 8601 timestamp"), or could read a cell's
+        tail as a row. Such a file is read whole by one task: the forecast is the single path's."""
+        df = generate_series(6, n_steps=60, seed=1)
+        df["note"] = ["line one\nline two, with comma" if i % 7 == 0 else "ok" for i in range(len(df))]
+        path = tmp_path / "quoted.csv"
+        df.to_csv(path, index=False)
+        job = forecast_distributed(client, path, 6, tmp_path / "out", model="naive")
+        assert job.n_series == 6
+        assert_same_forecast(pd.read_parquet(tmp_path / "out"), single_machine(path, Naive(), 6))
+
+    def test_scratch_folder_of_the_user_is_kept(self, client, messy_parquet: Path, tmp_path: Path) -> None:
+        """--scratch names a folder to work in, not one to own: the job removed the whole folder
+        (``--scratch /tmp`` would have emptied /tmp), at its start and at its end. The job works in
+        a folder of its own inside it and removes only that, after a failure too."""
+        scratch = tmp_path / "fast"
+        scratch.mkdir()
+        (scratch / "mine.txt").write_text("keep me")
+        forecast_distributed(
+            client, messy_parquet, 6, tmp_path / "out", model="naive", scratch=scratch, shuffle="always"
+        )
+        assert sorted(p.name for p in scratch.iterdir()) == ["mine.txt"]
+        with pytest.raises(SchemaError):
+            forecast_distributed(client, tmp_path / "nope.csv", 6, tmp_path / "out", model="naive", scratch=scratch)
+        assert sorted(p.name for p in scratch.iterdir()) == ["mine.txt"]
+
+    def test_output_folder_holding_the_input(self, client, tmp_path: Path) -> None:
+        """An output folder that holds input files (Spark's part-*.parquet) is refused before anything
+        is removed: its parts of an earlier run were removed first, the input's among them."""
+        folder = tmp_path / "parts"
+        folder.mkdir()
+        generate_series(4, n_steps=30, seed=1).to_parquet(folder / "part-00000.parquet")
+        with pytest.raises(SchemaError, match="holds the input file"):
+            forecast_distributed(client, folder, 6, folder, model="naive")
+        assert (folder / "part-00000.parquet").exists()
+        forecast_distributed(client, folder, 6, tmp_path / "out", model="naive")  # apart: as before
+
     def test_output_is_a_file(self, client, messy_parquet: Path, tmp_path: Path) -> None:
         """The output of a cluster job is a folder; an existing file is refused, not replaced."""
         (tmp_path / "out.csv").write_text("keep me")

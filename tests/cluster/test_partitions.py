@@ -147,6 +147,19 @@ class TestReadChunkLines:
         assert errors == [str(whole.value)]
 
 
+class TestWritePieces:
+    """Rows are written to their buckets' folders; a chunk without rows writes nothing."""
+
+    def test_no_rows(self, tmp_path: Path) -> None:
+        """An empty chunk (blank lines only, an empty row group) writes no piece and counts nothing;
+        it raised "zip() argument 2 is longer than argument 1"."""
+        from atomic_usage.cluster.partitions import write_pieces
+
+        df = generate_series(2, n_steps=5, seed=1).head(0)
+        assert write_pieces(df, np.zeros(0, np.int64), tmp_path, 0, 0) == {}
+        assert not list(tmp_path.iterdir())
+
+
 class TestBucketOf:
     """The bucket of an id is the same in every process and run."""
 

@@ -109,6 +109,28 @@ class TestReadNab:
             read_nab(p)
 
 
+class TestEmptySources:
+    """A NAB or GCD file without rows fails naming it, as a wide file does: a folder of empty exports
+    built an empty training set ("0 machines", exit 0), and one empty file in a folder went unnoticed."""
+
+    def test_nab_file_without_rows(self, tmp_path: Path) -> None:
+        """A NAB folder with one header-only file: the build fails naming that file."""
+        from atomic_usage.data import read_nab_dir
+
+        (tmp_path / "a.csv").write_text("timestamp,value\n2024-01-01 00:00:00,1.0\n")
+        (tmp_path / "b.csv").write_text("timestamp,value\n")
+        with pytest.raises(SchemaError, match=r"b\.csv: holds no rows \(its columns: \['timestamp', 'value'\]\)"):
+            read_nab_dir(tmp_path)
+
+    def test_gcd_file_without_rows(self, tmp_path: Path) -> None:
+        """An empty GCD VM file is named as holding no rows, not as holding one column."""
+        from atomic_usage.data import read_gcd
+
+        (tmp_path / "vm_1").write_text("")
+        with pytest.raises(SchemaError, match=r"vm_1: holds no rows"):
+            read_gcd(tmp_path / "vm_1")
+
+
 class TestReadGcd:
     """GCD VM files: two columns without header, synthetic 5-minute timestamps."""
 

@@ -154,6 +154,65 @@ class TestPeerFolder:
         assert os.fstat(got[0]).st_ino == os.stat(folder / "owners.lock").st_ino
         assert leave(got[0], folder) and not folder.exists()
 
+    def test_clear_stale_during_the_first_join(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        """The first process in turns its exclusive lock into a shared one, which is not atomic: another
+        server's clear_stale that takes the lock in between removes the folder. The joiner then
+        held a removed lock file, its folder gone (its socket could not be made, and a later
+        clear_stale could remove the folder it goes on to serve from): it joins again instead."""
+        from atomic_usage.service import peerdir
+
+        folder = tmp_path / "atomic-peers-new"
+        real = fcntl.flock
+        raced: list[list[Path]] = []
+
+        def flock(fd: int, op: int) -> None:
+            if op == fcntl.LOCK_SH and not raced:  # the conversion: the exclusive lock is let go first
+                real(fd, fcntl.LOCK_UN)
+                raced.append(clear_stale(tmp_path, keep=tmp_path / "atomic-peers-other"))
+            real(fd, op)
+
+        monkeypatch.setattr(peerdir.fcntl, "flock", flock)
+        fd = join(folder)
+        assert raced == [[folder]]  # the race happened
+        assert folder.is_dir() and os.fstat(fd).st_ino == os.stat(folder / "owners.lock").st_ino
+        monkeypatch.setattr(peerdir.fcntl, "flock", real)
+        assert clear_stale(tmp_path, keep=tmp_path / "atomic-peers-other") == [] and folder.is_dir()
+        assert leave(fd, folder)
+
+    @pytest.mark.parametrize("kind", ["symlink", "other user"])
+    def test_join_refuses_a_folder_not_ours(self, tmp_path: Path, kind: str) -> None:
+        """The peer folder's name is known to anyone (a hash of the data folder's path): a symbolic
+        link put there made the first joiner empty the folder it points to (every file deleted
+        but owners.lock), and another user's folder would hold this service's sockets and counts.
+        Both are refused, naming the folder, and nothing is touched."""
+        from atomic_usage.errors import ConfigError
+
+        target = tmp_path / "precious"
+        target.mkdir()
+        (target / "keep.txt").write_text("mine")
+        folder = tmp_path / "atomic-peers-a"
+        if kind == "symlink":
+            folder.symlink_to(target)
+        else:
+            if os.getuid() != 0:
+                pytest.skip("making another user's folder needs root")
+            folder.mkdir()
+            (folder / "keep.txt").write_text("theirs")
+            os.chown(folder, 65534, 65534)
+        with pytest.raises(ConfigError, match=r"atomic-peers-a: .*not a folder of this user"):
+            join(folder)
+        assert (target / "keep.txt").read_text() == "mine"
+        assert folder.is_symlink() if kind == "symlink" else (folder / "keep.txt").exists()
+
+    def test_join_makes_an_open_folder_private(self, tmp_path: Path) -> None:
+        """This user's folder left open to others (mode 0777) is made 0700 before it is used."""
+        folder = tmp_path / "atomic-peers-a"
+        folder.mkdir()
+        folder.chmod(0o777)
+        fd = join(folder)
+        assert folder.stat().st_mode & 0o777 == 0o700
+        assert leave(fd, folder)
+
     def test_clear_stale_removes_only_unheld_folders(self, tmp_path: Path) -> None:
         """Removed: a folder nobody holds, with a dead socket. Kept: this process's folder, one a
         live process holds, one without a lock whose socket accepts connections, and non-folders."""
@@ -295,3 +354,63 @@ class TestCountLedger:
         me.settle([])
         for name in (f"{me.pid}.json", "retired.json"):
             assert (folder / name).stat().st_mode & 0o777 == 0o600, name
+
+
+class TestLedgerDamage:
+    """A damaged or unwritable ledger costs at most the counts it held: it never stops a scrape or a
+    process from starting (a garbage retired.json failed every /metrics with a 500, and failed the
+    start of the process replacing a dead one, which stopped the whole service)."""
+
+    @pytest.mark.parametrize("garbage", [b"garbage{", b"", b"[]", b'{"total": 3}', b'{"total": null, "recent": 1}'])
+    def test_garbage_retired_file(self, folder: Path, garbage: bytes, caplog: pytest.LogCaptureFixture) -> None:
+        """An unreadable retired.json is replaced by an empty ledger, with a warning naming it."""
+        (folder / "retired.json").write_bytes(garbage)
+        me = CountLedger(folder)
+        me.fold_own_pid()
+        _process(folder, 121).publish(_counts(5))
+        for _ in range(2):
+            got = me.settle([])
+            assert got is not None and got["stats"]["records_total"] == 5
+        assert any("retired.json" in r.getMessage() for r in caplog.records if r.levelname == "WARNING")
+
+    @pytest.mark.parametrize(
+        "garbage",
+        [
+            b"[]",
+            b"{}",
+            b'{"token": "x"}',
+            b'{"token": 1, "counts": []}',
+            b'{"token": "x", "counts": {"stats": {"records_total": "many"}}}',
+        ],
+    )
+    def test_garbage_published_file(self, folder: Path, garbage: bytes) -> None:
+        """A published file of the wrong shape is left out of the sum (warned), the others counted."""
+        (folder / "122.json").write_bytes(garbage)
+        _process(folder, 123).publish(_counts(4))
+        got = CountLedger(folder).settle([])
+        assert got is not None and got["stats"]["records_total"] == 4
+
+    def test_unwritable_ledger(self, folder: Path) -> None:
+        """When retired.json cannot be written, a scrape still adds the dead process's counts (read
+        from its file, which is kept until the ledger holds them), and publishing only warns."""
+        _process(folder, 124).publish(_counts(6))
+        (folder / "retired.json.tmp").mkdir()  # every write of retired.json fails
+        me = CountLedger(folder)
+        for _ in range(2):
+            got = me.settle([])
+            assert got is not None and got["stats"]["records_total"] == 6
+        assert (folder / "124.json").exists()
+        (folder / f"{me.pid}.json.tmp").mkdir()
+        me.publish(_counts(1))  # no exception: the scrape that publishes is still answered
+        (folder / "retired.json.tmp").rmdir()
+        got = me.settle([])
+        assert got is not None and got["stats"]["records_total"] == 6
+        assert not (folder / "124.json").exists()
+
+    def test_folder_gone(self, folder: Path) -> None:
+        """A peer folder removed under a live process (a temporary-files cleaner) fails no scrape."""
+        me = CountLedger(folder)
+        shutil.rmtree(folder)
+        me.publish(_counts(1))
+        me.fold_own_pid()
+        assert me.settle([]) is None

@@ -412,6 +412,39 @@ def test_counters_never_drop_when_a_process_is_replaced(tmp_path: Path) -> None:
         srv.kill()
 
 
+def test_counters_never_drop_when_every_process_is_replaced(tmp_path: Path) -> None:
+    """SIGKILL of both serving processes at once: their replacements joined a peer folder nobody
+    held, took it for a dead run's and emptied it, so the merged counters fell to 0 (420 -> 0).
+    The supervisor holds the folder too, so the ledger outlives its processes."""
+    if not Path("/proc/self/stat").exists():
+        pytest.skip("reads /proc to find the serving processes")
+    srv = Server(tmp_path, args=("--processes", "2"), group=True).start()
+    try:
+        _wait_for_processes(srv, 2)
+        assert srv.proc is not None
+        watch = _CounterWatch(srv)
+        for n in range(6):
+            with srv.client() as c:
+                assert c.post("/v1/predict", json=payload(2, seed=n), headers=AUTH).status_code == 200
+        assert _metric(watch.scrape(), "atomic_records_total") == 12
+        victims = _serving(srv.proc.pid)
+        for pid in victims:
+            os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 90
+        while True:
+            serving = _serving(srv.proc.pid)
+            if len(serving) == 2 and not serving & victims:
+                with contextlib.suppress(httpx.HTTPError):
+                    text = watch.scrape()
+                    if _metric(text, "atomic_processes") == 2:
+                        break
+            assert time.monotonic() < deadline, "the killed processes were not replaced"
+            time.sleep(0.2)
+        assert _metric(watch.scrape(), "atomic_records_total") == 12
+    finally:
+        srv.kill()
+
+
 def test_a_new_run_removes_the_peer_folders_of_dead_runs(tmp_path: Path) -> None:
     """A SIGKILLed server leaves its peer folder behind; the next server to start (on another
     store) removes it, and leaves the folder of a server that still runs alone."""

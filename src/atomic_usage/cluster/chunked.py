@@ -37,7 +37,7 @@ import numpy as np
 import pandas as pd
 
 from ..data.issues import InputWarning, SeriesIssue, combine_issues, mask_rejected, report_warnings
-from ..data.readers import is_parquet, map_read_errors
+from ..data.readers import is_parquet, map_read_errors, no_rows_error
 from ..data.regularize import DEFAULT_STEP, RegularizeReport, regularize
 from ..data.validation import validate_wide
 from ..errors import SchemaError
@@ -180,9 +180,10 @@ class _Run:
             self.reasons.extend(firsts["reason"][gone].head(MAX_REASONS - len(self.reasons)))
 
 
-def _header(path: Path, id_col: str, time_col: str, warnings: list[InputWarning]) -> pd.DataFrame:
-    """An empty validated frame with the file's columns. Fails as ``read_wide`` does when the id,
-    the timestamp or every metric column is missing, before any data is read."""
+def _header(path: Path, id_col: str, time_col: str, warnings: list[InputWarning]) -> tuple[pd.DataFrame, list[str]]:
+    """An empty validated frame with the file's columns, and the columns as the file names them.
+    Fails as ``read_wide`` does when the id, the timestamp or every metric column is missing,
+    before any data is read."""
     with map_read_errors(path):
         if is_parquet(path):
             import pyarrow.parquet as pq
@@ -190,8 +191,9 @@ def _header(path: Path, id_col: str, time_col: str, warnings: list[InputWarning]
             df = pq.read_schema(path).empty_table().to_pandas()
         else:
             df = pd.read_csv(path, dtype={id_col: str}, nrows=0)
+    columns = list(map(str, df.columns))
     df = validate_wide(df, id_col=id_col, time_col=time_col, path=str(path), warnings=warnings)
-    return df.rename(columns={id_col: "id", time_col: "timestamp"})
+    return df.rename(columns={id_col: "id", time_col: "timestamp"}), columns
 
 
 def _raw_chunks(path: Path, rows: int, id_col: str, columns: list[str] | None = None) -> Iterator[pd.DataFrame]:
@@ -408,8 +410,8 @@ def forecast_chunked(
         What was done.
 
     Raises:
-        SchemaError: the file is missing, unreadable or invalid (the message names it), the
-            output cannot be written, or the horizon is out of range. No output file is left then.
+        SchemaError: the file is missing, unreadable, invalid or without data rows (the message
+            names it), the output cannot be written, or the horizon is out of range. No output file is left then.
     """
     t0 = time.perf_counter()
     p = Path(path)
@@ -417,8 +419,8 @@ def forecast_chunked(
         raise SchemaError(f"{p}: the file does not exist or is not a file; check the path.", path=str(p))
     step_td = pd.Timedelta(step)
     header_warnings: list[InputWarning] = []
-    header = _header(p, id_col, time_col, header_warnings)
-    empty = forecast_frame(model, regularize(header, step_td)[0], horizon)  # also checks the horizon
+    header, columns = _header(p, id_col, time_col, header_warnings)
+    forecast_frame(model, regularize(header, step_td)[0], horizon)  # checks the horizon before any data is read
     total = estimate_rows(p) if is_parquet(p) else None
     rows = max(int(rows_per_chunk), 1)
 
@@ -460,8 +462,10 @@ def forecast_chunked(
                 numeric = run.numeric | exc.columns
                 continue
             break
-        if not run.n_chunks:
-            writer.write(empty)
+        if not run.n_rows_in:
+            # A header and blank lines, or a compressed header, can be estimated as large: the
+            # whole read's error then, not "0 machines" (nothing is left at the output).
+            raise no_rows_error(p, columns)
     # Every chunk met the same columns, and a series may be rejected in several: each is named once.
     report_warnings([*header_warnings, *run.warnings], run.issues.values(), path=str(p))
     return ChunkedJob(

@@ -25,6 +25,7 @@ from .partitions import plan_chunks, read_bucket, write_parquet_atomic
 from .shuffle import (
     DEFAULT_ROWS_PER_BUCKET,
     bucket_dirs,
+    cleared_on_failure,
     finish_output,
     gather,
     map_dask_errors,
@@ -130,39 +131,40 @@ def build_trainset_distributed(
     label = str(client.scheduler.address)
     with map_dask_errors(label):
         chunks = plan_chunks(sources, rows_per_chunk=rows_per_bucket, sources=True)
-        scratch_dir = prepare_output(out_dir, Path(scratch).resolve() if scratch else None)
-        n_workers = len(client.scheduler_info(n_workers=-1)["workers"])
-        per_source = max(1, len(chunks) and n_buckets_for(chunks, n_workers, rows_per_bucket) // n)
-        # The range policy of read_wide, which build_trainset reads a wide file with: a percent far
-        # out of range (a per-core sum) fails the build, a small overshoot is clipped with a warning.
-        rows = run_split(client, chunks, per_source, scratch_dir, out_of_range="reject")
-        job = uuid.uuid4().hex[:8]
-        keys = bucket_dirs(scratch_dir, rows)
-        futures = [
-            client.submit(
-                trainset_bucket,
-                str(d),
-                str(out_dir / f"part-{s:03d}-{b:05d}.parquet"),
-                int(pd.Timedelta(cuts[s]) / step_td) if cuts else 0,
-                bool(flags[s]) if flags else True,
-                str(step_td),
-                key=f"atomic-trainset-{job}-{s:03d}-{b:05d}",
-                pure=False,
+        scratch_dir = prepare_output(out_dir, Path(scratch).resolve() if scratch else None, [c.path for c in chunks])
+        with cleared_on_failure(out_dir, scratch_dir):
+            n_workers = len(client.scheduler_info(n_workers=-1)["workers"])
+            per_source = max(1, len(chunks) and n_buckets_for(chunks, n_workers, rows_per_bucket) // n)
+            # The range policy of read_wide, which build_trainset reads a wide file with: a percent far
+            # out of range (a per-core sum) fails the build, a small overshoot is clipped with a warning.
+            rows = run_split(client, chunks, per_source, scratch_dir, out_of_range="reject")
+            job = uuid.uuid4().hex[:8]
+            keys = bucket_dirs(scratch_dir, rows)
+            futures = [
+                client.submit(
+                    trainset_bucket,
+                    str(d),
+                    str(out_dir / f"part-{s:03d}-{b:05d}.parquet"),
+                    int(pd.Timedelta(cuts[s]) / step_td) if cuts else 0,
+                    bool(flags[s]) if flags else True,
+                    str(step_td),
+                    key=f"atomic-trainset-{job}-{s:03d}-{b:05d}",
+                    pure=False,
+                )
+                for s, b, d in keys
+            ]
+            results = gather(client, futures)
+            reports: list[dict[str, int]] = []
+            for k in range(n):
+                mine = [r["report"] for (s, _, _), r in zip(keys, results, strict=True) if s == k]
+                reports.append({f: sum(r[f] for r in mine) for f in (mine[0] if mine else {})})
+            job_result = TrainsetJob(
+                output=out_dir,
+                n_series=sum(r["series"] for r in results),
+                n_holdout=sum(r["holdout"] for r in results),
+                n_steps=sum(r["steps"] for r in results),
+                reports=reports,
+                seconds=time.perf_counter() - t0,
             )
-            for s, b, d in keys
-        ]
-        results = gather(client, futures)
-        reports: list[dict[str, int]] = []
-        for k in range(n):
-            mine = [r["report"] for (s, _, _), r in zip(keys, results, strict=True) if s == k]
-            reports.append({f: sum(r[f] for r in mine) for f in (mine[0] if mine else {})})
-        job_result = TrainsetJob(
-            output=out_dir,
-            n_series=sum(r["series"] for r in results),
-            n_holdout=sum(r["holdout"] for r in results),
-            n_steps=sum(r["steps"] for r in results),
-            reports=reports,
-            seconds=time.perf_counter() - t0,
-        )
-        finish_output(out_dir, scratch_dir, dataclasses.asdict(job_result))
+            finish_output(out_dir, scratch_dir, dataclasses.asdict(job_result))
     return job_result

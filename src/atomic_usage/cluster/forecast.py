@@ -40,6 +40,8 @@ from .plugin import ModelPlugin, resolve_model, worker_model
 from .shuffle import (
     DEFAULT_ROWS_PER_BUCKET,
     bucket_dirs,
+    check_rows,
+    cleared_on_failure,
     finish_output,
     gather,
     map_dask_errors,
@@ -311,74 +313,76 @@ def forecast_distributed(
             direct = None  # fewer chunks than workers: the shuffle's buckets keep every worker busy
         plugin = ModelPlugin(ref)
         client.register_plugin(plugin)
-        scratch_dir = prepare_output(out_dir, Path(scratch).resolve() if scratch else None)
-        job = uuid.uuid4().hex[:8]
-        if direct is not None:
-            chunks = direct
+        scratch_dir = prepare_output(out_dir, Path(scratch).resolve() if scratch else None, [c.path for c in chunks])
+        with cleared_on_failure(out_dir, scratch_dir, keep_scratch=keep_scratch):
+            job = uuid.uuid4().hex[:8]
+            if direct is not None:
+                chunks = direct
 
-            def forecast_one(i: int, numeric_columns: Sequence[str] = (), attempt: str = "") -> Any:
-                return client.submit(
-                    forecast_chunk,
-                    chunks[i],
-                    str(out_dir / f"part-{i:05d}.parquet"),
-                    horizon,
-                    plugin.name,
-                    rows_per_bucket,
-                    numeric_columns,
-                    key=f"atomic-forecast-{job}-{i:05d}{attempt}",
-                    pure=False,
+                def forecast_one(i: int, numeric_columns: Sequence[str] = (), attempt: str = "") -> Any:
+                    return client.submit(
+                        forecast_chunk,
+                        chunks[i],
+                        str(out_dir / f"part-{i:05d}.parquet"),
+                        horizon,
+                        plugin.name,
+                        rows_per_bucket,
+                        numeric_columns,
+                        key=f"atomic-forecast-{job}-{i:05d}{attempt}",
+                        pure=False,
+                    )
+
+                results = gather(client, [forecast_one(i) for i in range(len(chunks))])
+                # A chunk that ignored as text a column another chunk of its file holds numbers in
+                # is forecast again with that column a metric (its part is rewritten), as in run_split.
+                redo = mixed_columns(chunks, results)
+                if redo:
+                    again = gather(client, [forecast_one(i, cols, "-metrics") for i, cols in redo.items()])
+                    for i, r in zip(redo, again, strict=True):
+                        results[i] = r
+                check_rows(chunks, [r["rows_in"] for r in results])
+                n_rows_in = sum(r["rows_in"] for r in results)
+                # Every id is in one chunk, so each chunk's issues are already those of whole series.
+                report_warnings([w for r in results for w in r["warnings"]], [i for r in results for i in r["issues"]])
+            else:
+                n_buckets = n_buckets_for(chunks, n_workers, rows_per_bucket)
+                issues: list[SeriesIssue] = []
+                warnings: list[InputWarning] = []
+                rows = run_split(
+                    client, chunks, n_buckets, scratch_dir, out_of_range="reject", issues=issues, warnings=warnings
                 )
-
-            results = gather(client, [forecast_one(i) for i in range(len(chunks))])
-            # A chunk that ignored as text a column another chunk of its file holds numbers in
-            # is forecast again with that column a metric (its part is rewritten), as in run_split.
-            redo = mixed_columns(chunks, results)
-            if redo:
-                again = gather(client, [forecast_one(i, cols, "-metrics") for i, cols in redo.items()])
-                for i, r in zip(redo, again, strict=True):
-                    results[i] = r
-            n_rows_in = sum(r["rows_in"] for r in results)
-            # Every id is in one chunk, so each chunk's issues are already those of whole series.
-            report_warnings([w for r in results for w in r["warnings"]], [i for r in results for i in r["issues"]])
-        else:
-            n_buckets = n_buckets_for(chunks, n_workers, rows_per_bucket)
-            issues: list[SeriesIssue] = []
-            warnings: list[InputWarning] = []
-            rows = run_split(
-                client, chunks, n_buckets, scratch_dir, out_of_range="reject", issues=issues, warnings=warnings
+                report_warnings(warnings, issues)
+                by_bucket = _issues_by_bucket(issues, n_buckets)
+                futures = [
+                    client.submit(
+                        forecast_bucket,
+                        str(d),
+                        str(out_dir / f"part-{b:05d}.parquet"),
+                        horizon,
+                        plugin.name,
+                        by_bucket.get(b, []),
+                        key=f"atomic-forecast-{job}-{b:05d}",
+                        pure=False,
+                    )
+                    for _, b, d in bucket_dirs(scratch_dir, rows)
+                ]
+                results = gather(client, futures)
+                n_rows_in = sum(rows.values())
+            report = {k: sum(r["report"][k] for r in results) for k in (results[0]["report"] if results else {})}
+            result = ForecastJob(
+                output=out_dir,
+                n_chunks=len(chunks),
+                n_parts=sum(1 for r in results if r["rows_out"]),
+                n_series=sum(r["series"] for r in results),
+                n_rows_in=n_rows_in,
+                n_rows_out=sum(r["rows_out"] for r in results),
+                fallback=sum(r["fallback"] for r in results),
+                regularize=report,
+                seconds=time.perf_counter() - t0,
+                mode="shuffle" if direct is None else "direct",
+                n_metric_series=sum(r["metric_series"] for r in results),
+                missing=sum(r["missing"] for r in results),
+                reasons=tuple([x for r in results for x in r["reasons"]][:MAX_REASONS]),
             )
-            report_warnings(warnings, issues)
-            by_bucket = _issues_by_bucket(issues, n_buckets)
-            futures = [
-                client.submit(
-                    forecast_bucket,
-                    str(d),
-                    str(out_dir / f"part-{b:05d}.parquet"),
-                    horizon,
-                    plugin.name,
-                    by_bucket.get(b, []),
-                    key=f"atomic-forecast-{job}-{b:05d}",
-                    pure=False,
-                )
-                for _, b, d in bucket_dirs(scratch_dir, rows)
-            ]
-            results = gather(client, futures)
-            n_rows_in = sum(rows.values())
-        report = {k: sum(r["report"][k] for r in results) for k in (results[0]["report"] if results else {})}
-        result = ForecastJob(
-            output=out_dir,
-            n_chunks=len(chunks),
-            n_parts=sum(1 for r in results if r["rows_out"]),
-            n_series=sum(r["series"] for r in results),
-            n_rows_in=n_rows_in,
-            n_rows_out=sum(r["rows_out"] for r in results),
-            fallback=sum(r["fallback"] for r in results),
-            regularize=report,
-            seconds=time.perf_counter() - t0,
-            mode="shuffle" if direct is None else "direct",
-            n_metric_series=sum(r["metric_series"] for r in results),
-            missing=sum(r["missing"] for r in results),
-            reasons=tuple([x for r in results for x in r["reasons"]][:MAX_REASONS]),
-        )
-        finish_output(out_dir, scratch_dir, dataclasses.asdict(result), keep_scratch=keep_scratch)
+            finish_output(out_dir, scratch_dir, dataclasses.asdict(result), keep_scratch=keep_scratch)
     return result

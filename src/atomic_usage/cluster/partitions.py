@@ -40,10 +40,13 @@ __all__ = [
     "CSV_BLOCK_BYTES",
     "PIECE_COMPRESSION",
     "Chunk",
+    "LinesAreNotRows",
     "bucket_dir",
     "bucket_of",
     "columns_with_numbers",
     "estimate_rows",
+    "header_columns",
+    "lines_are_rows",
     "plan_chunks",
     "read_bucket",
     "read_chunk",
@@ -229,6 +232,28 @@ def _read_csv_range(path: str, start: int, end: int) -> bytes:
     return header + data
 
 
+class LinesAreNotRows(Exception):
+    """A CSV byte range holds a quoted cell that spans lines: the file cannot be cut by lines."""
+
+
+def lines_are_rows(raw: bytes) -> bool:
+    """Whether every line of CSV text ends outside a quoted cell, so its lines are its rows.
+
+    A cell may hold a line break inside quotes (a multi-line note); a line that ends inside one
+    holds an odd number of ``"`` (an escaped ``""`` counts two), so every line holding an even
+    number is the sign that no cell spans lines.
+
+    >>> lines_are_rows(b'id,note\\na,"x, y"\\n'), lines_are_rows(b'id,note\\na,"x\\ny"\\n')
+    (True, False)
+    """
+    if b'"' not in raw:
+        return True
+    a = np.frombuffer(raw, np.uint8)
+    quotes = np.cumsum(a == ord('"'))
+    ends = np.flatnonzero(a == ord("\n"))
+    return bool((quotes[ends] % 2 == 0).all() and quotes[-1] % 2 == 0)
+
+
 def _csv_rows_before(path: str, start: int) -> int:
     """The data rows of a CSV file on the lines that begin before byte ``start`` (the first line
     of a range from :func:`_read_csv_range`), blank lines skipped as pandas skips them."""
@@ -282,6 +307,8 @@ def read_chunk(
         SchemaError: the chunk cannot be read or does not hold valid wide data (or, without
             ``issues``, holds a bad value); the message names the file, and a row by its line
             in the file even for a byte range (the rows before it are then counted).
+        LinesAreNotRows: a byte range holds a quoted cell that spans lines (the file must be
+            read whole: see :func:`lines_are_rows`).
     """
     from ..data.issues import place_issue
     from ..data.trainset import read_source
@@ -299,9 +326,13 @@ def read_chunk(
             df.index = _file_rows(pf.metadata, chunk.row_groups)
         elif chunk.byte_range is not None:
             raw = _read_csv_range(chunk.path, *chunk.byte_range)
+            if not lines_are_rows(raw):
+                raise LinesAreNotRows(chunk.path)
             df = pd.read_csv(io.BytesIO(raw), dtype={id_col: str})
         else:
             df = pd.read_csv(chunk.path, dtype={id_col: str})
+    except LinesAreNotRows:
+        raise
     except (ValueError, OSError, UnicodeDecodeError, pd.errors.ParserError) as exc:
         kind = "Parquet" if chunk.kind == "parquet" else "CSV"
         raise SchemaError(
@@ -414,15 +445,27 @@ def split_chunk(
     """
     issues: list[SeriesIssue] | None = [] if reject else None
     warnings: list[InputWarning] = []
-    df = read_chunk(
-        chunk,
-        id_col=id_col,
-        time_col=time_col,
-        out_of_range=out_of_range,
-        issues=issues,
-        warnings=warnings,
-        numeric_columns=numeric_columns,
-    )
+    try:
+        df = read_chunk(
+            chunk,
+            id_col=id_col,
+            time_col=time_col,
+            out_of_range=out_of_range,
+            issues=issues,
+            warnings=warnings,
+            numeric_columns=numeric_columns,
+        )
+    except LinesAreNotRows:
+        # Nothing written: the client reads the whole file again in one task (run_split).
+        return {
+            "rows": 0,
+            "buckets": {},
+            "issues": [],
+            "warnings": [],
+            "metrics": [],
+            "text_columns": [],
+            "whole": True,
+        }
     df = df.rename(columns={id_col: "id", time_col: "timestamp"})
     counts = write_pieces(df, bucket_of(df["id"].to_numpy(), n_buckets), scratch, chunk.source, chunk_no)
     return {
@@ -461,6 +504,18 @@ def text_columns(warnings: Sequence[InputWarning]) -> list[str]:
     return [c for w in warnings if w.kind == "text_columns" for c in w.columns]
 
 
+def header_columns(path: str | Path) -> list[str]:
+    """The columns of a wide file as a whole read names them (Parquet: its schema; CSV: its header)."""
+    from ..data.readers import is_parquet, map_read_errors
+
+    with map_read_errors(path):
+        if is_parquet(path):
+            import pyarrow.parquet as pq
+
+            return list(map(str, pq.read_schema(path).empty_table().to_pandas().columns))
+        return list(map(str, pd.read_csv(path, nrows=0).columns))
+
+
 def write_pieces(
     df: pd.DataFrame, buckets: np.ndarray, scratch: str | Path, source: int, chunk_no: int
 ) -> dict[int, int]:
@@ -485,7 +540,8 @@ def write_pieces(
     sorted_b = buckets[order]
     table = pa.Table.from_pandas(df, preserve_index=False).take(pa.array(order))
     starts = np.flatnonzero(np.r_[True, np.diff(sorted_b) != 0]) if len(sorted_b) else np.array([], np.int64)
-    for a, e in zip(starts, [*starts[1:], len(sorted_b)], strict=True):
+    ends = [*starts[1:], len(sorted_b)] if len(starts) else []  # no rows: no piece
+    for a, e in zip(starts, ends, strict=True):
         b = int(sorted_b[a])
         counts[b] = int(e - a)
         _write_piece(table.slice(a, e - a), bucket_dir(scratch, source, b) / f"c{chunk_no:06d}.arrow")

@@ -8,11 +8,14 @@ the workers.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import fnmatch
 import json
 import math
 import shutil
+import tempfile
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -25,6 +28,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFAULT_ROWS_PER_BUCKET",
+    "check_rows",
+    "cleared_on_failure",
     "finish_output",
     "gather",
     "map_dask_errors",
@@ -109,6 +114,51 @@ def mixed_columns(chunks: Sequence[Chunk], results: Sequence[dict[str, Any]]) ->
     return redo
 
 
+_NOTHING: dict[str, Any] = {"rows": 0, "buckets": {}, "issues": [], "warnings": [], "metrics": [], "text_columns": []}
+"""The result of a split that read no row."""
+
+
+def _read_whole(chunks: list[Chunk], results: list[dict[str, Any]], scratch: Path) -> list[int]:
+    """Turns every CSV file one of whose byte ranges reported quoted cells spanning lines (``whole``)
+    into one chunk read whole, at its first range's index; removes the pieces its other ranges
+    wrote and empties their results. Returns the indexes to split again."""
+    files = {c.path for c, r in zip(chunks, results, strict=True) if r.get("whole")}
+    again = []
+    for path in sorted(files):
+        mine = [i for i, c in enumerate(chunks) if c.path == path]
+        for i in mine:
+            for b in results[i]["buckets"]:
+                (bucket_dir(scratch, chunks[i].source, b) / f"c{i:06d}.arrow").unlink(missing_ok=True)
+            results[i] = dict(_NOTHING)
+        first = chunks[mine[0]]
+        est = sum(chunks[i].est_rows for i in mine)
+        chunks[mine[0]] = dataclasses.replace(first, byte_range=None, est_rows=est)
+        again.append(mine[0])
+    return again
+
+
+def check_rows(chunks: Sequence[Chunk], rows: Sequence[int]) -> None:
+    """Fails naming the first wide file whose chunks held no data row, as a whole read of it fails.
+
+    Args:
+        chunks: the input's chunks, in input order.
+        rows: the data rows read from each chunk.
+
+    Raises:
+        SchemaError: a file holds a header but no rows (:func:`~atomic_usage.data.readers.no_rows_error`).
+    """
+    from ..data.readers import no_rows_error
+    from .partitions import header_columns
+
+    per_file: dict[str, int] = {}
+    for chunk, n in zip(chunks, rows, strict=True):
+        if chunk.kind != "source":  # a GCD/NAB folder is read whole, by its own reader
+            per_file[chunk.path] = per_file.get(chunk.path, 0) + int(n)
+    for path, n in per_file.items():
+        if not n:
+            raise no_rows_error(path, header_columns(path))
+
+
 def n_buckets_for(chunks: Sequence[Chunk], n_workers: int, rows_per_bucket: int) -> int:
     """Buckets per source: enough for ``rows_per_bucket`` each, and at least two per worker."""
     rows = sum(c.est_rows for c in chunks)
@@ -147,11 +197,12 @@ def run_split(
     from ..data.issues import combine_issues, place_issue, report_warnings
 
     job = uuid.uuid4().hex[:8]
+    todo = list(chunks)  # a file read whole replaces its byte ranges here
 
     def split(i: int, numeric_columns: Sequence[str] = (), attempt: str = "") -> Any:
         return client.submit(
             split_chunk,
-            chunks[i],
+            todo[i],
             i,
             n_buckets,
             str(scratch),
@@ -162,19 +213,27 @@ def run_split(
             pure=False,
         )
 
-    results = gather(client, [split(i) for i in range(len(chunks))])
+    results = gather(client, [split(i) for i in range(len(todo))])
+    whole = _read_whole(todo, results, scratch)
+    if whole:
+        # A file whose quoted cells span lines cannot be cut by lines: one task reads it whole,
+        # under its first range's number (its pieces keep their place); its other ranges hold nothing.
+        again = gather(client, [split(i, attempt="-whole") for i in whole])
+        for i, result in zip(whole, again, strict=True):
+            results[i] = result
     # The futures are released by now, so Dask cannot re-run a first read (after a worker died)
     # over the second one's pieces, which hold the same rows with one more column.
-    redo = mixed_columns(chunks, results)
+    redo = mixed_columns(todo, results)
     if redo:
         again = gather(client, [split(i, cols, "-metrics") for i, cols in redo.items()])
         for i, result in zip(redo, again, strict=True):
             results[i] = result
+    check_rows(todo, [r["rows"] for r in results])
     rows: dict[tuple[int, int], int] = {}
     found: dict[tuple[str, str], SeriesIssue] = {}
     kept: list[InputWarning] = []
     rows_before: dict[str, int] = {}  # data rows of each file in the chunks before this one
-    for chunk, result in zip(chunks, results, strict=True):
+    for chunk, result in zip(todo, results, strict=True):
         for b, n in result["buckets"].items():
             rows[(chunk.source, b)] = rows.get((chunk.source, b), 0) + n
         offset = rows_before.get(chunk.path, 0)
@@ -194,11 +253,18 @@ def run_split(
     return dict(sorted(rows.items()))
 
 
-def prepare_output(out_dir: Path, scratch: Path | None) -> Path:
+def prepare_output(out_dir: Path, scratch: Path | None, inputs: Iterable[str] = ()) -> Path:
     """Makes the output folder, removes parts of an earlier run, and returns the scratch folder.
 
+    Args:
+        out_dir: the output folder.
+        scratch: a folder to work in (the scratch folder is made in it, under a name of its own, so
+            nothing else of it is touched), or None for ``out_dir/_scratch``.
+        inputs: the job's input files, none of which may be among what this removes.
+
     Raises:
-        SchemaError: ``out_dir`` exists and is a file.
+        SchemaError: ``out_dir`` exists and is a file, or holds an input file this would remove
+            (a Spark folder of ``part-*.parquet`` given as both input and output).
     """
     if out_dir.exists() and not out_dir.is_dir():
         raise SchemaError(
@@ -206,14 +272,43 @@ def prepare_output(out_dir: Path, scratch: Path | None) -> Path:
             "so give a folder path.",
             path=str(out_dir),
         )
+    for name in inputs:
+        f = Path(name)
+        replaced = f.parent == out_dir and (fnmatch.fnmatch(f.name, "part-*.parquet") or f.name == SUCCESS_FILE)
+        if replaced or (scratch is None and out_dir / "_scratch" in f.parents):
+            raise SchemaError(
+                f"{out_dir}: the output folder holds the input file {f}, which the job's parts would replace; "
+                "give an output folder apart from the input.",
+                path=str(out_dir),
+            )
     out_dir.mkdir(parents=True, exist_ok=True)
     for old in [*out_dir.glob("part-*.parquet"), out_dir / SUCCESS_FILE]:
         old.unlink(missing_ok=True)
-    scratch = scratch if scratch is not None else out_dir / "_scratch"
+    if scratch is not None:
+        # The user's folder (``--scratch /tmp``): the job's own folder in it, never the folder itself.
+        scratch.mkdir(parents=True, exist_ok=True)
+        return Path(tempfile.mkdtemp(prefix="atomic-scratch-", dir=scratch))
+    scratch = out_dir / "_scratch"
     if scratch.exists():
         shutil.rmtree(scratch)
     scratch.mkdir(parents=True)
     return scratch
+
+
+@contextlib.contextmanager
+def cleared_on_failure(out_dir: Path, scratch: Path, *, keep_scratch: bool = False) -> Iterator[None]:
+    """Removes what a job that fails wrote (its parts, temporary files, the scratch folder, and the
+    output folder if nothing else is left in it), so a failed job leaves nothing half-written."""
+    try:
+        yield
+    except BaseException:
+        for old in [*out_dir.glob("part-*.parquet"), *out_dir.glob(".part-*.tmp")]:
+            old.unlink(missing_ok=True)
+        if not keep_scratch:
+            shutil.rmtree(scratch, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            out_dir.rmdir()  # only when empty: a folder holding anything else is the user's
+        raise
 
 
 def finish_output(out_dir: Path, scratch: Path, summary: dict[str, Any], *, keep_scratch: bool = False) -> None:

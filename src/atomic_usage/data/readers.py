@@ -8,7 +8,8 @@ deduplicated): :func:`~atomic_usage.data.regularize.regularize` does that.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+import warnings
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +23,7 @@ __all__ = [
     "GCD_STEP",
     "is_parquet",
     "map_read_errors",
+    "no_rows_error",
     "read_gcd",
     "read_gcd_dir",
     "read_nab",
@@ -104,10 +106,18 @@ def read_wide(
         df = pd.read_parquet(p) if is_parquet(p) else pd.read_csv(p, dtype={id_col: str})
     out = validate_wide(df, id_col=id_col, time_col=time_col, path=str(p), issues=issues, out_of_range=out_of_range)
     if out.empty:
-        # An empty export (a query that matched nothing, a job that died before writing) would
-        # otherwise "forecast 0 machines" and exit 0, and the missing forecasts go unnoticed.
-        raise _fail(p, f"holds no rows (its columns: {list(map(str, df.columns))}); check what wrote it.")
+        raise no_rows_error(p, df.columns)
     return out
+
+
+def no_rows_error(path: str | Path, columns: Iterable[object]) -> SchemaError:
+    """The error for a wide file that holds a header but no data rows, naming the file.
+
+    An empty export (a query that matched nothing, a job that died before writing) would
+    otherwise "forecast 0 machines" and exit 0, and the missing forecasts go unnoticed. Every
+    reader of wide files (a whole read, a chunked read, a cluster job) raises this one.
+    """
+    return _fail(Path(path), f"holds no rows (its columns: {list(map(str, columns))}); check what wrote it.")
 
 
 def read_nab(path: str | Path, *, metric: str = "value") -> pd.DataFrame:
@@ -116,7 +126,7 @@ def read_nab(path: str | Path, *, metric: str = "value") -> pd.DataFrame:
     The id is the file's stem. Returns the wide frame with one metric column, ``metric``.
 
     Raises:
-        SchemaError: the file is unreadable or lacks ``timestamp``/``value``.
+        SchemaError: the file is unreadable, lacks ``timestamp``/``value`` or holds no rows.
     """
     p = Path(path)
     try:
@@ -127,15 +137,21 @@ def read_nab(path: str | Path, *, metric: str = "value") -> pd.DataFrame:
         ) from None
     if not {"timestamp", "value"} <= set(raw.columns):
         raise _fail(p, f"a NAB file needs the columns timestamp,value; found {list(raw.columns)}.")
+    if raw.empty:
+        raise no_rows_error(p, raw.columns)
     df = pd.DataFrame({"id": p.stem, "timestamp": raw["timestamp"], metric: raw["value"]})
     return validate_wide(df, path=str(p))
 
 
 def _load_gcd_array(p: Path) -> np.ndarray:
     try:
-        arr = np.loadtxt(p, dtype=np.float64, ndmin=2)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", "loadtxt: input contained no data", UserWarning)  # named below
+            arr = np.loadtxt(p, dtype=np.float64, ndmin=2)
     except (ValueError, OSError) as exc:
         raise _fail(p, f"cannot be read as a GCD VM file ({exc}); expected two numeric columns.") from None
+    if not len(arr) or not arr.size:
+        raise _fail(p, "holds no rows; check what wrote it.")
     if arr.shape[1] != 2:
         raise _fail(p, f"a GCD VM file has two columns (cpu %, memory %); found {arr.shape[1]}.")
     return arr

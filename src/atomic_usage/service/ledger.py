@@ -26,6 +26,11 @@ dead one's pid never has its counts folded as the dead one's. A folded process s
 in ``retired.json`` for :data:`APART_S`, so a scrape that still had its answer, gathered just
 before it died, does not count it twice; every token folded is kept, so a fold cut short
 between writing ``retired.json`` and removing the dead process's file is not counted again.
+
+The ledger never stops a scrape or a process's start: a ``retired.json`` that cannot be read is
+started again empty (its counts are lost, once, with a warning), a published file that cannot be
+read is left out, and a write that fails is logged (a dead process's file then stays, to be
+folded by a later scrape).
 """
 
 from __future__ import annotations
@@ -117,6 +122,38 @@ def add_retired(stats: Mapping[str, Any], retired: Counts | None) -> dict[str, A
     return out
 
 
+def _is_counts(c: object) -> bool:
+    """Whether ``c`` has the shape of :data:`Counts` (a damaged file's content may be anything)."""
+    return (
+        isinstance(c, dict)
+        and isinstance(c.get("stats"), dict)
+        and all(isinstance(v, int | float) for v in c["stats"].values())
+        and isinstance(c.get("batch"), dict)
+        and all(isinstance(v, int | float) for v in c["batch"].values())
+        and isinstance(c.get("batch_sum"), int | float)
+        and isinstance(c.get("http"), list)
+        and all(isinstance(h, list) and len(h) == 3 and isinstance(h[1], dict) for h in c["http"])
+    )
+
+
+def _is_ledger(x: object) -> bool:
+    """Whether ``x`` has the shape of ``retired.json``: ``{"total", "recent", "folded"}``."""
+    return (
+        isinstance(x, dict)
+        and (x.get("total") is None or _is_counts(x.get("total")))
+        and isinstance(x.get("recent"), list)
+        and all(
+            isinstance(r, dict)
+            and isinstance(r.get("token"), str)
+            and isinstance(r.get("at"), int | float)
+            and _is_counts(r.get("counts"))
+            for r in x["recent"]
+        )
+        and isinstance(x.get("folded"), list)
+        and all(isinstance(t, str) for t in x["folded"])
+    )
+
+
 class CountLedger:
     """This process's published counts, and the counts of the processes of the folder that are gone.
 
@@ -149,14 +186,25 @@ class CountLedger:
         os.replace(tmp, path)  # a reader sees the old file or the new one, never half of one
 
     def publish(self, counts: Counts) -> None:
-        """Writes this process's counts, before they leave it in a scrape."""
-        with self._locked():
-            self._write(self.folder / f"{self.pid}.json", {"token": self.token, "counts": counts})
+        """Writes this process's counts, before they leave it in a scrape.
+
+        A write that fails (a full disk, a folder removed) is logged, and the scrape goes on: should
+        this process die before a later write works, the counts it last published stand for it.
+        """
+        try:
+            with self._locked():
+                self._write(self.folder / f"{self.pid}.json", {"token": self.token, "counts": counts})
+        except OSError as exc:
+            _log.warning("could not publish this process's counts in %s: %s", self.folder, exc)
 
     def fold_own_pid(self) -> None:
-        """Folds the counts an earlier process with this pid left (call before this one listens)."""
-        with self._locked():
-            self._settle(answered=(), only=self.pid)
+        """Folds the counts an earlier process with this pid left (call before this one listens).
+        A ledger that cannot be used is logged: it never keeps a process from serving."""
+        try:
+            with self._locked():
+                self._settle(answered=(), only=self.pid)
+        except OSError as exc:
+            _log.warning("could not fold the counts of an earlier process in %s: %s", self.folder, exc)
 
     def settle(self, answered: Iterable[tuple[int, str]]) -> Counts | None:
         """Folds the counts of the processes that are gone, and returns what the scrape adds.
@@ -168,18 +216,36 @@ class CountLedger:
             The counts to add to this process's and the answers': every process gone (but one
             already in the answers), and every live one that did not answer, as last published.
         """
-        with self._locked():
-            return self._settle(answered=answered)
+        try:
+            with self._locked():
+                return self._settle(answered=answered)
+        except OSError as exc:  # the folder is gone or unusable: the live figures alone
+            _log.warning("could not read the counts of the processes that are gone in %s: %s", self.folder, exc)
+            return None
+
+    def _read_ledger(self, path: Path) -> tuple[dict[str, Any], bool]:
+        """``retired.json``, and whether it was damaged (then an empty ledger, to be written over it)."""
+        try:
+            ledger = orjson.loads(path.read_bytes())
+        except FileNotFoundError:
+            return {"total": None, "recent": [], "folded": []}, False
+        except (OSError, orjson.JSONDecodeError) as exc:
+            ledger, why = None, str(exc)
+        else:
+            why = "not a ledger"
+        if _is_ledger(ledger):
+            return ledger, False
+        # A damaged ledger must not stop every scrape (nor the start of a replacing process): its
+        # counts are lost, once, and the merged counters may go down that one time.
+        _log.warning("%s is unreadable (%s); starting it again empty, so its counts are lost", path, why)
+        return {"total": None, "recent": [], "folded": []}, True
 
     def _settle(self, answered: Iterable[tuple[int, str]], only: int | None = None) -> Counts | None:
         answered = list(answered)
         pids = {pid for pid, _ in answered} | {self.pid}
         tokens = {token for _, token in answered}
         path = self.folder / _RETIRED
-        try:
-            ledger = orjson.loads(path.read_bytes())
-        except FileNotFoundError:
-            ledger = {"total": None, "recent": [], "folded": []}
+        ledger, damaged = self._read_ledger(path)
         folded = set(ledger["folded"])
         silent: list[Counts] = []
         dead: list[Path] = []
@@ -194,6 +260,11 @@ class CountLedger:
             except (OSError, orjson.JSONDecodeError) as exc:
                 _log.warning("the counts serving process %s published are unreadable: %s", pid, exc)
                 continue
+            if not (isinstance(published, dict) and isinstance(published.get("token"), str)) or not _is_counts(
+                published.get("counts")
+            ):
+                _log.warning("the counts serving process %s published are unreadable: not counts", pid)
+                continue
             if only is None and listening(self.folder / f"{pid}.sock"):
                 silent.append(published["counts"])
                 continue
@@ -204,10 +275,16 @@ class CountLedger:
                 ledger["folded"].append(published["token"])
         now = self._clock()
         old = [r for r in ledger["recent"] if now - r["at"] > APART_S]
-        if dead or old:
+        if dead or old or damaged:
             ledger["total"] = add_counts(ledger["total"], *(r["counts"] for r in old))
             ledger["recent"] = [r for r in ledger["recent"] if now - r["at"] <= APART_S]
-            self._write(path, ledger)
+            try:
+                self._write(path, ledger)
+            except OSError as exc:
+                # The counts are still added below; the dead processes' files stay until a write
+                # works, so the next scrape folds them again (nothing is lost or counted twice).
+                _log.warning("could not write %s: %s", path, exc)
+                dead = []
             for file in dead:  # after the ledger holds them: a fold cut short counts none twice
                 with contextlib.suppress(FileNotFoundError):
                     file.unlink()

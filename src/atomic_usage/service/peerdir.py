@@ -3,7 +3,8 @@
 Every serving process of one store (``serve --processes N``, or several ``serve`` commands on
 one data folder) keeps its peer socket and its published counts in one folder under the
 temporary folder (:func:`peer_folder`). Each holds a shared ``flock`` on the folder's
-``owners.lock`` for as long as it serves (:func:`join`). The kernel drops that lock when the
+``owners.lock`` for as long as it serves (:func:`join`), and so does the supervisor of
+``serve --processes`` for as long as it runs. The kernel drops that lock when the
 process ends, SIGKILL included, so "nobody holds it" is the sign that every owner is gone:
 
 - the first process to join a folder nobody holds clears what a dead run left in it
@@ -26,9 +27,12 @@ import logging
 import os
 import shutil
 import socket
+import stat
 import tempfile
 from pathlib import Path
 from typing import Final
+
+from ..errors import ConfigError
 
 __all__ = ["FOLDER_PREFIX", "clear_stale", "join", "leave", "listening", "peer_folder"]
 
@@ -75,6 +79,26 @@ def _empty(folder: Path) -> None:
             continue
 
 
+def _check_own(folder: Path) -> None:
+    """Fails unless ``folder`` is a folder (not a symbolic link) of this user; makes it mode 0700.
+
+    Its name is known to anyone (a hash of the data folder's path) and it lies in the shared
+    temporary folder: a symbolic link put there would have the first joiner empty the folder it
+    points to, and another user's folder would hold this service's sockets and counts.
+
+    Raises:
+        ConfigError: it is not such a folder; the message names it.
+    """
+    info = folder.lstat()
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():
+        raise ConfigError(
+            f"{folder}: the peer folder of the serving processes is not a folder of this user (a symbolic "
+            "link, or another user's); remove it, or set TMPDIR to a folder only this user can write."
+        )
+    if stat.S_IMODE(info.st_mode) != 0o700:
+        os.chmod(folder, 0o700)
+
+
 def join(folder: Path) -> int:
     """Makes this process one of the folder's owners, and clears it first if nobody held it.
 
@@ -89,6 +113,7 @@ def join(folder: Path) -> int:
     lock = folder / _LOCK
     while True:
         folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        _check_own(folder)
         try:
             fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         except FileNotFoundError:  # removed by the last process out between mkdir and open
@@ -107,8 +132,12 @@ def join(folder: Path) -> int:
                 # Nobody held the folder: whatever is in it was left by processes that are gone.
                 _empty(folder)
                 # Not atomic (flock drops the lock, then takes the shared one): another process
-                # that takes the exclusive lock meanwhile clears a folder with nothing of ours yet.
+                # that takes the exclusive lock meanwhile clears a folder with nothing of ours yet,
+                # or (another store's server clearing stale folders) removes it: then join again.
                 fcntl.flock(fd, fcntl.LOCK_SH)
+                if not _is_current(fd, lock):
+                    os.close(fd)
+                    continue
             return fd
         except BaseException:
             os.close(fd)

@@ -9,7 +9,8 @@ in two runs of three and 7/9 in the third, and the process with all of them serv
 socket are used instead.
 
 The supervisor migrates the store and creates the keyring before any process starts, holds
-the port (bound, not listening) so a restarted process gets it back, restarts a process that
+the port (bound, not listening) so a restarted process gets it back, holds the peer folder
+(:mod:`.peerdir`) so the merged counters outlive every process dying at once, restarts a process that
 dies after it started (and kills and replaces one whose event loop has not ticked for
 ``ATOMIC_PROCESS_STALL_S``: stopped or hung), stops everything when one cannot start, shares one open-connection
 counter per process so that they keep the connections evenly spread (:mod:`.balance`), and on SIGTERM, SIGINT or
@@ -132,6 +133,7 @@ def serve_processes(settings: Settings, model: str | None, options: dict[str, An
     from ..engine.store import open_store
     from ..security import load_or_create_keyring
     from .balance import shared_counts
+    from .peerdir import join, leave, peer_folder
 
     open_store(settings).close()
     load_or_create_keyring(settings, path=settings.keyring_path)
@@ -165,11 +167,20 @@ def serve_processes(settings: Settings, model: str | None, options: dict[str, An
         quiet = time.monotonic() - beats[slot]
         return quiet if beats[slot] and quiet > settings.process_stall_s else None
 
-    procs = [start(i) for i in range(settings.processes)]
-    scheme = "https" if options.get("ssl_certfile") else "http"
-    _log.info("serving on %s://%s:%d with %d processes", scheme, options["host"], options["port"], settings.processes)
+    # The supervisor is one of the peer folder's owners for as long as it runs: with every serving
+    # process dead at once (SIGKILLed, out of memory), their successors would otherwise find a
+    # folder nobody holds, take it for a dead run's and empty it, and the merged counters would
+    # fall to 0. Its lock goes with it (SIGKILL too), and its processes then shut down.
+    folder = peer_folder(settings.data_dir)
+    hold = join(folder)
+    procs: list[tuple[Any, Event]] = []
     status = 0
     try:
+        procs.extend(start(i) for i in range(settings.processes))
+        scheme = "https" if options.get("ssl_certfile") else "http"
+        _log.info(
+            "serving on %s://%s:%d with %d processes", scheme, options["host"], options["port"], settings.processes
+        )
         while not stop.wait(0.2):
             for i, (p, ready) in enumerate(procs):
                 quiet = stalled(i) if p.is_alive() else None
@@ -205,6 +216,7 @@ def serve_processes(settings: Settings, model: str | None, options: dict[str, An
             if p.exitcode and not (p.exitcode == -signal.SIGTERM and not ready.is_set()):
                 _log.warning("serving process %s exited with status %s on shutdown", p.pid, p.exitcode)
         holder.close()
+        leave(hold, folder)
     return status
 
 
