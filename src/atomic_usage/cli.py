@@ -288,6 +288,11 @@ def forecast(
     and --output is a folder of part-XXXXX.parquet files (ids hash-partitioned).
     """
     settings = _settings()
+    if input is not None and output.exists() and input.exists() and output.resolve() == input.resolve():
+        # The forecast replaces the output file when it is complete: here that would be the history.
+        raise typer.BadParameter(
+            f"{output} is the --input file; write the forecast to another path", param_hint="--output"
+        )
     if cluster is not None or scheduler is not None:
         if input is None:
             raise typer.BadParameter("a cluster run reads files: give --input FILE or FOLDER", param_hint="--input")
