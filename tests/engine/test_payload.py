@@ -211,6 +211,9 @@ class TestAdversarialValues:
             ("rlo\u202e", "U+202E", "bidirectional control"),
             ("lri\u2066", "U+2066", "bidirectional control"),
             ("pdi\u2069", "U+2069", "bidirectional control"),
+            ("lrm\u200e", "U+200E", "bidirectional control"),
+            ("rlm\u200f", "U+200F", "bidirectional control"),
+            ("alm\u061c", "U+061C", "bidirectional control"),
         ],
     )
     def test_invisible_characters_in_id(self, rid: str, code: str, kind: str) -> None:

@@ -100,17 +100,18 @@ def _to_epoch(raw: Any) -> float:
     raise ValueError(f"must be an ISO 8601 string or epoch seconds, not {type(raw).__name__}")
 
 
-_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
 """The characters refused in ids, which are stored, sent back, and written into Prometheus
 label values, logs and terminals: the C0 controls, DEL and the C1 controls (a NUL, a newline,
 an escape sequence or U+0085 NEXT LINE there is a broken exposition or an injection, not a
 machine's name), the line and paragraph separators U+2028/U+2029 (line breaks to many
-readers), and the bidirectional embeddings, overrides and isolates U+202A-U+202E and
-U+2066-U+2069 (they reorder the text shown around them: two ids that look alike differ)."""
+readers), and the bidirectional controls: the embeddings, overrides and isolates U+202A-U+202E
+and U+2066-U+2069 and the marks U+061C, U+200E, U+200F (they reorder the text shown around
+them: two ids that look alike differ)."""
 
 _REFUSED = (
     "no control characters U+0000 to U+001F or U+007F to U+009F, line or paragraph separators "
-    "U+2028/U+2029, or bidirectional controls U+202A to U+202E and U+2066 to U+2069"
+    "U+2028/U+2029, or bidirectional controls U+061C, U+200E, U+200F, U+202A to U+202E and U+2066 to U+2069"
 )
 """What :func:`validate_printable`'s message says an id must not hold."""
 
@@ -120,7 +121,7 @@ def _kind(char: str) -> str:
     code = ord(char)
     if code in (0x2028, 0x2029):
         return "line or paragraph separator"
-    if 0x202A <= code <= 0x202E or 0x2066 <= code <= 0x2069:
+    if 0x202A <= code <= 0x202E or 0x2066 <= code <= 0x2069 or code in (0x061C, 0x200E, 0x200F):
         return "bidirectional control"
     return "control character"
 
@@ -165,8 +166,8 @@ def validate_printable(value: str, *, what: str = "the machine's id") -> str | N
     """What is wrong with an id holding a control or other invisible character, or None.
 
     Refused: the C0 and C1 controls and DEL (U+0000 to U+001F, U+007F to U+009F), the line and
-    paragraph separators (U+2028, U+2029) and the bidirectional controls (U+202A to U+202E,
-    U+2066 to U+2069).
+    paragraph separators (U+2028, U+2029) and the bidirectional controls (U+061C, U+200E,
+    U+200F, U+202A to U+202E, U+2066 to U+2069).
 
     Args:
         value: the id.
