@@ -247,49 +247,54 @@ def _serving(pid: int) -> set[int]:
     return out
 
 
-def test_a_stopped_process_is_replaced(tmp_path: Path) -> None:
-    """A serving process frozen by SIGSTOP keeps its socket, so connections hashed to it would
-    hang: the supervisor sees its event loop stop ticking, kills it and starts another, and
-    then requests on fresh connections are all answered again."""
+@contextlib.contextmanager
+def _supervised(tmp_path: Path, env: dict[str, str] | None = None) -> Iterator[tuple[Server, set[int]]]:
+    """``serve --processes 2`` in a group of its own, with both serving processes up: the server
+    and their pids (from /proc; skipped without it). Killed with every process at the end."""
     if not Path("/proc/self/stat").exists():
         pytest.skip("reads /proc to find the serving processes")
-    srv = Server(tmp_path, args=("--processes", "2"), env={"ATOMIC_PROCESS_STALL_S": "2"}, group=True).start()
-    frozen = None
+    srv = Server(tmp_path, args=("--processes", "2"), env=env, group=True).start()
     try:
         _wait_for_processes(srv, 2)
         assert srv.proc is not None
         serving = _serving(srv.proc.pid)
         assert len(serving) == 2, serving
-        frozen = min(serving)
-        os.kill(frozen, signal.SIGSTOP)
-        deadline = time.monotonic() + 60
-        while frozen in _children(srv.proc.pid) or len(_serving(srv.proc.pid)) < 2:
-            assert time.monotonic() < deadline, "the stopped process was not replaced"
-            time.sleep(0.2)
-        frozen = None
-        _wait_for_processes(srv, 2)
-        for n in range(16):
-            with srv.client(timeout=20) as c:  # a connection each: both sockets are reached
-                r = c.post("/v1/predict", json=payload(2, seed=n), headers={**AUTH, "Idempotency-Key": f"after-{n}"})
-                assert r.status_code == 200
-        assert "has not run for" in srv.log.read_text()
+        yield srv, serving
     finally:
-        if frozen is not None:
-            os.kill(frozen, signal.SIGKILL)
         srv.kill()
+
+
+def test_a_stopped_process_is_replaced(tmp_path: Path) -> None:
+    """A serving process frozen by SIGSTOP keeps its socket, so connections hashed to it would
+    hang: the supervisor sees its event loop stop ticking, kills it and starts another, and
+    then requests on fresh connections are all answered again."""
+    frozen = None
+    with _supervised(tmp_path, {"ATOMIC_PROCESS_STALL_S": "2"}) as (srv, serving):
+        assert srv.proc is not None
+        try:
+            frozen = min(serving)
+            os.kill(frozen, signal.SIGSTOP)
+            deadline = time.monotonic() + 60
+            while frozen in _children(srv.proc.pid) or len(_serving(srv.proc.pid)) < 2:
+                assert time.monotonic() < deadline, "the stopped process was not replaced"
+                time.sleep(0.2)
+            frozen = None
+            _wait_for_processes(srv, 2)
+            for n in range(16):
+                with srv.client(timeout=20) as c:  # a connection each: both sockets are reached
+                    headers = {**AUTH, "Idempotency-Key": f"after-{n}"}
+                    assert c.post("/v1/predict", json=payload(2, seed=n), headers=headers).status_code == 200
+            assert "has not run for" in srv.log.read_text()
+        finally:
+            if frozen is not None:
+                os.kill(frozen, signal.SIGKILL)
 
 
 def test_serving_processes_stop_when_the_supervisor_is_killed(tmp_path: Path) -> None:
     """SIGKILL of the supervisor alone: its serving processes notice (their parent changed) and
     shut down gracefully, freeing the port, instead of serving on unsupervised."""
-    if not Path("/proc/self/stat").exists():
-        pytest.skip("reads /proc to find the serving processes")
-    srv = Server(tmp_path, args=("--processes", "2"), group=True).start()
-    try:
-        _wait_for_processes(srv, 2)
+    with _supervised(tmp_path) as (srv, serving):
         assert srv.proc is not None
-        serving = _serving(srv.proc.pid)
-        assert len(serving) == 2, serving
         os.kill(srv.proc.pid, signal.SIGKILL)
         srv.proc.wait(10)
         deadline = time.monotonic() + 60
@@ -299,8 +304,6 @@ def test_serving_processes_stop_when_the_supervisor_is_killed(tmp_path: Path) ->
         assert srv.log.read_text().count("is gone: this serving process shuts down") == 2
         with pytest.raises(httpx.TransportError), srv.client(timeout=5) as c:
             c.get("/healthz", headers=AUTH)
-    finally:
-        srv.kill()
 
 
 def _state(pid: int) -> str:
@@ -376,14 +379,10 @@ def test_counters_never_drop_when_a_process_is_replaced(tmp_path: Path) -> None:
     """SIGKILL of a serving process, three times in one slot: in every scrape, before, while and
     after the supervisor replaces it, no counter or histogram sample is lower than before, and
     the totals still count what the dead processes had served."""
-    if not Path("/proc/self/stat").exists():
-        pytest.skip("reads /proc to find the serving processes")
-    srv = Server(tmp_path, args=("--processes", "2"), group=True).start()
-    try:
-        _wait_for_processes(srv, 2)
+    with _supervised(tmp_path) as (srv, serving):
         assert srv.proc is not None
         watch = _CounterWatch(srv)
-        victim = min(_serving(srv.proc.pid))
+        victim = min(serving)
         for rnd in range(3):
             for n in range(8):
                 with srv.client() as c:  # a connection each, so both processes serve some
@@ -408,26 +407,20 @@ def test_counters_never_drop_when_a_process_is_replaced(tmp_path: Path) -> None:
             text = watch.scrape()
             assert _metric(text, "atomic_records_total") == (rnd + 1) * 8 * 3
             assert _metric(text, "atomic_replays_total") == (rnd + 1) * 8
-    finally:
-        srv.kill()
 
 
 def test_counters_never_drop_when_every_process_is_replaced(tmp_path: Path) -> None:
     """SIGKILL of both serving processes at once: their replacements joined a peer folder nobody
     held, took it for a dead run's and emptied it, so the merged counters fell to 0 (420 -> 0).
     The supervisor holds the folder too, so the ledger outlives its processes."""
-    if not Path("/proc/self/stat").exists():
-        pytest.skip("reads /proc to find the serving processes")
-    srv = Server(tmp_path, args=("--processes", "2"), group=True).start()
-    try:
-        _wait_for_processes(srv, 2)
+    with _supervised(tmp_path) as (srv, serving):
         assert srv.proc is not None
         watch = _CounterWatch(srv)
         for n in range(6):
             with srv.client() as c:
                 assert c.post("/v1/predict", json=payload(2, seed=n), headers=AUTH).status_code == 200
         assert _metric(watch.scrape(), "atomic_records_total") == 12
-        victims = _serving(srv.proc.pid)
+        victims = serving
         for pid in victims:
             os.kill(pid, signal.SIGKILL)
         deadline = time.monotonic() + 90
@@ -441,8 +434,6 @@ def test_counters_never_drop_when_every_process_is_replaced(tmp_path: Path) -> N
             assert time.monotonic() < deadline, "the killed processes were not replaced"
             time.sleep(0.2)
         assert _metric(watch.scrape(), "atomic_records_total") == 12
-    finally:
-        srv.kill()
 
 
 def test_a_new_run_removes_the_peer_folders_of_dead_runs(tmp_path: Path) -> None:
