@@ -32,6 +32,14 @@ def _rows(bank, holdout) -> pd.DataFrame:
     )
 
 
+def _write(df: pd.DataFrame, path: Path) -> None:
+    """A wide frame as CSV or Parquet, by the path's suffix."""
+    if path.suffix == ".csv":
+        df.to_csv(path, index=False)
+    else:
+        df.to_parquet(path)
+
+
 class TestTrainsetEquality:
     """Series, starts, values, holdout flags and cuts match build_trainset's."""
 
@@ -70,10 +78,7 @@ class TestBadValues:
         sid = df["id"].iloc[70]
         df.loc[df.index[df["id"] == sid][[3, 9]], "cpuLoad"] = 180.0
         path = (tmp_path / f"fleet{suffix}").resolve()
-        if suffix == ".csv":
-            df.to_csv(path, index=False)
-        else:
-            df.to_parquet(path)
+        _write(df, path)
         with pytest.raises(SchemaError) as one:
             build_trainset([path])
         with pytest.raises(SchemaError) as many:
@@ -117,10 +122,7 @@ class TestNoRows:
         """A header-only file: the single build names it; the cluster's split task crashed on it."""
         path = (tmp_path / f"empty{suffix}").resolve()
         df = generate_series(2, n_steps=10, seed=3).head(0)
-        if suffix == ".csv":
-            df.to_csv(path, index=False)
-        else:
-            df.to_parquet(path)
+        _write(df, path)
         with pytest.raises(SchemaError) as one:
             build_trainset([path])
         with pytest.raises(SchemaError) as many:
