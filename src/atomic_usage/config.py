@@ -203,6 +203,8 @@ class Settings:
             (``ATOMIC_API_TOKENS_FILE``); tokens kept on disk are stored only hashed.
         max_body_bytes: bytes one HTTP request body may hold (``ATOMIC_MAX_BODY_BYTES``).
         open_metrics: serve /metrics, /healthz and /readyz without a token (``ATOMIC_OPEN_METRICS``).
+        open_health: serve /healthz and /readyz without a token, /metrics still with one
+            (``ATOMIC_OPEN_HEALTH``): for probes that cannot send one; health tells nothing else.
         processes: engine processes sharing the store at once (``ATOMIC_PROCESSES``; ``serve
             --processes``). Above 1, each process logs the observations it accepts and reads
             the others' into its in-memory history before it forecasts.
@@ -232,6 +234,7 @@ class Settings:
     api_tokens_file: Path | None = None
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     open_metrics: bool = False
+    open_health: bool = False
     processes: int = 1
     process_stall_s: float = 30.0
 
@@ -280,6 +283,7 @@ class Settings:
         get("ATOMIC_API_TOKENS_FILE", lambda n, r: Path(r).expanduser() if r else None, "api_tokens_file")
         get("ATOMIC_MAX_BODY_BYTES", lambda n, r: _int(n, r, minimum=1024), "max_body_bytes")
         get("ATOMIC_OPEN_METRICS", _bool, "open_metrics")
+        get("ATOMIC_OPEN_HEALTH", _bool, "open_health")
         get("ATOMIC_PROCESSES", lambda n, r: _int(n, r, minimum=1), "processes")
         get("ATOMIC_PROCESS_STALL_S", lambda n, r: _float(n, r, minimum=1.0), "process_stall_s")
         return cls(**kw)

@@ -90,6 +90,15 @@ class TestAuth:
             assert c.get("/readyz").json()["status"] == "ready"
             assert c.post("/v1/predict", json=payload(1)).status_code == 401
 
+    def test_open_health_setting(self, tmp_path: Path) -> None:
+        """ATOMIC_OPEN_HEALTH=1 opens /healthz and /readyz for probes, and not /metrics."""
+        with Server(tmp_path, env={"ATOMIC_OPEN_HEALTH": "1"}) as srv, srv.client() as c:
+            assert c.get("/healthz").json() == {"status": "ok"}
+            assert c.get("/readyz").json()["status"] == "ready"
+            assert c.get("/metrics").status_code == 401
+            assert c.get("/metrics", headers=AUTH).status_code == 200
+            assert c.post("/v1/predict", json=payload(1)).status_code == 401
+
     def test_hashed_token_file(self, tmp_path: Path) -> None:
         """A token listed only by its hash in ATOMIC_API_TOKENS_FILE is accepted."""
         from atomic_usage.service.auth import hash_token

@@ -45,6 +45,16 @@ def require_token_unless_open(
         require_token(request, creds)
 
 
+def require_token_unless_health_open(
+    request: Request, creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+) -> None:
+    """:func:`require_token`, unless ``ATOMIC_OPEN_HEALTH`` (or ``ATOMIC_OPEN_METRICS``) leaves
+    health open."""
+    settings = _state(request).settings
+    if not (settings.open_health or settings.open_metrics):
+        require_token(request, creds)
+
+
 async def _read_body(request: Request, limit: int) -> bytes:
     """The body, refused with 413 as soon as it passes ``limit`` bytes (before it is all read)."""
     return await read_limited(request.headers.get("content-length", ""), request.stream(), limit)
@@ -282,7 +292,7 @@ async def metrics(request: Request) -> Response:
     summary="Liveness",
     response_model=HealthBody,
     responses=error_responses(401),
-    dependencies=[Depends(require_token_unless_open)],
+    dependencies=[Depends(require_token_unless_health_open)],
 )
 async def healthz() -> Response:
     """200 while the process serves HTTP at all."""
@@ -297,7 +307,7 @@ async def healthz() -> Response:
         503: {"model": HealthBody, "description": "Starting, stopping, or no worker alive."},
         **error_responses(401),
     },
-    dependencies=[Depends(require_token_unless_open)],
+    dependencies=[Depends(require_token_unless_health_open)],
 )
 def readyz(request: Request) -> Response:
     """200 when the engine runs with at least one live worker; 503 while starting or stopping."""
