@@ -96,9 +96,15 @@ def _check_own(folder: Path) -> None:
     """
     info = folder.lstat()
     if not _is_own_folder(info):
+        if stat.S_ISLNK(info.st_mode):
+            found = f"a symbolic link to {os.readlink(folder)}"
+        elif stat.S_ISDIR(info.st_mode):
+            found = f"a folder of uid {info.st_uid}, not {os.getuid()}"
+        else:
+            found = "a file"
         raise ConfigError(
-            f"{folder}: the peer folder of the serving processes is not a folder of this user (a symbolic "
-            "link, or another user's); remove it, or set TMPDIR to a folder only this user can write."
+            f"{folder}: the peer folder of the serving processes is not a folder of this user ({found}); "
+            "remove it, or set TMPDIR to a folder only this user can write."
         )
     if stat.S_IMODE(info.st_mode) != 0o700:
         os.chmod(folder, 0o700)
