@@ -385,12 +385,29 @@ class TestLedgerDamage:
             b'{"token": "x", "counts": {"stats": {"records_total": "many"}}}',
         ],
     )
-    def test_garbage_published_file(self, folder: Path, garbage: bytes) -> None:
-        """A published file of the wrong shape is left out of the sum (warned), the others counted."""
+    def test_garbage_published_file(self, folder: Path, garbage: bytes, caplog: pytest.LogCaptureFixture) -> None:
+        """A published file of the wrong shape is left out of the sum (warned, naming it), the others
+        counted; a dead process's is then removed, so later scrapes do not warn of it again."""
         (folder / "122.json").write_bytes(garbage)
         _process(folder, 123).publish(_counts(4))
         got = CountLedger(folder).settle([])
         assert got is not None and got["stats"]["records_total"] == 4
+        assert [r for r in caplog.records if "122.json" in r.getMessage() and "unreadable" in r.getMessage()]
+        assert not (folder / "122.json").exists()
+        caplog.clear()
+        got = CountLedger(folder).settle([])
+        assert got is not None and got["stats"]["records_total"] == 4
+        assert not [r for r in caplog.records if r.levelname == "WARNING"]
+
+    def test_garbage_file_of_a_live_process_stays(self, folder: Path) -> None:
+        """A live process's unreadable file is left out but kept: its next publication replaces it."""
+        (folder / "125.json").write_bytes(b"garbage{")
+        sock = _listen(folder / "125.sock")
+        try:
+            assert CountLedger(folder).settle([]) is None
+            assert (folder / "125.json").exists()
+        finally:
+            sock.close()
 
     def test_unwritable_ledger(self, folder: Path) -> None:
         """When retired.json cannot be written, a scrape still adds the dead process's counts (read
