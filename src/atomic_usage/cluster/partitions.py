@@ -44,6 +44,7 @@ __all__ = [
     "bucket_dir",
     "bucket_of",
     "columns_with_numbers",
+    "empty_split",
     "estimate_rows",
     "header_columns",
     "lines_are_rows",
@@ -457,15 +458,7 @@ def split_chunk(
         )
     except LinesAreNotRows:
         # Nothing written: the client reads the whole file again in one task (run_split).
-        return {
-            "rows": 0,
-            "buckets": {},
-            "issues": [],
-            "warnings": [],
-            "metrics": [],
-            "text_columns": [],
-            "whole": True,
-        }
+        return empty_split(whole=True)
     df = df.rename(columns={id_col: "id", time_col: "timestamp"})
     counts = write_pieces(df, bucket_of(df["id"].to_numpy(), n_buckets), scratch, chunk.source, chunk_no)
     return {
@@ -476,6 +469,19 @@ def split_chunk(
         "metrics": columns_with_numbers(df, issues or (), skip=("id", "timestamp")),
         "text_columns": text_columns(warnings),
     }
+
+
+def empty_split(*, whole: bool = False) -> dict[str, Any]:
+    """The result of :func:`split_chunk` for a chunk that wrote no row: a new dict each time.
+
+    Args:
+        whole: the chunk is a CSV byte range whose file must be read whole (``"whole": True``,
+            see :class:`LinesAreNotRows`).
+    """
+    out: dict[str, Any] = {"rows": 0, "buckets": {}, "issues": [], "warnings": [], "metrics": [], "text_columns": []}
+    if whole:
+        out["whole"] = True
+    return out
 
 
 def columns_with_numbers(
