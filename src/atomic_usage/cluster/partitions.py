@@ -51,6 +51,7 @@ __all__ = [
     "plan_chunks",
     "read_bucket",
     "read_chunk",
+    "read_header",
     "split_chunk",
     "text_columns",
     "write_parquet_atomic",
@@ -510,16 +511,26 @@ def text_columns(warnings: Sequence[InputWarning]) -> list[str]:
     return [c for w in warnings if w.kind == "text_columns" for c in w.columns]
 
 
-def header_columns(path: str | Path) -> list[str]:
-    """The columns of a wide file as a whole read names them (Parquet: its schema; CSV: its header)."""
+def read_header(path: str | Path, *, id_col: str = "id") -> pd.DataFrame:
+    """A wide file's columns as an empty frame, without reading its data (Parquet: its schema,
+    with its types; CSV: its header, ``id_col`` as text).
+
+    Raises:
+        SchemaError: the file cannot be read (the message names it).
+    """
     from ..data.readers import is_parquet, map_read_errors
 
     with map_read_errors(path):
         if is_parquet(path):
             import pyarrow.parquet as pq
 
-            return list(map(str, pq.read_schema(path).empty_table().to_pandas().columns))
-        return list(map(str, pd.read_csv(path, nrows=0).columns))
+            return pq.read_schema(path).empty_table().to_pandas()
+        return pd.read_csv(path, dtype={id_col: str}, nrows=0)
+
+
+def header_columns(path: str | Path) -> list[str]:
+    """The columns of a wide file as a whole read names them (Parquet: its schema; CSV: its header)."""
+    return list(map(str, read_header(path).columns))
 
 
 def write_pieces(

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import AtomicError, ClusterError, SchemaError
-from .partitions import Chunk, bucket_dir, empty_split, split_chunk
+from .partitions import Chunk, bucket_dir, empty_split, header_columns, split_chunk
 
 if TYPE_CHECKING:
     from ..data.issues import InputWarning, SeriesIssue
@@ -144,7 +144,6 @@ def check_rows(chunks: Sequence[Chunk], rows: Sequence[int]) -> None:
         SchemaError: a file holds a header but no rows (:func:`~atomic_usage.data.readers.no_rows_error`).
     """
     from ..data.readers import no_rows_error
-    from .partitions import header_columns
 
     per_file: dict[str, int] = {}
     for chunk, n in zip(chunks, rows, strict=True):
