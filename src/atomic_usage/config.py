@@ -40,9 +40,10 @@ service, ``ATOMIC_HORIZON`` and every CLI ``--horizon``: the long network's reac
 UsageBench's longest horizon; past it the forecast would only hold its last value."""
 
 DEFAULT_THRESHOLDS: Final = (90.0, 100.0)
+"""Percent levels whose crossing time ``process()`` reports."""
+
 DEFAULT_GAUGE_STEPS: Final = (1, 3, 6, 12, 24, 72, 144, 288)
 """Forecast steps the service exports as per-machine gauges: 5 min to 24 h ahead."""
-"""Percent levels whose crossing time ``process()`` reports."""
 
 DEFAULT_BATCH_MAX_SIZE: Final = 256
 """Records the engine gathers into one batch at most."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import fcntl
 import os
+import re
 import shutil
 import socket
 import threading
@@ -199,7 +200,8 @@ class TestPeerFolder:
             folder.mkdir()
             (folder / "keep.txt").write_text("theirs")
             os.chown(folder, 65534, 65534)
-        with pytest.raises(ConfigError, match=r"atomic-peers-a: .*not a folder of this user"):
+        found = f"a symbolic link to {target}" if kind == "symlink" else "a folder of uid 65534"
+        with pytest.raises(ConfigError, match=r"atomic-peers-a: .*not a folder of this user \(" + re.escape(found)):
             join(folder)
         assert (target / "keep.txt").read_text() == "mine"
         assert folder.is_symlink() if kind == "symlink" else (folder / "keep.txt").exists()
@@ -383,12 +385,29 @@ class TestLedgerDamage:
             b'{"token": "x", "counts": {"stats": {"records_total": "many"}}}',
         ],
     )
-    def test_garbage_published_file(self, folder: Path, garbage: bytes) -> None:
-        """A published file of the wrong shape is left out of the sum (warned), the others counted."""
+    def test_garbage_published_file(self, folder: Path, garbage: bytes, caplog: pytest.LogCaptureFixture) -> None:
+        """A published file of the wrong shape is left out of the sum (warned, naming it), the others
+        counted; a dead process's is then removed, so later scrapes do not warn of it again."""
         (folder / "122.json").write_bytes(garbage)
         _process(folder, 123).publish(_counts(4))
         got = CountLedger(folder).settle([])
         assert got is not None and got["stats"]["records_total"] == 4
+        assert [r for r in caplog.records if "122.json" in r.getMessage() and "unreadable" in r.getMessage()]
+        assert not (folder / "122.json").exists()
+        caplog.clear()
+        got = CountLedger(folder).settle([])
+        assert got is not None and got["stats"]["records_total"] == 4
+        assert not [r for r in caplog.records if r.levelname == "WARNING"]
+
+    def test_garbage_file_of_a_live_process_stays(self, folder: Path) -> None:
+        """A live process's unreadable file is left out but kept: its next publication replaces it."""
+        (folder / "125.json").write_bytes(b"garbage{")
+        sock = _listen(folder / "125.sock")
+        try:
+            assert CountLedger(folder).settle([]) is None
+            assert (folder / "125.json").exists()
+        finally:
+            sock.close()
 
     def test_unwritable_ledger(self, folder: Path) -> None:
         """When retired.json cannot be written, a scrape still adds the dead process's counts (read

@@ -42,7 +42,15 @@ from ..data.regularize import DEFAULT_STEP, RegularizeReport, regularize
 from ..data.validation import validate_wide
 from ..errors import SchemaError
 from ..models.base import NO_FORECAST, forecast_frame, on_fallback
-from .partitions import bucket_dir, columns_with_numbers, estimate_rows, read_bucket, text_columns, write_pieces
+from .partitions import (
+    bucket_dir,
+    columns_with_numbers,
+    estimate_rows,
+    read_bucket,
+    read_header,
+    text_columns,
+    write_pieces,
+)
 from .shuffle import DEFAULT_ROWS_PER_BUCKET
 from .writer import FrameWriter
 
@@ -184,13 +192,7 @@ def _header(path: Path, id_col: str, time_col: str, warnings: list[InputWarning]
     """An empty validated frame with the file's columns, and the columns as the file names them.
     Fails as ``read_wide`` does when the id, the timestamp or every metric column is missing,
     before any data is read."""
-    with map_read_errors(path):
-        if is_parquet(path):
-            import pyarrow.parquet as pq
-
-            df = pq.read_schema(path).empty_table().to_pandas()
-        else:
-            df = pd.read_csv(path, dtype={id_col: str}, nrows=0)
+    df = read_header(path, id_col=id_col)
     columns = list(map(str, df.columns))
     df = validate_wide(df, id_col=id_col, time_col=time_col, path=str(path), warnings=warnings)
     return df.rename(columns={id_col: "id", time_col: "timestamp"}), columns

@@ -44,12 +44,14 @@ __all__ = [
     "bucket_dir",
     "bucket_of",
     "columns_with_numbers",
+    "empty_split",
     "estimate_rows",
     "header_columns",
     "lines_are_rows",
     "plan_chunks",
     "read_bucket",
     "read_chunk",
+    "read_header",
     "split_chunk",
     "text_columns",
     "write_parquet_atomic",
@@ -457,15 +459,7 @@ def split_chunk(
         )
     except LinesAreNotRows:
         # Nothing written: the client reads the whole file again in one task (run_split).
-        return {
-            "rows": 0,
-            "buckets": {},
-            "issues": [],
-            "warnings": [],
-            "metrics": [],
-            "text_columns": [],
-            "whole": True,
-        }
+        return empty_split(whole=True)
     df = df.rename(columns={id_col: "id", time_col: "timestamp"})
     counts = write_pieces(df, bucket_of(df["id"].to_numpy(), n_buckets), scratch, chunk.source, chunk_no)
     return {
@@ -476,6 +470,19 @@ def split_chunk(
         "metrics": columns_with_numbers(df, issues or (), skip=("id", "timestamp")),
         "text_columns": text_columns(warnings),
     }
+
+
+def empty_split(*, whole: bool = False) -> dict[str, Any]:
+    """The result of :func:`split_chunk` for a chunk that wrote no row: a new dict each time.
+
+    Args:
+        whole: the chunk is a CSV byte range whose file must be read whole (``"whole": True``,
+            see :class:`LinesAreNotRows`).
+    """
+    out: dict[str, Any] = {"rows": 0, "buckets": {}, "issues": [], "warnings": [], "metrics": [], "text_columns": []}
+    if whole:
+        out["whole"] = True
+    return out
 
 
 def columns_with_numbers(
@@ -504,16 +511,26 @@ def text_columns(warnings: Sequence[InputWarning]) -> list[str]:
     return [c for w in warnings if w.kind == "text_columns" for c in w.columns]
 
 
-def header_columns(path: str | Path) -> list[str]:
-    """The columns of a wide file as a whole read names them (Parquet: its schema; CSV: its header)."""
+def read_header(path: str | Path, *, id_col: str = "id") -> pd.DataFrame:
+    """A wide file's columns as an empty frame, without reading its data (Parquet: its schema,
+    with its types; CSV: its header, ``id_col`` as text).
+
+    Raises:
+        SchemaError: the file cannot be read (the message names it).
+    """
     from ..data.readers import is_parquet, map_read_errors
 
     with map_read_errors(path):
         if is_parquet(path):
             import pyarrow.parquet as pq
 
-            return list(map(str, pq.read_schema(path).empty_table().to_pandas().columns))
-        return list(map(str, pd.read_csv(path, nrows=0).columns))
+            return pq.read_schema(path).empty_table().to_pandas()
+        return pd.read_csv(path, dtype={id_col: str}, nrows=0)
+
+
+def header_columns(path: str | Path) -> list[str]:
+    """The columns of a wide file as a whole read names them (Parquet: its schema; CSV: its header)."""
+    return list(map(str, read_header(path).columns))
 
 
 def write_pieces(

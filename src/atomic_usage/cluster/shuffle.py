@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import AtomicError, ClusterError, SchemaError
-from .partitions import Chunk, bucket_dir, split_chunk
+from .partitions import Chunk, bucket_dir, empty_split, header_columns, split_chunk
 
 if TYPE_CHECKING:
     from ..data.issues import InputWarning, SeriesIssue
@@ -114,10 +114,6 @@ def mixed_columns(chunks: Sequence[Chunk], results: Sequence[dict[str, Any]]) ->
     return redo
 
 
-_NOTHING: dict[str, Any] = {"rows": 0, "buckets": {}, "issues": [], "warnings": [], "metrics": [], "text_columns": []}
-"""The result of a split that read no row."""
-
-
 def _read_whole(chunks: list[Chunk], results: list[dict[str, Any]], scratch: Path) -> list[int]:
     """Turns every CSV file one of whose byte ranges reported quoted cells spanning lines (``whole``)
     into one chunk read whole, at its first range's index; removes the pieces its other ranges
@@ -129,7 +125,7 @@ def _read_whole(chunks: list[Chunk], results: list[dict[str, Any]], scratch: Pat
         for i in mine:
             for b in results[i]["buckets"]:
                 (bucket_dir(scratch, chunks[i].source, b) / f"c{i:06d}.arrow").unlink(missing_ok=True)
-            results[i] = dict(_NOTHING)
+            results[i] = empty_split()
         first = chunks[mine[0]]
         est = sum(chunks[i].est_rows for i in mine)
         chunks[mine[0]] = dataclasses.replace(first, byte_range=None, est_rows=est)
@@ -148,7 +144,6 @@ def check_rows(chunks: Sequence[Chunk], rows: Sequence[int]) -> None:
         SchemaError: a file holds a header but no rows (:func:`~atomic_usage.data.readers.no_rows_error`).
     """
     from ..data.readers import no_rows_error
-    from .partitions import header_columns
 
     per_file: dict[str, int] = {}
     for chunk, n in zip(chunks, rows, strict=True):

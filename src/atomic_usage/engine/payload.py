@@ -100,14 +100,22 @@ def _to_epoch(raw: Any) -> float:
     raise ValueError(f"must be an ISO 8601 string or epoch seconds, not {type(raw).__name__}")
 
 
-_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
-"""The characters refused in ids, which are stored, sent back, and written into Prometheus
-label values, logs and terminals: the C0 controls, DEL and the C1 controls (a NUL, a newline,
-an escape sequence or U+0085 NEXT LINE there is a broken exposition or an injection, not a
-machine's name), the line and paragraph separators U+2028/U+2029 (line breaks to many
-readers), and the bidirectional controls: the embeddings, overrides and isolates U+202A-U+202E
-and U+2066-U+2069 and the marks U+061C, U+200E, U+200F (they reorder the text shown around
-them: two ids that look alike differ)."""
+_REFUSED_CLASSES: tuple[tuple[str, str], ...] = (
+    ("control character", "\x00-\x1f\x7f-\x9f"),
+    ("line or paragraph separator", "\u2028\u2029"),
+    ("bidirectional control", "\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069"),
+)
+"""The characters refused in ids, by the name a message gives them (regex class contents).
+
+Ids are stored, sent back, and written into Prometheus label values, logs and terminals. The C0
+controls, DEL and the C1 controls: a NUL, a newline, an escape sequence or U+0085 NEXT LINE
+there is a broken exposition or an injection, not a machine's name. The line and paragraph
+separators U+2028/U+2029: line breaks to many readers. The bidirectional controls: the
+embeddings, overrides and isolates U+202A-U+202E and U+2066-U+2069 and the marks U+061C,
+U+200E, U+200F reorder the text shown around them, so two ids that look alike differ."""
+
+_CONTROL = re.compile("[" + "".join(chars for _, chars in _REFUSED_CLASSES) + "]")
+"""Any character of :data:`_REFUSED_CLASSES`."""
 
 _REFUSED = (
     "no control characters U+0000 to U+001F or U+007F to U+009F, line or paragraph separators "
@@ -117,13 +125,8 @@ _REFUSED = (
 
 
 def _kind(char: str) -> str:
-    """How a message names one refused character."""
-    code = ord(char)
-    if code in (0x2028, 0x2029):
-        return "line or paragraph separator"
-    if 0x202A <= code <= 0x202E or 0x2066 <= code <= 0x2069 or code in (0x061C, 0x200E, 0x200F):
-        return "bidirectional control"
-    return "control character"
+    """How a message names one refused character (its class in :data:`_REFUSED_CLASSES`)."""
+    return next(name for name, chars in _REFUSED_CLASSES if re.fullmatch(f"[{chars}]", char))
 
 
 def _is_text(s: str) -> bool:

@@ -29,8 +29,8 @@ between writing ``retired.json`` and removing the dead process's file is not cou
 
 The ledger never stops a scrape or a process's start: a ``retired.json`` that cannot be read is
 started again empty (its counts are lost, once, with a warning), a published file that cannot be
-read is left out, and a write that fails is logged (a dead process's file then stays, to be
-folded by a later scrape).
+read is left out (and removed once its process is gone, so it is warned of once), and a write
+that fails is logged (a dead process's file then stays, to be folded by a later scrape).
 """
 
 from __future__ import annotations
@@ -154,6 +154,25 @@ def _is_ledger(x: object) -> bool:
     )
 
 
+def _read_published(file: Path, pid: int) -> dict[str, Any] | None:
+    """What serving process ``pid`` published (``{"token", "counts"}``), or None (warned) when the
+    file cannot be read or holds something else."""
+    try:
+        published = orjson.loads(file.read_bytes())
+    except (OSError, orjson.JSONDecodeError) as exc:
+        why = str(exc)
+    else:
+        if (
+            isinstance(published, dict)
+            and isinstance(published.get("token"), str)
+            and _is_counts(published.get("counts"))
+        ):
+            return dict(published)
+        why = "not counts"
+    _log.warning("the counts serving process %s published in %s are unreadable (%s); left out", pid, file, why)
+    return None
+
+
 class CountLedger:
     """This process's published counts, and the counts of the processes of the folder that are gone.
 
@@ -255,17 +274,15 @@ class CountLedger:
             pid = int(file.stem)
             if (only is None and pid in pids) or (only is not None and pid != only):
                 continue
-            try:
-                published = orjson.loads(file.read_bytes())
-            except (OSError, orjson.JSONDecodeError) as exc:
-                _log.warning("the counts serving process %s published are unreadable: %s", pid, exc)
+            published = _read_published(file, pid)
+            alive = only is None and listening(self.folder / f"{pid}.sock")
+            if published is None:
+                # Left out of the sum. A live process writes over it at its next publication; a dead
+                # one's is removed with the others folded here, or it would be warned of at every scrape.
+                if not alive:
+                    dead.append(file)
                 continue
-            if not (isinstance(published, dict) and isinstance(published.get("token"), str)) or not _is_counts(
-                published.get("counts")
-            ):
-                _log.warning("the counts serving process %s published are unreadable: not counts", pid)
-                continue
-            if only is None and listening(self.folder / f"{pid}.sock"):
+            if alive:
                 silent.append(published["counts"])
                 continue
             dead.append(file)

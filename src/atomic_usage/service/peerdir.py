@@ -79,6 +79,11 @@ def _empty(folder: Path) -> None:
             continue
 
 
+def _is_own_folder(info: os.stat_result) -> bool:
+    """Whether ``info`` (of :meth:`~pathlib.Path.lstat`) is a folder of this user, not a symbolic link."""
+    return stat.S_ISDIR(info.st_mode) and info.st_uid == os.getuid()
+
+
 def _check_own(folder: Path) -> None:
     """Fails unless ``folder`` is a folder (not a symbolic link) of this user; makes it mode 0700.
 
@@ -90,10 +95,16 @@ def _check_own(folder: Path) -> None:
         ConfigError: it is not such a folder; the message names it.
     """
     info = folder.lstat()
-    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():
+    if not _is_own_folder(info):
+        if stat.S_ISLNK(info.st_mode):
+            found = f"a symbolic link to {os.readlink(folder)}"
+        elif stat.S_ISDIR(info.st_mode):
+            found = f"a folder of uid {info.st_uid}, not {os.getuid()}"
+        else:
+            found = "a file"
         raise ConfigError(
-            f"{folder}: the peer folder of the serving processes is not a folder of this user (a symbolic "
-            "link, or another user's); remove it, or set TMPDIR to a folder only this user can write."
+            f"{folder}: the peer folder of the serving processes is not a folder of this user ({found}); "
+            "remove it, or set TMPDIR to a folder only this user can write."
         )
     if stat.S_IMODE(info.st_mode) != 0o700:
         os.chmod(folder, 0o700)
@@ -201,8 +212,7 @@ def clear_stale(root: Path, *, keep: Path) -> list[Path]:
         if folder == keep:
             continue
         try:
-            info = folder.lstat()
-            if not folder.is_dir() or folder.is_symlink() or info.st_uid != os.getuid():
+            if not _is_own_folder(folder.lstat()):
                 continue
             fd = os.open(folder / _LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         except OSError as exc:

@@ -38,22 +38,17 @@ from typing import Any
 
 import orjson
 
-from .ledger import CountLedger, Counts
+from .ledger import COUNTERS, CountLedger, Counts
 from .peerdir import clear_stale, join, leave, peer_folder
 
 __all__ = ["PeerBoard", "merge_latest", "merge_samples", "merge_stats", "peer_folder"]
 
 _log = logging.getLogger("atomic_usage.service")
 
-_SUMMED = (
-    "records_total",
-    "replays_total",
-    "failed_total",
-    "recovered_tasks",
-    "worker_restarts",
-    "queue_depth",
-    "items_total",
-)
+_SUMMED = (*COUNTERS, "queue_depth", "items_total")
+"""The ``stats()`` figures summed over the processes: the counters the ledger keeps for processes
+that are gone (one list, so a counter added there is summed here too), and the queue depth and
+pool item count, summed over the live processes only."""
 
 
 def merge_stats(snapshots: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
