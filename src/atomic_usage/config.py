@@ -24,6 +24,7 @@ __all__ = [
     "DEFAULT_HORIZON",
     "DEFAULT_MAX_BODY_BYTES",
     "DEFAULT_MAX_RECORDS",
+    "DEFAULT_TASK_KEEP_S",
     "DEFAULT_THRESHOLDS",
     "MAX_HORIZON",
     "Settings",
@@ -41,6 +42,9 @@ UsageBench's longest horizon; past it the forecast would only hold its last valu
 
 DEFAULT_THRESHOLDS: Final = (90.0, 100.0)
 """Percent levels whose crossing time ``process()`` reports."""
+
+DEFAULT_TASK_KEEP_S: Final = 7 * 24 * 3600.0
+"""Seconds a finished task and its results are kept: a week, as long as the history."""
 
 DEFAULT_GAUGE_STEPS: Final = (1, 3, 6, 12, 24, 72, 144, 288)
 """Forecast steps the service exports as per-machine gauges: 5 min to 24 h ahead."""
@@ -191,6 +195,9 @@ class Settings:
             (``ATOMIC_GAUGE_STEPS``; ``none`` exports none, keeping the time-to-threshold and
             origin gauges): each step is 9 series per machine, so a large fleet exports fewer.
         history_limit: observations kept per machine and metric (``ATOMIC_HISTORY_LIMIT``).
+        task_keep_s: seconds a done or failed task and its results are kept in the store
+            (``ATOMIC_TASK_KEEP_S``); its ``Idempotency-Key`` is remembered as long. Older ones
+            are deleted at start and every 10 minutes, so the store stops growing.
         batch_max_size: records per engine batch at most (``ATOMIC_BATCH_MAX_SIZE``).
         batch_max_wait_s: seconds a batch waits to fill (``ATOMIC_BATCH_MAX_WAIT_S``).
         workers: engine workers; 0 means one per core (``ATOMIC_WORKERS``).
@@ -223,6 +230,7 @@ class Settings:
     thresholds: tuple[float, ...] = DEFAULT_THRESHOLDS
     gauge_steps: tuple[int, ...] = DEFAULT_GAUGE_STEPS
     history_limit: int = DEFAULT_HISTORY_LIMIT
+    task_keep_s: float = DEFAULT_TASK_KEEP_S
     batch_max_size: int = DEFAULT_BATCH_MAX_SIZE
     batch_max_wait_s: float = DEFAULT_BATCH_MAX_WAIT_S
     workers: int = 0
@@ -272,6 +280,7 @@ class Settings:
         get("ATOMIC_THRESHOLDS", _thresholds, "thresholds")
         get("ATOMIC_GAUGE_STEPS", _gauge_steps, "gauge_steps")
         get("ATOMIC_HISTORY_LIMIT", lambda n, r: _int(n, r, minimum=2), "history_limit")
+        get("ATOMIC_TASK_KEEP_S", lambda n, r: _float(n, r, minimum=60.0), "task_keep_s")
         get("ATOMIC_BATCH_MAX_SIZE", lambda n, r: _int(n, r, minimum=1), "batch_max_size")
         get("ATOMIC_BATCH_MAX_WAIT_S", lambda n, r: _float(n, r, minimum=0.0), "batch_max_wait_s")
         get("ATOMIC_WORKERS", lambda n, r: _int(n, r, minimum=0), "workers")

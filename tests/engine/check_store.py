@@ -269,6 +269,31 @@ def check_apply_runs_each_write_alone(store: Store, clock: FakeClock) -> None:
     assert store.apply([]) == []
 
 
+def check_trim_tasks_deletes_old_finished_tasks_only(store: Store, clock: FakeClock) -> None:
+    old_done = store.accept(PAYLOAD, request_id="old-done").task
+    store.complete(old_done.task_id, [b"r0", b"r1"])
+    old_failed = store.accept(PAYLOAD, request_id="old-failed").task
+    store.fail(old_failed.task_id, "boom")
+    old_open = store.accept(PAYLOAD, request_id="old-open").task  # never finished: kept for recovery
+    clock.advance(100)
+    new_done = store.accept(PAYLOAD, request_id="new-done").task
+    store.complete(new_done.task_id, [b"n0"])
+    clock.advance(100)
+    assert store.trim_tasks(150) == 2
+    for gone in (old_done, old_failed):
+        assert store.find(gone.request_id) is None
+        with pytest.raises(TaskNotFound):
+            store.get(gone.task_id)
+        with pytest.raises(TaskNotFound):
+            store.results(gone.task_id)
+    assert store.get(old_open.task_id).status is TaskStatus.ACCEPTED
+    assert store.results(new_done.task_id) == [b"n0"]
+    assert store.trim_tasks(150) == 0
+    # a key whose task was deleted is new again: the same payload makes a new task
+    again = store.accept(PAYLOAD, request_id="old-done")
+    assert again.created and again.task.task_id != old_done.task_id
+
+
 STORE_CHECKS: list[Callable[[Store, FakeClock], None]] = [
     check_accept_creates_accepted_task,
     check_accept_copies_payload,
@@ -289,6 +314,7 @@ STORE_CHECKS: list[Callable[[Store, FakeClock], None]] = [
     check_retry_does_not_append_observations_again,
     check_accept_with_claim_stores_a_running_task,
     check_apply_runs_each_write_alone,
+    check_trim_tasks_deletes_old_finished_tasks_only,
 ]
 
 

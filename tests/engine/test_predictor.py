@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -131,6 +132,26 @@ class TestProcess:
         with UsagePredictor(settings, model=Naive()) as p:
             r = p.process({"usageData": [rec("m", 5, cpuLoad=5.0)]})
         assert r["results"][0]["forecasts"]["cpuLoad"]["historyLength"] == 6
+
+    def test_old_finished_tasks_are_deleted_at_start(self, tmp_path: Path) -> None:
+        """The start-up maintenance pass deletes finished tasks older than ``task_keep_s`` with
+        their results, so a long-running service's store stops growing; newer ones stay."""
+        from atomic_usage.engine.store import STORE_FILENAME, TaskStore
+
+        settings = Settings(data_dir=tmp_path / "data", workers=1, task_keep_s=3600)
+        with UsagePredictor(settings, model=Naive()) as p:
+            recent = p.process({"usageData": [rec("m", 0, cpuLoad=1.0)]}, request_id="recent")
+        with TaskStore(tmp_path / "data" / STORE_FILENAME, clock=lambda: time.time() - 7200) as store:
+            store.complete(store.accept({"old": 1}, request_id="old").task.task_id, [b"x"])
+        with UsagePredictor(settings, model=Naive()) as p:
+            pause = threading.Event()
+            for _ in range(200):  # the start-up pass runs on the maintenance thread
+                if p.store.find("old") is None:
+                    break
+                pause.wait(0.05)
+            assert p.store.find("old") is None
+            assert p.store.find("recent") is not None
+            assert p.process({"usageData": [rec("m", 0, cpuLoad=1.0)]}, request_id="recent") == recent
 
     def test_stored_history_is_trimmed_to_the_limit(self, tmp_path: Path) -> None:
         """The store keeps at most ``history_limit`` observations per machine and metric: the

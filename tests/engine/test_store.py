@@ -77,6 +77,17 @@ class TestTaskStoreDurability:
             assert not again.created and again.results == [b"\x00sealed"]
             assert s.load_histories(5) == {("m", "cpuLoad"): [(1.0, 5.0)]}
 
+    def test_trim_tasks_in_batches(self, tmp_path: Path) -> None:
+        """Many old tasks go in several short transactions, every one of them and only them."""
+        clock = FakeClock()
+        with TaskStore(tmp_path / "s.db", clock=clock) as store:
+            for k in range(7):
+                store.complete(store.accept({"k": k}, request_id=f"old-{k}").task.task_id, [b"x"])
+            clock.advance(1000)
+            store.complete(store.accept({"k": 9}, request_id="new").task.task_id, [b"y"])
+            assert store.trim_tasks(500, batch=2) == 7
+            assert [t.request_id for t in store.list_tasks()] == ["new"]
+
     def test_pragmas(self, tmp_path: Path) -> None:
         with TaskStore(tmp_path / "a.sqlite3", synchronous="normal", busy_timeout_s=2.0) as s:
             conn = s._conn()

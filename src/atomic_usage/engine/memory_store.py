@@ -258,5 +258,16 @@ class MemoryStore:
                 n += len(drop)
         return n
 
+    def trim_tasks(self, older_than_s: float) -> int:
+        """See :meth:`TaskStore.trim_tasks`."""
+        cutoff = self.clock() - older_than_s
+        with self._lock:
+            gone = [t for t in self._tasks.values() if t.created_at < cutoff and t.status.is_final]
+            for t in gone:
+                del self._tasks[t.task_id]
+                self._by_request.pop(t.request_id, None)
+                self._results.pop(t.task_id, None)
+        return len(gone)
+
     def close(self) -> None:
         """Nothing to release; present for interface parity."""

@@ -68,8 +68,9 @@ LOG_KEEP_S = 300.0
 
 TRIM_EVERY_S = 600.0
 """Seconds between the maintenance passes that delete stored observations beyond
-``Settings.history_limit`` per machine and metric (the first pass runs at start), so a
-service that runs for months keeps a bounded store."""
+``Settings.history_limit`` per machine and metric, and finished tasks older than
+``Settings.task_keep_s`` with their results (the first pass runs at start), so a service that
+runs for months keeps a bounded store."""
 
 _INLINE_RECORDS = 1000
 """Payloads up to this many records are validated on the event loop by ``aprocess`` (about
@@ -588,6 +589,14 @@ class UsagePredictor:
             _log.info("trimmed %d stored observations beyond %d per series", n, self.settings.history_limit)
         return n
 
+    def trim_tasks(self) -> int:
+        """Deletes the done and failed tasks older than ``task_keep_s`` with their results (so the
+        store stops growing; their keys are forgotten); returns how many went."""
+        n = self.store.trim_tasks(self.settings.task_keep_s)
+        if n:
+            _log.info("deleted %d finished tasks older than %g s with their results", n, self.settings.task_keep_s)
+        return n
+
     def _maintain(self, recover: bool) -> None:
         if recover:
             try:
@@ -599,8 +608,9 @@ class UsagePredictor:
             if time.monotonic() - last_trim >= TRIM_EVERY_S:
                 try:
                     self.trim_history()
+                    self.trim_tasks()
                 except Exception as exc:  # pragma: no cover - logged, retried next pass
-                    _log.error("trimming stored observations failed: %s", exc)
+                    _log.error("trimming the store failed: %s", exc)
                 last_trim = time.monotonic()
             if self._closed.wait(DEFAULT_LEASE_S / 3):
                 break

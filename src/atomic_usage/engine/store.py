@@ -274,6 +274,7 @@ class Store(Protocol):
     def read_log(self, after: int) -> LogRead: ...
     def trim_log(self, older_than_s: float) -> int: ...
     def trim_observations(self, limit: int) -> int: ...
+    def trim_tasks(self, older_than_s: float) -> int: ...
     def close(self) -> None: ...
 
 
@@ -900,6 +901,33 @@ class TaskStore:
                 (limit,),
             )
             return cur.rowcount
+
+    def trim_tasks(self, older_than_s: float, *, batch: int = 500) -> int:
+        """Deletes the done and failed tasks created more than ``older_than_s`` seconds ago,
+        with their results; returns how many went. Unfinished tasks are never touched.
+
+        In transactions of at most ``batch`` tasks, so that requests are never held behind one
+        long write; freed pages are reused by SQLite (the file stops growing, it does not shrink).
+        """
+        cutoff = self.clock() - older_than_s
+        n = 0
+        while True:
+            with self._tx() as conn:
+                ids = [
+                    r[0]
+                    for r in conn.execute(
+                        "SELECT task_id FROM tasks WHERE created_at < ? AND status IN ('done', 'failed') "
+                        "ORDER BY created_at LIMIT ?",
+                        (cutoff, batch),
+                    )
+                ]
+                marks = ",".join("?" * len(ids))
+                if ids:
+                    conn.execute(f"DELETE FROM results WHERE task_id IN ({marks})", ids)
+                    conn.execute(f"DELETE FROM tasks WHERE task_id IN ({marks})", ids)
+            n += len(ids)
+            if len(ids) < batch:
+                return n
 
 
 def open_store(settings: Settings, *, clock: Callable[[], float] = time.time) -> Store:
