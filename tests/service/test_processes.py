@@ -409,6 +409,30 @@ def test_counters_never_drop_when_a_process_is_replaced(tmp_path: Path) -> None:
             assert _metric(text, "atomic_replays_total") == (rnd + 1) * 8
 
 
+def test_counts_of_a_process_killed_between_scrapes_stay(tmp_path: Path) -> None:
+    """A serving process publishes its counters every second, not only when scraped: one killed
+    before any scrape still has every record it served in the merged counters."""
+    with _supervised(tmp_path) as (srv, serving):
+        assert srv.proc is not None
+        for n in range(8):
+            with srv.client() as c:  # a connection each, so both processes serve some
+                assert c.post("/v1/predict", json=payload(3, seed=n), headers=AUTH).status_code == 200
+        time.sleep(2.5)  # two publications
+        for pid in serving:
+            os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 90
+        while True:
+            now = _serving(srv.proc.pid)
+            if len(now) == 2 and not now & serving:
+                with contextlib.suppress(httpx.HTTPError), srv.client(timeout=5) as c:
+                    text = c.get("/metrics", headers=AUTH).text
+                    if _metric(text, "atomic_processes") == 2:
+                        break
+            assert time.monotonic() < deadline, "the killed processes were not replaced"
+            time.sleep(0.2)
+        assert _metric(text, "atomic_records_total") == 8 * 3
+
+
 def test_counters_never_drop_when_every_process_is_replaced(tmp_path: Path) -> None:
     """SIGKILL of both serving processes at once: their replacements joined a peer folder nobody
     held, took it for a dead run's and emptied it, so the merged counters fell to 0 (420 -> 0).

@@ -8,6 +8,7 @@ task still open at that point stays in the store and is resumed at the next star
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import gc
 import logging
@@ -35,7 +36,12 @@ from .peers import PeerBoard, merge_latest, merge_samples, merge_stats, peer_fol
 from .routes import router
 from .schemas import PredictRequest
 
-__all__ = ["ServiceState", "create_app", "worker_app"]
+__all__ = ["PUBLISH_EVERY_S", "ServiceState", "create_app", "worker_app"]
+
+PUBLISH_EVERY_S = 1.0
+"""With several serving processes, seconds between two publications of this process's counters
+to the peer folder besides those of every scrape (:mod:`.ledger`): a process killed between
+scrapes keeps in the merged counters all but its last second."""
 
 _log = logging.getLogger("atomic_usage.service")
 
@@ -76,6 +82,13 @@ class ServiceState:
         """Writes this process's counters to the peer folder before they leave it (:mod:`.ledger`)."""
         if self.peers is not None and stats is not None:
             self.peers.ledger.publish(counts_of(stats, http))
+
+    def publish_now(self) -> None:
+        """Publishes this process's counters now (every :data:`PUBLISH_EVERY_S` while it serves)."""
+        try:
+            self._publish(self._stats(), self._http_samples())
+        except Exception as exc:  # the next one tries again; the counters last published stay
+            _log.debug("could not publish the counters: %s", exc)
 
     def publish_final(self) -> None:
         """Publishes this process's counters once more as it stops, so its siblings keep them all."""
@@ -197,6 +210,13 @@ def worker_app(settings: Settings, model: str | None = None) -> FastAPI:
     return create_app(settings, model=forecaster)
 
 
+async def _keep_publishing(state: ServiceState) -> None:
+    """Publishes the process's counters every :data:`PUBLISH_EVERY_S` until cancelled."""
+    while True:
+        await asyncio.sleep(PUBLISH_EVERY_S)
+        await to_thread.run_sync(state.publish_now)
+
+
 def create_app(
     settings: Settings | None = None, predictor: Any = None, *, model: Any = None, fast_path: bool = True
 ) -> FastAPI:
@@ -236,10 +256,15 @@ def create_app(
         if settings.processes > 1 and not settings.skip_persistence:
             state.peers = PeerBoard(peer_folder(settings.data_dir), state.snapshot)
             await state.peers.start()
+        publisher = asyncio.create_task(_keep_publishing(state)) if state.peers is not None else None
         try:
             yield
         finally:
             state.stopping = True
+            if publisher is not None:
+                publisher.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await publisher
             if state.peers is not None:
                 await to_thread.run_sync(state.publish_final)
                 await state.peers.close()

@@ -7,14 +7,16 @@ reset and ``rate()`` spikes. So:
 
 - every time a process's counters leave it (its own ``/metrics``, or its answer to a
   sibling's scrape), it first writes them to ``<pid>.json`` in the peer folder
-  (:meth:`CountLedger.publish`);
+  (:meth:`CountLedger.publish`), and between scrapes it does so every second
+  (``app.PUBLISH_EVERY_S``);
 - a scrape folds the last published counts of every process that is gone (its socket takes
   no connection) into ``retired.json`` (:meth:`CountLedger.settle`), and adds them to the
   live processes' figures; a live process that did not answer in time is counted as it
   last published.
 
 A counter a scrape has shown is then never lower in a later one: what a dead process had
-shown stays in the sum, and what it counted after its last publication was never shown.
+shown stays in the sum, and what it counted after its last publication (at most a second's
+worth) was never shown.
 Counted this way: records, replays, failures, recovered tasks, worker restarts, and the
 batch-size and HTTP latency histograms (buckets, sums, counts). Gauges (rates, queue depth,
 workers, latency percentiles) of a dead process go with it. The folder, and with it
