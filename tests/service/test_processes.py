@@ -16,7 +16,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -375,6 +375,24 @@ class _CounterWatch:
         return text
 
 
+def _kill_all_and_rescrape(srv: Server, victims: set[int], scrape: Callable[[], str]) -> str:
+    """SIGKILLs every serving process in ``victims``, waits until two others serve and /metrics
+    counts both, and returns that scrape."""
+    assert srv.proc is not None
+    for pid in victims:
+        os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 90
+    while True:
+        serving = _serving(srv.proc.pid)
+        if len(serving) == 2 and not serving & victims:
+            with contextlib.suppress(httpx.HTTPError):
+                text = scrape()
+                if _metric(text, "atomic_processes") == 2:
+                    return text
+        assert time.monotonic() < deadline, "the killed processes were not replaced"
+        time.sleep(0.2)
+
+
 def test_counters_never_drop_when_a_process_is_replaced(tmp_path: Path) -> None:
     """SIGKILL of a serving process, three times in one slot: in every scrape, before, while and
     after the supervisor replaces it, no counter or histogram sample is lower than before, and
@@ -418,18 +436,7 @@ def test_counts_of_a_process_killed_between_scrapes_stay(tmp_path: Path) -> None
             with srv.client() as c:  # a connection each, so both processes serve some
                 assert c.post("/v1/predict", json=payload(3, seed=n), headers=AUTH).status_code == 200
         time.sleep(2.5)  # two publications
-        for pid in serving:
-            os.kill(pid, signal.SIGKILL)
-        deadline = time.monotonic() + 90
-        while True:
-            now = _serving(srv.proc.pid)
-            if len(now) == 2 and not now & serving:
-                with contextlib.suppress(httpx.HTTPError), srv.client(timeout=5) as c:
-                    text = c.get("/metrics", headers=AUTH).text
-                    if _metric(text, "atomic_processes") == 2:
-                        break
-            assert time.monotonic() < deadline, "the killed processes were not replaced"
-            time.sleep(0.2)
+        text = _kill_all_and_rescrape(srv, serving, _CounterWatch(srv).scrape)
         assert _metric(text, "atomic_records_total") == 8 * 3
 
 
@@ -444,19 +451,7 @@ def test_counters_never_drop_when_every_process_is_replaced(tmp_path: Path) -> N
             with srv.client() as c:
                 assert c.post("/v1/predict", json=payload(2, seed=n), headers=AUTH).status_code == 200
         assert _metric(watch.scrape(), "atomic_records_total") == 12
-        victims = serving
-        for pid in victims:
-            os.kill(pid, signal.SIGKILL)
-        deadline = time.monotonic() + 90
-        while True:
-            serving = _serving(srv.proc.pid)
-            if len(serving) == 2 and not serving & victims:
-                with contextlib.suppress(httpx.HTTPError):
-                    text = watch.scrape()
-                    if _metric(text, "atomic_processes") == 2:
-                        break
-            assert time.monotonic() < deadline, "the killed processes were not replaced"
-            time.sleep(0.2)
+        _kill_all_and_rescrape(srv, serving, watch.scrape)
         assert _metric(watch.scrape(), "atomic_records_total") == 12
 
 
