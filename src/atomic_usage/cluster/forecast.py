@@ -45,9 +45,9 @@ from .shuffle import (
     finish_output,
     gather,
     map_dask_errors,
-    mixed_columns,
     n_buckets_for,
     prepare_output,
+    read_mixed_again,
     run_split,
 )
 
@@ -335,11 +335,7 @@ def forecast_distributed(
                 results = gather(client, [forecast_one(i) for i in range(len(chunks))])
                 # A chunk that ignored as text a column another chunk of its file holds numbers in
                 # is forecast again with that column a metric (its part is rewritten), as in run_split.
-                redo = mixed_columns(chunks, results)
-                if redo:
-                    again = gather(client, [forecast_one(i, cols, "-metrics") for i, cols in redo.items()])
-                    for i, r in zip(redo, again, strict=True):
-                        results[i] = r
+                read_mixed_again(client, chunks, results, forecast_one)
                 check_rows(chunks, [r["rows_in"] for r in results])
                 n_rows_in = sum(r["rows_in"] for r in results)
                 # Every id is in one chunk, so each chunk's issues are already those of whole series.

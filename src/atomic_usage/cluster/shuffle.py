@@ -15,7 +15,7 @@ import math
 import shutil
 import tempfile
 import uuid
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -36,6 +36,7 @@ __all__ = [
     "mixed_columns",
     "n_buckets_for",
     "prepare_output",
+    "read_mixed_again",
     "run_split",
 ]
 
@@ -112,6 +113,22 @@ def mixed_columns(chunks: Sequence[Chunk], results: Sequence[dict[str, Any]]) ->
         if cols:
             redo[i] = cols
     return redo
+
+
+def read_mixed_again(
+    client: Any,
+    chunks: Sequence[Chunk],
+    results: list[dict[str, Any]],
+    submit: Callable[[int, Sequence[str], str], Any],
+) -> None:
+    """Runs again every chunk :func:`mixed_columns` names, with those columns as metrics, and puts
+    its new result in its place in ``results``; ``submit(i, columns, "-metrics")`` submits chunk
+    ``i``'s task under a key of its own."""
+    redo = mixed_columns(chunks, results)
+    if redo:
+        again = gather(client, [submit(i, cols, "-metrics") for i, cols in redo.items()])
+        for i, result in zip(redo, again, strict=True):
+            results[i] = result
 
 
 def _read_whole(chunks: list[Chunk], results: list[dict[str, Any]], scratch: Path) -> list[int]:
@@ -218,11 +235,7 @@ def run_split(
             results[i] = result
     # The futures are released by now, so Dask cannot re-run a first read (after a worker died)
     # over the second one's pieces, which hold the same rows with one more column.
-    redo = mixed_columns(todo, results)
-    if redo:
-        again = gather(client, [split(i, cols, "-metrics") for i, cols in redo.items()])
-        for i, result in zip(redo, again, strict=True):
-            results[i] = result
+    read_mixed_again(client, todo, results, split)
     check_rows(todo, [r["rows"] for r in results])
     rows: dict[tuple[int, int], int] = {}
     found: dict[tuple[str, str], SeriesIssue] = {}
