@@ -1117,6 +1117,29 @@ def stats(
         out.print(table)
 
 
+def _check_tls(cert: Path, key: Path) -> None:
+    """Loads the certificate chain and its key as the server will, so that a missing, unreadable
+    or mismatched file is an exit-2 message naming it instead of a traceback from uvicorn."""
+    import ssl
+
+    for option, path in (("--tls-cert", cert), ("--tls-key", key)):
+        if not path.is_file():
+            raise typer.BadParameter(f"{str(path)!r} is not a file", param_hint=option)
+        try:
+            path.open("rb").close()
+        except OSError as exc:
+            raise typer.BadParameter(f"{str(path)!r} cannot be read ({exc.strerror})", param_hint=option) from None
+    try:
+        # An encrypted key gets an empty password (and fails here) instead of a prompt at the terminal.
+        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(cert, key, password="")
+    except ssl.SSLError as exc:
+        raise typer.BadParameter(
+            f"{str(cert)!r} and {str(key)!r} are not a PEM certificate chain and its unencrypted private key"
+            + (f" ({exc.reason})" if exc.reason else ""),
+            param_hint="--tls-cert/--tls-key",
+        ) from None
+
+
 @app.command()
 def serve(
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
@@ -1157,6 +1180,8 @@ def serve(
     settings = _settings()
     if (tls_cert is None) != (tls_key is None):
         raise typer.BadParameter("give both --tls-cert and --tls-key, or neither", param_hint="--tls-cert")
+    if tls_cert is not None and tls_key is not None:
+        _check_tls(tls_cert, tls_key)
     if workers is not None:
         settings = settings.replace(workers=workers)
     if processes is not None:

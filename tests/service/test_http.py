@@ -440,6 +440,41 @@ class TestTls:
             with pytest.raises(httpx.TransportError), httpx.Client() as c:
                 c.get(f"http://127.0.0.1:{srv.port}/healthz", headers=AUTH, timeout=5)
 
+    @pytest.mark.parametrize("which", ["missing cert", "missing key", "cert as key", "another key", "a folder"])
+    def test_bad_files_exit_2_naming_them(
+        self, tmp_path: Path, tls_files: tuple[Path, Path, Path], which: str, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """A missing, mismatched or unreadable certificate or key is a one-line exit 2 naming the file
+        and the option, before anything starts (it was a 55-line traceback from uvicorn, exit 1)."""
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric import ec
+        from typer.testing import CliRunner
+
+        from atomic_usage.cli import app
+
+        cert, key, _ = tls_files
+        other = tmp_path / "other.key"
+        other.write_bytes(
+            ec.generate_private_key(ec.SECP256R1()).private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+            )
+        )
+        cert_arg, key_arg, named = {
+            "missing cert": (tmp_path / "nope.pem", key, "nope.pem"),
+            "missing key": (cert, tmp_path / "nope.key", "nope.key"),
+            "cert as key": (cert, cert, cert.name),
+            "another key": (cert, other, "other.key"),
+            "a folder": (cert, tmp_path, str(tmp_path)),
+        }[which]
+        monkeypatch.setenv("ATOMIC_DATA_DIR", str(tmp_path / "data"))
+        monkeypatch.setenv("ATOMIC_API_TOKENS", AUTH["Authorization"].removeprefix("Bearer "))
+        res = CliRunner().invoke(
+            app, ["serve", "--port", "0", "--tls-cert", str(cert_arg), "--tls-key", str(key_arg)], terminal_width=400
+        )
+        assert res.exit_code == 2, res.output
+        assert "Traceback" not in res.output and named in res.output and "--tls-" in res.output
+        assert not (tmp_path / "data").exists(), "nothing is created for a server that cannot start"
+
 
 class TestBundledModel:
     """The bundled ONNX model serves through the HTTP layer."""

@@ -427,6 +427,28 @@ def test_counters_never_drop_when_a_process_is_replaced(tmp_path: Path) -> None:
             assert _metric(text, "atomic_replays_total") == (rnd + 1) * 8
 
 
+def test_a_taken_port_is_one_line_and_exit_3(tmp_path: Path) -> None:
+    """serve --processes on a port another socket holds: one error line naming the address, exit 3
+    as a single process gives (it was a traceback from the supervisor's bind, exit 1)."""
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = {**os.environ, "ATOMIC_DATA_DIR": str(tmp_path), "ATOMIC_API_TOKENS": AUTH["Authorization"][7:]}
+        res = subprocess.run(
+            [sys.executable, "-m", "atomic_usage.cli", "serve", "--port", str(port), "--processes", "2"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    assert res.returncode == 3, res.stderr
+    assert "Traceback" not in res.stderr
+    assert f"cannot listen on 127.0.0.1:{port}: Address already in use" in res.stderr
+
+
 def test_counts_of_a_process_killed_between_scrapes_stay(tmp_path: Path) -> None:
     """A serving process publishes its counters every second, not only when scraped: one killed
     before any scrape still has every record it served in the merged counters."""

@@ -141,7 +141,11 @@ def serve_processes(settings: Settings, model: str | None, options: dict[str, An
         return _serve_shared_socket(settings, model, options)
     import multiprocessing
 
-    holder = _bind(options["host"], options["port"])  # holds the port; never listens, so gets no connection
+    try:
+        holder = _bind(options["host"], options["port"])  # holds the port; never listens, so gets no connection
+    except OSError as exc:  # in use, a name that does not resolve, an address not of this machine
+        _log.error("cannot listen on %s:%s: %s", options["host"], options["port"], exc.strerror or exc)
+        return STARTUP_FAILURE
     options = {**options, "port": holder.getsockname()[1]}
     ctx = multiprocessing.get_context("spawn")  # a fresh interpreter each: no threads or sessions forked
     stop = threading.Event()
