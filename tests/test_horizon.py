@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -66,11 +67,15 @@ class TestEverywhere:
         out = predictor.process(payload, horizon=MAX_HORIZON)
         assert len(out["results"][0]["forecasts"]["cpuLoad"]["steps"]) == MAX_HORIZON
 
-    def test_setting(self) -> None:
-        """ATOMIC_HORIZON past the limit is a ConfigError naming the variable and the limit."""
+    @pytest.mark.parametrize("raw", ["289", "0", "-3", "abc", "1.5", ""])
+    def test_setting(self, raw: str) -> None:
+        """ATOMIC_HORIZON past the limit, below it or not a whole number is a ConfigError naming the
+        variable, in the words of every other horizon (0 and words had messages of their own)."""
         assert Settings.from_env({"ATOMIC_HORIZON": "288"}).horizon == 288
-        with pytest.raises(ConfigError, match=r"ATOMIC_HORIZON='289' must be a whole number of steps from 1 to 288"):
-            Settings.from_env({"ATOMIC_HORIZON": "289"})
+        with pytest.raises(
+            ConfigError, match=rf"ATOMIC_HORIZON='{re.escape(raw)}' must be a whole number of steps from 1 to 288"
+        ):
+            Settings.from_env({"ATOMIC_HORIZON": raw})
 
     def test_forecast_frame(self) -> None:
         """The library's file forecast refuses it with the same words."""

@@ -117,11 +117,15 @@ def _int(name: str, raw: str, *, minimum: int) -> int:
 
 
 def _horizon(name: str, raw: str) -> int:
-    v = _int(name, raw, minimum=1)
+    """``raw`` as a horizon; a word, a fraction or a number out of range gets the horizon's one message."""
+    try:
+        v: int | str = int(raw)
+    except ValueError:
+        v = raw
     problem = validate_horizon(v)
     if problem is not None:
         raise ConfigError(f"{name}={raw!r} {problem}; set e.g. {name}={DEFAULT_HORIZON}.", name=name)
-    return v
+    return int(v)
 
 
 def _float(name: str, raw: str, *, minimum: float) -> float:
