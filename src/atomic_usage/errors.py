@@ -135,7 +135,8 @@ class PayloadError(DataError, ValueError):
     def __init__(self, errors: list[RecordError]) -> None:
         self.errors = list(errors)
         head = "; ".join(str(e) for e in self.errors[:5])
-        more = f" (and {len(self.errors) - 5} more)" if len(self.errors) > 5 else ""
+        k = len(self.errors) - 5
+        more = f"; and {k} more bad field{'s' if k != 1 else ''} (each in .errors)" if k > 0 else ""
         n = len(self.errors)
         super().__init__(
             f"The payload has {n} bad field{'s' if n != 1 else ''}: {head}{more}; "

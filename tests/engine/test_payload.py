@@ -119,6 +119,24 @@ class TestParsePayload:
         for o in obs:
             assert all(0 <= v <= 100 for v in o.values.values())
 
+    @pytest.mark.parametrize(
+        "n, tail",
+        [
+            (5, "record 4 (id 'vm-4'), field 'foo'"),
+            (6, "and 1 more bad field (each"),
+            (12, "and 7 more bad fields (each"),
+        ],
+    )
+    def test_message_counts_the_rest_as_bad_fields(self, n: int, tail: str) -> None:
+        """The message names five bad fields and counts the others as such: '(and 5 more)' right after
+        an unknown field's list of known ones read as five more known fields."""
+        with pytest.raises(PayloadError) as info:
+            parse_payload({"usageData": [{"id": f"vm-{i}", "cpuLoad": 1, "foo": 2} for i in range(n)]}, now=0.0)
+        assert len(info.value.errors) == n
+        text = str(info.value)
+        assert tail in text and "storageUsage (and" not in text
+        assert text.endswith("; fix them and send the payload again (nothing from it was applied).")
+
 
 class TestAdversarialValues:
     """Values found by trying to break the engine: refused up front, never stored."""
