@@ -302,6 +302,24 @@ class TestEngineCommands:
         res = runner.invoke(app, ["stats", "--json"])
         assert res.exit_code == 0 and '"done": 1' in res.output
 
+    def test_recover_says_what_a_lease_still_holds(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        """Right after a crash, `tasks recover` resumes nothing (the dead process's lease still runs) and
+        says so, with the way to resume now; it said only 'resumed 0 task(s)' while a task stayed running."""
+        from atomic_usage import Settings
+        from atomic_usage.engine.store import STORE_FILENAME, TaskStore
+
+        monkeypatch.setenv("ATOMIC_DATA_DIR", str(tmp_path))
+        store = TaskStore(Settings.from_env().data_dir / STORE_FILENAME)
+        payload = {"usageData": [{"id": "a", "cpuLoad": 5}]}
+        store.accept(payload, request_id="crashed", owner="a-dead-process", claim=True)
+        store.close()
+        res = runner.invoke(app, ["tasks", "recover"], terminal_width=400)
+        assert res.exit_code == 0, res.output
+        assert "resumed 0 task(s)" in res.output
+        assert "1 task(s) still unfinished under a lease of 30 s" in res.output and "--force" in res.output
+        res = runner.invoke(app, ["tasks", "recover", "--force"], terminal_width=400)
+        assert res.exit_code == 0 and "resumed 1 task(s)" in res.output and "still unfinished" not in res.output
+
     @pytest.mark.parametrize("width", [60, 80, 120])
     def test_tasks_list_never_cuts_ids(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, width: int) -> None:
         """On any terminal width every task and request id is shown whole (folded if need be), never cut."""

@@ -1089,10 +1089,20 @@ def tasks_recover(
     settings = _settings()
     with _errors():
         from .engine.predictor import UsagePredictor
+        from .engine.store import DEFAULT_LEASE_S
 
         with UsagePredictor(settings, recover=False) as predictor:
             report = predictor.recover(force=force)
+            counts = {k.value: v for k, v in predictor.store.counts().items()}
         err.print(f"resumed {report['resumed']} task(s), failed {report['failed']} that had used their attempts")
+        held = counts.get("accepted", 0) + counts.get("running", 0)
+        if held:
+            # Left under a lease: a live server's, or one that stopped less than a lease ago.
+            err.print(
+                f"{held} task(s) still unfinished under a lease of {DEFAULT_LEASE_S:g} s: a running server works "
+                "on them, or resumes them once the lease of one that stopped runs out; with no server on this "
+                "store, `atomic-usage tasks recover --force` resumes them now."
+            )
 
 
 @app.command()
