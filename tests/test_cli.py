@@ -302,6 +302,19 @@ class TestEngineCommands:
         res = runner.invoke(app, ["stats", "--json"])
         assert res.exit_code == 0 and '"done": 1' in res.output
 
+    @pytest.mark.parametrize("command", [["tasks", "list"], ["tasks", "show", "x"], ["stats"]])
+    def test_a_folder_without_a_store(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, command: list[str]
+    ) -> None:
+        """The read-only commands name a data folder that holds no store and create nothing there (a
+        mistyped ATOMIC_DATA_DIR got a new empty store and an empty table)."""
+        folder = tmp_path / "typo"
+        monkeypatch.setenv("ATOMIC_DATA_DIR", str(folder))
+        res = runner.invoke(app, command, terminal_width=400)
+        assert res.exit_code == 2
+        assert "no task store in" in res.output and str(folder) in res.output and "ATOMIC_DATA_DIR" in res.output
+        assert not folder.exists()
+
     def test_recover_says_what_a_lease_still_holds(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         """Right after a crash, `tasks recover` resumes nothing (the dead process's lease still runs) and
         says so, with the way to resume now; it said only 'resumed 0 task(s)' while a task stayed running."""

@@ -1004,10 +1004,19 @@ def _print_demo(
 
 
 def _store(settings: Settings) -> Any:
-    from .engine.store import open_store
+    """The task store, for the commands that only read it: a folder without one is an error
+    naming it, and nothing is created there (a mistyped ATOMIC_DATA_DIR showed an empty store)."""
+    from .engine.store import STORE_FILENAME, open_store
 
     if settings.skip_persistence:
         raise typer.BadParameter("SKIP_PERSISTENCE is set, so there is no stored task to show; unset it.")
+    path = Path(settings.data_dir) / STORE_FILENAME
+    if not path.is_file():
+        raise typer.BadParameter(
+            f"there is no task store in {str(settings.data_dir)!r} ({STORE_FILENAME} is missing): nothing was "
+            "stored there yet; set ATOMIC_DATA_DIR to the folder the service or process() uses",
+            param_hint="ATOMIC_DATA_DIR",
+        )
     return open_store(settings)
 
 
