@@ -87,12 +87,29 @@ class TestForecast:
         assert message in text and "bad.csv" in text and "Traceback" not in text
 
     def test_missing_model_folder_exits_3(self, tmp_path: Path) -> None:
-        """A model folder that does not exist is a clear error."""
+        """A model folder that does not exist is a clear error naming the baselines, and an empty one
+        names the missing file."""
         inp = write_fleet(tmp_path / "in.csv")
         res = runner.invoke(
             app, ["forecast", "-i", str(inp), "-H", "3", "-o", str(tmp_path / "o.csv"), "-m", str(tmp_path / "nomodel")]
         )
+        text = " ".join(res.output.split())
+        assert res.exit_code == 3 and "is neither a baseline (damped_trend, naive," in text and "nomodel" in text
+        (tmp_path / "empty").mkdir()
+        res = runner.invoke(
+            app, ["forecast", "-i", str(inp), "-H", "3", "-o", str(tmp_path / "o.csv"), "-m", str(tmp_path / "empty")]
+        )
         assert res.exit_code == 3 and "model.json is missing" in " ".join(res.output.split())
+
+    def test_a_misspelled_baseline_is_named_before_the_input_is_read(self, tmp_path: Path) -> None:
+        """--model NAIVE says which baseline was meant, before reading the input (an unreadable input
+        is not what it reports), instead of 'NAIVE: model.json is missing' after reading it whole."""
+        res = runner.invoke(
+            app,
+            ["forecast", "-i", str(tmp_path / "absent.csv"), "-H", "3", "-o", str(tmp_path / "o.csv"), "-m", "NAIVE"],
+        )
+        text = " ".join(res.output.split())
+        assert res.exit_code == 3 and "did you mean 'naive'?" in text and "absent.csv" not in text
 
 
 class TestForecastOddColumns:

@@ -321,13 +321,13 @@ def forecast(
         from .data.regularize import regularize
         from .models.base import NO_FORECAST, on_fallback
 
+        fc_model = _load_forecaster(model, settings)  # a bad --model fails before the input is read
         issues: list[Any] = []
         frame, grid = _read_source(
             input, prometheus, range_, step, selector, mount, query, from_store, settings, issues=issues
         )
         panel, report = regularize(frame, grid)
         logging.getLogger("atomic_usage").info("%s: %s", input or prometheus or "store", report.summary())
-        fc_model = _load_forecaster(model, settings)
         t = time.perf_counter()
         result = _forecast_panel(fc_model, panel, horizon, issues)
         _write_table(result, output)
@@ -1118,7 +1118,7 @@ def tasks_recover(
 def stats(
     as_json: Annotated[bool, typer.Option("--json", help="JSON instead of a table.")] = False,
 ) -> None:
-    """Show the engine's counters: tasks by status, and the stored history."""
+    """Show the engine's stored tasks, counted by status."""
     settings = _settings()
     with _errors():
         store = _store(settings)

@@ -246,4 +246,12 @@ def load_forecaster(ref: str | Path | None, *, threads: int = 0) -> Forecaster:
 
     if isinstance(ref, str) and ref in BASELINES:
         return BASELINES[ref]()
+    if ref is not None and not Path(ref).exists():
+        names = ", ".join(sorted(BASELINES))
+        near = [b for b in BASELINES if b == str(ref).strip().lower()]
+        hint = f"; did you mean {near[0]!r}?" if near else ""
+        raise ArtifactError(
+            f"{str(ref)!r} is neither a baseline ({names}) nor a model folder (no such file or folder){hint}",
+            path=str(ref),
+        )
     return load_model(ref, threads=threads)
