@@ -231,6 +231,7 @@ class TestBadInput:
         ("column", "value", "message"),
         [
             ("id", None, r"bad\.csv: Line \d+ has no id"),
+            ("timestamp", None, r"bad\.csv: Line \d+ has no timestamp"),
             ("timestamp", "yesterday", r"bad\.csv: Column 'timestamp' holds a value that is not an ISO 8601"),
         ],
     )
