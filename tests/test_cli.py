@@ -58,13 +58,15 @@ class TestForecast:
         line = " ".join(res.output.split())
         assert "2 machines (6 series: machine × metric)" in line and "(3 series on a fallback" in line
 
-    def test_output_that_is_the_input_is_refused(self, tmp_path: Path) -> None:
-        """-o naming the --input file (or a link to it) exits 2 and leaves the history as it was."""
+    @pytest.mark.parametrize("command", ["forecast", "report"])
+    def test_output_that_is_the_input_is_refused(self, tmp_path: Path, command: str) -> None:
+        """-o naming the --input file (or a link to it) exits 2 and leaves the history as it was;
+        report too, which wrote its HTML page over the history (exit 0)."""
         inp = write_fleet(tmp_path / "in.csv")
         before = inp.read_bytes()
         (tmp_path / "link.csv").symlink_to(inp)
         for out in (inp, tmp_path / "link.csv"):
-            res = runner.invoke(app, ["forecast", "-i", str(inp), "-H", "3", "-o", str(out), "-m", "naive"])
+            res = runner.invoke(app, [command, "-i", str(inp), "-H", "3", "-o", str(out), "-m", "naive"])
             assert res.exit_code == 2 and "is the --input file" in _flat(res.output)
         assert inp.read_bytes() == before
 

@@ -245,6 +245,13 @@ def _settings() -> Settings:
     return s
 
 
+def _refuse_input_as_output(input: Path | None, output: Path, what: str) -> None:
+    """Refuses an --output that is the --input file (or a link to it): the output replaces the
+    file when it is complete, and here that would be the history."""
+    if input is not None and output.exists() and input.exists() and output.resolve() == input.resolve():
+        raise typer.BadParameter(f"{output} is the --input file; write {what} to another path", param_hint="--output")
+
+
 def _load_forecaster(model: str | None, settings: Settings) -> Any:
     from .models.artifact import load_forecaster
 
@@ -288,11 +295,7 @@ def forecast(
     and --output is a folder of part-XXXXX.parquet files (ids hash-partitioned).
     """
     settings = _settings()
-    if input is not None and output.exists() and input.exists() and output.resolve() == input.resolve():
-        # The forecast replaces the output file when it is complete: here that would be the history.
-        raise typer.BadParameter(
-            f"{output} is the --input file; write the forecast to another path", param_hint="--output"
-        )
+    _refuse_input_as_output(input, output, "the forecast")
     if cluster is not None or scheduler is not None:
         if input is None:
             raise typer.BadParameter("a cluster run reads files: give --input FILE or FOLDER", param_hint="--input")
@@ -1459,6 +1462,7 @@ def report(
 ) -> None:
     """Write one self-contained HTML page: machines closest to exhausting a resource, with charts."""
     settings = _settings()
+    _refuse_input_as_output(input, output, "the report")
     with _errors():
         from .data.regularize import regularize
         from .report.html import write_report

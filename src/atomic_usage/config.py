@@ -199,9 +199,9 @@ class Settings:
             (``ATOMIC_GAUGE_STEPS``; ``none`` exports none, keeping the time-to-threshold and
             origin gauges): each step is 9 series per machine, so a large fleet exports fewer.
         history_limit: observations kept per machine and metric (``ATOMIC_HISTORY_LIMIT``).
-        task_keep_s: seconds a done or failed task and its results are kept in the store
-            (``ATOMIC_TASK_KEEP_S``); its ``Idempotency-Key`` is remembered as long. Older ones
-            are deleted at start and every 10 minutes, so the store stops growing.
+        task_keep_s: seconds a done or failed task and its results are kept in the store after it
+            finished (``ATOMIC_TASK_KEEP_S``); its ``Idempotency-Key`` is remembered as long.
+            Older ones are deleted at start and every 10 minutes, so the store stops growing.
         batch_max_size: records per engine batch at most (``ATOMIC_BATCH_MAX_SIZE``).
         batch_max_wait_s: seconds a batch waits to fill (``ATOMIC_BATCH_MAX_WAIT_S``).
         workers: engine workers; 0 means one per core (``ATOMIC_WORKERS``).

@@ -231,6 +231,7 @@ class TestBadInput:
         ("column", "value", "message"),
         [
             ("id", None, r"bad\.csv: Line \d+ has no id"),
+            ("timestamp", None, r"bad\.csv: Line \d+ has no timestamp"),
             ("timestamp", "yesterday", r"bad\.csv: Column 'timestamp' holds a value that is not an ISO 8601"),
         ],
     )
@@ -387,6 +388,21 @@ def test_scratch_folder_option(tmp_path: Path) -> None:
     assert "shuffled by id range" in text
     assert list((tmp_path / "scratch").iterdir()) == []
     shutil.rmtree(tmp_path / "scratch")
+
+
+def test_scratch_that_is_a_file(tmp_path: Path) -> None:
+    """A --scratch that is a file fails naming it (exit 2), and the output is left as it was: it
+    was a FileExistsError traceback, exit 1."""
+    inp = write_input(shuffled(hard_fleet()), tmp_path / "in.parquet")
+    (tmp_path / "scratch").write_text("a file of the user")
+    (tmp_path / "out.parquet").write_text("an older forecast")
+    args = ["forecast", "-i", str(inp), "-H", "12", "-o", str(tmp_path / "out.parquet"), "-m", "naive"]
+    res = runner.invoke(app, [*args, "--rows-per-bucket", str(_ROWS), "--scratch", str(tmp_path / "scratch")])
+    assert res.exit_code == 2, res.output
+    assert isinstance(res.exception, SystemExit)
+    assert "is a file, not a folder" in " ".join(res.output.split())
+    assert (tmp_path / "scratch").read_text() == "a file of the user"
+    assert (tmp_path / "out.parquet").read_text() == "an older forecast"
 
 
 class TestCliExtras:

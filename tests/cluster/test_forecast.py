@@ -231,6 +231,20 @@ class TestBadInput:
             forecast_distributed(client, tmp_path / "nope.csv", 6, tmp_path / "out", model="naive", scratch=scratch)
         assert sorted(p.name for p in scratch.iterdir()) == ["mine.txt"]
 
+    def test_scratch_that_is_a_file(self, client, messy_parquet: Path, tmp_path: Path) -> None:
+        """A --scratch that is a file fails naming it before anything is written or removed: it was
+        "the cluster failed during the job (FileExistsError ...); run it again" (exit 3), after the
+        parts of the output's earlier run were deleted."""
+        (tmp_path / "scratch").write_text("a file of the user")
+        (tmp_path / "out").mkdir()
+        (tmp_path / "out" / "part-00000.parquet").write_bytes(b"an earlier run's part")
+        with pytest.raises(SchemaError, match=r"scratch: is a file, not a folder"):
+            forecast_distributed(
+                client, messy_parquet, 6, tmp_path / "out", model="naive", scratch=tmp_path / "scratch"
+            )
+        assert (tmp_path / "scratch").read_text() == "a file of the user"
+        assert [p.name for p in (tmp_path / "out").iterdir()] == ["part-00000.parquet"]
+
     def test_output_folder_holding_the_input(self, client, tmp_path: Path) -> None:
         """An output folder that holds input files (Spark's part-*.parquet) is refused before anything
         is removed: its parts of an earlier run were removed first, the input's among them."""

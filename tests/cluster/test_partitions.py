@@ -114,6 +114,20 @@ class TestReadChunkLines:
                 errors.append(str(exc))
         assert errors == [f"{path}: Line 202 has no id; give every row an id."]
 
+    def test_missing_timestamp(self, tmp_path: Path) -> None:
+        """A row without timestamp is refused by its file line too: it was read as NaT, which put
+        the grid's start in 1677 and its end in 2262 (millions of steps, forecast at those times)."""
+        path = self._csv(tmp_path, "timestamp", 200, None)
+        chunks = plan_chunks([path], csv_block_bytes=2048)
+        late = [c for c in chunks if c.byte_range is not None and c.byte_range[0] > 0]
+        errors = []
+        for c in late:
+            try:
+                read_chunk(c, out_of_range="reject", issues=[], warnings=[])
+            except SchemaError as exc:
+                errors.append(str(exc))
+        assert errors == [f"{path}: Line 202 has no timestamp; give every row one, written like 2014-02-17T14:30:00Z."]
+
     def test_non_numeric_strict(self, tmp_path: Path) -> None:
         """Without an issues list (dataset build), a bad cell in a later range names its file line."""
         path = self._csv(tmp_path, "cpuLoad", 150, "high")

@@ -294,6 +294,22 @@ def check_trim_tasks_deletes_old_finished_tasks_only(store: Store, clock: FakeCl
     assert again.created and again.task.task_id != old_done.task_id
 
 
+def check_trim_tasks_counts_from_the_finish(store: Store, clock: FakeClock) -> None:
+    # accepted long ago (a long queue, or recovered after an outage) but finished just now: its
+    # caller has yet to fetch the result, which stays for the whole keep time from the finish
+    done = store.accept(PAYLOAD, request_id="late-done").task
+    failed = store.accept(PAYLOAD, request_id="late-failed").task
+    clock.advance(1000)
+    store.complete(done.task_id, [b"r0"])
+    store.fail(failed.task_id, "boom")
+    clock.advance(1)
+    assert store.trim_tasks(60) == 0
+    assert store.results(done.task_id) == [b"r0"]
+    assert store.get(failed.task_id).status is TaskStatus.FAILED
+    clock.advance(60)
+    assert store.trim_tasks(60) == 2
+
+
 STORE_CHECKS: list[Callable[[Store, FakeClock], None]] = [
     check_accept_creates_accepted_task,
     check_accept_copies_payload,
@@ -315,6 +331,7 @@ STORE_CHECKS: list[Callable[[Store, FakeClock], None]] = [
     check_accept_with_claim_stores_a_running_task,
     check_apply_runs_each_write_alone,
     check_trim_tasks_deletes_old_finished_tasks_only,
+    check_trim_tasks_counts_from_the_finish,
 ]
 
 

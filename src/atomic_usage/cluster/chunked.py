@@ -27,7 +27,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import shutil
-import tempfile
 import time
 from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
@@ -51,7 +50,7 @@ from .partitions import (
     text_columns,
     write_pieces,
 )
-from .shuffle import DEFAULT_ROWS_PER_BUCKET
+from .shuffle import DEFAULT_ROWS_PER_BUCKET, make_scratch
 from .writer import FrameWriter
 
 if TYPE_CHECKING:
@@ -355,7 +354,7 @@ def _shuffle(
     total = int(counts.sum())
     bounds = _range_bounds(counts, rows)
     del counts
-    scratch = Path(tempfile.mkdtemp(prefix=".atomic-shuffle-", dir=scratch_root))
+    scratch = make_scratch(scratch_root, prefix=".atomic-shuffle-")
     try:
         tick = stage("splitting", total)
         for k, df in enumerate(_frames(path, rows, run, id_col, time_col)):
@@ -455,7 +454,6 @@ def forecast_chunked(
                         mode = "shuffle"
                 if mode == "shuffle":
                     root = Path(scratch) if scratch is not None else writer.path.parent
-                    root.mkdir(parents=True, exist_ok=True)
                     _shuffle(p, rows, run, root, id_col, time_col, stage, total)
             except _MixedColumns as exc:
                 # Rare (a column whose first rows are text): what was written used another set of

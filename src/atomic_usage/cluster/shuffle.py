@@ -32,6 +32,7 @@ __all__ = [
     "cleared_on_failure",
     "finish_output",
     "gather",
+    "make_scratch",
     "map_dask_errors",
     "mixed_columns",
     "n_buckets_for",
@@ -261,6 +262,26 @@ def run_split(
     return dict(sorted(rows.items()))
 
 
+def make_scratch(root: Path, *, prefix: str = "atomic-scratch-") -> Path:
+    """A new folder of the job's own in the user's scratch folder ``root`` (made if missing).
+
+    Raises:
+        SchemaError: ``root`` is a file, or no folder can be made in it (an OSError here is the
+            user's path, not a failure of the cluster that running again would get past).
+    """
+    if root.exists() and not root.is_dir():
+        raise SchemaError(f"{root}: is a file, not a folder; give --scratch a folder to work in.", path=str(root))
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        return Path(tempfile.mkdtemp(prefix=prefix, dir=root))
+    except OSError as exc:
+        raise SchemaError(
+            f"{root}: cannot make a scratch folder in it ({exc.strerror or exc}); give --scratch a folder "
+            "you can write to.",
+            path=str(root),
+        ) from None
+
+
 def prepare_output(out_dir: Path, scratch: Path | None, inputs: Iterable[str] = ()) -> Path:
     """Makes the output folder, removes parts of an earlier run, and returns the scratch folder.
 
@@ -272,7 +293,8 @@ def prepare_output(out_dir: Path, scratch: Path | None, inputs: Iterable[str] = 
 
     Raises:
         SchemaError: ``out_dir`` exists and is a file, or holds an input file this would remove
-            (a Spark folder of ``part-*.parquet`` given as both input and output).
+            (a Spark folder of ``part-*.parquet`` given as both input and output); or ``scratch``
+            is a file or cannot be written (:func:`make_scratch`).
     """
     if out_dir.exists() and not out_dir.is_dir():
         raise SchemaError(
@@ -289,13 +311,14 @@ def prepare_output(out_dir: Path, scratch: Path | None, inputs: Iterable[str] = 
                 "give an output folder apart from the input.",
                 path=str(out_dir),
             )
+    # The user's folder (``--scratch /tmp``): the job's own folder in it, never the folder itself;
+    # made before the earlier run's parts are removed, so that a bad --scratch leaves them.
+    own = make_scratch(scratch) if scratch is not None else None
     out_dir.mkdir(parents=True, exist_ok=True)
     for old in [*out_dir.glob("part-*.parquet"), out_dir / SUCCESS_FILE]:
         old.unlink(missing_ok=True)
-    if scratch is not None:
-        # The user's folder (``--scratch /tmp``): the job's own folder in it, never the folder itself.
-        scratch.mkdir(parents=True, exist_ok=True)
-        return Path(tempfile.mkdtemp(prefix="atomic-scratch-", dir=scratch))
+    if own is not None:
+        return own
     scratch = out_dir / "_scratch"
     if scratch.exists():
         shutil.rmtree(scratch)

@@ -244,8 +244,8 @@ def validate_wide(
             reject their series as a whole read does (:func:`metric_columns`).
 
     Raises:
-        SchemaError: a column is missing, a timestamp does not parse, a row has no id, or (without
-            ``issues``) a value is not a number or is out of range (see above).
+        SchemaError: a column is missing, a timestamp does not parse, a row has no id or no
+            timestamp, or (without ``issues``) a value is not a number or is out of range (see above).
     """
     require_columns(df, [id_col, time_col], path=path)
     metrics = metric_columns(
@@ -263,6 +263,16 @@ def validate_wide(
         place = locate_row(row, path, row_numbers)
         raise SchemaError(
             f"{path + ': ' if path else ''}{place[0].upper() + place[1:]} has no id; give every row an id.", path=path
+        )
+    if out[time_col].isna().any():
+        # An empty cell parses as NaT, which regularize would floor to the far ends of the
+        # datetime range (a grid from 1677 to 2262): refused as a row without id is.
+        row = df.index[out[time_col].isna().to_numpy()][0]
+        place = locate_row(row, path, row_numbers)
+        raise SchemaError(
+            f"{path + ': ' if path else ''}{place[0].upper() + place[1:]} has no timestamp; "
+            "give every row one, written like 2014-02-17T14:30:00Z.",
+            path=path,
         )
     for c in metrics:
         out[c] = pd.to_numeric(df[c], errors="coerce").astype("float64")

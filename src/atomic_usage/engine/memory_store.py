@@ -262,7 +262,7 @@ class MemoryStore:
         """See :meth:`TaskStore.trim_tasks`."""
         cutoff = self.clock() - older_than_s
         with self._lock:
-            gone = [t for t in self._tasks.values() if t.created_at < cutoff and t.status.is_final]
+            gone = [t for t in self._tasks.values() if t.updated_at < cutoff and t.status.is_final]
             for t in gone:
                 del self._tasks[t.task_id]
                 self._by_request.pop(t.request_id, None)

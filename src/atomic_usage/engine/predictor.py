@@ -68,9 +68,9 @@ LOG_KEEP_S = 300.0
 
 TRIM_EVERY_S = 600.0
 """Seconds between the maintenance passes that delete stored observations beyond
-``Settings.history_limit`` per machine and metric, and finished tasks older than
-``Settings.task_keep_s`` with their results (the first pass runs at start), so a service that
-runs for months keeps a bounded store."""
+``Settings.history_limit`` per machine and metric, and tasks finished more than
+``Settings.task_keep_s`` ago with their results (the first pass runs at start), so a service
+that runs for months keeps a bounded store."""
 
 _INLINE_RECORDS = 1000
 """Payloads up to this many records are validated on the event loop by ``aprocess`` (about
@@ -590,11 +590,11 @@ class UsagePredictor:
         return n
 
     def trim_tasks(self) -> int:
-        """Deletes the done and failed tasks older than ``task_keep_s`` with their results (so the
-        store stops growing; their keys are forgotten); returns how many went."""
+        """Deletes the done and failed tasks finished more than ``task_keep_s`` ago with their
+        results (so the store stops growing; their keys are forgotten); returns how many went."""
         n = self.store.trim_tasks(self.settings.task_keep_s)
         if n:
-            _log.info("deleted %d finished tasks older than %g s with their results", n, self.settings.task_keep_s)
+            _log.info("deleted %d tasks finished more than %g s ago with their results", n, self.settings.task_keep_s)
         return n
 
     def _maintain(self, recover: bool) -> None:

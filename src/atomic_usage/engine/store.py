@@ -903,8 +903,13 @@ class TaskStore:
             return cur.rowcount
 
     def trim_tasks(self, older_than_s: float, *, batch: int = 500) -> int:
-        """Deletes the done and failed tasks created more than ``older_than_s`` seconds ago,
+        """Deletes the done and failed tasks finished more than ``older_than_s`` seconds ago,
         with their results; returns how many went. Unfinished tasks are never touched.
+
+        Counted from the finish, not the acceptance: a task that waited long (a long queue, or
+        recovered after an outage) keeps its result for its caller as long as any other. A
+        finished task's ``updated_at`` is its finish, never before its ``created_at``, so the
+        index on ``created_at`` still narrows the search.
 
         In transactions of at most ``batch`` tasks, so that requests are never held behind one
         long write; freed pages are reused by SQLite (the file stops growing, it does not shrink).
@@ -916,9 +921,9 @@ class TaskStore:
                 ids = [
                     r[0]
                     for r in conn.execute(
-                        "SELECT task_id FROM tasks WHERE created_at < ? AND status IN ('done', 'failed') "
-                        "ORDER BY created_at LIMIT ?",
-                        (cutoff, batch),
+                        "SELECT task_id FROM tasks WHERE created_at < ? AND updated_at < ? "
+                        "AND status IN ('done', 'failed') ORDER BY created_at LIMIT ?",
+                        (cutoff, cutoff, batch),
                     )
                 ]
                 marks = ",".join("?" * len(ids))
