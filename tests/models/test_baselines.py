@@ -104,9 +104,35 @@ class TestDampedTrend:
         fc = DampedTrend().forecast_arrays([np.linspace(20, 2, 200)], 288, np.array([True]))[0]
         assert fc[1, 0] < 2 and (np.diff(fc[1]) <= 0).all() and (fc >= 0).all()
 
+    def test_a_burst_that_ended_neither_lifts_nor_tilts_the_line(self) -> None:
+        """Flat load with a 30-minute burst to +40 that ended 35 minutes ago: the line starts at the
+        load's level and stays flat (least squares over the same steps started 5.6 points above the
+        last value and climbed; a fresh-clone user saw the day-ahead forecast jump 14 points)."""
+        rng = np.random.default_rng(1)
+        load = 55 + rng.normal(0, 2, 200)
+        load[-13:-7] += 40
+        slope, level = DampedTrend().line([load])
+        assert abs(slope[0]) < 0.05 and abs(level[0] - 55) < 1.5
+        fc = DampedTrend().forecast_arrays([load], 288, np.array([True]))[0]
+        assert abs(fc[1, 0] - 55) < 1.5 and abs(fc[1, -1] - 55) < 5
+
+    def test_missing_steps_in_the_window_are_left_out(self) -> None:
+        """Gaps inside the fitted steps are skipped, and a window with no value at all is naive's."""
+        climb = 40 + np.arange(120) * 0.1
+        holed = climb.copy()
+        holed[-50:-20] = np.nan
+        slope, level = DampedTrend().line([climb, holed])
+        np.testing.assert_allclose(slope, [0.1, 0.1], atol=1e-9)
+        np.testing.assert_allclose(level, [climb[-1]] * 2, atol=1e-9)
+        empty = np.concatenate([np.full(10, 30.0), np.full(80, np.nan)])
+        got = DampedTrend().forecast_arrays([empty], 12, np.array([True]))
+        np.testing.assert_allclose(got, Naive().forecast_arrays([empty], 12, np.array([True])))
+
     def test_phi_out_of_range_is_refused(self) -> None:
         with pytest.raises(ValueError, match="phi"):
             DampedTrend(phi=1.5)
+        with pytest.raises(ValueError, match="window"):
+            DampedTrend(window=1)
 
 
 class TestNanQuantileRows:
