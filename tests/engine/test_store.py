@@ -88,6 +88,20 @@ class TestTaskStoreDurability:
             assert store.trim_tasks(500, batch=2) == 7
             assert [t.request_id for t in store.list_tasks()] == ["new"]
 
+    def test_trim_tasks_stops_near_most(self, tmp_path: Path) -> None:
+        """With ``most`` a backlog goes over several calls, whole batches each, oldest first, so a
+        maintenance pass gets back to renewing leases; the last call finds what is left."""
+        clock = FakeClock()
+        with TaskStore(tmp_path / "s.db", clock=clock) as store:
+            for k in range(7):
+                store.complete(store.accept({"k": k}, request_id=f"old-{k}").task.task_id, [b"x"])
+                clock.advance(1)
+            clock.advance(1000)
+            assert store.trim_tasks(500, batch=2, most=3) == 4
+            assert [t.request_id for t in store.list_tasks()][::-1] == ["old-4", "old-5", "old-6"]
+            assert store.trim_tasks(500, batch=2, most=3) == 3
+            assert store.trim_tasks(500, batch=2, most=3) == 0
+
     def test_pragmas(self, tmp_path: Path) -> None:
         with TaskStore(tmp_path / "a.sqlite3", synchronous="normal", busy_timeout_s=2.0) as s:
             conn = s._conn()

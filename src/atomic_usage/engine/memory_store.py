@@ -258,11 +258,11 @@ class MemoryStore:
                 n += len(drop)
         return n
 
-    def trim_tasks(self, older_than_s: float) -> int:
+    def trim_tasks(self, older_than_s: float, *, most: int | None = None) -> int:
         """See :meth:`TaskStore.trim_tasks`."""
         cutoff = self.clock() - older_than_s
         with self._lock:
-            gone = [t for t in self._tasks.values() if t.updated_at < cutoff and t.status.is_final]
+            gone = [t for t in self._tasks.values() if t.updated_at < cutoff and t.status.is_final][:most]
             for t in gone:
                 del self._tasks[t.task_id]
                 self._by_request.pop(t.request_id, None)

@@ -72,6 +72,11 @@ TRIM_EVERY_S = 600.0
 ``Settings.task_keep_s`` ago with their results (the first pass runs at start), so a service
 that runs for months keeps a bounded store."""
 
+TRIM_TASKS_PER_PASS = 5000
+"""Finished tasks one maintenance pass deletes at most (about a second of work): a store with a
+larger backlog (after an upgrade, or a long ``ATOMIC_TASK_KEEP_S`` shortened) is pruned over
+passes a lease renewal apart instead of in one that would let the leases of running tasks lapse."""
+
 _INLINE_RECORDS = 1000
 """Payloads up to this many records are validated on the event loop by ``aprocess`` (about
 0.1 ms per 10 records); larger ones in a worker thread, so the loop is never held long."""
@@ -589,10 +594,11 @@ class UsagePredictor:
             _log.info("trimmed %d stored observations beyond %d per series", n, self.settings.history_limit)
         return n
 
-    def trim_tasks(self) -> int:
+    def trim_tasks(self, most: int | None = None) -> int:
         """Deletes the done and failed tasks finished more than ``task_keep_s`` ago with their
-        results (so the store stops growing; their keys are forgotten); returns how many went."""
-        n = self.store.trim_tasks(self.settings.task_keep_s)
+        results (so the store stops growing; their keys are forgotten), about ``most`` at most;
+        returns how many went."""
+        n = self.store.trim_tasks(self.settings.task_keep_s, most=most)
         if n:
             _log.info("deleted %d tasks finished more than %g s ago with their results", n, self.settings.task_keep_s)
         return n
@@ -606,12 +612,16 @@ class UsagePredictor:
         last_trim = -float("inf")
         while True:
             if time.monotonic() - last_trim >= TRIM_EVERY_S:
+                last_trim = time.monotonic()
                 try:
                     self.trim_history()
-                    self.trim_tasks()
                 except Exception as exc:  # pragma: no cover - logged, retried next pass
-                    _log.error("trimming the store failed: %s", exc)
-                last_trim = time.monotonic()
+                    _log.error("trimming the stored observations failed: %s", exc)
+                try:  # a backlog goes over several passes, so leases are renewed in between
+                    if self.trim_tasks(most=TRIM_TASKS_PER_PASS) >= TRIM_TASKS_PER_PASS:
+                        last_trim = -float("inf")
+                except Exception as exc:  # pragma: no cover - logged, retried next pass
+                    _log.error("deleting old finished tasks failed: %s", exc)
             if self._closed.wait(DEFAULT_LEASE_S / 3):
                 break
             with self._open_lock:

@@ -274,7 +274,7 @@ class Store(Protocol):
     def read_log(self, after: int) -> LogRead: ...
     def trim_log(self, older_than_s: float) -> int: ...
     def trim_observations(self, limit: int) -> int: ...
-    def trim_tasks(self, older_than_s: float) -> int: ...
+    def trim_tasks(self, older_than_s: float, *, most: int | None = None) -> int: ...
     def close(self) -> None: ...
 
 
@@ -902,7 +902,7 @@ class TaskStore:
             )
             return cur.rowcount
 
-    def trim_tasks(self, older_than_s: float, *, batch: int = 500) -> int:
+    def trim_tasks(self, older_than_s: float, *, batch: int = 500, most: int | None = None) -> int:
         """Deletes the done and failed tasks finished more than ``older_than_s`` seconds ago,
         with their results; returns how many went. Unfinished tasks are never touched.
 
@@ -913,10 +913,13 @@ class TaskStore:
 
         In transactions of at most ``batch`` tasks, so that requests are never held behind one
         long write; freed pages are reused by SQLite (the file stops growing, it does not shrink).
+        With ``most``, it stops once about that many went (whole batches), so that a caller with
+        other work (renewing leases) gets back to it; a call that returns ``most`` or more may
+        have left some.
         """
         cutoff = self.clock() - older_than_s
         n = 0
-        while True:
+        while most is None or n < most:
             with self._tx() as conn:
                 ids = [
                     r[0]
@@ -932,7 +935,8 @@ class TaskStore:
                     conn.execute(f"DELETE FROM tasks WHERE task_id IN ({marks})", ids)
             n += len(ids)
             if len(ids) < batch:
-                return n
+                break
+        return n
 
 
 def open_store(settings: Settings, *, clock: Callable[[], float] = time.time) -> Store:
