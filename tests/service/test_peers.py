@@ -109,6 +109,23 @@ class TestPeerBoard:
         assert peer_folder(tmp_path / "a") == peer_folder(tmp_path / "a" / ".." / "a")
         assert peer_folder(tmp_path / "a") != peer_folder(tmp_path / "b")
 
+    def test_a_long_temporary_folder_falls_back_to_tmp(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        """A TMPDIR too long for a socket's path in it (108 bytes) puts the folder under /tmp, for
+        every process alike; a socket binds there. Before, serve --processes failed to start with
+        'AF_UNIX path too long' from every serving process."""
+        import tempfile
+
+        long = tmp_path / ("x" * 90)
+        long.mkdir()
+        monkeypatch.setattr(tempfile, "tempdir", str(long))
+        folder = peer_folder(tmp_path / "data")
+        assert folder.parent == Path("/tmp") and folder.name.startswith("atomic-peers-")
+        short = tmp_path / "t"
+        short.mkdir()
+        monkeypatch.setattr(tempfile, "tempdir", str(short))
+        if len(str(short)) < 60:
+            assert peer_folder(tmp_path / "data").parent == short
+
 
 def _listen(path: Path) -> socket.socket:
     """A Unix socket listening at ``path``, as a live process's (close it to end it)."""

@@ -45,14 +45,31 @@ _LOCK: Final = "owners.lock"
 _log = logging.getLogger("atomic_usage.service")
 
 
+_SOCKET_PATH_MAX: Final = 107
+"""Bytes a Unix socket's path may hold (``sun_path`` is 108, with its closing NUL)."""
+
+
 def peer_folder(data_dir: Path) -> Path:
     """The folder of the peer sockets of the processes serving the store in ``data_dir``.
 
     Under the temporary folder, named by a hash of the data folder's resolved path: the same
-    for every process on that store, and short enough for a Unix socket's path (108 bytes).
+    for every process on that store. Where the temporary folder's path is too long for a
+    socket in it (a long ``TMPDIR``), under ``/tmp`` instead, so every process still agrees.
+
+    Raises:
+        ConfigError: neither leaves room for a socket's path; says to shorten ``TMPDIR``.
     """
     digest = hashlib.sha256(str(Path(data_dir).resolve()).encode()).hexdigest()[:16]
-    return Path(tempfile.gettempdir()) / f"{FOLDER_PREFIX}{digest}"
+    for base in dict.fromkeys([tempfile.gettempdir(), "/tmp"]):
+        folder = Path(base) / f"{FOLDER_PREFIX}{digest}"
+        if len(os.fsencode(folder / "4294967296.sock")) <= _SOCKET_PATH_MAX and Path(base).is_dir():
+            return folder
+    raise ConfigError(
+        f"the temporary folder {tempfile.gettempdir()!r} is too long for the sockets serving processes "
+        f"share ({_SOCKET_PATH_MAX} bytes at most for a socket's path) and /tmp is missing; set TMPDIR "
+        "to a shorter folder",
+        name="TMPDIR",
+    )
 
 
 def _is_current(fd: int, path: Path) -> bool:
