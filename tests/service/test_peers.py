@@ -365,6 +365,17 @@ class TestCountLedger:
         assert out["batch_size"]["mean"] == (1.0 * 2 + 1.0 * 2) / 4
         assert add_retired(merged, None) == merged
 
+    def test_a_write_cut_short_leaves_nothing(self, folder: Path) -> None:
+        """A process killed in the middle of publishing leaves ``<pid>.json.tmp``: the next settle
+        removes it (every write is made under the lock a settle holds), where it stayed until the
+        service stopped; the counts it had published before are still folded."""
+        _process(folder, 117).publish(_counts(3))
+        (folder / "117.json.tmp").write_bytes(b'{"token": "half')
+        (folder / "retired.json.tmp").write_bytes(b"")
+        got = CountLedger(folder).settle([])
+        assert got is not None and got["stats"]["records_total"] == 3
+        assert not list(folder.glob("*.tmp"))
+
     def test_published_files_are_private(self, folder: Path) -> None:
         """The counts files are this user's only (mode 0600), as the sockets are."""
         me = CountLedger(folder)

@@ -262,6 +262,12 @@ class CountLedger:
         return {"total": None, "recent": [], "folded": []}, True
 
     def _settle(self, answered: Iterable[tuple[int, str]], only: int | None = None) -> Counts | None:
+        # Every write happens under the lock this holds, so a temporary file now is what a process
+        # killed in the middle of one left: garbage, or it would stay until the service stops.
+        for tmp in self.folder.glob("*.json.tmp"):
+            with contextlib.suppress(OSError):
+                if tmp.is_file():
+                    tmp.unlink()
         answered = list(answered)
         pids = {pid for pid, _ in answered} | {self.pid}
         tokens = {token for _, token in answered}
