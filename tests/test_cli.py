@@ -69,6 +69,14 @@ class TestForecast:
             res = runner.invoke(app, [command, "-i", str(inp), "-H", "3", "-o", str(out), "-m", "naive"])
             assert res.exit_code == 2 and "is the --input file" in _flat(res.output)
         assert inp.read_bytes() == before
+        # the output is written first to <output>.tmp, which must not be the history either
+        staged = write_fleet(tmp_path / "out.csv.tmp")
+        before = staged.read_bytes()
+        res = runner.invoke(
+            app, [command, "-i", str(staged), "-H", "3", "-o", str(tmp_path / "out.csv"), "-m", "naive"]
+        )
+        assert res.exit_code == 2 and "is written first to the --input file" in _flat(res.output)
+        assert staged.read_bytes() == before and not (tmp_path / "out.csv").exists()
 
     @pytest.mark.parametrize(
         ("content", "message"),

@@ -246,10 +246,20 @@ def _settings() -> Settings:
 
 
 def _refuse_input_as_output(input: Path | None, output: Path, what: str) -> None:
-    """Refuses an --output that is the --input file (or a link to it): the output replaces the
-    file when it is complete, and here that would be the history."""
-    if input is not None and output.exists() and input.exists() and output.resolve() == input.resolve():
-        raise typer.BadParameter(f"{output} is the --input file; write {what} to another path", param_hint="--output")
+    """Refuses an --output that is the --input file (or a link to it), or whose temporary file
+    is: the output is written to ``<output>.tmp`` and replaces the file when it is complete, and
+    here either would be the history."""
+    from .cluster.writer import FrameWriter
+
+    if input is None or not input.exists():
+        return
+    for target, why in (
+        (output, "is the --input file"),
+        (FrameWriter.temporary(output), "is written first to the --input file"),
+    ):
+        if target.exists() and target.resolve() == input.resolve():
+            shown = output if target == output else f"{output} ({target.name})"
+            raise typer.BadParameter(f"{shown} {why}; write {what} to another path", param_hint="--output")
 
 
 def _load_forecaster(model: str | None, settings: Settings) -> Any:

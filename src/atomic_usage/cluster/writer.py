@@ -43,9 +43,14 @@ class FrameWriter:
     'id,timestamp,mean\\na,2026-01-05T00:00:00Z,0.5\\n'
     """
 
+    @staticmethod
+    def temporary(path: Path) -> Path:
+        """The file the frames go to until the output is complete: ``<name>.tmp`` beside it."""
+        return path.with_name(path.name + ".tmp")
+
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        self.tmp = self.path.with_name(self.path.name + ".tmp")
+        self.tmp = self.temporary(self.path)
         self.parquet = self.path.suffix.lower() in (".parquet", ".pq")
         self.rows = 0
         self._pq: Any = None
