@@ -96,6 +96,20 @@ class TestForecast:
         text = " ".join(res.output.split())
         assert message in text and "bad.csv" in text and "Traceback" not in text
 
+    def test_an_id_without_values_is_named_once(self, tmp_path: Path) -> None:
+        """An id with no value in any metric has one "not forecast" line, not one per metric."""
+        inp = tmp_path / "in.csv"
+        inp.write_text(
+            "id,timestamp,cpuLoad,memoryUsage,requests\n"
+            "empty,2026-01-05T00:00:00Z,,,\nempty,2026-01-05T00:05:00Z,,,\n"
+            "a,2026-01-05T00:00:00Z,5,6,7\na,2026-01-05T00:05:00Z,6,7,8\na,2026-01-05T00:10:00Z,7,8,9\n"
+        )
+        res = runner.invoke(app, ["forecast", "-i", str(inp), "-H", "3", "-o", str(tmp_path / "o.csv"), "-m", "naive"])
+        assert res.exit_code == 0, res.output
+        lines = [ln for ln in res.output.splitlines() if ln.startswith("not forecast:")]
+        assert len(lines) == 1 and "id 'empty'" in lines[0]
+        assert "(3 series not forecast" in _flat(res.output)
+
     def test_missing_model_folder_exits_3(self, tmp_path: Path) -> None:
         """A model folder that does not exist is a clear error naming the baselines, and an empty one
         names the missing file."""

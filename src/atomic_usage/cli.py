@@ -16,7 +16,7 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -322,8 +322,7 @@ def forecast(
                 rows_per_bucket=rows_per_bucket,
                 scratch=scratch,
             )
-            for reason in job.reasons:
-                _say("not forecast:", "yellow", reason)
+            _say_not_forecast(job.reasons)
             err.print(_series_notes(job.summary(), job.fallback, job.missing), highlight=False, soft_wrap=True)
         return
     if input is not None and not prometheus and not from_store and _is_large(input, rows_per_bucket):
@@ -348,8 +347,7 @@ def forecast(
         firsts = result.drop_duplicates(["id", "metric"])
         missing = firsts[firsts["model"].isin(NO_FORECAST)]
         fallback = firsts[on_fallback(firsts["model"], fc_model)]
-        for reason in missing["reason"].head(20):
-            _say("not forecast:", "yellow", reason)
+        _say_not_forecast(missing["reason"])
         line = (
             f"{len(panel)} machines ({len(firsts)} series: machine × metric), {len(result)} rows in {dt:.2f}s "
             f"-> {output}"
@@ -357,6 +355,13 @@ def forecast(
         err.print(_series_notes(line, len(fallback), len(missing)), highlight=False, soft_wrap=True)
         if plot is not None:
             _plot(plot, frame, result, settings)
+
+
+def _say_not_forecast(reasons: Iterable[str], most: int = 20) -> None:
+    """Prints the first ``most`` distinct reasons of series not forecast, each once: an id with no
+    value at all has the same reason for every metric, which was printed once per metric."""
+    for reason in list(dict.fromkeys(reasons))[:most]:
+        _say("not forecast:", "yellow", reason)
 
 
 def _series_notes(line: str, fallback: int, missing: int) -> str:
@@ -412,8 +417,7 @@ def _forecast_chunked(
             on_chunk=on_chunk,
         )
     logging.getLogger("atomic_usage").info("%s: %s", input, job.regularize.summary())
-    for reason in job.reasons:
-        _say("not forecast:", "yellow", reason)
+    _say_not_forecast(job.reasons)
     err.print(_series_notes(job.summary(), job.fallback, job.missing), highlight=False, soft_wrap=True)
     if plot is not None:
         err.print(f"{charts} charts -> {plot}")

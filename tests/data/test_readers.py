@@ -37,7 +37,11 @@ class TestReadWide:
             ("timestamp,cpuLoad\n2024-01-01,1\n", r"missing: \['id'\]"),
             ("id,cpuLoad\na,1\n", r"missing: \['timestamp'\]"),
             ("id,timestamp\na,2024-01-01\n", "No metric column"),
-            ("id,timestamp,cpuLoad\na,yesterday,1\n", "not an ISO 8601 timestamp"),
+            ("id,timestamp,cpuLoad\na,yesterday,1\n", "not an ISO 8601 timestamp: 'yesterday'; write"),
+            (  # the value as written (not np.int64(...)), and why a number is no time here
+                "id,timestamp,cpuLoad\na,1767571200,1\n",
+                r"timestamp: 1767571200; numbers \(epoch seconds, say\) are not read as times in files",
+            ),
             ("id,timestamp,cpuLoad\na,2024-01-01,high\n", "non-numeric value 'high'"),
             ("id,timestamp,cpuLoad\na,2024-01-01,inf\n", "cpuLoad of id .a. is inf at 2024-01-01T00:00:00Z"),
         ],

@@ -191,6 +191,17 @@ def ensure_utc(values: pd.Series, *, column: str = "timestamp", path: str | None
     """
     if isinstance(values.dtype, pd.DatetimeTZDtype):
         return values.dt.tz_convert("UTC")
+    where = f"{path}: " if path else ""
+    numbers = values.dropna() if pd.api.types.is_numeric_dtype(values) else values.iloc[:0]
+    if len(numbers) and not pd.api.types.is_datetime64_any_dtype(values):
+        # A column of numbers (epoch seconds, say): pandas would read them as ISO text now and as
+        # epochs in a later version, so they are refused here, the same in every version.
+        raise SchemaError(
+            f"{where}Column {column!r} holds a value that is not an ISO 8601 timestamp: "
+            f"{numbers.iloc[0].item()!r}; numbers "
+            "(epoch seconds, say) are not read as times in files; write timestamps like 2014-02-17T14:30:00Z.",
+            path=path,
+        )
     try:
         if pd.api.types.is_datetime64_any_dtype(values):
             return values.dt.tz_localize("UTC")
@@ -199,7 +210,6 @@ def ensure_utc(values: pd.Series, *, column: str = "timestamp", path: str | None
         parsed = pd.to_datetime(values, utc=True, errors="coerce", format="ISO8601")
         bad = values[parsed.isna() & values.notna()]
         shown = repr(bad.iloc[0]) if len(bad) else "(unknown)"
-        where = f"{path}: " if path else ""
         raise SchemaError(
             f"{where}Column {column!r} holds a value that is not an ISO 8601 timestamp: {shown}; "
             "write timestamps like 2014-02-17T14:30:00Z.",
