@@ -169,6 +169,19 @@ class TestLengths:
         else:
             assert s[Q].notna().all().all()
 
+    @pytest.mark.parametrize("model", [MODEL, Naive()], ids=["bundled", "naive"])
+    def test_values_apart_after_an_outage_get_no_band(self, model: object) -> None:
+        """Three values with hours between the first two (a collector outage) hold one change: the
+        forecast is the last value with p10/p90 null and a reason, as for fewer than three values;
+        it was a zero-width band (p10 = p50 = p90), certainty learnt from one change of 0."""
+        out = run(frame({"s": [5.0] + [None] * 47 + [6.0, 6.0], "ok": [10.0, 12.0, 11.0, 13.0, 12.0]}), model)
+        check(out)
+        s = out[out["id"] == "s"]
+        assert s[["p10", "p90"]].isna().all().all() and (s["p50"] == 6.0).all()
+        assert set(s["model"]) == {"naive(short-history)"}
+        assert s["reason"].str.contains("3 observed values but 1 change").all()
+        assert out[out["id"] == "ok"][Q].notna().all().all()  # a dense neighbour keeps its band
+
 
 class TestTrendsAndThresholds:
     """Trends stop at the bounds; a time to threshold is positive, within the horizon, never when falling."""

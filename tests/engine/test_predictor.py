@@ -66,6 +66,24 @@ class TestProcess:
         r = predictor.process({"usageData": [rec("new", 2, cpuLoad=20.0)]})
         assert r["results"][0]["forecasts"]["cpuLoad"]["model"] == "naive(short-window)"  # 3 values < 12
 
+    def test_values_apart_after_an_outage_get_no_band(self, settings: Settings) -> None:
+        """One value, four hours of nothing, then two: one change between consecutive steps, so
+        the interval is unknown (null) as with fewer than three values, not the zero-width band a
+        single change of 0 gave (p10 = p50 = p90: certainty); a dense machine beside it keeps its band."""
+        with UsagePredictor(settings, model=Naive()) as p:
+            p.process(
+                {
+                    "usageData": [rec("back", 0, cpuLoad=5.0)]
+                    + [rec("dense", k, cpuLoad=10.0 + k % 3) for k in range(50)]
+                }
+            )
+            r = p.process({"usageData": [rec("back", 48, cpuLoad=6.0), rec("back", 49, cpuLoad=6.0)]})
+            cpu = r["results"][1]["forecasts"]["cpuLoad"]
+            assert cpu["model"] == "naive(short-history)" and cpu["historyLength"] == 3
+            assert all(s["p10"] is None and s["p90"] is None and s["p50"] == 6.0 for s in cpu["steps"])
+            dense = p.process({"usageData": [rec("dense", 50, cpuLoad=11.0)]})["results"][0]["forecasts"]["cpuLoad"]
+            assert dense["steps"][0]["p90"] is not None and dense["steps"][0]["p90"] > dense["steps"][0]["p10"]
+
     def test_bad_payload_applies_nothing(self, predictor: UsagePredictor) -> None:
         """A payload with one bad record stores nothing: no task, no history."""
         with pytest.raises(PayloadError) as info:

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from ..models.base import MIN_INTERVAL, SHORT_HISTORY
+from ..models.base import MIN_CHANGES, MIN_INTERVAL, SHORT_HISTORY
 
 __all__ = ["describe_forecast", "describe_many", "encode_many", "iso"]
 
@@ -133,6 +133,7 @@ def describe_many(
     models: Sequence[str],
     thresholds: Sequence[float],
     recent: np.ndarray | None = None,
+    changes: np.ndarray | None = None,
 ) -> list[dict[str, Any]]:
     """:func:`describe_forecast` of R series at once: rounding, trends, peaks and threshold
     crossings are computed in one numpy pass over all of them, and each step time is
@@ -147,11 +148,14 @@ def describe_many(
         models: R names of what produced each forecast.
         thresholds: levels whose crossing is reported.
         recent: (R, T) last observed steps (NaN = missing), or None (trend from the forecast).
+        changes: (R,) pairs of consecutive observed steps each forecast was made from, or None
+            (not counted): with fewer than MIN_CHANGES the interval is unknown, as with fewer than
+            MIN_INTERVAL values.
 
     Returns:
         R dicts, each as :func:`describe_forecast` returns.
     """
-    prep = _Prepared(fc, last_ts, step_s, last_value, history_length, models, thresholds, recent)
+    prep = _Prepared(fc, last_ts, step_s, last_value, history_length, models, thresholds, recent, changes)
     if not prep.R:
         return []
     out = []
@@ -183,6 +187,7 @@ def encode_many(
     models: Sequence[str],
     thresholds: Sequence[float],
     recent: np.ndarray | None = None,
+    changes: np.ndarray | None = None,
 ) -> list[bytes]:
     """:func:`describe_many` as JSON text: ``orjson.dumps`` of each of its dicts, byte for byte.
 
@@ -195,7 +200,7 @@ def encode_many(
     Returns:
         R JSON texts (UTF-8).
     """
-    prep = _Prepared(fc, last_ts, step_s, last_value, history_length, models, thresholds, recent)
+    prep = _Prepared(fc, last_ts, step_s, last_value, history_length, models, thresholds, recent, changes)
     R, H = prep.R, prep.H
     if not R:
         return []
@@ -238,6 +243,7 @@ class _Prepared:
         models: Sequence[str],
         thresholds: Sequence[float],
         recent: np.ndarray | None,
+        changes: np.ndarray | None = None,
     ) -> None:
         fc = np.asarray(fc, float)
         R, _, H = fc.shape
@@ -248,6 +254,8 @@ class _Prepared:
         last_value = np.asarray(last_value, float)
         hours = step_s * np.arange(1, H + 1) / 3600.0
         spread = np.asarray(history_length) >= MIN_INTERVAL
+        if changes is not None:
+            spread &= np.asarray(changes) >= MIN_CHANGES
         if not spread.all():
             # As in the file forecasts (forecast_frame): too few values for any model, the last one,
             # named for what served it.

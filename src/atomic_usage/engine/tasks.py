@@ -338,6 +338,7 @@ class TaskRunner:
                 step_s=self.history.step_s,
                 last_value=hist[np.arange(len(cells)), last_pos],
                 history_length=seen.sum(1),
+                changes=(seen[:, 1:] & seen[:, :-1]).sum(1),
                 models=[str(forecasts[i].models[j]) for i, j in cells],  # type: ignore[union-attr]
                 thresholds=self.thresholds,
                 recent=hist[:, -TREND_STEPS:],

@@ -29,6 +29,7 @@ from ..errors import NotFittedError, SchemaError
 
 __all__ = [
     "FRAME_COLUMNS",
+    "MIN_CHANGES",
     "MIN_INTERVAL",
     "NO_FORECAST",
     "SHORT_HISTORY",
@@ -40,6 +41,7 @@ __all__ = [
     "interval_known",
     "mean_from_quantiles",
     "no_data_reason",
+    "observed_changes",
     "on_fallback",
 ]
 
@@ -139,6 +141,11 @@ MIN_INTERVAL = 3
 """Observed values a history needs for an interval: with fewer there is at most one change to
 learn a spread from, so p10 and p90 are null (the point is the last value, flagged)."""
 
+MIN_CHANGES = MIN_INTERVAL - 1
+"""Changes between consecutive observed steps a history needs for an interval, whatever its
+count of values: three values with a long gap between two of them (a collector outage) hold one
+change, whose spread is zero or one number, and the forecasters' bands read it as certainty."""
+
 FRAME_COLUMNS = ("id", "timestamp", "metric", "mean", "p10", "p50", "p90", "model", "reason")
 """The columns of the long forecast frame (``mean``: see :func:`mean_from_quantiles`)."""
 
@@ -183,9 +190,21 @@ def on_fallback(names: pd.Series, model: object) -> np.ndarray:
     return np.asarray(~names.isin(NO_FORECAST) & ~own)
 
 
-def interval_known(n_observed: int) -> bool:
-    """Whether a history with ``n_observed`` observed values gets p10/p90 (see MIN_INTERVAL)."""
-    return n_observed >= MIN_INTERVAL
+def interval_known(n_observed: int, n_changes: int | None = None) -> bool:
+    """Whether a history with ``n_observed`` observed values and ``n_changes`` changes between
+    consecutive observed steps (not counted when None) gets p10/p90 (MIN_INTERVAL, MIN_CHANGES)."""
+    return n_observed >= MIN_INTERVAL and (n_changes is None or n_changes >= MIN_CHANGES)
+
+
+def observed_changes(histories: Sequence[np.ndarray] | np.ndarray) -> np.ndarray:
+    """Per history, how many pairs of consecutive steps are both observed.
+
+    >>> observed_changes([np.array([5.0, np.nan, np.nan, 6.0, 6.0]), np.array([1.0, 2.0, 3.0])]).tolist()
+    [1, 2]
+    """
+    return np.array(
+        [int(np.count_nonzero(~np.isnan(h[1:]) & ~np.isnan(h[:-1]))) for h in map(np.asarray, histories)], np.int64
+    )
 
 
 def _no_observations(sid: str, steps: int) -> str:
@@ -208,11 +227,16 @@ SHORT_HISTORY = "naive(short-history)"
 value, with p10/p90 null (``docs/data-rules.md``)."""
 
 
-def _short_history(sid: str, metric: str, k: int) -> str:
+def _short_history(sid: str, metric: str, k: int, changes: int) -> str:
+    what = (
+        f"{k} observed value(s), fewer than the {MIN_INTERVAL} an interval needs"
+        if k < MIN_INTERVAL
+        else f"{k} observed values but {changes} change(s) between consecutive steps (gaps hold the others), "
+        f"fewer than the {MIN_CHANGES} an interval needs"
+    )
     return (
-        f"short history: {metric} of id {sid!r} has {k} observed value(s), fewer than the {MIN_INTERVAL} "
-        "an interval needs, so the forecast is its last value (naive) and p10 and p90 are null; send more "
-        "history for a model forecast with an interval."
+        f"short history: {metric} of id {sid!r} has {what}, so the forecast is its last value (naive) and "
+        "p10 and p90 are null; send more history for a model forecast with an interval."
     )
 
 
@@ -282,13 +306,14 @@ def forecast_frame(
         for w, why in zip(where, model.fallback_reasons(hists), strict=True):
             if why:
                 reasons[w] = why.format(series=f"{panel.metrics[w % n_m]} of id {str(panel.ids[w // n_m])!r}")
-        for w, h, k in zip(where, hists, n_obs, strict=True):
-            if not interval_known(k):
-                # Too few values for any model (a line through 2 points is not a trend): the last one.
+        for w, h, k, c in zip(where, hists, n_obs, observed_changes(hists).tolist(), strict=True):
+            if not interval_known(k, c):
+                # Too few values for any model (a line through 2 points is not a trend), or too few
+                # changes to learn a spread from: the last one.
                 fc[w, :] = h[~np.isnan(h)][-1]
                 fc[w, [0, 2]] = np.nan
                 names[w] = SHORT_HISTORY
-                reasons[w] = _short_history(str(panel.ids[w // n_m]), panel.metrics[w % n_m], k)
+                reasons[w] = _short_history(str(panel.ids[w // n_m]), panel.metrics[w % n_m], k, c)
     step = np.int64(panel.step.value)
     ends = np.repeat(panel.end().astype("datetime64[ns]").astype(np.int64), len(panel.metrics))
     ts = (ends[:, None] + step * np.arange(1, horizon + 1)).ravel()
