@@ -101,9 +101,18 @@ class TestReadChunkLines:
         df.to_csv(tmp_path / "a.csv", index=False)
         return (tmp_path / "a.csv").resolve()
 
-    def test_missing_id(self, tmp_path: Path) -> None:
-        """A row without id in a later range is named by its file line (it was "Row 25", within the range)."""
-        path = self._csv(tmp_path, "id", 200, None)
+    @pytest.mark.parametrize(
+        ("column", "message"),
+        [
+            # it was "Row 25", within the range
+            ("id", "Line 202 has no id; give every row an id."),
+            # it was read as NaT, which put the grid's start in 1677 and its end in 2262
+            ("timestamp", "Line 202 has no timestamp; give every row one, written like 2014-02-17T14:30:00Z."),
+        ],
+    )
+    def test_missing_id_or_timestamp(self, tmp_path: Path, column: str, message: str) -> None:
+        """A row without id or timestamp in a later range is refused naming its file line."""
+        path = self._csv(tmp_path, column, 200, None)
         chunks = plan_chunks([path], csv_block_bytes=2048)
         late = [c for c in chunks if c.byte_range is not None and c.byte_range[0] > 0]
         errors = []
@@ -112,21 +121,7 @@ class TestReadChunkLines:
                 read_chunk(c, out_of_range="reject", issues=[], warnings=[])
             except SchemaError as exc:
                 errors.append(str(exc))
-        assert errors == [f"{path}: Line 202 has no id; give every row an id."]
-
-    def test_missing_timestamp(self, tmp_path: Path) -> None:
-        """A row without timestamp is refused by its file line too: it was read as NaT, which put
-        the grid's start in 1677 and its end in 2262 (millions of steps, forecast at those times)."""
-        path = self._csv(tmp_path, "timestamp", 200, None)
-        chunks = plan_chunks([path], csv_block_bytes=2048)
-        late = [c for c in chunks if c.byte_range is not None and c.byte_range[0] > 0]
-        errors = []
-        for c in late:
-            try:
-                read_chunk(c, out_of_range="reject", issues=[], warnings=[])
-            except SchemaError as exc:
-                errors.append(str(exc))
-        assert errors == [f"{path}: Line 202 has no timestamp; give every row one, written like 2014-02-17T14:30:00Z."]
+        assert errors == [f"{path}: {message}"]
 
     def test_non_numeric_strict(self, tmp_path: Path) -> None:
         """Without an issues list (dataset build), a bad cell in a later range names its file line."""
