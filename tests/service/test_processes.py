@@ -429,12 +429,18 @@ def test_counters_never_drop_when_a_process_is_replaced(tmp_path: Path) -> None:
             assert _metric(text, "atomic_replays_total") == (rnd + 1) * 8
 
 
-def test_a_taken_port_is_one_line_and_exit_3(tmp_path: Path) -> None:
+@pytest.mark.parametrize("reuseport", [False, True], ids=["plain", "reuseport"])
+def test_a_taken_port_is_one_line_and_exit_3(tmp_path: Path, reuseport: bool) -> None:
     """serve --processes on a port another socket holds: one error line naming the address, exit 3
-    as a single process gives (it was a traceback from the supervisor's bind, exit 1)."""
+    as a single process gives (it was a traceback from the supervisor's bind, exit 1). Also when
+    that socket has SO_REUSEPORT, as another serve --processes of this user's does: the kernel let
+    both bind, and the second service took a share of the first one's connections."""
     import socket
 
     with socket.socket() as taken:
+        if reuseport:
+            taken.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            taken.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
