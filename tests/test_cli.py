@@ -343,12 +343,13 @@ class TestEngineCommands:
         res = runner.invoke(app, ["stats", "--json"])
         assert res.exit_code == 0 and '"done": 1' in res.output
 
-    @pytest.mark.parametrize("command", [["tasks", "list"], ["tasks", "show", "x"], ["stats"]])
+    @pytest.mark.parametrize("command", [["tasks", "list"], ["tasks", "show", "x"], ["stats"], ["tasks", "recover"]])
     def test_a_folder_without_a_store(
         self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, command: list[str]
     ) -> None:
-        """The read-only commands name a data folder that holds no store and create nothing there (a
-        mistyped ATOMIC_DATA_DIR got a new empty store and an empty table)."""
+        """The commands on the stored tasks name a data folder that holds no store and create nothing
+        there (a mistyped ATOMIC_DATA_DIR got a new empty store and an empty table; tasks recover, a
+        new store and keyring there and 'resumed 0 task(s)')."""
         folder = tmp_path / "typo"
         monkeypatch.setenv("ATOMIC_DATA_DIR", str(folder))
         res = runner.invoke(app, command, terminal_width=400)
