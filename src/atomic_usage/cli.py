@@ -309,6 +309,10 @@ def forecast(
     if cluster is not None or scheduler is not None:
         if input is None:
             raise typer.BadParameter("a cluster run reads files: give --input FILE or FOLDER", param_hint="--input")
+        with _errors():  # a bad --model fails before a cluster is started
+            from .models.artifact import refuse_unknown_model
+
+            refuse_unknown_model(model)
         with _errors(), _cluster_client(cluster, scheduler, protocol) as client:
             from .cluster.forecast import forecast_distributed
 
