@@ -1266,8 +1266,13 @@ def serve(
             lifespan="on",
         )
         if settings.processes > 1:
+            from .models.artifact import refuse_unknown_model
+            from .service.auth import TokenVerifier
             from .service.supervisor import serve_processes
 
+            # What every serving process would refuse, refused once here (each printed a traceback).
+            refuse_unknown_model(model)
+            TokenVerifier.from_settings(settings)
             status = serve_processes(settings, model, options)
             if status:
                 raise typer.Exit(status)
