@@ -135,6 +135,28 @@ class TestForecast:
         text = " ".join(res.output.split())
         assert res.exit_code == 3 and "did you mean 'naive'?" in text and "absent.csv" not in text
 
+    @pytest.mark.parametrize(
+        "extra", [["--rows-per-bucket", "1"], ["--cluster", "local:1"]], ids=["chunked", "cluster"]
+    )
+    def test_a_misspelled_baseline_is_named_on_every_path(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, extra: list[str]
+    ) -> None:
+        """--model NAIVE gets the same message in chunks and on a cluster, before any cluster starts:
+        a cluster run started one, then said '<cwd>/NAIVE: model.json is missing'."""
+        from atomic_usage import cli as cli_module
+
+        def no_cluster(*_: object) -> None:
+            raise AssertionError("a cluster was started for a --model that names nothing")
+
+        monkeypatch.setattr(cli_module, "_cluster_client", no_cluster)
+        inp = tmp_path / "in.csv"
+        inp.write_text("id,timestamp,cpuLoad\n" + "".join(f"a,2026-01-05T00:{m:02d}:00Z,5\n" for m in range(0, 30, 5)))
+        res = runner.invoke(
+            app, ["forecast", "-i", str(inp), "-H", "3", "-o", str(tmp_path / "o"), "-m", "NAIVE", *extra]
+        )
+        text = " ".join(res.output.split())
+        assert res.exit_code == 3 and "did you mean 'naive'?" in text, text
+
 
 class TestForecastOddColumns:
     """One bad cell or an extra column never blocks the fleet: it is named and the rest is forecast."""
@@ -343,12 +365,13 @@ class TestEngineCommands:
         res = runner.invoke(app, ["stats", "--json"])
         assert res.exit_code == 0 and '"done": 1' in res.output
 
-    @pytest.mark.parametrize("command", [["tasks", "list"], ["tasks", "show", "x"], ["stats"]])
+    @pytest.mark.parametrize("command", [["tasks", "list"], ["tasks", "show", "x"], ["stats"], ["tasks", "recover"]])
     def test_a_folder_without_a_store(
         self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, command: list[str]
     ) -> None:
-        """The read-only commands name a data folder that holds no store and create nothing there (a
-        mistyped ATOMIC_DATA_DIR got a new empty store and an empty table)."""
+        """The commands on the stored tasks name a data folder that holds no store and create nothing
+        there (a mistyped ATOMIC_DATA_DIR got a new empty store and an empty table; tasks recover, a
+        new store and keyring there and 'resumed 0 task(s)')."""
         folder = tmp_path / "typo"
         monkeypatch.setenv("ATOMIC_DATA_DIR", str(folder))
         res = runner.invoke(app, command, terminal_width=400)

@@ -309,6 +309,10 @@ def forecast(
     if cluster is not None or scheduler is not None:
         if input is None:
             raise typer.BadParameter("a cluster run reads files: give --input FILE or FOLDER", param_hint="--input")
+        with _errors():  # a bad --model fails before a cluster is started
+            from .models.artifact import refuse_unknown_model
+
+            refuse_unknown_model(model)
         with _errors(), _cluster_client(cluster, scheduler, protocol) as client:
             from .cluster.forecast import forecast_distributed
 
@@ -1021,12 +1025,20 @@ def _print_demo(
 
 
 def _store(settings: Settings) -> Any:
-    """The task store, for the commands that only read it: a folder without one is an error
-    naming it, and nothing is created there (a mistyped ATOMIC_DATA_DIR showed an empty store)."""
-    from .engine.store import STORE_FILENAME, open_store
+    """The task store, for the commands that only read it (see :func:`_need_store`)."""
+    from .engine.store import open_store
+
+    _need_store(settings, "show")
+    return open_store(settings)
+
+
+def _need_store(settings: Settings, verb: str) -> None:
+    """Refuses a data folder without a task store, for the commands on stored tasks: nothing is
+    created there (a mistyped ATOMIC_DATA_DIR showed an empty store, or recovered one)."""
+    from .engine.store import STORE_FILENAME
 
     if settings.skip_persistence:
-        raise typer.BadParameter("SKIP_PERSISTENCE is set, so there is no stored task to show; unset it.")
+        raise typer.BadParameter(f"SKIP_PERSISTENCE is set, so there is no stored task to {verb}; unset it.")
     path = Path(settings.data_dir) / STORE_FILENAME
     if not path.is_file():
         raise typer.BadParameter(
@@ -1034,7 +1046,6 @@ def _store(settings: Settings) -> Any:
             "stored there yet; set ATOMIC_DATA_DIR to the folder the service or process() uses",
             param_hint="ATOMIC_DATA_DIR",
         )
-    return open_store(settings)
 
 
 _TASK_TABLE_REST = 66
@@ -1113,6 +1124,7 @@ def tasks_recover(
 ) -> None:
     """Resume tasks left accepted or running by a process that stopped; each ends done or failed."""
     settings = _settings()
+    _need_store(settings, "recover")
     with _errors():
         from .engine.predictor import UsagePredictor
         from .engine.store import DEFAULT_LEASE_S
@@ -1254,8 +1266,13 @@ def serve(
             lifespan="on",
         )
         if settings.processes > 1:
+            from .models.artifact import refuse_unknown_model
+            from .service.auth import TokenVerifier
             from .service.supervisor import serve_processes
 
+            # What every serving process would refuse, refused once here (each printed a traceback).
+            refuse_unknown_model(model)
+            TokenVerifier.from_settings(settings)
             status = serve_processes(settings, model, options)
             if status:
                 raise typer.Exit(status)

@@ -139,8 +139,24 @@ class TestEquality:
         assert job.regularize == report
         firsts = want.drop_duplicates(["id", "metric"])
         gone = firsts[firsts["model"].isin(["none", "error"])]
-        assert job.missing == len(gone) == 6 and list(job.reasons) == gone["reason"].tolist()
+        assert job.missing == len(gone) == 6 and list(job.reasons) == list(dict.fromkeys(gone["reason"]))
         assert job.n_metric_series == len(firsts) == 120 and job.summary().startswith("40 machines (120 series")
+
+    def test_reasons_are_the_whole_reads_distinct_ones(self, tmp_path: Path) -> None:
+        """An id with no value has one reason for all its metrics: the chunks keep the first
+        MAX_REASONS distinct reasons, as the whole read prints them (they kept MAX_REASONS
+        reasons, three of each id, and the CLI printed 7 where the whole read printed 20)."""
+        stamps = [f"2026-01-05T00:{m:02d}:00Z" for m in range(0, 60, 5)]
+        inp = tmp_path / "empty.csv"
+        inp.write_text(
+            "id,timestamp,cpuLoad,memoryUsage,storageUsage\n"
+            + "".join(f"m{i:02d},{t},,,\n" for i in range(25) for t in stamps)
+        )
+        job = forecast_chunked(inp, 3, tmp_path / "out.csv", model=Naive(), rows_per_chunk=50)
+        got = pd.read_csv(tmp_path / "out.csv")
+        want = list(dict.fromkeys(got.drop_duplicates(["id", "metric"])["reason"]))[: chunked.MAX_REASONS]
+        assert job.n_chunks > 1 and job.missing == 75
+        assert list(job.reasons) == want and len(want) == chunked.MAX_REASONS
 
     def test_rejected_series_reason_counts_every_chunk(self, tmp_path: Path) -> None:
         """A series with far values in three chunks gets one reason, counting all three, as a whole read does."""

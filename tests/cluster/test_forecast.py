@@ -366,6 +366,23 @@ class TestBadCell:
         assert job.missing == 1
 
 
+def test_reasons_are_distinct(client, tmp_path: Path) -> None:
+    """A cluster job keeps the first MAX_REASONS distinct not-forecast reasons, as the whole read
+    prints them: an id with no value has one reason for its three metrics, and the job kept
+    MAX_REASONS reasons with each three times (the CLI printed 7 of them)."""
+    from atomic_usage.cluster.chunked import MAX_REASONS
+
+    stamps = [f"2026-01-05T00:{m:02d}:00Z" for m in range(0, 60, 5)]
+    inp = tmp_path / "empty.csv"
+    inp.write_text(
+        "id,timestamp,cpuLoad,memoryUsage,storageUsage\n"
+        + "".join(f"m{i:02d},{t},,,\n" for i in range(25) for t in stamps)
+    )
+    job = forecast_distributed(client, inp, 3, tmp_path / "out", model="naive")
+    assert job.missing == 75
+    assert len(job.reasons) == len(set(job.reasons)) == MAX_REASONS
+
+
 class TestMixedColumn:
     """A column with text in some chunks of a file and numbers in others is a metric throughout, as on the
     single-machine path: its text cells reject their series. The chunks with text only ignored it."""

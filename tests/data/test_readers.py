@@ -81,6 +81,18 @@ class TestReadWide:
         assert "vm-x" in caplog.text and "cpuLoad" in caplog.text and "2024-01-01T00:35:00" in caplog.text
 
 
+@pytest.mark.parametrize("dtype", ["int64", "Int64", "float64", "int64[pyarrow]", "double[pyarrow]"])
+def test_a_timestamp_column_of_numbers_is_refused_in_any_dtype(dtype: str) -> None:
+    """ensure_utc refuses numbers with its message whatever their dtype: a pyarrow-backed column
+    (``pd.read_parquet(dtype_backend="pyarrow")``) raised AttributeError ('int' object has no
+    attribute 'item') instead."""
+    from atomic_usage.data.validation import ensure_utc
+
+    pytest.importorskip("pyarrow")
+    with pytest.raises(SchemaError, match=r"timestamp: 1767571200(\.0)?; numbers \(epoch seconds, say\)"):
+        ensure_utc(pd.Series([1767571200, 1767571500], dtype=dtype))
+
+
 class TestReadNab:
     """NAB files: timestamp,value with gaps and repeated timestamps."""
 

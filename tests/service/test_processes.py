@@ -429,12 +429,18 @@ def test_counters_never_drop_when_a_process_is_replaced(tmp_path: Path) -> None:
             assert _metric(text, "atomic_replays_total") == (rnd + 1) * 8
 
 
-def test_a_taken_port_is_one_line_and_exit_3(tmp_path: Path) -> None:
+@pytest.mark.parametrize("reuseport", [False, True], ids=["plain", "reuseport"])
+def test_a_taken_port_is_one_line_and_exit_3(tmp_path: Path, reuseport: bool) -> None:
     """serve --processes on a port another socket holds: one error line naming the address, exit 3
-    as a single process gives (it was a traceback from the supervisor's bind, exit 1)."""
+    as a single process gives (it was a traceback from the supervisor's bind, exit 1). Also when
+    that socket has SO_REUSEPORT, as another serve --processes of this user's does: the kernel let
+    both bind, and the second service took a share of the first one's connections."""
     import socket
 
     with socket.socket() as taken:
+        if reuseport:
+            taken.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            taken.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
@@ -449,6 +455,38 @@ def test_a_taken_port_is_one_line_and_exit_3(tmp_path: Path) -> None:
     assert res.returncode == 3, res.stderr
     assert "Traceback" not in res.stderr
     assert f"cannot listen on 127.0.0.1:{port}: Address already in use" in res.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "status", "message"),
+    [
+        (["--model", "NAIVE"], {}, 3, "did you mean 'naive'?"),
+        ([], {"ATOMIC_API_TOKENS": ""}, 2, "No API token is configured"),
+    ],
+    ids=["model", "token"],
+)
+def test_a_bad_model_or_no_token_is_one_line(
+    tmp_path: Path, args: list[str], env: dict[str, str], status: int, message: str
+) -> None:
+    """serve --processes with a --model that names nothing, or no API token, fails as one process
+    does: one message and its exit status, before any serving process starts (each started one
+    printed the same traceback, and the supervisor exited 3)."""
+    env = {
+        **os.environ,
+        "ATOMIC_DATA_DIR": str(tmp_path),
+        "ATOMIC_API_TOKENS": AUTH["Authorization"][7:],
+        "ATOMIC_API_TOKENS_FILE": "",
+        **env,
+    }
+    res = subprocess.run(
+        [sys.executable, "-m", "atomic_usage.cli", "serve", "--port", "0", "--processes", "2", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert res.returncode == status, res.stderr
+    assert "Traceback" not in res.stderr and res.stderr.count(message) == 1, res.stderr
 
 
 def test_counts_of_a_process_killed_between_scrapes_stay(tmp_path: Path) -> None:

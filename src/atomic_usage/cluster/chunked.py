@@ -28,7 +28,7 @@ import contextlib
 import dataclasses
 import shutil
 import time
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -56,7 +56,7 @@ from .writer import FrameWriter
 if TYPE_CHECKING:
     from ..models.base import Forecaster
 
-__all__ = ["MAX_REASONS", "ChunkedJob", "Progress", "forecast_chunked"]
+__all__ = ["MAX_REASONS", "ChunkedJob", "Progress", "first_reasons", "forecast_chunked"]
 
 Progress = Callable[[str, int, "int | None"], None]
 """Called as ``progress(stage, rows_done, rows_total)`` after every chunk; the total is None
@@ -65,6 +65,12 @@ when not known (a CSV file before its ids are counted). Stages: ``counting ids``
 
 MAX_REASONS = 20
 """Not-forecast reasons kept in :attr:`ChunkedJob.reasons` (the CLI prints these)."""
+
+
+def first_reasons(reasons: Iterable[str]) -> list[str]:
+    """The first :data:`MAX_REASONS` distinct reasons, in order: an id with no value has the same
+    reason for every metric, and the whole read prints each reason once."""
+    return list(dict.fromkeys(reasons))[:MAX_REASONS]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,7 +88,7 @@ class ChunkedJob:
             the rows of one machine. Memory follows this, not the file.
         fallback: (id, metric) series served by a fallback (see the ``model`` column).
         missing: (id, metric) series not forecast (model ``none`` or ``error``).
-        reasons: the reasons of the first MAX_REASONS of those, in output order.
+        reasons: the first MAX_REASONS distinct reasons of those, in output order.
         regularize: the regularization counts summed over chunks.
         seconds: wall time.
         n_metric_series: series, i.e. (id, metric) pairs, in the output.
@@ -184,7 +190,7 @@ class _Run:
         self.missing += int(gone.sum())
         self.fallback += int(on_fallback(names, self.model).sum())
         if gone.any() and len(self.reasons) < MAX_REASONS:
-            self.reasons.extend(firsts["reason"][gone].head(MAX_REASONS - len(self.reasons)))
+            self.reasons = first_reasons([*self.reasons, *firsts["reason"][gone]])
 
 
 def _header(path: Path, id_col: str, time_col: str, warnings: list[InputWarning]) -> tuple[pd.DataFrame, list[str]]:

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
-from .chunked import MAX_REASONS
+from .chunked import first_reasons
 from .layout import whole_id_chunks
 from .partitions import (
     Chunk,
@@ -78,7 +78,7 @@ class ForecastJob:
             (every id was in one chunk: each chunk forecast where it was read, one part each).
         n_metric_series: series, i.e. (id, metric) pairs, in the output.
         missing: series not forecast (model ``none`` or ``error``; see the ``reason`` column).
-        reasons: the reasons of the first MAX_REASONS of those, in part order (the CLI prints these).
+        reasons: the first MAX_REASONS distinct reasons of those, in part order (the CLI prints these).
     """
 
     output: Path
@@ -127,7 +127,7 @@ def _forecast_whole(
         "rows_out": len(frame),
         "fallback": int(on_fallback(names, model).sum()),
         "missing": int(gone.sum()),
-        "reasons": firsts["reason"][gone.to_numpy()].head(MAX_REASONS).tolist(),
+        "reasons": first_reasons(firsts["reason"][gone.to_numpy()]),
         "report": dataclasses.asdict(report),
     }
     return frame, counts
@@ -148,7 +148,7 @@ def forecast_bucket(
 
     Returns:
         Counts for the job's summary: ``series`` (machines), ``metric_series``, ``rows_in``,
-        ``rows_out``, ``fallback``, ``missing`` (series), ``reasons`` (of the first MAX_REASONS
+        ``rows_out``, ``fallback``, ``missing`` (series), ``reasons`` (the first MAX_REASONS distinct ones of those
         not forecast), ``report``.
     """
     frame, counts = _forecast_whole(read_bucket(directory), horizon, worker_model(plugin_name), issues)
@@ -226,7 +226,7 @@ def forecast_chunk(
     counts = [c for _, c in done]
     total: dict[str, Any] = {k: sum(c[k] for c in counts) for k in counts[0] if k not in ("report", "reasons")}
     total["report"] = {f: sum(c["report"][f] for c in counts) for f in counts[0]["report"]}
-    total["reasons"] = [r for c in counts for r in c["reasons"]][:MAX_REASONS]
+    total["reasons"] = first_reasons(r for c in counts for r in c["reasons"])
     total["issues"], total["warnings"] = issues, warnings
     total["metrics"] = columns_with_numbers(df, issues, skip=("id", "timestamp"))
     total["text_columns"] = text_columns(warnings)
@@ -378,7 +378,7 @@ def forecast_distributed(
                 mode="shuffle" if direct is None else "direct",
                 n_metric_series=sum(r["metric_series"] for r in results),
                 missing=sum(r["missing"] for r in results),
-                reasons=tuple([x for r in results for x in r["reasons"]][:MAX_REASONS]),
+                reasons=tuple(first_reasons(x for r in results for x in r["reasons"])),
             )
             finish_output(out_dir, scratch_dir, dataclasses.asdict(result), keep_scratch=keep_scratch)
     return result

@@ -34,13 +34,14 @@ def resolve_model(model: str | Path | Forecaster | None, default_dir: str | Path
     runs), or a forecaster object as given.
 
     Raises:
-        ArtifactError: the folder is missing or its ``model.json`` is unreadable.
+        ArtifactError: ``model`` names nothing, or the folder's ``model.json`` is unreadable.
     """
-    from ..models.artifact import default_model_dir, read_card
+    from ..models.artifact import default_model_dir, read_card, refuse_unknown_model
     from ..models.base import Forecaster
 
     if isinstance(model, Forecaster) or model in BASELINE_NAMES:
         return model
+    refuse_unknown_model(model)
     d = Path(model if model is not None else (default_dir or default_model_dir())).resolve()
     read_card(d)
     return str(d)

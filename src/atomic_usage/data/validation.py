@@ -198,7 +198,7 @@ def ensure_utc(values: pd.Series, *, column: str = "timestamp", path: str | None
         # epochs in a later version, so they are refused here, the same in every version.
         raise SchemaError(
             f"{where}Column {column!r} holds a value that is not an ISO 8601 timestamp: "
-            f"{numbers.iloc[0].item()!r}; numbers "
+            f"{numbers.iloc[:1].tolist()[0]!r}; numbers "
             "(epoch seconds, say) are not read as times in files; write timestamps like 2014-02-17T14:30:00Z.",
             path=path,
         )

@@ -35,6 +35,7 @@ __all__ = [
     "load_forecaster",
     "load_model",
     "read_networks",
+    "refuse_unknown_model",
     "save_artifact",
 ]
 
@@ -246,12 +247,25 @@ def load_forecaster(ref: str | Path | None, *, threads: int = 0) -> Forecaster:
 
     if isinstance(ref, str) and ref in BASELINES:
         return BASELINES[ref]()
-    if ref is not None and not Path(ref).exists():
-        names = ", ".join(sorted(BASELINES))
-        near = [b for b in BASELINES if b == str(ref).strip().lower()]
-        hint = f"; did you mean {near[0]!r}?" if near else ""
-        raise ArtifactError(
-            f"{str(ref)!r} is neither a baseline ({names}) nor a model folder (no such file or folder){hint}",
-            path=str(ref),
-        )
+    refuse_unknown_model(ref)
     return load_model(ref, threads=threads)
+
+
+def refuse_unknown_model(ref: object) -> None:
+    """Refuses a ``--model`` value that is neither a baseline nor an existing path, listing the
+    baselines (and the one meant, for ``NAIVE``); anything else passes (a folder is read later).
+
+    Raises:
+        ArtifactError: ``ref`` names nothing.
+    """
+    from .baselines import BASELINES
+
+    if not isinstance(ref, str | Path) or (isinstance(ref, str) and ref in BASELINES) or Path(ref).exists():
+        return
+    names = ", ".join(sorted(BASELINES))
+    near = [b for b in BASELINES if b == str(ref).strip().lower()]
+    hint = f"; did you mean {near[0]!r}?" if near else ""
+    raise ArtifactError(
+        f"{str(ref)!r} is neither a baseline ({names}) nor a model folder (no such file or folder){hint}",
+        path=str(ref),
+    )

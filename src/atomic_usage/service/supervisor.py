@@ -46,9 +46,20 @@ _BACKLOG: Final = 2048
 _log = logging.getLogger("atomic_usage.service")
 
 
-def _bind(host: str, port: int) -> socket.socket:
-    """A TCP socket bound to ``(host, port)`` with ``SO_REUSEPORT`` (not listening yet)."""
+def _bind(host: str, port: int, *, first: bool = False) -> socket.socket:
+    """A TCP socket bound to ``(host, port)`` with ``SO_REUSEPORT`` (not listening yet).
+
+    ``first``: the address is also refused (``EADDRINUSE``) where a socket listens on it already,
+    one with ``SO_REUSEPORT`` too: the kernel lets every socket of this user's that sets it bind,
+    so another ``serve --processes`` on the port would share its connections with this one. A
+    socket without ``SO_REUSEPORT`` (but ``SO_REUSEADDR``, so connections of a stopped run do not
+    count) is bound to it first, and closed.
+    """
     family, kind, proto, _, addr = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+    if first and port:
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind(addr)
     sock = socket.socket(family, kind, proto)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
@@ -142,7 +153,8 @@ def serve_processes(settings: Settings, model: str | None, options: dict[str, An
     import multiprocessing
 
     try:
-        holder = _bind(options["host"], options["port"])  # holds the port; never listens, so gets no connection
+        # holds the port; never listens, so gets no connection
+        holder = _bind(options["host"], options["port"], first=True)
     except OSError as exc:  # in use, a name that does not resolve, an address not of this machine
         _log.error("cannot listen on %s:%s: %s", options["host"], options["port"], exc.strerror or exc)
         return STARTUP_FAILURE
