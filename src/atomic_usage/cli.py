@@ -278,7 +278,7 @@ def forecast(
         typer.Option(
             "--model",
             "-m",
-            help="A model folder, or naive | seasonal_naive | predict_linear; default: bundled.",
+            help="A model folder, or naive | seasonal_naive | predict_linear | damped_trend; default: bundled.",
         ),
     ] = None,
     prometheus: PromOpt = None,
@@ -1134,7 +1134,7 @@ def tasks_recover(
             counts = {k.value: v for k, v in predictor.store.counts().items()}
         err.print(f"resumed {report['resumed']} task(s), failed {report['failed']} that had used their attempts")
         held = counts.get("accepted", 0) + counts.get("running", 0)
-        if held:
+        if held and not force:
             # Left under a lease: a live server's, or one that stopped less than a lease ago.
             err.print(
                 f"{held} task(s) still unfinished under a lease of {DEFAULT_LEASE_S:g} s: a running server works "
@@ -1199,7 +1199,8 @@ def serve(
         _number_option(minimum=0, unit="threads", help="Engine worker threads (ATOMIC_WORKERS; 0: one per core)."),
     ] = None,
     model: Annotated[
-        str | None, typer.Option("--model", "-m", help="Model folder or naive|seasonal_naive|predict_linear.")
+        str | None,
+        typer.Option("--model", "-m", help="Model folder or naive|seasonal_naive|predict_linear|damped_trend."),
     ] = None,
     graceful_s: Annotated[
         float,

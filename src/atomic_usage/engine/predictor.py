@@ -609,7 +609,7 @@ class UsagePredictor:
                 self.recover()
             except Exception as exc:  # pragma: no cover - logged, the engine keeps serving
                 _log.error("recovery at start failed: %s", exc)
-        last_trim = -float("inf")
+        last_trim = last_prune = -float("inf")
         while True:
             if time.monotonic() - last_trim >= TRIM_EVERY_S:
                 last_trim = time.monotonic()
@@ -617,9 +617,11 @@ class UsagePredictor:
                     self.trim_history()
                 except Exception as exc:  # pragma: no cover - logged, retried next pass
                     _log.error("trimming the stored observations failed: %s", exc)
+            if time.monotonic() - last_prune >= TRIM_EVERY_S:
+                last_prune = time.monotonic()
                 try:  # a backlog goes over several passes, so leases are renewed in between
                     if self.trim_tasks(most=TRIM_TASKS_PER_PASS) >= TRIM_TASKS_PER_PASS:
-                        last_trim = -float("inf")
+                        last_prune = -float("inf")
                 except Exception as exc:  # pragma: no cover - logged, retried next pass
                     _log.error("deleting old finished tasks failed: %s", exc)
             if self._closed.wait(DEFAULT_LEASE_S / 3):
