@@ -153,8 +153,14 @@ class TestServeProcesses:
             srv.start(timeout_s=30)
 
     def test_a_process_that_cannot_start_stops_the_supervisor(self, tmp_path: Path) -> None:
-        """No token configured: the processes cannot start, and the supervisor exits 3 instead of restarting them."""
-        srv = Server(tmp_path, args=("--processes", "2"), env={"ATOMIC_API_TOKENS": ""}, group=True)
+        """A model folder whose model.json is damaged: the serving processes cannot load it, and the
+        supervisor exits 3 instead of restarting them. (A missing token or a --model that names
+        nothing is refused before any process starts: test_a_bad_model_or_no_token_is_one_line.)"""
+        broken = tmp_path / "broken-model"
+        broken.mkdir()
+        (broken / "model.json").write_text("{not json")
+        (broken / "model.onnx").write_bytes(b"")
+        srv = Server(tmp_path / "data", model=str(broken), args=("--processes", "2"), group=True)
         with pytest.raises(RuntimeError, match="exited with 3"):
             srv.start(timeout_s=90)
 
