@@ -1330,7 +1330,10 @@ QueryOpt = Annotated[
     typer.Option("--query", help="With --prometheus: METRIC=PROMQL replacing or adding a metric's query."),
 ]
 FromStoreOpt = Annotated[
-    bool, typer.Option("--from-store", help="Read the history gathered by `atomic-usage collect`.")
+    bool,
+    typer.Option(
+        "--from-store", help="Read the history gathered by `atomic-usage collect` (not the service's task store)."
+    ),
 ]
 
 
