@@ -116,6 +116,19 @@ class TestDampedTrend:
         fc = DampedTrend().forecast_arrays([load], 288, np.array([True]))[0]
         assert abs(fc[1, 0] - 55) < 1.5 and abs(fc[1, -1] - 55) < 5
 
+    def test_a_daily_cycle_is_not_carried_to_0_or_100(self) -> None:
+        """CPU cycling 25-75 % every day, on its steep rise: the day-long fit sees no trend, so the
+        rise is not carried on (it reached 100 % within the day, and the fall 0 %, at p50 and the
+        band's edge alike), while the level stays where the series is now."""
+        t = np.arange(576)
+        for phase in (0.0, np.pi):  # rising, falling at the last step
+            cpu = 50 + 25 * np.sin(2 * np.pi * t / 288 + phase - 2 * np.pi * 575 / 288)
+            slope, level = DampedTrend().line([cpu])
+            assert slope[0] == 0.0 and abs(level[0] - cpu[-1]) < 3  # the 6-hour line's level
+            fc = DampedTrend().forecast_arrays([cpu], 288, np.array([True]))[0]
+            assert np.allclose(fc[1], level[0]) and (fc[1] > 20).all() and (fc[1] < 80).all()
+            assert abs(DampedTrend(long_window=0).line([cpu])[0][0]) > 0.3  # the 6-hour fit alone climbs
+
     def test_missing_steps_in_the_window_are_left_out(self) -> None:
         """Gaps inside the fitted steps are skipped, and a window with no value at all is naive's."""
         climb = 40 + np.arange(120) * 0.1
@@ -133,6 +146,8 @@ class TestDampedTrend:
             DampedTrend(phi=1.5)
         with pytest.raises(ValueError, match="window"):
             DampedTrend(window=1)
+        with pytest.raises(ValueError, match="long_window"):
+            DampedTrend(window=72, long_window=36)
 
 
 class TestNanQuantileRows:

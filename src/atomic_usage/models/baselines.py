@@ -284,6 +284,15 @@ class PredictLinear(Forecaster):
         return f"PredictLinear(window={self.window})"
 
 
+def _robust_slope(Y: np.ndarray) -> np.ndarray:
+    """Per row of ``Y`` (k, w), the median of its changes over half the window, per step (0 where
+    no such change is observed)."""
+    w = Y.shape[1]
+    k = w // 2
+    changes = (Y[:, k:] - Y[:, : w - k]) / k
+    return np.where(~np.isnan(changes).all(1), _nanquantile(changes, [0.5])[:, 0], 0.0)
+
+
 class DampedTrend(Forecaster):
     """A damped trend: a line fitted robustly to the last ``window`` steps, its slope damped by
     ``phi`` per step ahead (Gardner and McKenzie's damped trend), inside naive's band.
@@ -293,17 +302,22 @@ class DampedTrend(Forecaster):
     (as Theil and Sen fit a line): a burst, a spike or a few bad steps near the end neither tilt
     it nor lift its start, where a least-squares line over the same steps did both (a 30-minute
     burst that had ended an hour before lifted the forecast 14 points above the last value and
-    carried it to 84 % within the day). Step h ahead is that level plus
-    ``slope * (phi + phi**2 + ... + phi**h)``: a steady climb is carried on for a few hours and
-    then levels off, where :class:`PredictLinear` would extrapolate it without end. The p10/p90
-    are naive's distances from its p50 (the spread of the series' own h-step changes), so the
-    band widens with the horizon. The bundled model offers it, beside naive, to the per-series
-    choice made after the first hour (``docs/accuracy.md``). Histories shorter than the window
-    are forecast as naive forecasts them.
+    carried it to 84 % within the day). Where the history holds ``long_window`` steps (a day),
+    the slope is also fitted over them, and only a slope both agree on is carried on, the
+    smaller of the two: a disk filling all day keeps its slope, while the rise or fall of a
+    daily cycle, which a day-long fit sees level out, is not carried towards 0 or 100 as if it
+    went on all day. Step h ahead is the level plus ``slope * (phi + phi**2 + ... + phi**h)``:
+    a steady climb is carried on for a few hours and then levels off, where
+    :class:`PredictLinear` would extrapolate it without end. The p10/p90 are naive's distances
+    from its p50 (the spread of the series' own h-step changes), so the band widens with the
+    horizon. The bundled model offers it, beside naive, to the per-series choice made after the
+    first hour (``docs/accuracy.md``). Histories shorter than the window are forecast as naive
+    forecasts them.
 
     Args:
         window: steps in the fitted line (72 = the last 6 hours of 5-minute steps).
         phi: the damping per step (0.99: the slope's reach is at most 100 steps).
+        long_window: steps of the second fit the slope must agree with (288 = a day); 0 for none.
 
     >>> fc = DampedTrend(window=3, phi=0.5).forecast_arrays([np.array([1.0, 2.0, 3.0])], 2, np.array([False]))
     >>> fc[0, 1].round(6).tolist()
@@ -312,13 +326,16 @@ class DampedTrend(Forecaster):
 
     name = "damped_trend"
 
-    def __init__(self, window: int = 72, phi: float = 0.99) -> None:
+    def __init__(self, window: int = 72, phi: float = 0.99, long_window: int = _DAY) -> None:
         if not 0.0 <= phi <= 1.0:
             raise ValueError(f"phi must be in [0, 1], not {phi!r}")
         if window < 2:
             raise ValueError(f"window must be at least 2 steps, not {window!r}")
+        if long_window and long_window < window:
+            raise ValueError(f"long_window must be 0 or at least window ({window}), not {long_window!r}")
         self.window = window
         self.phi = phi
+        self.long_window = long_window
 
     def line(self, histories: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         """The robust line of each history's last ``window`` steps: ``(slope per step, level at the
@@ -331,16 +348,27 @@ class DampedTrend(Forecaster):
         n, w = len(histories), self.window
         slope = np.zeros(n)
         level = np.array([_last_valid(np.asarray(h, np.float64)[None, :])[0] for h in histories])
-        fits = np.array([len(h) >= w for h in histories], bool)
-        if fits.any():
-            Y = np.stack([np.asarray(histories[int(i)], np.float64)[-w:] for i in np.flatnonzero(fits)])
-            k = w // 2
-            changes = (Y[:, k:] - Y[:, : w - k]) / k
-            s = np.where(~np.isnan(changes).all(1), _nanquantile(changes, [0.5])[:, 0], 0.0)
-            rest = Y - s[:, None] * (np.arange(w) - (w - 1))[None, :]
-            seen = ~np.isnan(rest).all(1)
-            slope[fits] = np.where(seen, s, 0.0)
-            level[fits] = np.where(seen, _nanquantile(rest, [0.5])[:, 0], level[fits])
+        fits = np.flatnonzero([len(h) >= w for h in histories])
+        if not len(fits):
+            return slope, level
+        Y = np.stack([np.asarray(histories[int(i)], np.float64)[-w:] for i in fits])
+        s = _robust_slope(Y)
+        # The level at the last step is the window's own line's: where the series is now. A slope
+        # the day does not confirm is not carried on, but the level is not moved back for it.
+        rest = Y - s[:, None] * (np.arange(w) - (w - 1))[None, :]
+        seen = ~np.isnan(rest).all(1)
+        level[fits] = np.where(seen, _nanquantile(rest, [0.5])[:, 0], level[fits])
+        if self.long_window:
+            day = np.flatnonzero([len(histories[int(i)]) >= self.long_window for i in fits])
+            if len(day):
+                long = _robust_slope(
+                    np.stack([np.asarray(histories[int(fits[j])], np.float64)[-self.long_window :] for j in day])
+                )
+                short = s[day]
+                s[day] = np.where(
+                    np.sign(short) == np.sign(long), np.sign(short) * np.minimum(abs(short), abs(long)), 0.0
+                )
+        slope[fits] = np.where(seen, s, 0.0)
         return slope, level
 
     def forecast_arrays(self, histories: Sequence[np.ndarray], horizon: int, bounded: np.ndarray) -> np.ndarray:
@@ -361,7 +389,7 @@ class DampedTrend(Forecaster):
         return _short_window_reasons(histories, self.window, self.name, "a trend")
 
     def __repr__(self) -> str:
-        return f"DampedTrend(window={self.window}, phi={self.phi})"
+        return f"DampedTrend(window={self.window}, phi={self.phi}, long_window={self.long_window})"
 
 
 BASELINES: dict[str, type[Forecaster]] = {
