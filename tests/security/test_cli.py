@@ -228,6 +228,37 @@ class TestOpen:
         result = _run(runner, "open", str(path))
         assert result.exit_code == 0 and json.loads(result.stdout) == {"a": 3}
 
+    def test_opens_a_whole_sealed_answer(
+        self, runner: CliRunner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """The answer of process(sealed=True), as ?sealed=true gives it, opens as the list of its
+        records' results (it was refused: 'This is not a sealed result')."""
+        from atomic_usage import Settings, UsagePredictor
+        from atomic_usage.models.baselines import Naive
+
+        monkeypatch.setenv("ATOMIC_DATA_DIR", str(tmp_path / "data"))
+        records = [{"id": "web-1", "cpuLoad": 30.0}, {"id": "web-2", "cpuLoad": 40.0}]
+        with UsagePredictor(Settings.from_env(), model=Naive()) as p:
+            answer = p.process({"usageData": records}, sealed=True)
+        path = tmp_path / "answer.json"
+        path.write_text(json.dumps(answer))
+        result = _run(runner, "open", str(path))
+        assert result.exit_code == 0, result.output
+        assert json.loads(result.stdout) == answer["results"]
+
+    def test_a_missing_keyring_says_where_the_right_one_is(
+        self, runner: CliRunner, ring_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """With no keyring in the data folder, open says results open only with the keyring that
+        sealed them, and creates nothing (it advised `keys init`, whose new keyring opens nothing)."""
+        path = tmp_path / "e.json"
+        path.write_text(seal({"a": 1}, keyring=Keyring.load(ring_file), **IDS))
+        monkeypatch.setenv("ATOMIC_DATA_DIR", str(tmp_path / "elsewhere"))
+        result = _run(runner, "open", str(path))
+        _failed_cleanly(result)
+        assert "only with the keyring that sealed them" in result.stderr and "keys init" not in result.stderr
+        assert not (tmp_path / "elsewhere").exists()
+
     def test_tampered_envelope_fails_cleanly(self, runner: CliRunner, ring_file: Path, tmp_path: Path) -> None:
         """An altered envelope exits 2 with the authentication message."""
         doc = json.loads(seal({"a": 1}, keyring=Keyring.load(ring_file), **IDS))

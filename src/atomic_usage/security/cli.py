@@ -70,10 +70,12 @@ def _keyring_path(option: Path | None) -> Path:
     return Settings.from_env().data_dir / KEYRING_FILENAME
 
 
-def read_envelopes(path: Path) -> tuple[Any, list[Envelope]]:
+def read_envelopes(path: Path, *, responses: bool = False) -> tuple[Any, list[Envelope]]:
     """Reads a file holding one envelope or a JSON list of them (``-`` reads stdin).
 
-    Each envelope may be a JSON object or the JSON text :func:`~.seal` returned.
+    Each envelope may be a JSON object or the JSON text :func:`~.seal` returned. With
+    ``responses``, a whole ``POST /v1/predict?sealed=true`` (or ``process(sealed=True)``) answer
+    is read too: its ``sealed`` list.
 
     Returns:
         The parsed document (to write back in the same shape) and its envelopes.
@@ -90,6 +92,8 @@ def read_envelopes(path: Path) -> tuple[Any, list[Envelope]]:
         doc = json.loads(text)
     except ValueError:
         raise SecurityError(f"{path} is not JSON; give a file with one envelope or a list of them.") from None
+    if responses and isinstance(doc, dict) and isinstance(doc.get("sealed"), list):
+        doc = doc["sealed"]
     items = doc if isinstance(doc, list) else [doc]
     return doc, [Envelope.from_json(x) if isinstance(x, str) else Envelope.from_dict(x) for x in items]
 
@@ -229,22 +233,34 @@ keys_app = make_keys_app()
 
 
 def open_command(
-    file: Annotated[Path, typer.Argument(help="A JSON file with one envelope or a list of them; - for stdin.")],
+    file: Annotated[
+        Path,
+        typer.Argument(
+            help="A JSON file with one envelope, a list of them, or a whole ?sealed=true answer; - for stdin."
+        ),
+    ],
     keyring: KeyringOption = None,
 ) -> None:
     """Open sealed results and print them as JSON.
 
     The key comes from ``--keyring`` / ``ATOMIC_KEYRING`` when given, else from
-    ``ATOMIC_KEY`` when set, else from ``<data_dir>/keyring.json``.
+    ``ATOMIC_KEY`` when set, else from ``<data_dir>/keyring.json``. A whole answer of
+    ``POST /v1/predict?sealed=true`` opens as the list of its ``sealed`` envelopes.
     """
     with _errors_to_exit():
         if keyring is not None:
-            ring = Keyring.load(keyring)
+            key, path = None, keyring
         else:
             settings = Settings.from_env()
-            ring = (
-                Keyring.from_key(settings.key) if settings.key else Keyring.load(settings.data_dir / KEYRING_FILENAME)
+            key, path = settings.key, settings.data_dir / KEYRING_FILENAME
+        if not key and not path.exists():
+            # A new keyring can never open what another one sealed: say where the right one is.
+            raise SecurityError(
+                f"There is no keyring at {path}: results open only with the keyring that sealed them; "
+                "set ATOMIC_DATA_DIR to the data folder of the service or process() that sealed them, "
+                "or give its keyring file with --keyring (ATOMIC_KEYRING)."
             )
-        doc, envs = read_envelopes(file)
+        ring = Keyring.from_key(key) if key else Keyring.load(path)
+        doc, envs = read_envelopes(file, responses=True)
         results = [open_result(e, keyring=ring) for e in envs]
     typer.echo(json.dumps(results if isinstance(doc, list) else results[0], indent=2))
