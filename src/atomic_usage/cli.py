@@ -1278,6 +1278,13 @@ def serve(
             if status:
                 raise typer.Exit(status)
             return
+        from .service.supervisor import STARTUP_FAILURE, check_address
+
+        try:  # before the engine opens the store: a taken port is one line, and no "service ready"
+            check_address(host, port)
+        except OSError as exc:
+            _say("error:", "bold red", f"cannot listen on {host}:{port}: {exc.strerror or exc}")
+            raise typer.Exit(STARTUP_FAILURE) from None
         # As the predictor loads its default model: one ONNX Runtime thread per worker's session.
         forecaster = load_forecaster(model, threads=SESSION_THREADS) if model is not None else None
         api = create_app(settings, model=forecaster)

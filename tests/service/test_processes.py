@@ -435,12 +435,14 @@ def test_counters_never_drop_when_a_process_is_replaced(tmp_path: Path) -> None:
             assert _metric(text, "atomic_replays_total") == (rnd + 1) * 8
 
 
+@pytest.mark.parametrize("processes", ["1", "2"])
 @pytest.mark.parametrize("reuseport", [False, True], ids=["plain", "reuseport"])
-def test_a_taken_port_is_one_line_and_exit_3(tmp_path: Path, reuseport: bool) -> None:
-    """serve --processes on a port another socket holds: one error line naming the address, exit 3
-    as a single process gives (it was a traceback from the supervisor's bind, exit 1). Also when
-    that socket has SO_REUSEPORT, as another serve --processes of this user's does: the kernel let
-    both bind, and the second service took a share of the first one's connections."""
+def test_a_taken_port_is_one_line_and_exit_3(tmp_path: Path, reuseport: bool, processes: str) -> None:
+    """serve on a port another socket holds: one error line naming the address, exit 3, and no
+    store opened in the data folder (--processes 2 gave a traceback from the supervisor's bind,
+    exit 1; one process said "service ready" and opened the store before uvicorn's bind failed).
+    Also when that socket has SO_REUSEPORT, as another serve --processes of this user's does: the
+    kernel let both bind, and the second service took a share of the first one's connections."""
     import socket
 
     with socket.socket() as taken:
@@ -452,15 +454,16 @@ def test_a_taken_port_is_one_line_and_exit_3(tmp_path: Path, reuseport: bool) ->
         port = taken.getsockname()[1]
         env = {**os.environ, "ATOMIC_DATA_DIR": str(tmp_path), "ATOMIC_API_TOKENS": AUTH["Authorization"][7:]}
         res = subprocess.run(
-            [sys.executable, "-m", "atomic_usage.cli", "serve", "--port", str(port), "--processes", "2"],
+            [sys.executable, "-m", "atomic_usage.cli", "serve", "--port", str(port), "--processes", processes],
             env=env,
             capture_output=True,
             text=True,
             timeout=120,
         )
     assert res.returncode == 3, res.stderr
-    assert "Traceback" not in res.stderr
+    assert "Traceback" not in res.stderr and "service ready" not in res.stderr
     assert f"cannot listen on 127.0.0.1:{port}: Address already in use" in res.stderr
+    assert not (tmp_path / "engine.sqlite3").exists()
 
 
 @pytest.mark.parametrize(

@@ -35,7 +35,7 @@ if TYPE_CHECKING:
     from ..config import Settings
     from .balance import ConnectionBalance
 
-__all__ = ["STARTUP_FAILURE", "serve_processes"]
+__all__ = ["STARTUP_FAILURE", "check_address", "serve_processes"]
 
 STARTUP_FAILURE: Final = 3
 """Exit status of a serving process that could not start (uvicorn's), and of the supervisor then."""
@@ -46,20 +46,23 @@ _BACKLOG: Final = 2048
 _log = logging.getLogger("atomic_usage.service")
 
 
-def _bind(host: str, port: int, *, first: bool = False) -> socket.socket:
-    """A TCP socket bound to ``(host, port)`` with ``SO_REUSEPORT`` (not listening yet).
-
-    ``first``: the address is also refused (``EADDRINUSE``) where a socket listens on it already,
-    one with ``SO_REUSEPORT`` too: the kernel lets every socket of this user's that sets it bind,
-    so another ``serve --processes`` on the port would share its connections with this one. A
-    socket without ``SO_REUSEPORT`` (but ``SO_REUSEADDR``, so connections of a stopped run do not
-    count) is bound to it first, and closed.
-    """
+def check_address(host: str, port: int) -> None:
+    """Raises the ``OSError`` a server would meet listening on ``(host, port)``: a name that does not
+    resolve, an address not of this machine, or a port a socket is bound to already, one with
+    ``SO_REUSEPORT`` too (the kernel lets every socket of this user's that sets it bind, so another
+    ``serve --processes`` there would share its connections). A socket without ``SO_REUSEPORT``
+    (but ``SO_REUSEADDR``, so connections of a stopped run do not count) is bound and closed;
+    port 0 (any free port) is always free."""
     family, kind, proto, _, addr = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
-    if first and port:
+    if port:
         with socket.socket(family, kind, proto) as probe:
             probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             probe.bind(addr)
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    """A TCP socket bound to ``(host, port)`` with ``SO_REUSEPORT`` (not listening yet)."""
+    family, kind, proto, _, addr = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
     sock = socket.socket(family, kind, proto)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
@@ -146,6 +149,11 @@ def serve_processes(settings: Settings, model: str | None, options: dict[str, An
     from .balance import shared_counts
     from .peerdir import join, leave, peer_folder
 
+    try:  # before the store and the keyring are made: a service that cannot listen leaves nothing
+        check_address(options["host"], options["port"])
+    except OSError as exc:  # in use, a name that does not resolve, an address not of this machine
+        _log.error("cannot listen on %s:%s: %s", options["host"], options["port"], exc.strerror or exc)
+        return STARTUP_FAILURE
     open_store(settings).close()
     load_or_create_keyring(settings, path=settings.keyring_path)
     if not hasattr(socket, "SO_REUSEPORT"):  # pragma: no cover - not on Linux
@@ -153,9 +161,8 @@ def serve_processes(settings: Settings, model: str | None, options: dict[str, An
     import multiprocessing
 
     try:
-        # holds the port; never listens, so gets no connection
-        holder = _bind(options["host"], options["port"], first=True)
-    except OSError as exc:  # in use, a name that does not resolve, an address not of this machine
+        holder = _bind(options["host"], options["port"])  # holds the port; never listens, so gets no connection
+    except OSError as exc:  # taken in the moment since the check
         _log.error("cannot listen on %s:%s: %s", options["host"], options["port"], exc.strerror or exc)
         return STARTUP_FAILURE
     options = {**options, "port": holder.getsockname()[1]}
