@@ -110,6 +110,33 @@ class TestForecast:
         assert len(lines) == 1 and "id 'empty'" in lines[0]
         assert "(3 series not forecast" in _flat(res.output)
 
+    def test_a_missing_extra_is_named_before_any_work(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        """forecast --plot without matplotlib, and collect without psutil, name their extra before they
+        write or announce anything (forecast wrote its table, then failed; collect first printed
+        'collecting every ...')."""
+        import sys
+
+        monkeypatch.setenv("ATOMIC_DATA_DIR", str(tmp_path / "data"))
+        for module in ("matplotlib", "matplotlib.figure", "psutil"):
+            monkeypatch.setitem(sys.modules, module, None)  # import fails, as without the extra
+        inp, out = write_fleet(tmp_path / "in.csv"), tmp_path / "o.csv"
+        res = runner.invoke(
+            app, ["forecast", "-i", str(inp), "-H", "3", "-o", str(out), "-m", "naive", "--plot", str(tmp_path / "c")]
+        )
+        assert res.exit_code == 2 and "atomic-usage[report]" in _flat(res.output) and not out.exists()
+        res = runner.invoke(app, ["collect", "--count", "1", "--interval", "5s"])
+        assert res.exit_code == 2 and "psutil" in res.output and "collecting every" not in res.output
+
+    def test_a_cluster_output_is_a_folder(self, tmp_path: Path) -> None:
+        """--cluster with --output out.csv is refused before a cluster starts: it wrote a folder named
+        out.csv holding Parquet parts."""
+        inp = write_fleet(tmp_path / "in.csv")
+        res = runner.invoke(
+            app, ["forecast", "-i", str(inp), "-H", "3", "-o", str(tmp_path / "out.csv"), "--cluster", "local:2"]
+        )
+        assert res.exit_code == 2 and "a folder of Parquet parts" in _flat(res.output)
+        assert not (tmp_path / "out.csv").exists()
+
     def test_missing_model_folder_exits_3(self, tmp_path: Path) -> None:
         """A model folder that does not exist is a clear error naming the baselines, and an empty one
         names the missing file."""

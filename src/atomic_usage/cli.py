@@ -306,9 +306,19 @@ def forecast(
     """
     settings = _settings()
     _refuse_input_as_output(input, output, "the forecast")
+    if plot is not None:  # the charts' extra is checked before the forecast is made and written
+        with _errors():
+            from .report.charts import require_matplotlib
+
+            require_matplotlib()
     if cluster is not None or scheduler is not None:
         if input is None:
             raise typer.BadParameter("a cluster run reads files: give --input FILE or FOLDER", param_hint="--input")
+        if output.suffix.lower() == ".csv":  # a folder named out.csv, holding Parquet parts, misleads
+            raise typer.BadParameter(
+                f"a cluster run writes a folder of Parquet parts, not the CSV file {str(output)!r}; give a folder",
+                param_hint="--output",
+            )
         with _errors():  # a bad --model fails before a cluster is started
             from .models.artifact import refuse_unknown_model
 
@@ -1462,10 +1472,11 @@ def collect(
     settings = _settings()
     with _errors():
         from .data.collector import collect as run_collect
-        from .data.collector import collector_path
+        from .data.collector import collector_path, require_psutil
         from .data.prometheus import parse_duration
 
         every = parse_duration(interval, name="interval").total_seconds()
+        require_psutil()
         n = [0]
 
         def show(sample: dict[str, Any]) -> None:

@@ -30,13 +30,26 @@ from .validation import validate_wide
 if TYPE_CHECKING:
     from ..config import Settings
 
-__all__ = ["COLLECTOR_FILE", "append_sample", "collect", "collect_once", "collector_path", "read_collected"]
+__all__ = [
+    "COLLECTOR_FILE",
+    "append_sample",
+    "collect",
+    "collect_once",
+    "collector_path",
+    "read_collected",
+    "require_psutil",
+]
 
 COLLECTOR_FILE: Final = "collector.csv"
 """Name of the history file under the data folder."""
 
 _COLUMNS: Final = ("id", "timestamp", *DEFAULT_METRICS)
 _log = logging.getLogger("atomic_usage.data")
+
+
+def require_psutil() -> None:
+    """Raises the DataError naming the extra when psutil is missing, before anything is announced."""
+    _psutil()
 
 
 def _psutil() -> Any:

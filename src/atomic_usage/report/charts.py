@@ -21,7 +21,7 @@ from ..errors import DataError
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-__all__ = ["eval_chart", "fan_chart", "figure_png", "safe_name", "write_fan_charts"]
+__all__ = ["eval_chart", "fan_chart", "figure_png", "require_matplotlib", "safe_name", "write_fan_charts"]
 
 DPI: Final = 80
 """Resolution of the PNGs (pixels per inch): small enough to embed dozens in one page."""
@@ -31,11 +31,19 @@ _FAN: Final = "#f28e2b"
 _THRESHOLD_COLORS: Final = ("#c0392b", "#7b241c", "#4a235a")
 
 
-def _figure(width_in: float, height_in: float) -> Figure:
+def require_matplotlib() -> None:
+    """Raises the DataError naming the ``report`` extra when matplotlib is missing, so a command
+    that will draw says so before its other work (``forecast --plot`` wrote its table first)."""
     try:
-        from matplotlib.figure import Figure
-    except ImportError:  # pragma: no cover
+        import matplotlib.figure  # noqa: F401
+    except ImportError:
         raise DataError("Charts need matplotlib; install it: pip install 'atomic-usage[report]'.") from None
+
+
+def _figure(width_in: float, height_in: float) -> Figure:
+    require_matplotlib()
+    from matplotlib.figure import Figure
+
     return Figure(figsize=(width_in, height_in), dpi=DPI)
 
 
