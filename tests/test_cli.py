@@ -124,6 +124,8 @@ class TestForecast:
             app, ["forecast", "-i", str(inp), "-H", "3", "-o", str(out), "-m", "naive", "--plot", str(tmp_path / "c")]
         )
         assert res.exit_code == 2 and "atomic-usage[report]" in _flat(res.output) and not out.exists()
+        res = runner.invoke(app, ["report", "-i", str(tmp_path / "absent.csv"), "-o", str(tmp_path / "r.html")])
+        assert res.exit_code == 2 and "atomic-usage[report]" in _flat(res.output) and "absent.csv" not in res.output
         res = runner.invoke(app, ["collect", "--count", "1", "--interval", "5s"])
         assert res.exit_code == 2 and "psutil" in res.output and "collecting every" not in res.output
 

@@ -1518,14 +1518,16 @@ def report(
     _refuse_input_as_output(input, output, "the report")
     with _errors():
         from .data.regularize import regularize
+        from .report.charts import require_matplotlib
         from .report.html import write_report
 
+        require_matplotlib()  # the charts' extra and a bad --model fail before the input is read
+        fc_model = _load_forecaster(model, settings)
         issues: list[Any] = []
         frame, grid = _read_source(
             input, prometheus, range_, step, selector, mount, query, from_store, settings, issues=issues
         )
         panel, _ = regularize(frame, grid)
-        fc_model = _load_forecaster(model, settings)
         result = _forecast_panel(fc_model, panel, horizon, issues)
         with _progress("charts", min(top, int(result["id"].nunique()))) as advance:
             write_report(
