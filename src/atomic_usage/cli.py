@@ -371,10 +371,11 @@ def forecast(
             _plot(plot, frame, result, settings)
 
 
-def _say_not_forecast(reasons: Iterable[str], most: int = 20) -> None:
-    """Prints the first ``most`` distinct reasons of series not forecast, each once: an id with no
-    value at all has the same reason for every metric, which was printed once per metric."""
-    for reason in list(dict.fromkeys(reasons))[:most]:
+def _say_not_forecast(reasons: Iterable[str]) -> None:
+    """Prints the first distinct reasons of series not forecast, each once (:func:`first_reasons`)."""
+    from .cluster.chunked import first_reasons
+
+    for reason in first_reasons(reasons):
         _say("not forecast:", "yellow", reason)
 
 
@@ -1288,13 +1289,12 @@ def serve(
             if status:
                 raise typer.Exit(status)
             return
-        from .service.supervisor import STARTUP_FAILURE, check_address
+        from .service.supervisor import STARTUP_FAILURE, address_problem
 
-        try:  # before the engine opens the store: a taken port is one line, and no "service ready"
-            check_address(host, port)
-        except OSError as exc:
-            _say("error:", "bold red", f"cannot listen on {host}:{port}: {exc.strerror or exc}")
-            raise typer.Exit(STARTUP_FAILURE) from None
+        problem = address_problem(host, port)  # before the engine opens the store: no "service ready"
+        if problem is not None:
+            _say("error:", "bold red", problem)
+            raise typer.Exit(STARTUP_FAILURE)
         # As the predictor loads its default model: one ONNX Runtime thread per worker's session.
         forecaster = load_forecaster(model, threads=SESSION_THREADS) if model is not None else None
         api = create_app(settings, model=forecaster)

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from ..models.base import MIN_CHANGES, MIN_INTERVAL, SHORT_HISTORY
+from ..models.base import SHORT_HISTORY, interval_known
 
 __all__ = ["describe_forecast", "describe_many", "encode_many", "iso"]
 
@@ -253,9 +253,7 @@ class _Prepared:
         last_ts = np.asarray(last_ts, float)
         last_value = np.asarray(last_value, float)
         hours = step_s * np.arange(1, H + 1) / 3600.0
-        spread = np.asarray(history_length) >= MIN_INTERVAL
-        if changes is not None:
-            spread &= np.asarray(changes) >= MIN_CHANGES
+        spread = interval_known(history_length, changes)
         if not spread.all():
             # As in the file forecasts (forecast_frame): too few values for any model, the last one,
             # named for what served it.

@@ -37,7 +37,7 @@ import orjson
 
 from .._types import DEFAULT_METRICS
 from ..errors import EngineError
-from ..models.base import no_data_reason
+from ..models.base import no_data_reason, observed_changes
 from .commit import settle
 from .forecast import TREND_STEPS, encode_many, iso
 from .runner import MachineForecast, WorkItem
@@ -338,7 +338,7 @@ class TaskRunner:
                 step_s=self.history.step_s,
                 last_value=hist[np.arange(len(cells)), last_pos],
                 history_length=seen.sum(1),
-                changes=(seen[:, 1:] & seen[:, :-1]).sum(1),
+                changes=observed_changes(hist),
                 models=[str(forecasts[i].models[j]) for i, j in cells],  # type: ignore[union-attr]
                 thresholds=self.thresholds,
                 recent=hist[:, -TREND_STEPS:],

@@ -190,18 +190,30 @@ def on_fallback(names: pd.Series, model: object) -> np.ndarray:
     return np.asarray(~names.isin(NO_FORECAST) & ~own)
 
 
-def interval_known(n_observed: int, n_changes: int | None = None) -> bool:
+def interval_known(n_observed: Any, n_changes: Any = None) -> Any:
     """Whether a history with ``n_observed`` observed values and ``n_changes`` changes between
-    consecutive observed steps (not counted when None) gets p10/p90 (MIN_INTERVAL, MIN_CHANGES)."""
-    return n_observed >= MIN_INTERVAL and (n_changes is None or n_changes >= MIN_CHANGES)
+    consecutive observed steps (not counted when None) gets p10/p90 (MIN_INTERVAL, MIN_CHANGES);
+    element-wise for arrays of counts.
+
+    >>> interval_known(np.array([2, 3, 3]), np.array([1, 1, 2])).tolist()
+    [False, False, True]
+    """
+    known = np.asarray(n_observed) >= MIN_INTERVAL
+    if n_changes is not None:
+        known &= np.asarray(n_changes) >= MIN_CHANGES
+    return known
 
 
 def observed_changes(histories: Sequence[np.ndarray] | np.ndarray) -> np.ndarray:
-    """Per history, how many pairs of consecutive steps are both observed.
+    """Per history, how many pairs of consecutive steps are both observed (a 2-D array of
+    histories of one length is counted in one pass).
 
     >>> observed_changes([np.array([5.0, np.nan, np.nan, 6.0, 6.0]), np.array([1.0, 2.0, 3.0])]).tolist()
     [1, 2]
     """
+    if isinstance(histories, np.ndarray) and histories.ndim == 2:
+        seen = ~np.isnan(histories)
+        return np.asarray((seen[:, 1:] & seen[:, :-1]).sum(1), np.int64)
     return np.array(
         [int(np.count_nonzero(~np.isnan(h[1:]) & ~np.isnan(h[:-1]))) for h in map(np.asarray, histories)], np.int64
     )

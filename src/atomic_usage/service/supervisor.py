@@ -35,7 +35,7 @@ if TYPE_CHECKING:
     from ..config import Settings
     from .balance import ConnectionBalance
 
-__all__ = ["STARTUP_FAILURE", "check_address", "serve_processes"]
+__all__ = ["STARTUP_FAILURE", "address_problem", "check_address", "serve_processes"]
 
 STARTUP_FAILURE: Final = 3
 """Exit status of a serving process that could not start (uvicorn's), and of the supervisor then."""
@@ -58,6 +58,15 @@ def check_address(host: str, port: int) -> None:
         with socket.socket(family, kind, proto) as probe:
             probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             probe.bind(addr)
+
+
+def address_problem(host: str, port: int) -> str | None:
+    """Why a server cannot listen on ``(host, port)`` (:func:`check_address`), as one line, or None."""
+    try:
+        check_address(host, port)
+    except OSError as exc:  # in use, a name that does not resolve, an address not of this machine
+        return f"cannot listen on {host}:{port}: {exc.strerror or exc}"
+    return None
 
 
 def _bind(host: str, port: int) -> socket.socket:
@@ -149,10 +158,9 @@ def serve_processes(settings: Settings, model: str | None, options: dict[str, An
     from .balance import shared_counts
     from .peerdir import join, leave, peer_folder
 
-    try:  # before the store and the keyring are made: a service that cannot listen leaves nothing
-        check_address(options["host"], options["port"])
-    except OSError as exc:  # in use, a name that does not resolve, an address not of this machine
-        _log.error("cannot listen on %s:%s: %s", options["host"], options["port"], exc.strerror or exc)
+    problem = address_problem(options["host"], options["port"])
+    if problem is not None:  # before the store and the keyring are made: a service that cannot listen leaves nothing
+        _log.error("%s", problem)
         return STARTUP_FAILURE
     open_store(settings).close()
     load_or_create_keyring(settings, path=settings.keyring_path)
