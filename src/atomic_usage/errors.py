@@ -96,28 +96,42 @@ class GapError(DataError, ValueError):
 
 
 class RecordError:
-    """One problem with one record of a payload: where it is and what is wrong."""
+    """One problem with one record of a payload: where it is and what is wrong.
 
-    __slots__ = ("field", "index", "message", "record_id")
+    Attributes:
+        record_id: the record's id as given back, or None.
+        id_escaped: whether ``record_id`` is already escaped to printable ASCII (backslash
+            escapes, :func:`~atomic_usage.engine.payload.escaped`), as an id holding a refused
+            character is given back; ``str()`` then shows ``ascii()`` of the id, so escaped once.
+    """
 
-    def __init__(self, index: int, field: str, message: str, record_id: str | None = None) -> None:
+    __slots__ = ("field", "id_escaped", "index", "message", "record_id")
+
+    def __init__(
+        self, index: int, field: str, message: str, record_id: str | None = None, *, id_escaped: bool = False
+    ) -> None:
         self.index = index
         self.field = field
         self.message = message
         self.record_id = record_id
+        self.id_escaped = id_escaped
 
     def as_dict(self) -> dict[str, Any]:
         """The error as a JSON-ready mapping (used by the CLI and the HTTP service)."""
         return {"index": self.index, "id": self.record_id, "field": self.field, "message": self.message}
 
     def __str__(self) -> str:
-        who = ("the request" if self.index < 0 else f"record {self.index}") + (
-            f" (id {self.record_id!r})" if self.record_id is not None else ""
-        )
+        who = "the request" if self.index < 0 else f"record {self.index}"
+        if self.record_id is not None:
+            # An escaped id is shown as the messages show a value, ascii() of the id itself: a
+            # repr of the escaped text would escape it twice (its backslashes doubled).
+            rid = self.record_id.encode("ascii").decode("unicode_escape") if self.id_escaped else self.record_id
+            who += f" (id {ascii(rid) if self.id_escaped else repr(rid)})"
         return f"{who}, field {self.field!r}: {self.message}"
 
     def __repr__(self) -> str:
-        return f"RecordError({self.index}, {self.field!r}, {self.message!r}, record_id={self.record_id!r})"
+        escaped = ", id_escaped=True" if self.id_escaped else ""
+        return f"RecordError({self.index}, {self.field!r}, {self.message!r}, record_id={self.record_id!r}{escaped})"
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, RecordError) and self.as_dict() == other.as_dict()

@@ -209,6 +209,19 @@ class TestAdversarialValues:
         assert escaped.encode("ascii").decode("unicode_escape") == rid  # reversible
         assert shown(rid)[1:-1].replace("\\'", "'") == escaped  # the message's own escaping, without its quotes
 
+    @pytest.mark.parametrize(
+        "rid",
+        ["web-1\x00", "back\\slash\t", "it's\x00", 'q"uote\n', "wéb\u202e", "plain\\back'slash"],
+    )
+    def test_message_shows_the_id_escaped_once(self, rid: str) -> None:
+        """str() of the error shows each record's id escaped once, as the message shows a value
+        (``ascii``), never the given-back escaped id escaped again (``'web-1\\\\x00'``, backslashes doubled)."""
+        with pytest.raises(PayloadError) as info:
+            parse_payload({"usageData": [{"id": rid, "cpuLoad": 130}]}, now=0)
+        quoted = ascii(rid)  # for the last id, not refused, that is its repr
+        assert str(info.value).count(f"record 0 (id {quoted}), field ") == len(info.value.errors)
+        assert str(info.value.errors[-1]).startswith(f"record 0 (id {quoted}), field 'cpuLoad': is 130.0")
+
     def test_refused_long_id_is_cut(self) -> None:
         """An id too long and holding a control character is given cut, as in the message."""
         with pytest.raises(PayloadError) as info:

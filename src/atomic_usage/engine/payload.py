@@ -248,7 +248,7 @@ def parse_payload(payload: Any, *, now: float | None = None, max_records: int = 
         rid: str | None = None
         control = validate_printable(rid_raw) if isinstance(rid_raw, str) else None
         if control is not None:
-            errors.append(RecordError(i, "id", control, escaped(str(rid_raw))))
+            errors.append(RecordError(i, "id", control, escaped(str(rid_raw)), id_escaped=True))
         elif isinstance(rid_raw, str) and rid_raw.strip() and len(rid_raw) <= MAX_ID_LENGTH and _is_text(rid_raw):
             rid = rid_raw
         elif isinstance(rid_raw, int) and not isinstance(rid_raw, bool) and abs(rid_raw) < 10**64:
@@ -264,11 +264,18 @@ def parse_payload(payload: Any, *, now: float | None = None, max_records: int = 
             )
         # The other errors of the record name its id too; one holding a refused character is
         # named escaped, as its id error gives it, so that the character is never sent back.
-        named = rid if control is None else escaped(str(rid_raw))
+        refused = control is not None
+        named = escaped(str(rid_raw)) if refused else rid
         for k in sorted(set(rec) - _ALLOWED):
             name = str(k) if _is_text(str(k)) and not _CONTROL.search(str(k)) else ascii(k)
             errors.append(
-                RecordError(i, name, "is not a known field; use id, timestamp, " + ", ".join(DEFAULT_METRICS), named)
+                RecordError(
+                    i,
+                    name,
+                    "is not a known field; use id, timestamp, " + ", ".join(DEFAULT_METRICS),
+                    named,
+                    id_escaped=refused,
+                )
             )
         values: dict[str, float] = {}
         for m in DEFAULT_METRICS:
@@ -276,22 +283,30 @@ def parse_payload(payload: Any, *, now: float | None = None, max_records: int = 
             if v is None:
                 continue
             if isinstance(v, bool) or not isinstance(v, int | float):
-                errors.append(RecordError(i, m, f"must be a number, not {v!r} ({type(v).__name__})", named))
+                errors.append(
+                    RecordError(i, m, f"must be a number, not {v!r} ({type(v).__name__})", named, id_escaped=refused)
+                )
                 continue
             try:
                 v = float(v)
             except OverflowError:
-                errors.append(RecordError(i, m, "is far outside 0 to 100 percent", named))
+                errors.append(RecordError(i, m, "is far outside 0 to 100 percent", named, id_escaped=refused))
                 continue
             if not math.isfinite(v):
-                errors.append(RecordError(i, m, f"must be finite, not {v!r}", named))
+                errors.append(RecordError(i, m, f"must be finite, not {v!r}", named, id_escaped=refused))
             elif not 0 <= v <= 100:
-                errors.append(RecordError(i, m, f"is {v!r}, outside 0 to 100 percent", named))
+                errors.append(RecordError(i, m, f"is {v!r}, outside 0 to 100 percent", named, id_escaped=refused))
             else:
                 values[m] = float(v)
         if not values and not any(e.index == i and e.field in DEFAULT_METRICS for e in errors):
             errors.append(
-                RecordError(i, "record", "has no metric; give at least one of " + ", ".join(DEFAULT_METRICS), named)
+                RecordError(
+                    i,
+                    "record",
+                    "has no metric; give at least one of " + ", ".join(DEFAULT_METRICS),
+                    named,
+                    id_escaped=refused,
+                )
             )
         explicit = rec.get("timestamp") is not None
         ts = received
@@ -299,7 +314,7 @@ def parse_payload(payload: Any, *, now: float | None = None, max_records: int = 
             try:
                 ts = _parse_ts(rec["timestamp"], received)
             except ValueError as exc:
-                errors.append(RecordError(i, "timestamp", str(exc), named))
+                errors.append(RecordError(i, "timestamp", str(exc), named, id_escaped=refused))
         if rid is not None:
             out.append(Observation(i, rid, ts, values, explicit))
     if errors:
