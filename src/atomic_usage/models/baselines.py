@@ -25,13 +25,21 @@ SHORT_WINDOW = "naive(short-window)"
 """``model`` of a series predict_linear forecast by its last value: shorter than its window."""
 
 
+def _history(h: np.ndarray) -> np.ndarray:
+    """A history as float64; an empty one as one missing value, so that it is forecast as a
+    history without any observed value is (the rules index its last step)."""
+    a = np.asarray(h, np.float64)
+    return a if len(a) else np.full(1, np.nan)
+
+
 def _by_length(hists: Sequence[np.ndarray], fn: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
     """Applies a vectorized fn(Y (k, L)) -> (k, 3, H) to groups of equal-length histories."""
+    hists = [_history(h) for h in hists]
     lengths = np.array([len(h) for h in hists])
     out: list[np.ndarray | None] = [None] * len(hists)
     for L in np.unique(lengths):
         idx = np.flatnonzero(lengths == L)
-        res = fn(np.stack([np.asarray(hists[int(i)], np.float64) for i in idx]))
+        res = fn(np.stack([hists[int(i)] for i in idx]))
         for j, i in enumerate(idx):
             out[i] = res[j]
     return np.stack(out)  # type: ignore[arg-type]
@@ -347,7 +355,7 @@ class DampedTrend(Forecaster):
         """
         n, w = len(histories), self.window
         slope = np.zeros(n)
-        level = np.array([_last_valid(np.asarray(h, np.float64)[None, :])[0] for h in histories])
+        level = np.array([_last_valid(_history(h)[None, :])[0] for h in histories])
         fits = np.flatnonzero([len(h) >= w for h in histories])
         if not len(fits):
             return slope, level

@@ -75,12 +75,24 @@ def check_missing_values(model: Forecaster) -> None:
     assert np.isfinite(fc).all() and (np.diff(fc, axis=1) >= 0).all()
 
 
+def check_empty_history(model: Forecaster) -> None:
+    """An empty history is forecast as one without any observed value, and its neighbours as
+    without it."""
+    rng = np.random.default_rng(3)
+    full = rng.uniform(10, 90, 120)
+    fc = _call(model, [full, np.array([], np.float64), np.full(5, np.nan)], 12)
+    assert np.isfinite(fc).all() and (np.diff(fc, axis=1) >= 0).all()
+    assert np.array_equal(fc[1], fc[2]), "an empty history differs from one without values"
+    assert np.allclose(fc[0], _call(model, [full], 12)[0], atol=1e-5), "an empty neighbour changes a forecast"
+
+
 CHECKS: tuple[Callable[[Forecaster], None], ...] = (
     check_shape_and_finite,
     check_ordered_and_bounded,
     check_constant_series,
     check_deterministic_and_independent,
     check_missing_values,
+    check_empty_history,
 )
 """Every check, in the order :func:`check_forecaster` runs them."""
 
