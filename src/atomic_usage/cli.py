@@ -262,10 +262,11 @@ def _refuse_input_as_output(input: Path | None, output: Path, what: str) -> None
             raise typer.BadParameter(f"{shown} {why}; write {what} to another path", param_hint="--output")
 
 
-def _load_forecaster(model: str | None, settings: Settings) -> Any:
+def _load_forecaster(model: str | None, settings: Settings, *, threads: int = 0) -> Any:
+    """--model, else ATOMIC_MODEL_DIR or the bundled model (ArtifactError when it is missing or damaged)."""
     from .models.artifact import load_forecaster
 
-    return load_forecaster(model if model is not None else settings.model_dir)
+    return load_forecaster(model if model is not None else settings.model_dir, threads=threads)
 
 
 @app.command()
@@ -1265,7 +1266,6 @@ def serve(
             )
             raise typer.Exit(3) from None
         from .engine.predictor import SESSION_THREADS
-        from .models.artifact import load_forecaster
 
         options: dict[str, Any] = dict(
             host=host,
@@ -1278,12 +1278,13 @@ def serve(
             lifespan="on",
         )
         if settings.processes > 1:
-            from .models.artifact import refuse_unknown_model
             from .service.auth import TokenVerifier
             from .service.supervisor import serve_processes
 
-            # What every serving process would refuse, refused once here (each printed a traceback).
-            refuse_unknown_model(model)
+            # What every serving process would refuse, refused once here, before the store is made
+            # (each printed a traceback): a --model that names nothing, a missing or damaged model
+            # folder, no token. Each process then loads its own model.
+            _load_forecaster(model, settings, threads=SESSION_THREADS)
             TokenVerifier.from_settings(settings)
             status = serve_processes(settings, model, options)
             if status:
@@ -1295,9 +1296,10 @@ def serve(
         if problem is not None:
             _say("error:", "bold red", problem)
             raise typer.Exit(STARTUP_FAILURE)
-        # As the predictor loads its default model: one ONNX Runtime thread per worker's session.
-        forecaster = load_forecaster(model, threads=SESSION_THREADS) if model is not None else None
-        api = create_app(settings, model=forecaster)
+        # Loaded here, not by the engine at start-up, so that a missing or damaged model folder
+        # (ATOMIC_MODEL_DIR too) is one error line, not uvicorn's traceback; as the predictor
+        # loads its default model, with one ONNX Runtime thread per worker's session.
+        api = create_app(settings, model=_load_forecaster(model, settings, threads=SESSION_THREADS))
         from .service.server import Server
 
         Server(uvicorn.Config(api, **options)).run()  # exits 0 after a clean SIGTERM shutdown

@@ -23,7 +23,7 @@ from typing import Any
 import httpx
 import pytest
 
-from ._server import AUTH, Server, connection_holders, payload
+from ._server import AUTH, ROOT, Server, connection_holders, payload
 from .test_shutdown import _check_after_restart, _db_tasks, _load
 
 T0 = "2026-01-05T08:{:02d}:00Z"
@@ -153,16 +153,27 @@ class TestServeProcesses:
             srv.start(timeout_s=30)
 
     def test_a_process_that_cannot_start_stops_the_supervisor(self, tmp_path: Path) -> None:
-        """A model folder whose model.json is damaged: the serving processes cannot load it, and the
-        supervisor exits 3 instead of restarting them. (A missing token or a --model that names
-        nothing is refused before any process starts: test_a_bad_model_or_no_token_is_one_line.)"""
+        """A model folder damaged after serve checked it (the supervisor is started here without
+        serve's checks): the serving processes cannot load it, each says why in one line (each
+        printed a traceback), and the supervisor exits 3 instead of restarting them. (serve refuses
+        a damaged folder, a --model that names nothing or a missing token before any process
+        starts: test_a_damaged_model_folder_is_one_line, test_a_bad_model_or_no_token_is_one_line.)"""
         broken = tmp_path / "broken-model"
         broken.mkdir()
         (broken / "model.json").write_text("{not json")
         (broken / "model.onnx").write_bytes(b"")
-        srv = Server(tmp_path / "data", model=str(broken), args=("--processes", "2"), group=True)
-        with pytest.raises(RuntimeError, match="exited with 3"):
-            srv.start(timeout_s=90)
+        script = (
+            "import sys\n"
+            "from atomic_usage.config import Settings\n"
+            "from atomic_usage.service.supervisor import serve_processes\n"
+            "settings = Settings.from_env().replace(processes=2)\n"
+            f"sys.exit(serve_processes(settings, {str(broken)!r}, {{'host': '127.0.0.1', 'port': 0}}))\n"
+        )
+        env = {**os.environ, "ATOMIC_DATA_DIR": str(tmp_path / "data"), "ATOMIC_API_TOKENS": AUTH["Authorization"][7:]}
+        res = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+        assert res.returncode == 3, res.stderr
+        assert "Traceback" not in res.stderr, res.stderr
+        assert f"a serving process could not start: {broken}/model.json: model.json is malformed" in res.stderr
 
     def test_connections_spread_over_the_processes(self, tmp_path: Path) -> None:
         """Each process has its own SO_REUSEPORT socket: 16 connections opened at once land on both
@@ -496,6 +507,44 @@ def test_a_bad_model_or_no_token_is_one_line(
     )
     assert res.returncode == status, res.stderr
     assert "Traceback" not in res.stderr and res.stderr.count(message) == 1, res.stderr
+
+
+@pytest.mark.parametrize(
+    ("damage", "how", "processes"),
+    [
+        ("truncated model.json", "--model", "2"),
+        ("no model.onnx", "--model", "2"),
+        ("truncated model.json", "ATOMIC_MODEL_DIR", "2"),
+        ("truncated model.json", "ATOMIC_MODEL_DIR", "1"),
+    ],
+)
+def test_a_damaged_model_folder_is_one_line(tmp_path: Path, damage: str, how: str, processes: str) -> None:
+    """serve with a damaged model folder, as --model or ATOMIC_MODEL_DIR: one error line naming the
+    file, exit 3, and no store made, with one process or several (--processes 2 printed a traceback
+    from every serving process and made the store first; one process given the folder by
+    ATOMIC_MODEL_DIR printed uvicorn's start-up traceback)."""
+    folder = tmp_path / "model"
+    shutil.copytree(ROOT / "src" / "atomic_usage" / "models" / "_default", folder)
+    if damage == "no model.onnx":
+        (folder / "model.onnx").unlink()
+        message = f"{folder}: model.onnx is missing"
+    else:
+        card = folder / "model.json"
+        card.write_text(card.read_text()[:40])
+        message = f"{card}: model.json is malformed"
+    env = {**os.environ, "ATOMIC_DATA_DIR": str(tmp_path / "data"), "ATOMIC_API_TOKENS": AUTH["Authorization"][7:]}
+    args = ["--port", "0", "--processes", processes]
+    if how == "--model":
+        args += ["--model", str(folder)]
+    else:
+        env["ATOMIC_MODEL_DIR"] = str(folder)
+    res = subprocess.run(
+        [sys.executable, "-m", "atomic_usage.cli", "serve", *args], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert res.returncode == 3, res.stderr
+    lines = [line for line in res.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith(f"error: {message}"), res.stderr
+    assert not (tmp_path / "data" / "engine.sqlite3").exists()
 
 
 def test_counts_of_a_process_killed_between_scrapes_stay(tmp_path: Path) -> None:

@@ -95,6 +95,7 @@ def _serve_one(
     """
     import uvicorn
 
+    from ..errors import AtomicError
     from .app import worker_app
     from .balance import ConnectionBalance
     from .server import Server
@@ -104,6 +105,9 @@ def _serve_one(
     try:
         app = worker_app(settings, model)
         server = Server(uvicorn.Config(app, **options))
+    except AtomicError as exc:  # the model folder changed since serve checked it: one line, no traceback
+        _log.error("a serving process could not start: %s", exc)
+        sys.exit(STARTUP_FAILURE)
     except Exception:
         _log.exception("a serving process could not start")
         sys.exit(STARTUP_FAILURE)
