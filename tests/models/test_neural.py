@@ -85,6 +85,19 @@ class TestTinyModel:
         with pytest.raises(ArtifactError, match="malformed"):
             load_model(bad)
 
+    @pytest.mark.parametrize("content", [b"", b"not a network"], ids=["empty", "garbage"])
+    def test_network_file_onnx_runtime_cannot_load(self, tmp_path: Path, tiny_model_dir: Path, content: bytes) -> None:
+        """A model.onnx that ONNX Runtime cannot load is an ArtifactError naming the file (it was
+        onnxruntime's own InvalidArgument, which a Dask worker's model plugin passed on as is)."""
+        bad = tmp_path / "bad"
+        bad.mkdir()
+        (bad / "model.json").write_bytes((tiny_model_dir / "model.json").read_bytes())
+        (bad / "model.onnx").write_bytes(content)
+        model = load_model(bad, raw=True)
+        with pytest.raises(ArtifactError, match="ONNX Runtime cannot load the network") as info:
+            model.warm_up()
+        assert str(info.value).startswith(f"{bad / 'model.onnx'}: ") and info.value.path == str(bad)
+
 
 class TestBundledModel:
     """The model shipped inside the package."""

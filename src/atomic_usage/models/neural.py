@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from ..data.windows import last_windows
+from ..errors import ArtifactError
 from .base import Forecaster, PerThreadCall, finalize_quantiles
 from .baselines import naive_arrays
 from .lines import exact_lines
@@ -240,11 +241,22 @@ class NeuralForecaster(Forecaster):
             if self.threads:
                 opts.intra_op_num_threads = self.threads
             opts.inter_op_num_threads = 1
-            self._session = ort.InferenceSession(str(self.onnx_path), opts, providers=["CPUExecutionProvider"])
+            try:
+                self._session = ort.InferenceSession(str(self.onnx_path), opts, providers=["CPUExecutionProvider"])
+            except Exception as exc:  # onnxruntime's Fail, InvalidArgument, NoSuchFile... derive from Exception alone
+                raise ArtifactError(
+                    f"{self.onnx_path}: ONNX Runtime cannot load the network ({exc}); copy the model folder "
+                    "again or retrain it with `atomic-usage train`.",
+                    path=str(self.onnx_path.parent),
+                ) from None
         return self._session
 
     def warm_up(self) -> None:
-        """Opens the ONNX Runtime session now rather than in the first forecast."""
+        """Opens the ONNX Runtime session now rather than in the first forecast.
+
+        Raises:
+            ArtifactError: ONNX Runtime cannot load the network file (empty, cut short, not ONNX).
+        """
         self._get_session()
 
     def __getstate__(self) -> dict[str, Any]:  # sessions do not pickle; workers open their own
