@@ -544,6 +544,46 @@ class TestCli:
         )
         assert r.exit_code == 2 and "local or local:N" in r.output
 
+    @pytest.mark.parametrize("failure", ["task", "model plugin"])
+    def test_failure_on_a_worker_is_one_line(self, tmp_path: Path, failure: str) -> None:
+        """`forecast --cluster local:2` where a task fails on a worker (a row without id) or the model
+        cannot load there (a model.onnx ONNX Runtime refuses): stderr holds the cause once, in the
+        CLI's one error line, and no traceback (the workers, writing to the same stderr, logged Dask's
+        "Compute Failed ... Traceback:" or the plugin's set-up traceback, and the client printed
+        onnxruntime's InvalidArgument as a traceback)."""
+        import shutil
+        import subprocess
+        import sys
+
+        import atomic_usage
+
+        df = generate_series(8, n_steps=60, seed=1).astype({"id": object})
+        model = "naive"
+        if failure == "task":
+            df.iloc[400, df.columns.get_loc("id")] = None
+            message, status = f"error: {(tmp_path / 'in.csv').resolve()}: Line 402 has no id", 2
+        else:
+            folder = tmp_path / "model"
+            shutil.copytree(Path(atomic_usage.__file__).parent / "models" / "_default", folder)
+            (folder / "model.onnx").write_bytes(b"")
+            model = str(folder)
+            message, status = f"error: {folder / 'model.onnx'}: ONNX Runtime cannot load the network", 3
+        df.to_csv(tmp_path / "in.csv", index=False)
+        args = ["forecast", "-i", str(tmp_path / "in.csv"), "-H", "3", "-o", str(tmp_path / "out"), "-m", model]
+        env = {**os.environ, "PYTHONPATH": str(Path(atomic_usage.__file__).parents[1])}
+        r = subprocess.run(
+            [sys.executable, "-m", "atomic_usage.cli", *args, "--cluster", "local:2"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=180,
+            cwd=tmp_path,
+        )
+        assert r.returncode == status, r.stderr
+        assert "Traceback" not in r.stderr, r.stderr
+        assert [line for line in r.stderr.splitlines() if line.startswith(message)] != [], r.stderr
+        assert r.stderr.count(message.removeprefix("error: ")) == 1, r.stderr
+
 
 def _kill_one_worker_mid_job(path: Path, out: Path) -> tuple[object, int]:
     """Runs a slow forecast of ``path`` on two workers and SIGKILLs one once the first part is

@@ -125,7 +125,9 @@ def parse_target(cluster: str | None, scheduler: str | None, protocol: str | Non
 def connect(target: ClusterTarget, *, security: Any = None) -> Iterator[Client]:
     """Starts or reaches the cluster of ``target`` and yields a connected client.
 
-    A local cluster is closed on exit; a remote one is only disconnected from.
+    A local cluster is closed on exit; a remote one is only disconnected from. A local
+    cluster's workers, which write to this process's stderr, do not log the tracebacks of our
+    tasks' failures, which the client raises itself (:mod:`.worker_logs`).
 
     Args:
         target: from :func:`parse_target`.
@@ -167,6 +169,11 @@ def connect(target: ClusterTarget, *, security: Any = None) -> Iterator[Client]:
                 address=target.label,
             ) from exc
         with cluster, distributed.Client(cluster, security=security) as client:
+            from .worker_logs import QuietOwnFailures
+
+            # Its workers write to our stderr: a failed task of ours is the client's one error line,
+            # not also the worker's traceback.
+            client.register_plugin(QuietOwnFailures())
             yield client
         return
     try:
