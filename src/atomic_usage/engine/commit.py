@@ -112,16 +112,21 @@ class GroupCommitter:
                 if not self._queue:  # closed and drained
                     return
                 group = [self._queue.popleft() for _ in range(min(self.max_group, len(self._queue)))]
-            ops = [op for op, _ in group]
-            try:
-                results = self.store.apply(ops)
-            except BaseException as exc:  # the transaction failed: none of the group was stored
-                _log.error("group commit of %d writes failed: %s", len(ops), exc)
-                results = [exc] * len(ops)
-            self.groups += 1
-            self.writes += len(ops)
-            for (_, fut), res in zip(group, results, strict=True):
-                settle(fut, res)
+            self._commit(group)
+            # Dropped before waiting for the next writes: the ops hold every result body.
+            del group
+
+    def _commit(self, group: list[tuple[StoreOp, Future[Any]]]) -> None:
+        ops = [op for op, _ in group]
+        try:
+            results = self.store.apply(ops)
+        except BaseException as exc:  # the transaction failed: none of the group was stored
+            _log.error("group commit of %d writes failed: %s", len(ops), exc)
+            results = [exc] * len(ops)
+        self.groups += 1
+        self.writes += len(ops)
+        for (_, fut), res in zip(group, results, strict=True):
+            settle(fut, res)
 
     def close(self, timeout_s: float = 10.0) -> None:
         """Refuses new writes, commits the queued ones (for up to ``timeout_s``), then stops.

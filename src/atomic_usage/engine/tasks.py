@@ -119,6 +119,15 @@ class _Group:
         for f in futures:
             f.add_done_callback(lambda _f: self._one(done))
 
+    def release(self) -> None:
+        """Lets go of the tasks and forecasts once the group is finished.
+
+        The pool's futures keep their callbacks, and so this group, for as long as the pool
+        keeps them (a worker holds its last batch): through the tasks' futures that would be
+        every result of the group (hundreds of MB after a backlog) until the next batch.
+        """
+        self.jobs, self.futures = [], []
+
     def _one(self, done: Callable[[_Group], None]) -> None:
         with self._lock:
             self._left -= 1
@@ -199,30 +208,45 @@ class TaskRunner:
     # --- the loop -------------------------------------------------------------------
     def _loop(self) -> None:
         while True:
-            first = self._events.get()
-            if first is None:
+            events = self._take()
+            if not events:
                 return
-            events = [first]
-            while True:  # everything handed over meanwhile joins this round
-                try:
-                    ev = self._events.get_nowait()
-                except queue.Empty:
-                    break
-                if ev is None:
-                    self._events.put(None)  # stop after this round
-                    break
-                events.append(ev)
-            jobs = [j for kind, x in events if kind == "jobs" for j in x]
+            self._round(events)
+            # Dropped before waiting for the next round: the events hold the round's groups and,
+            # through their futures, every result's body and JSON text (hundreds of MB after a
+            # backlog), which would stay alive until another call came.
+            del events
+
+    def _take(self) -> list[tuple[str, Any]]:
+        """Waits for the next event, then takes every one handed over meanwhile (none: stop)."""
+        first = self._events.get()
+        if first is None:
+            return []
+        events = [first]
+        while True:  # everything handed over meanwhile joins this round
             try:
-                if jobs:
-                    self._start(jobs)  # first, so the model runs while earlier groups finish here
-                for kind, g in events:
-                    if kind == "group":
-                        self._finish(g)
-            except Exception as exc:  # pragma: no cover - a bug; the engine keeps serving
-                _log.exception("task runner round failed: %s", exc)
-                for job in jobs:
-                    self._fail(job, exc)
+                ev = self._events.get_nowait()
+            except queue.Empty:
+                break
+            if ev is None:
+                self._events.put(None)  # stop after this round
+                break
+            events.append(ev)
+        return events
+
+    def _round(self, events: list[tuple[str, Any]]) -> None:
+        jobs = [j for kind, x in events if kind == "jobs" for j in x]
+        try:
+            if jobs:
+                self._start(jobs)  # first, so the model runs while earlier groups finish here
+            for kind, g in events:
+                if kind == "group":
+                    self._finish(g)
+                    g.release()
+        except Exception as exc:  # pragma: no cover - a bug; the engine keeps serving
+            _log.exception("task runner round failed: %s", exc)
+            for job in jobs:
+                self._fail(job, exc)
 
     def _start(self, jobs: list[TaskJob]) -> None:
         if self.sync is not None:
