@@ -30,7 +30,7 @@ import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple, overload
 
 import numpy as np
 import orjson
@@ -49,7 +49,7 @@ if TYPE_CHECKING:
     from .payload import Observation
     from .pool import WorkerPool
 
-__all__ = ["Outcome", "TaskJob", "TaskRunner", "settle"]
+__all__ = ["Outcome", "ResultTexts", "TaskJob", "TaskRunner", "decode_results", "settle"]
 
 _log = logging.getLogger("atomic_usage.engine")
 
@@ -67,7 +67,7 @@ class Outcome(NamedTuple):
         results: the results as dicts, when the caller has them (never from the task runner, which
             builds their JSON text only; decode ``plain`` for them).
         plain: each result's JSON text, the bytes that were sealed, when this process built the
-            stored results (no need to open them).
+            stored results (no need to open them): a :class:`ResultTexts`, built when read.
         ids: each result's machine id, alongside ``plain``.
         replayed: whether the call found the task its request id had made before (an idempotent
             retry, answered with that task's result): its records are not new.
@@ -76,9 +76,90 @@ class Outcome(NamedTuple):
     task: Task
     bodies: list[bytes] | None
     results: list[dict[str, Any]] | None = None
-    plain: list[bytes] | None = None
+    plain: Sequence[bytes] | None = None
     ids: list[str] | None = None
     replayed: bool = False
+
+
+class ResultTexts(Sequence[bytes]):
+    """Each record's result as JSON text, spliced when read from its own head and its machine's forecasts.
+
+    A record's text is ``orjson.dumps`` of ``{"index", "id", "timestamp", "forecasts", "reasons"}``,
+    byte for byte. The records of one machine in a call share the same ``forecasts`` and
+    ``reasons`` (the machine's forecast after all of the call's observations joined its history),
+    which are most of a text: a backlog of N records per machine at a long horizon would hold N
+    copies of each (66 kB each at H=288), so they are kept once per machine and each record's
+    text is built only when it is read (to be sealed, sent or decoded).
+
+    Args:
+        obs: the task's observations, one per record.
+        rows: per record, its machine's row of ``described``.
+        described: per machine, the texts of its ``forecasts`` and of its ``reasons``.
+    """
+
+    __slots__ = ("_heads", "_rows", "_tails")
+
+    def __init__(
+        self, obs: Sequence[Observation], rows: Sequence[int], described: Sequence[tuple[bytes, bytes]]
+    ) -> None:
+        self._heads = [orjson.dumps({"index": o.index, "id": o.id, "timestamp": iso(o.ts)})[:-1] for o in obs]
+        # Only the machines this task's records name, renumbered in their order of appearance.
+        used = dict.fromkeys(rows)
+        where = {r: k for k, r in enumerate(used)}
+        self._rows = [where[r] for r in rows]
+        self._tails = [b',"forecasts":' + described[r][0] + b',"reasons":' + described[r][1] + b"}" for r in used]
+
+    def __len__(self) -> int:
+        return len(self._heads)
+
+    @overload
+    def __getitem__(self, n: int) -> bytes: ...
+    @overload
+    def __getitem__(self, n: slice) -> list[bytes]: ...
+    def __getitem__(self, n: int | slice) -> bytes | list[bytes]:
+        if isinstance(n, slice):
+            return [self[k] for k in range(*n.indices(len(self)))]
+        return self._heads[n] + self._tails[self._rows[n]]
+
+    def decode(self) -> list[dict[str, Any]]:
+        """The results as dicts, equal to ``orjson.loads`` of each text.
+
+        Each machine's forecasts are decoded once; each record gets its own dicts and lists
+        (a caller may change one result without touching another), which share the strings
+        and numbers, immutable, of its machine's.
+        """
+        shared = [orjson.loads(b"{" + t[1:]) for t in self._tails]
+        out = []
+        for head, row in zip(self._heads, self._rows, strict=True):
+            result: dict[str, Any] = orjson.loads(head + b"}")
+            tail = shared[row]
+            result["forecasts"] = {m: _own_forecast(f) for m, f in tail["forecasts"].items()}
+            result["reasons"] = dict(tail["reasons"])
+            out.append(result)
+        return out
+
+
+def _own_forecast(f: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A copy of one metric's result with fresh containers and the same scalars."""
+    if f is None:
+        return None
+    # Each step holds scalars only (forecast.encode_many): one shallow copy each, not a walk.
+    return {k: [step.copy() for step in v] if k == "steps" else _own(v) for k, v in f.items()}
+
+
+def _own(v: Any) -> Any:
+    if isinstance(v, dict):
+        return {k: _own(x) for k, x in v.items()}
+    if isinstance(v, list):
+        return [_own(x) for x in v]
+    return v
+
+
+def decode_results(plain: Sequence[bytes]) -> list[dict[str, Any]]:
+    """Results' JSON texts as dicts (:meth:`ResultTexts.decode` when they are one)."""
+    if isinstance(plain, ResultTexts):
+        return plain.decode()
+    return [orjson.loads(p) for p in plain]
 
 
 @dataclass(eq=False)
@@ -286,7 +367,7 @@ class TaskRunner:
             return
         pos = {key: i for i, key in enumerate(group.keys)}
         ops: list[CompleteOp] = []
-        done: list[tuple[TaskJob, list[bytes], list[bytes]]] = []
+        done: list[tuple[TaskJob, ResultTexts, list[bytes]]] = []
         for job in group.jobs:
             idx = [pos[(o.id, job.horizon)] for o in job.obs]
             broken = next((forecasts[i] for i in idx if isinstance(forecasts[i], BaseException)), None)
@@ -294,19 +375,10 @@ class TaskRunner:
                 self._fail(job, broken)  # type: ignore[arg-type]
                 continue
             try:
-                # orjson.dumps of {"index", "id", "timestamp", "forecasts", "reasons"}, spliced
-                # from the texts of the group's forecasts (built once per machine).
-                plain = [
-                    orjson.dumps({"index": o.index, "id": o.id, "timestamp": iso(o.ts)})[:-1]
-                    + b',"forecasts":'
-                    + described[i][0]
-                    + b',"reasons":'
-                    + described[i][1]
-                    + b"}"
-                    for o, i in zip(job.obs, idx, strict=True)
-                ]
+                plain = ResultTexts(job.obs, idx, described)
                 tid = job.task.task_id
-                bodies = [self.encode(tid, n, p) for n, p in enumerate(plain)]
+                # One record's text at a time: sealed, it is not kept (ResultTexts builds it again).
+                bodies = [self.encode(tid, n, plain[n]) for n in range(len(plain))]
             except Exception as exc:
                 self._fail(job, exc)
                 continue
@@ -323,7 +395,7 @@ class TaskRunner:
         for fut, item in zip(futures, done, strict=True):
             fut.add_done_callback(functools.partial(self._completed, *item))
 
-    def _completed(self, job: TaskJob, plain: list[bytes], bodies: list[bytes], fut: Future[Any]) -> None:
+    def _completed(self, job: TaskJob, plain: ResultTexts, bodies: list[bytes], fut: Future[Any]) -> None:
         exc = fut.exception()
         if exc is not None:
             self._fail(job, exc)
