@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import threading
 import time
+import tracemalloc
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import orjson
 import pytest
 
 from atomic_usage import Settings
@@ -394,3 +397,66 @@ class TestCallArguments:
         with pytest.raises(PayloadError, match="the request, field"):
             predictor.process({"usageData": [rec("a", 0, cpuLoad=1.0)]}, **kwargs)  # type: ignore[arg-type]
         assert sum(predictor.store.counts().values()) == 0
+
+
+def backlog(machines: int, records: int) -> dict[str, Any]:
+    """``records`` steps of each of ``machines`` machines, oldest first, in one payload."""
+    return {
+        "usageData": [
+            rec(f"m{m}", k, cpuLoad=30.0 + (7 * k + m) % 40, memoryUsage=50.0 + (k + m) % 20, storageUsage=20 + 0.1 * k)
+            for k in range(records)
+            for m in range(machines)
+        ]
+    }
+
+
+class TestBacklog:
+    """A payload of many records per machine: one result per record, each its machine's forecast after them all."""
+
+    def test_each_record_gets_its_machines_latest_forecast(self, settings: Settings) -> None:
+        """Every record's forecasts equal those of a call with the machine's last record once the
+        earlier ones joined its history, and its result equals its stored text."""
+        payload = backlog(machines=4, records=30)
+        with UsagePredictor(settings, model=PredictLinear()) as p:
+            got = p.process(payload, horizon=48)
+            stored = p.task(got["taskId"])["results"]
+        with UsagePredictor(Settings(skip_persistence=True), model=PredictLinear()) as q:
+            q.process({"usageData": payload["usageData"][:-4]})
+            latest = {r["id"]: r for r in q.process({"usageData": payload["usageData"][-4:]}, horizon=48)["results"]}
+        assert got["results"] == stored
+        assert [r["index"] for r in got["results"]] == list(range(120))
+        for r, sent in zip(got["results"], payload["usageData"], strict=True):
+            assert r["id"] == sent["id"]
+            assert (r["forecasts"], r["reasons"]) == (latest[r["id"]]["forecasts"], latest[r["id"]]["reasons"])
+
+    def test_records_own_their_results(self, settings: Settings) -> None:
+        """Two records of one machine have equal results that a caller can change apart."""
+        with UsagePredictor(settings, model=PredictLinear()) as p:
+            first, second = p.process(backlog(machines=1, records=2))["results"]
+        assert first["forecasts"] == second["forecasts"]
+        first["forecasts"]["cpuLoad"]["steps"][0]["p50"] = -1.0
+        first["forecasts"]["cpuLoad"]["thresholds"].clear()
+        assert second["forecasts"]["cpuLoad"]["steps"][0]["p50"] != -1.0
+        assert second["forecasts"]["cpuLoad"]["thresholds"]
+
+    def test_peak_memory_follows_the_response(self, settings: Settings) -> None:
+        """A backlog's call peaks below 4x its response's JSON size, and nothing of it stays in the
+        engine after the response is dropped (before: 6.8x, with every result's text and sealed
+        body held until the next call)."""
+        with UsagePredictor(settings, model=PredictLinear()) as p:
+            p.process(backlog(machines=2, records=2), horizon=288)  # sessions, caches and threads warm
+            payload = backlog(machines=10, records=50)
+            gc.collect()
+            tracemalloc.start()
+            try:
+                base = tracemalloc.get_traced_memory()[0]
+                out = p.process(payload, horizon=288)
+                peak = tracemalloc.get_traced_memory()[1] - base
+                size = len(orjson.dumps(out["results"]))
+                del out
+                gc.collect()
+                kept = tracemalloc.get_traced_memory()[0] - base
+            finally:
+                tracemalloc.stop()
+        assert peak < 4 * size, (peak, size)
+        assert kept < 0.2 * size, (kept, size)
