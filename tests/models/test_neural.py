@@ -269,6 +269,39 @@ class TestMembersAndSplit:
         np.testing.assert_array_equal(both[:, :, 6:], orig(hists, 20, b)[:, :, 6:])
         assert split.spec is far.spec and split.fallback_flags(hists) == ["tiny", "linear(exact-history)"]
 
+    def test_split_horizon_fades_the_gap_where_the_parts_meet(self, tiny_model_dir: Path) -> None:
+        """Where the near network ends 5 points above the long one, the long one's next steps are
+        moved by 4, 3, 2, 1 (a fade of 4 steps), the whole band with its median, and served as they
+        are after that; a series whose near forecast is NaN there is not moved."""
+        from atomic_usage.models.neural import NeuralForecaster, NeuralSpec, SplitHorizon
+
+        far = load_model(tiny_model_dir, raw=True)
+        assert isinstance(far, NeuralForecaster)
+        near = NeuralForecaster(far.onnx_path, far.spec, name="tiny")  # the same graph, so the gap is the shift
+        near.spec = NeuralSpec(**{**far.spec.to_dict(), "horizon": 6})  # type: ignore[arg-type]
+        own = near.forecast_arrays
+
+        def above(h, H, b):  # type: ignore[no-untyped-def]
+            out = own(h, H, b) + 5.0
+            out[2, :, -1] = np.nan
+            return out
+
+        near.forecast_arrays = above  # type: ignore[method-assign]
+        hists = [15 + 5 * np.sin(np.arange(60.0) / 3), np.linspace(20, 30, 60), np.full(60, 40.0)]
+        b = np.ones(3, bool)
+        plain = far.forecast_arrays(hists, 20, b)
+        out = SplitHorizon(near, far, fade=4).forecast_arrays(hists, 20, b)
+        np.testing.assert_array_equal(out[:2, :, :6], above(hists, 6, b)[:2])
+        moved = out[:2, :, 6:10] - plain[:2, :, 6:10]
+        np.testing.assert_allclose(moved, np.broadcast_to([4.0, 3.0, 2.0, 1.0], (2, 3, 4)))
+        np.testing.assert_array_equal(out[:2, :, 10:], plain[:2, :, 10:])
+        np.testing.assert_array_equal(out[2, :, 6:], plain[2, :, 6:])
+        unfaded = SplitHorizon(near, far, fade=0).forecast_arrays(hists, 20, b)
+        np.testing.assert_array_equal(unfaded[:, :, 6:], plain[:, :, 6:])
+        jump = np.abs(out[:2, 1, 6] - out[:2, 1, 5])
+        # the jump at the seam shrinks by 4 of its 5 points
+        assert (jump < np.abs(unfaded[:2, 1, 6] - unfaded[:2, 1, 5]) - 3).all()
+
     def test_split_horizon_names_what_served_the_later_steps(self, tiny_model_dir: Path) -> None:
         """Where a baseline served the steps after the near network's, ``model`` names both; a
         forecast the near network serves alone names it alone, and so does a pickled copy."""

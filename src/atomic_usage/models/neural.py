@@ -343,13 +343,20 @@ class SplitHorizon(PerThreadCall, Forecaster):
         far: the long-context network (or a forecaster serving it, such as a per-series
             selection between it and naive); its spec sizes the engine's history.
 
+    The two parts seldom agree where they meet, and a forecast that jumps there (18 points
+    on a generated fleet) reads as an event the history does not show. So the gap between
+    ``near``'s last step and ``far``'s forecast of that step is carried into ``far``'s steps,
+    fading linearly to nothing over ``fade`` steps (by default as many as ``near`` covers):
+    the whole band moves with its median, and beyond the fade ``far`` is served as it is.
+
     The ``model`` of a forecast longer than ``near``'s steps names both parts where they
     differ: ``atomic+naive`` is the network for the first hour, then naive.
     """
 
-    def __init__(self, near: NeuralForecaster, far: Forecaster) -> None:
+    def __init__(self, near: NeuralForecaster, far: Forecaster, *, fade: int | None = None) -> None:
         self.near = near
         self.far = far
+        self.fade = near.spec.horizon if fade is None else fade
         self.name = far.name
         self._local = threading.local()  # the horizon of the last call, per thread
 
@@ -381,11 +388,16 @@ class SplitHorizon(PerThreadCall, Forecaster):
         if horizon <= k:
             return self.near.forecast_arrays(histories, horizon, bounded)
         out = self.far.forecast_arrays(histories, horizon, bounded)
-        out[:, :, :k] = self.near.forecast_arrays(histories, k, bounded)
+        first = self.near.forecast_arrays(histories, k, bounded)
+        if self.fade > 0:
+            gap = first[:, 1, k - 1] - out[:, 1, k - 1]
+            w = np.clip(1 - np.arange(1, horizon - k + 1) / (self.fade + 1), 0, 1)
+            out[:, :, k:] += np.nan_to_num(gap)[:, None, None] * w[None, None, :]
+        out[:, :, :k] = first
         return finalize_quantiles(out, np.asarray(bounded))
 
     def __repr__(self) -> str:
-        return f"SplitHorizon(near={self.near!r}, far={self.far!r})"
+        return f"SplitHorizon(near={self.near!r}, far={self.far!r}, fade={self.fade})"
 
 
 def _current_regime(histories: Sequence[np.ndarray], ctx: np.ndarray) -> np.ndarray:
