@@ -262,6 +262,14 @@ def _refuse_input_as_output(input: Path | None, output: Path, what: str) -> None
             raise typer.BadParameter(f"{shown} {why}; write {what} to another path", param_hint="--output")
 
 
+def _warmed(forecaster: Any) -> Any:
+    """The forecaster with its ONNX Runtime sessions open: an empty or damaged network file is an
+    ArtifactError now, before the service says it is ready, not at its first request."""
+    if hasattr(forecaster, "warm_up"):
+        forecaster.warm_up()
+    return forecaster
+
+
 def _load_forecaster(model: str | None, settings: Settings, *, threads: int = 0) -> Any:
     """--model, else ATOMIC_MODEL_DIR or the bundled model (ArtifactError when it is missing or damaged)."""
     from .models.artifact import load_forecaster
@@ -1283,8 +1291,9 @@ def serve(
 
             # What every serving process would refuse, refused once here, before the store is made
             # (each printed a traceback): a --model that names nothing, a missing or damaged model
-            # folder, no token. Each process then loads its own model.
-            _load_forecaster(model, settings, threads=SESSION_THREADS)
+            # folder, no token. Each process then loads its own model. Warmed up here, a network
+            # file ONNX Runtime cannot load is refused too, not at the first request.
+            _warmed(_load_forecaster(model, settings, threads=SESSION_THREADS))
             TokenVerifier.from_settings(settings)
             status = serve_processes(settings, model, options)
             if status:
@@ -1299,7 +1308,7 @@ def serve(
         # Loaded here, not by the engine at start-up, so that a missing or damaged model folder
         # (ATOMIC_MODEL_DIR too) is one error line, not uvicorn's traceback; as the predictor
         # loads its default model, with one ONNX Runtime thread per worker's session.
-        api = create_app(settings, model=_load_forecaster(model, settings, threads=SESSION_THREADS))
+        api = create_app(settings, model=_warmed(_load_forecaster(model, settings, threads=SESSION_THREADS)))
         from .service.server import Server
 
         Server(uvicorn.Config(api, **options)).run()  # exits 0 after a clean SIGTERM shutdown

@@ -516,18 +516,24 @@ def test_a_bad_model_or_no_token_is_one_line(
         ("no model.onnx", "--model", "2"),
         ("truncated model.json", "ATOMIC_MODEL_DIR", "2"),
         ("truncated model.json", "ATOMIC_MODEL_DIR", "1"),
+        ("empty model.onnx", "--model", "1"),
+        ("empty model.onnx", "--model", "2"),
     ],
 )
 def test_a_damaged_model_folder_is_one_line(tmp_path: Path, damage: str, how: str, processes: str) -> None:
     """serve with a damaged model folder, as --model or ATOMIC_MODEL_DIR: one error line naming the
     file, exit 3, and no store made, with one process or several (--processes 2 printed a traceback
     from every serving process and made the store first; one process given the folder by
-    ATOMIC_MODEL_DIR printed uvicorn's start-up traceback)."""
+    ATOMIC_MODEL_DIR printed uvicorn's start-up traceback; an empty network file was found only
+    at the first request, after "service ready")."""
     folder = tmp_path / "model"
     shutil.copytree(ROOT / "src" / "atomic_usage" / "models" / "_default", folder)
     if damage == "no model.onnx":
         (folder / "model.onnx").unlink()
         message = f"{folder}: model.onnx is missing"
+    elif damage == "empty model.onnx":  # the card is sound: only opening the network finds it
+        (folder / "model.onnx").write_bytes(b"")
+        message = f"{folder / 'model.onnx'}: ONNX Runtime cannot load the network"
     else:
         card = folder / "model.json"
         card.write_text(card.read_text()[:40])
