@@ -67,7 +67,24 @@ __all__ = [
 
 
 class AtomicError(Exception):
-    """Root of every error raised by atomic_usage on purpose."""
+    """Root of every error raised by atomic_usage on purpose.
+
+    Every one pickles whole (to and from a Dask worker or a process pool): its message, type and
+    attributes come back as they were. Exception's own pickling calls the class with its message,
+    which is not what an error whose constructor builds the message takes (a PayloadError came
+    back as "The payload has 136 bad fields: T; h; e; ...", its message read as the list).
+    """
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return _rebuilt, (type(self), self.args, dict(self.__dict__))
+
+
+def _rebuilt(cls: type[AtomicError], args: tuple[Any, ...], state: dict[str, Any]) -> AtomicError:
+    """An error as pickled: made without its constructor, given its args and attributes back."""
+    exc = cls.__new__(cls, *args)
+    exc.args = args
+    exc.__dict__.update(state)
+    return exc
 
 
 # --- data -----------------------------------------------------------------
