@@ -11,7 +11,7 @@ import pytest
 from atomic_usage.config import Settings
 from atomic_usage.engine.pool import WorkerPool
 from atomic_usage.engine.watchdog import Watchdog, diagnose
-from atomic_usage.engine.workers import Job, ThreadWorker
+from atomic_usage.engine.workers import Job, ProcessWorker, ThreadWorker
 from atomic_usage.errors import EngineError, QueueFullError, WorkerCrashed
 
 from . import _runners
@@ -222,3 +222,34 @@ class TestProcessPool:
             with pytest.raises(WorkerCrashed, match="has run one batch"):
                 hung.result(timeout=60)
             assert pool.map([4], timeout_s=60) == [8]
+
+
+@pytest.mark.parametrize("worker_class", [ThreadWorker, ProcessWorker])
+def test_watchdog_leaves_a_worker_being_started_alone(worker_class: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The pool lists a new worker before starting it; a watchdog round in between must not
+    read it as stopped. It did: the process worker's kill() then raised on a process that had
+    never started, the pool lost that worker, and its records waited for the timeout."""
+    real_start = worker_class.start
+    rounds: list[list[str]] = []
+
+    def start_after_a_watchdog_round(self: Any) -> None:
+        rounds.append(self._events.watchdog.check())
+        real_start(self)
+
+    monkeypatch.setattr(worker_class, "start", start_after_a_watchdog_round)
+    mode = "thread" if worker_class is ThreadWorker else "process"
+    items = [np.full(4, i, dtype=np.int64) for i in range(4)]
+    with _pool(_runners.doubler, n_workers=2, mode=mode) as pool:
+        out = pool.map(items, timeout_s=60)
+        stats = pool.stats()
+    assert rounds == [[], []]
+    assert stats["worker_restarts"] == 0 and stats["workers"]["alive"] == 2
+    for i, r in enumerate(out):
+        np.testing.assert_array_equal(r, items[i] * 2)
+
+
+def test_killing_a_process_worker_that_never_started_is_a_no_op() -> None:
+    pool = _pool(_runners.doubler, mode="process")
+    worker = ProcessWorker(0, _runners.doubler, pool, heartbeat_interval_s=0.05)
+    worker.kill()
+    assert worker.retired and not worker.is_alive() and worker.pid is None

@@ -175,7 +175,15 @@ class WorkerPool:
                     start_method=self.start_method,
                 )
             self._workers.append(worker)
-        worker.start()
+        try:
+            worker.start()
+        except BaseException:
+            with self._cond:
+                if worker in self._workers:
+                    self._workers.remove(worker)
+            raise
+        with self._cond:
+            worker.started = True
 
     def close(self, timeout_s: float = 10.0) -> None:
         """Stops taking records, lets queued ones finish for up to ``timeout_s``, then stops.
@@ -335,9 +343,9 @@ class WorkerPool:
 
     # --- supervision (Supervised) -------------------------------------------------
     def live_workers(self) -> list[Worker]:
-        """The workers currently in service."""
+        """The workers currently in service (started, not retired)."""
         with self._cond:
-            return [w for w in self._workers if not w.retired]
+            return [w for w in self._workers if w.started and not w.retired]
 
     def replace_worker(self, worker: Worker, reason: str) -> None:
         """Stops ``worker`` (kill or abandon), starts another, and re-queues its batch."""

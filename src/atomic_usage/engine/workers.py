@@ -97,6 +97,8 @@ class Worker:
         job_started: monotonic seconds when ``job`` was handed over.
         retired: set once it is replaced or stopped; it then reports nothing more.
         ready: set by the pool once the worker built its runner.
+        started: set by the pool once :meth:`start` returned; until then the worker is neither
+            alive nor dead, and the watchdog leaves it alone.
     """
 
     mode: Mode
@@ -107,6 +109,7 @@ class Worker:
         self.job_started: float | None = None
         self.retired = False
         self.ready = False
+        self.started = False
         self._events = events
 
     def start(self) -> None:
@@ -442,4 +445,6 @@ class ProcessWorker(Worker):
     def kill(self) -> None:
         """See :meth:`Worker.kill`."""
         self.retired = True
+        if self._proc.pid is None:  # spawned but never started: there is no process to kill
+            return
         self._proc.kill()
