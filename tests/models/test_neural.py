@@ -302,6 +302,38 @@ class TestMembersAndSplit:
         # the jump at the seam shrinks by 4 of its 5 points
         assert (jump < np.abs(unfaded[:2, 1, 6] - unfaded[:2, 1, 5]) - 3).all()
 
+    def test_split_horizon_fades_the_band_width_too(self, tiny_model_dir: Path) -> None:
+        """Where the near network's band ends 5 points wider on each side than the long one's,
+        the long one's p10 and p90 open by 4, 3, 2, 1 (a fade of 4 steps) while its median stays:
+        the band does not pinch at the seam (a generated fleet's narrowed from 64 to 28 points)."""
+        from atomic_usage.models.neural import NeuralForecaster, NeuralSpec, SplitHorizon
+
+        far = load_model(tiny_model_dir, raw=True)
+        assert isinstance(far, NeuralForecaster)
+        near = NeuralForecaster(far.onnx_path, far.spec, name="tiny")
+        near.spec = NeuralSpec(**{**far.spec.to_dict(), "horizon": 6})  # type: ignore[arg-type]
+        own = near.forecast_arrays
+
+        def wider(h, H, b):  # type: ignore[no-untyped-def]
+            out = own(h, H, b)
+            out[:, 0] -= 5.0
+            out[:, 2] += 5.0
+            return out
+
+        near.forecast_arrays = wider  # type: ignore[method-assign]
+        hists = [50 + 5 * np.sin(np.arange(60.0) / 3), np.linspace(45, 55, 60)]
+        b = np.ones(2, bool)
+        plain = far.forecast_arrays(hists, 20, b)
+        out = SplitHorizon(near, far, fade=4).forecast_arrays(hists, 20, b)
+        fade = np.array([4.0, 3.0, 2.0, 1.0])
+        np.testing.assert_allclose(out[:, 0, 6:10] - plain[:, 0, 6:10], np.broadcast_to(-fade, (2, 4)))
+        np.testing.assert_allclose(out[:, 1, 6:10], plain[:, 1, 6:10])
+        np.testing.assert_allclose(out[:, 2, 6:10] - plain[:, 2, 6:10], np.broadcast_to(fade, (2, 4)))
+        np.testing.assert_array_equal(out[:, :, 10:], plain[:, :, 10:])
+        width, plain_width = out[:, 2] - out[:, 0], plain[:, 2] - plain[:, 0]
+        # at the seam the width changes as the long network's does, less a fifth of the 10 points
+        np.testing.assert_allclose(width[:, 6] - width[:, 5], plain_width[:, 6] - plain_width[:, 5] - 2.0)
+
     def test_split_horizon_names_what_served_the_later_steps(self, tiny_model_dir: Path) -> None:
         """Where a baseline served the steps after the near network's, ``model`` names both; a
         forecast the near network serves alone names it alone, and so does a pickled copy."""

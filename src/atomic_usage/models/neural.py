@@ -344,10 +344,12 @@ class SplitHorizon(PerThreadCall, Forecaster):
             selection between it and naive); its spec sizes the engine's history.
 
     The two parts seldom agree where they meet, and a forecast that jumps there (18 points
-    on a generated fleet) reads as an event the history does not show. So the gap between
-    ``near``'s last step and ``far``'s forecast of that step is carried into ``far``'s steps,
-    fading linearly to nothing over ``fade`` steps (by default as many as ``near`` covers):
-    the whole band moves with its median, and beyond the fade ``far`` is served as it is.
+    on a generated fleet) reads as an event the history does not show; nor does a band that
+    narrows from 64 to 28 points in one step. So, for each of p10, p50 and p90, the gap
+    between ``near``'s last step and ``far``'s forecast of that step is carried into
+    ``far``'s steps, fading linearly to nothing over ``fade`` steps (by default as many as
+    ``near`` covers): the band starts where ``near``'s ends, and beyond the fade ``far`` is
+    served as it is.
 
     The ``model`` of a forecast longer than ``near``'s steps names both parts where they
     differ: ``atomic+naive`` is the network for the first hour, then naive.
@@ -390,9 +392,9 @@ class SplitHorizon(PerThreadCall, Forecaster):
         out = self.far.forecast_arrays(histories, horizon, bounded)
         first = self.near.forecast_arrays(histories, k, bounded)
         if self.fade > 0:
-            gap = first[:, 1, k - 1] - out[:, 1, k - 1]
+            gap = first[:, :, k - 1] - out[:, :, k - 1]  # (n, 3): each quantile's own gap
             w = np.clip(1 - np.arange(1, horizon - k + 1) / (self.fade + 1), 0, 1)
-            out[:, :, k:] += np.nan_to_num(gap)[:, None, None] * w[None, None, :]
+            out[:, :, k:] += np.nan_to_num(gap)[:, :, None] * w[None, None, :]
         out[:, :, :k] = first
         return finalize_quantiles(out, np.asarray(bounded))
 
