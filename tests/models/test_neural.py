@@ -118,6 +118,26 @@ class TestBundledModel:
         assert len(card.training["data_fingerprint"]) == 64
         assert (d / "model.onnx").stat().st_size < 20 * 2**20
 
+    def test_a_network_of_another_shape_than_the_card_is_refused_at_warm_up(self, tmp_path: Path) -> None:
+        """A folder whose networks load but are not the ones model.json describes (here swapped, as
+        a half-copied retrain would leave them) is an ArtifactError at warm_up, naming the file: it
+        passed warm_up, so serve said it was ready, and then failed every forecast with ONNX
+        Runtime's own "Got invalid dimensions for input"."""
+        import shutil
+
+        src = default_model_dir()
+        if not (src / "near.onnx").exists():
+            pytest.skip("no bundled model in this checkout (run `make model`)")
+        bad = tmp_path / "swapped"
+        shutil.copytree(src, bad)
+        (bad / "model.onnx").write_bytes((src / "near.onnx").read_bytes())
+        (bad / "near.onnx").write_bytes((src / "model.onnx").read_bytes())
+        model = load_model(bad)
+        with pytest.raises(ArtifactError, match="does not match model.json") as info:
+            model.warm_up()
+        assert str(info.value).startswith(f"{bad / 'near.onnx'}: ") and info.value.path == str(bad)
+        load_model(src).warm_up()  # the sound folder still warms up
+
 
 class TestTraining:
     """Training-time helpers."""

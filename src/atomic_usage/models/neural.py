@@ -242,14 +242,41 @@ class NeuralForecaster(Forecaster):
                 opts.intra_op_num_threads = self.threads
             opts.inter_op_num_threads = 1
             try:
-                self._session = ort.InferenceSession(str(self.onnx_path), opts, providers=["CPUExecutionProvider"])
+                session = ort.InferenceSession(str(self.onnx_path), opts, providers=["CPUExecutionProvider"])
             except Exception as exc:  # onnxruntime's Fail, InvalidArgument, NoSuchFile... derive from Exception alone
                 raise ArtifactError(
                     f"{self.onnx_path}: ONNX Runtime cannot load the network ({exc}); copy the model folder "
                     "again or retrain it with `atomic-usage train`.",
                     path=str(self.onnx_path.parent),
                 ) from None
+            self._check_shapes(session)
+            self._session = session
         return self._session
+
+    def _check_shapes(self, session: Any) -> None:
+        """Refuses a network that loads but is not the one the spec describes (a folder whose
+        model.json and networks come from different trainings, or whose networks were swapped):
+        every forecast would fail in ONNX Runtime, after serve said it was ready."""
+        inputs, outputs = session.get_inputs(), session.get_outputs()
+        want_in, want_out = ["x", self.spec.n_inputs], ["q", 3, self.spec.horizon]
+        got_in = [inputs[0].name, *inputs[0].shape[1:]] if len(inputs) == 1 else None
+        got_out = [outputs[0].name, *outputs[0].shape[1:]] if outputs else None
+
+        def fits(got: list[Any] | None, want: list[Any]) -> bool:
+            # A named (dynamic) axis fits any size; the output's steps may be more than the spec's.
+            if got is None or len(got) != len(want) or got[0] != want[0]:
+                return False
+            sizes = zip(got[1:], want[1:], strict=True)
+            return all(not isinstance(g, int) or g == w or (k == 1 and g > w) for k, (g, w) in enumerate(sizes))
+
+        if not (fits(got_in, want_in) and fits(got_out, want_out)):
+            shown = ", ".join(f"{a.name} {a.shape}" for a in [*inputs, *outputs])
+            raise ArtifactError(
+                f"{self.onnx_path}: the network ({shown}) does not match model.json's spec (x [n, "
+                f"{self.spec.n_inputs}], q [n, 3, {self.spec.horizon}]); copy the model folder again or "
+                "retrain it with `atomic-usage train`.",
+                path=str(self.onnx_path.parent),
+            )
 
     def warm_up(self) -> None:
         """Opens the ONNX Runtime session now rather than in the first forecast.
