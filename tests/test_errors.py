@@ -42,3 +42,15 @@ def test_an_error_pickles_whole(make) -> None:  # type: ignore[no-untyped-def]
         assert back.errors == exc.errors and [str(e) for e in back.errors] == [str(e) for e in exc.errors]
     else:
         assert vars(back) == vars(exc)
+
+
+@pytest.mark.parametrize("protocol", range(pickle.HIGHEST_PROTOCOL + 1))
+def test_a_payload_error_pickles_with_every_protocol(protocol: int) -> None:
+    """Its RecordErrors, which have __slots__, pickled with protocol 2 and up only: protocols 0 and
+    1 (copyreg's reduce) refused them ("a class that defines __slots__ without defining
+    __getstate__ cannot be pickled"), and with them every PayloadError."""
+    exc = _payload_error()
+    back = pickle.loads(pickle.dumps(exc, protocol=protocol))
+    assert type(back) is E.PayloadError and str(back) == str(exc) and back.errors == exc.errors
+    seen = [(e.id_escaped, str(e), repr(e)) for e in back.errors]
+    assert seen == [(e.id_escaped, str(e), repr(e)) for e in exc.errors]

@@ -150,11 +150,20 @@ class RecordError:
         escaped = ", id_escaped=True" if self.id_escaped else ""
         return f"RecordError({self.index}, {self.field!r}, {self.message!r}, record_id={self.record_id!r}{escaped})"
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # With __slots__ and no __dict__, only protocol 2 and up could pickle it: this serves all.
+        return _record_error, (self.index, self.field, self.message, self.record_id, self.id_escaped)
+
     def __eq__(self, other: object) -> bool:
         return isinstance(other, RecordError) and self.as_dict() == other.as_dict()
 
     def __hash__(self) -> int:
         return hash((self.index, self.field, self.message, self.record_id))
+
+
+def _record_error(index: int, field: str, message: str, record_id: str | None, id_escaped: bool) -> RecordError:
+    """A RecordError as pickled."""
+    return RecordError(index, field, message, record_id, id_escaped=id_escaped)
 
 
 class PayloadError(DataError, ValueError):
