@@ -518,6 +518,7 @@ def test_a_bad_model_or_no_token_is_one_line(
         ("truncated model.json", "ATOMIC_MODEL_DIR", "1"),
         ("empty model.onnx", "--model", "1"),
         ("empty model.onnx", "--model", "2"),
+        ("swapped networks", "--model", "1"),
     ],
 )
 def test_a_damaged_model_folder_is_one_line(tmp_path: Path, damage: str, how: str, processes: str) -> None:
@@ -534,6 +535,11 @@ def test_a_damaged_model_folder_is_one_line(tmp_path: Path, damage: str, how: st
     elif damage == "empty model.onnx":  # the card is sound: only opening the network finds it
         (folder / "model.onnx").write_bytes(b"")
         message = f"{folder / 'model.onnx'}: ONNX Runtime cannot load the network"
+    elif damage == "swapped networks":  # both load: only their shapes against the card find it
+        near, far = (folder / "near.onnx").read_bytes(), (folder / "model.onnx").read_bytes()
+        (folder / "near.onnx").write_bytes(far)
+        (folder / "model.onnx").write_bytes(near)
+        message = f"{folder / 'near.onnx'}: the network"
     else:
         card = folder / "model.json"
         card.write_text(card.read_text()[:40])
