@@ -17,6 +17,7 @@ import orjson
 import pytest
 
 from atomic_usage import Settings
+from atomic_usage.engine.store import CompleteOp
 from atomic_usage.engine.predictor import UsagePredictor
 from atomic_usage.errors import IdempotencyError, PayloadError, TaskNotFound
 from atomic_usage.models.baselines import Naive, PredictLinear
@@ -374,6 +375,28 @@ class TestConcurrentCalls:
             assert task["status"] == "failed" and "no 66 here" in task["error"]
             assert "failed" in str(info.value)
             assert p.task(ok["taskId"])["status"] == "done"
+
+    def test_a_failure_finishing_a_group_fails_its_tasks(self, settings: Settings) -> None:
+        """A bug while a group's results are handed to the store fails that group's tasks, with
+        the reason, and the engine goes on; it used to fail only the round's new tasks, so the
+        group's callers waited out ATOMIC_WAIT_S and their tasks stayed open."""
+        with UsagePredictor(settings.replace(workers=1, wait_s=20), model=Naive()) as p:
+            real = p.runner.committer.submit_many
+            calls = []
+
+            def broken_once(ops: Any) -> Any:
+                if all(isinstance(op, CompleteOp) for op in ops):
+                    calls.append(len(ops))
+                    if len(calls) == 1:
+                        raise RuntimeError("committer bug")
+                return real(ops)
+
+            p.runner.committer.submit_many = broken_once  # type: ignore[method-assign]
+            with pytest.raises(Exception, match="committer bug"):  # not the wait's timeout
+                p.process({"usageData": [rec("a", 0, cpuLoad=1.0)]}, request_id="r-1")
+            assert p.find_task("r-1")["status"] == "failed"
+            after = p.process({"usageData": [rec("b", 0, cpuLoad=2.0)]})
+            assert p.task(after["taskId"])["status"] == "done" and calls == [1, 1]
 
 
 class TestCallArguments:

@@ -316,18 +316,28 @@ class TaskRunner:
         return events
 
     def _round(self, events: list[tuple[str, Any]]) -> None:
+        # A failure here is a bug; the engine keeps serving, and each step settles its own tasks:
+        # those it started, or those of the group it was finishing (already settled ones stay).
         jobs = [j for kind, x in events if kind == "jobs" for j in x]
-        try:
-            if jobs:
+        if jobs:
+            try:
                 self._start(jobs)  # first, so the model runs while earlier groups finish here
-            for kind, g in events:
-                if kind == "group":
-                    self._finish(g)
-                    g.release()
-        except Exception as exc:  # pragma: no cover - a bug; the engine keeps serving
-            _log.exception("task runner round failed: %s", exc)
-            for job in jobs:
-                self._fail(job, exc)
+            except Exception as exc:
+                _log.exception("task runner: starting %d tasks failed: %s", len(jobs), exc)
+                for job in jobs:
+                    self._fail(job, exc)
+        for kind, g in events:
+            if kind != "group":
+                continue
+            try:
+                self._finish(g)
+            except Exception as exc:
+                _log.exception("task runner: finishing %d tasks failed: %s", len(g.jobs), exc)
+                for job in g.jobs:
+                    if not job.future.done():
+                        self._fail(job, exc)
+            finally:
+                g.release()
 
     def _start(self, jobs: list[TaskJob]) -> None:
         if self.sync is not None:
