@@ -17,8 +17,8 @@ import orjson
 import pytest
 
 from atomic_usage import Settings
-from atomic_usage.engine.store import CompleteOp
 from atomic_usage.engine.predictor import UsagePredictor
+from atomic_usage.engine.store import CompleteOp
 from atomic_usage.errors import IdempotencyError, PayloadError, TaskNotFound
 from atomic_usage.models.baselines import Naive, PredictLinear
 from atomic_usage.security import open_result
