@@ -652,3 +652,24 @@ def test_retry_after_a_reset_gets_the_same_result(tmp_path: Path) -> None:
         assert all(status == "done" and attempts <= 2 for status, attempts in tasks.values()), tasks
     finally:
         srv.kill()
+
+
+@pytest.mark.parametrize("how", ["--model", "ATOMIC_MODEL_DIR"])
+def test_each_serving_process_opens_its_own_model_before_it_is_ready(tmp_path: Path, how: str) -> None:
+    """A serving process loads its own copy of the model; a network damaged after serve checked
+    the folder is refused as the process starts (an ArtifactError: one line, exit 3), not at its
+    first request after "service ready"."""
+    from atomic_usage import Settings
+    from atomic_usage.errors import ArtifactError
+    from atomic_usage.service.app import worker_app
+
+    folder = tmp_path / "model"
+    shutil.copytree(ROOT / "src" / "atomic_usage" / "models" / "_default", folder)
+    (folder / "near.onnx").write_bytes(b"")  # the card still reads: only opening the network finds it
+    settings = Settings(data_dir=tmp_path / "data", processes=2)
+    model = str(folder)
+    if how == "ATOMIC_MODEL_DIR":
+        settings, model = settings.replace(model_dir=folder), None  # type: ignore[assignment]
+    with pytest.raises(ArtifactError, match="near.onnx: ONNX Runtime cannot load the network"):
+        worker_app(settings, model)
+    assert not (tmp_path / "data" / "engine.sqlite3").exists()

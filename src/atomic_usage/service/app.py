@@ -201,12 +201,14 @@ def worker_app(settings: Settings, model: str | None = None) -> FastAPI:
     """
     # A fresh interpreter: log as the single-process command does (LOG_LEVEL, to stderr).
     logging.basicConfig(level=settings.log_level, format="%(levelname)s %(name)s: %(message)s")
-    forecaster = None
-    if model is not None:
-        from ..engine.predictor import SESSION_THREADS
-        from ..models.artifact import load_forecaster
+    from ..engine.predictor import SESSION_THREADS
+    from ..models.artifact import load_forecaster
 
-        forecaster = load_forecaster(model, threads=SESSION_THREADS)
+    # Loaded and its sessions opened here, before the process says it is ready: a folder damaged
+    # since serve checked it is refused now (one line, exit 3), not at this process's first request.
+    forecaster = load_forecaster(model if model is not None else settings.model_dir, threads=SESSION_THREADS)
+    if hasattr(forecaster, "warm_up"):
+        forecaster.warm_up()
     return create_app(settings, model=forecaster)
 
 
