@@ -253,3 +253,42 @@ def test_killing_a_process_worker_that_never_started_is_a_no_op() -> None:
     worker = ProcessWorker(0, _runners.doubler, pool, heartbeat_interval_s=0.05)
     worker.kill()
     assert worker.retired and not worker.is_alive() and worker.pid is None
+
+
+def test_a_replacement_that_cannot_start_is_retried_not_lost(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A worker whose start() raises (no thread or process left) counts as a start failure:
+    the pool tries again, as for a runner that cannot be built. It was dropped instead, and a
+    pool left with no worker kept its records waiting forever, never broken."""
+    real_start = ThreadWorker.start
+    starts: list[int] = []
+
+    def second_start_fails(self: Any) -> None:
+        starts.append(self.index)
+        if len(starts) == 2:
+            raise RuntimeError("can't start new thread")
+        real_start(self)
+
+    monkeypatch.setattr(ThreadWorker, "start", second_start_fails)
+    with _pool(_runners.doubler, n_workers=1) as pool:
+        poison, fine = pool.submit(POISON), pool.submit(3)
+        with pytest.raises(WorkerCrashed, match="broke 2 workers"):
+            poison.result(timeout=30)
+        assert fine.result(timeout=30) == 6
+        assert pool.stats()["workers"]["alive"] == 1
+
+
+def test_workers_that_cannot_be_started_fail_the_records(monkeypatch: pytest.MonkeyPatch) -> None:
+    def never(self: Any) -> None:
+        raise RuntimeError("can't start new thread")
+
+    monkeypatch.setattr(ThreadWorker, "start", never)
+    pool = _pool(_runners.doubler, n_workers=1)
+    queued = pool.submit(1)
+    pool.start()
+    try:
+        with pytest.raises(WorkerCrashed, match="cannot start: starting it raised RuntimeError"):
+            queued.result(timeout=30)
+        with pytest.raises(WorkerCrashed):
+            pool.submit(2)
+    finally:
+        pool.close(1)

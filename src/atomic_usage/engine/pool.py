@@ -177,11 +177,13 @@ class WorkerPool:
             self._workers.append(worker)
         try:
             worker.start()
-        except BaseException:
-            with self._cond:
-                if worker in self._workers:
-                    self._workers.remove(worker)
-            raise
+        except Exception as exc:
+            # No thread or process to be had (or a process without its reader): a start failure
+            # like a runner that cannot be built, so the pool tries again and gives up after
+            # several in a row, failing the records, instead of running a worker short for good.
+            worker.kill()
+            self.on_start_failed(worker, f"starting it raised {type(exc).__name__}: {exc}")
+            return
         with self._cond:
             worker.started = True
 
