@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from typing import Any
 
@@ -292,3 +293,29 @@ def test_workers_that_cannot_be_started_fail_the_records(monkeypatch: pytest.Mon
             pool.submit(2)
     finally:
         pool.close(1)
+
+
+def test_a_batch_on_its_way_to_a_worker_when_close_gives_up_fails() -> None:
+    """close() waits for queued, retried and running batches; one the dispatcher had taken from
+    the batcher but not yet handed to a worker was none of those, so close() stopped waiting,
+    the batch went to a worker being stopped, and a process worker killed before it answered
+    left its records waiting forever."""
+    pool = _pool(_runners.doubler, n_workers=1, mode="process")
+    real_next_batch = pool.batcher.next_batch
+    taken = threading.Event()
+
+    def next_batch_then_wait_for_close(timeout_s: float | None = None) -> Any:
+        batch = real_next_batch(timeout_s=timeout_s)
+        if batch:
+            taken.set()
+            with pool._cond:
+                pool._cond.wait_for(lambda: pool._stopping, timeout=30)
+        return batch
+
+    pool.batcher.next_batch = next_batch_then_wait_for_close  # type: ignore[method-assign]
+    fut = pool.submit(HANG)
+    pool.start()
+    assert taken.wait(30)
+    pool.close(timeout_s=5)
+    with pytest.raises(EngineError, match="stopped before this record finished"):
+        fut.result(timeout=10)

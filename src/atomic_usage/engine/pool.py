@@ -48,6 +48,8 @@ DEFAULT_MAX_CRASHES: Final = 2
 DEFAULT_MAX_START_FAILURES: Final = 3
 """Workers in a row that may fail to start before the pool gives up."""
 
+_STOPPED: Final = "The engine stopped before this record finished; send it again."
+
 _log = logging.getLogger(__name__)
 
 
@@ -209,7 +211,7 @@ class WorkerPool:
         if self._dispatcher.is_alive():
             self._dispatcher.join(5.0)
         leftovers += self.batcher.close(drain=False)
-        stopped = EngineError("The engine stopped before this record finished; send it again.")
+        stopped = EngineError(_STOPPED)
         for e in leftovers:
             _settle(e.future, stopped)
         for w in workers:
@@ -268,6 +270,11 @@ class WorkerPool:
                 batch = self.batcher.next_batch(timeout_s=0.05)
                 job = Job(batch) if batch else None
             with self._cond:
+                if job is not None and self._stopping:
+                    # close() gave up waiting while this batch was between the batcher and a
+                    # worker, so its leftovers miss it, and the workers are being stopped.
+                    self._fail(job.entries, EngineError(_STOPPED))
+                    return
                 if job is None or worker.retired or self._broken is not None:
                     if job is not None and self._broken is None:
                         self._retry.appendleft(job)
