@@ -142,6 +142,7 @@ class TestWatchdog:
             self.index, self.alive, self.beat = 7, alive, beat
             self.job = Job([]) if started is not None else None
             self.job_started = started
+            self.ready, self.started_at = True, 90.0
 
         def is_alive(self) -> bool:
             return self.alive
@@ -319,3 +320,33 @@ def test_a_batch_on_its_way_to_a_worker_when_close_gives_up_fails() -> None:
     pool.close(timeout_s=5)
     with pytest.raises(EngineError, match="stopped before this record finished"):
         fut.result(timeout=10)
+
+
+def slow_factory() -> Any:
+    time.sleep(1.0)  # loading a large model
+    return _runners.doubler()
+
+
+def test_a_thread_worker_building_its_runner_is_not_read_as_silent() -> None:
+    """A thread worker's own thread builds its runner, so it cannot beat meanwhile. A runner
+    slower to build than the heartbeat timeout had every worker replaced as silent, again and
+    again, and the records waited forever."""
+    with _pool(slow_factory, n_workers=1, heartbeat_timeout_s=0.2) as pool:
+        assert pool.map([3], timeout_s=60) == [6]
+        assert pool.stats()["worker_restarts"] == 0
+
+
+def hung_factory() -> Any:
+    time.sleep(30)
+    return _runners.doubler()
+
+
+def test_a_runner_that_is_never_built_fails_the_records() -> None:
+    pool = _pool(hung_factory, n_workers=1, batch_timeout_s=0.3)
+    queued = pool.submit(1)
+    pool.start()
+    try:
+        with pytest.raises(WorkerCrashed, match="cannot start: worker .* has built its runner for"):
+            queued.result(timeout=30)
+    finally:
+        pool.close(1)

@@ -187,7 +187,7 @@ class WorkerPool:
             self.on_start_failed(worker, f"starting it raised {type(exc).__name__}: {exc}")
             return
         with self._cond:
-            worker.started = True
+            worker.started, worker.started_at = True, time.monotonic()
 
     def close(self, timeout_s: float = 10.0) -> None:
         """Stops taking records, lets queued ones finish for up to ``timeout_s``, then stops.
@@ -332,8 +332,9 @@ class WorkerPool:
         """A worker could not build its runner; give up after several in a row."""
         with self._cond:
             worker.retired = True
-            if worker in self._workers:
-                self._workers.remove(worker)
+            if worker not in self._workers:  # counted already (replaced, then its runner failed too)
+                return
+            self._workers.remove(worker)
             self._start_failures += 1
             give_up = self._start_failures >= DEFAULT_MAX_START_FAILURES
             if give_up:
@@ -357,7 +358,16 @@ class WorkerPool:
             return [w for w in self._workers if w.started and not w.retired]
 
     def replace_worker(self, worker: Worker, reason: str) -> None:
-        """Stops ``worker`` (kill or abandon), starts another, and re-queues its batch."""
+        """Stops ``worker`` (kill or abandon), starts another, and re-queues its batch.
+
+        A worker that never built its runner counts as one that failed to start, so a runner
+        that cannot be built in time fails the records after a few tries instead of having
+        workers replaced forever while the records wait.
+        """
+        if not worker.ready:
+            worker.kill()
+            self.on_start_failed(worker, reason)
+            return
         self._retire(worker, reason)
 
     def _retire(self, worker: Worker, reason: str) -> None:

@@ -49,6 +49,10 @@ def diagnose(worker: Worker, now: float, *, heartbeat_timeout_s: float, batch_ti
     """
     if not worker.is_alive():
         return f"worker {worker.index} stopped"
+    since = worker.started_at
+    if not worker.ready and since is not None and now - since > batch_timeout_s:
+        # Building its runner (loading the model) may take longer than a heartbeat timeout.
+        return f"worker {worker.index} has built its runner for {now - since:.1f} s (timeout {batch_timeout_s} s)"
     silent = now - worker.last_beat()
     if silent > heartbeat_timeout_s:
         return f"worker {worker.index} sent no heartbeat for {silent:.1f} s (timeout {heartbeat_timeout_s} s)"
