@@ -158,6 +158,17 @@ class TestWatchdog:
         slow = self._Fake(beat=130.0, started=100.0)
         assert "has run one batch for 30.0 s" in (diagnose(slow, 130.0, **kw) or "")  # type: ignore[arg-type]
 
+    def test_a_worker_still_starting_is_judged_by_the_batch_timeout_alone(self) -> None:
+        """A process silent while it starts (a spawned interpreter's imports on a busy host, before
+        its beat thread runs) is not hung: replaced as not ready, it would count as a start failure,
+        and three such slow starts in a row would break the pool for good."""
+        kw = {"heartbeat_timeout_s": 5.0, "batch_timeout_s": 20.0}
+        starting = self._Fake(beat=80.0)
+        starting.ready = False  # started at 90, silent since 80
+        assert diagnose(starting, 105.0, **kw) is None  # type: ignore[arg-type]
+        assert "has built its runner for 21.0 s" in (diagnose(starting, 111.0, **kw) or "")  # type: ignore[arg-type]
+        assert diagnose(self._Fake(alive=False), 105.0, **kw) == "worker 7 stopped"  # type: ignore[arg-type]
+
     def test_check_replaces_and_survives_errors(self) -> None:
         replaced: list[str] = []
 

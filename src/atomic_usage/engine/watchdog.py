@@ -50,9 +50,13 @@ def diagnose(worker: Worker, now: float, *, heartbeat_timeout_s: float, batch_ti
     if not worker.is_alive():
         return f"worker {worker.index} stopped"
     since = worker.started_at
-    if not worker.ready and since is not None and now - since > batch_timeout_s:
-        # Building its runner (loading the model) may take longer than a heartbeat timeout.
-        return f"worker {worker.index} has built its runner for {now - since:.1f} s (timeout {batch_timeout_s} s)"
+    if not worker.ready:
+        # Starting (a spawned interpreter's imports, then loading the model) may take longer than
+        # a heartbeat timeout on a busy host, before the process's beat thread even runs: judged
+        # by the batch timeout alone, so a slow start is not counted as a failed one.
+        if since is not None and now - since > batch_timeout_s:
+            return f"worker {worker.index} has built its runner for {now - since:.1f} s (timeout {batch_timeout_s} s)"
+        return None
     silent = now - worker.last_beat()
     if silent > heartbeat_timeout_s:
         return f"worker {worker.index} sent no heartbeat for {silent:.1f} s (timeout {heartbeat_timeout_s} s)"
