@@ -398,6 +398,25 @@ class TestConcurrentCalls:
             after = p.process({"usageData": [rec("b", 0, cpuLoad=2.0)]})
             assert p.task(after["taskId"])["status"] == "done" and calls == [1, 1]
 
+    def test_a_task_failed_elsewhere_is_not_reported_done(self, settings: Settings) -> None:
+        """When the store has the task failed already as its results arrive (recovered work that
+        failed first), the task stays failed and the caller gets an error, not "done" with an
+        empty list of results."""
+        with UsagePredictor(settings.replace(workers=1), model=Naive()) as p:
+            real = p.runner.committer.submit_many
+
+            def failed_first(ops: Any) -> Any:
+                for op in ops:
+                    if isinstance(op, CompleteOp):
+                        p.store.fail(op.task_id, "RuntimeError: failed in another process")
+                return real(ops)
+
+            p.runner.committer.submit_many = failed_first  # type: ignore[method-assign]
+            with pytest.raises(Exception, match="failed where it was run after a restart"):
+                p.process({"usageData": [rec("a", 0, cpuLoad=1.0)]}, request_id="r-2")
+            task = p.find_task("r-2")
+            assert task["status"] == "failed" and "another process" in task["error"]
+
 
 class TestCallArguments:
     """process()'s own arguments are checked before anything is stored."""

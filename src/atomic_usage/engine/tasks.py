@@ -411,6 +411,18 @@ class TaskRunner:
             self._fail(job, exc)
             return
         stored: list[bytes] = fut.result()
+        if bodies and not stored:
+            # The store had the task failed already (recovered work that failed first): it stays
+            # failed, and this caller is told so, not "done" with no results.
+            tid = job.task.task_id
+            self._end(
+                job,
+                EngineError(
+                    f"Task {tid} failed where it was run after a restart; its reason is stored: "
+                    f"see `atomic-usage tasks show {tid}`."
+                ),
+            )
+            return
         mine = stored == bodies  # else recovered work finished first: its results stand
         ids = [o.id for o in job.obs] if mine else None
         self._end(job, Outcome(job.task, stored, None, plain if mine else None, ids))
