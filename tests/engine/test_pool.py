@@ -361,3 +361,27 @@ def test_a_runner_that_is_never_built_fails_the_records() -> None:
             queued.result(timeout=30)
     finally:
         pool.close(1)
+
+
+def test_a_thread_worker_that_just_built_a_slow_runner_is_not_read_as_silent(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A thread worker's first heartbeat came one heartbeat interval after it was ready, so
+    until then it read as silent since it was created: a runner slower to build than the
+    heartbeat timeout had each idle worker replaced the moment it was ready, its replacement
+    too, and the pool rebuilt its runners forever (every 15 s with the defaults)."""
+    real_on_ready = WorkerPool.on_ready
+    rounds: list[list[str]] = []
+    checked = threading.Event()
+
+    def check_on_ready(self: WorkerPool, worker: Any) -> None:
+        real_on_ready(self, worker)
+        rounds.append(self.watchdog.check())
+        checked.set()
+
+    monkeypatch.setattr(WorkerPool, "on_ready", check_on_ready)
+    with _pool(slow_factory, n_workers=1, heartbeat_interval_s=0.1, heartbeat_timeout_s=0.5) as pool:
+        assert checked.wait(30)
+        assert rounds[0] == []
+        assert pool.map([3], timeout_s=60) == [6]
+        assert pool.stats()["worker_restarts"] == 0

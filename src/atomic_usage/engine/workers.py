@@ -167,6 +167,10 @@ class ThreadWorker(Worker):
         except BaseException as exc:
             self._events.on_start_failed(self, f"the runner factory raised {_describe(exc)}")
             return
+        # Beat now: the next beat is a heartbeat interval away, and the last one was when this
+        # worker was created, so a runner slower to build than the heartbeat timeout would read
+        # as silent the moment the worker is ready and have it replaced (again and again).
+        self._beat = time.monotonic()
         self._events.on_ready(self)
         while not self.retired:
             try:
