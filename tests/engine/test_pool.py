@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from typing import Any
@@ -303,6 +304,9 @@ def test_workers_that_cannot_be_started_fail_the_records(monkeypatch: pytest.Mon
             queued.result(timeout=30)
         with pytest.raises(WorkerCrashed):
             pool.submit(2)
+        # asyncio callers are told why too, not that the engine was shut down
+        with pytest.raises(WorkerCrashed, match="cannot start"):
+            asyncio.run(pool.asubmit(2))
     finally:
         pool.close(1)
 

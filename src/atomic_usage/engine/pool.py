@@ -16,6 +16,7 @@ Every submitted record ends with a result or an exception, never hangs:
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import threading
@@ -233,8 +234,12 @@ class WorkerPool:
         return self.batcher.submit_many(items)
 
     async def asubmit(self, item: Any) -> Any:
-        """Queues one record and awaits its result (for asyncio callers)."""
-        return await self.batcher.asubmit(item)
+        """Queues one record and awaits its result (for asyncio callers).
+
+        Raises:
+            WorkerCrashed: the workers cannot start, so nothing would run.
+        """
+        return await asyncio.wrap_future(self.submit(item))
 
     def map(self, items: Iterable[Any], *, timeout_s: float | None = None) -> list[Any]:
         """Runs ``items`` and waits: each record's result, or its exception instance.
