@@ -418,6 +418,27 @@ class TestConcurrentCalls:
             assert task["status"] == "failed" and "another process" in task["error"]
 
 
+class TestModelArgument:
+    """``model=`` takes a forecaster or what ``--model`` takes."""
+
+    def test_a_baseline_name_or_a_folder(self, settings: Settings, tiny_model_dir: Path) -> None:
+        for model, name in (("naive", "naive"), (str(tiny_model_dir), None), (tiny_model_dir, None)):
+            with UsagePredictor(settings, model=model) as p:  # type: ignore[arg-type]
+                out = p.process({"usageData": [rec("a", k, cpuLoad=10.0 + k) for k in range(3)]})
+            served = out["results"][-1]["forecasts"]["cpuLoad"]["model"]
+            assert served == name if name else served not in ("", None)
+
+    def test_anything_else_is_refused_before_anything_is_stored(self, settings: Settings) -> None:
+        """A wrong model used to be taken without a word; every worker then crashed on it."""
+        from atomic_usage.errors import ArtifactError
+
+        with pytest.raises(TypeError, match="is not a Forecaster, a baseline's name or a model folder"):
+            UsagePredictor(settings, model=42)  # type: ignore[arg-type]
+        with pytest.raises(ArtifactError, match="did you mean 'naive'"):
+            UsagePredictor(settings, model="NAIVE")
+        assert not (settings.data_dir / "engine.sqlite3").exists()  # type: ignore[operator]
+
+
 class TestCallArguments:
     """process()'s own arguments are checked before anything is stored."""
 

@@ -33,6 +33,7 @@ import uuid
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -127,8 +128,9 @@ class UsagePredictor:
 
     Args:
         settings: run-time settings (default: from the environment).
-        model: the forecaster to serve (default: ``settings.model_dir`` or the bundled model,
-            with :data:`SESSION_THREADS` ONNX Runtime threads per worker).
+        model: the forecaster to serve, or what ``--model`` takes (a baseline's name such as
+            ``"naive"``, or a model folder); default: ``settings.model_dir`` or the bundled
+            model, with :data:`SESSION_THREADS` ONNX Runtime threads per worker.
         pool_mode: ``"thread"`` (measured faster here, see docs/engine.md) or ``"process"``.
         recover: resume tasks left unfinished by a previous run, in the background.
 
@@ -143,15 +145,21 @@ class UsagePredictor:
         self,
         settings: Settings | None = None,
         *,
-        model: Forecaster | None = None,
+        model: Forecaster | str | os.PathLike[str] | None = None,
         pool_mode: str = "thread",
         recover: bool = True,
     ) -> None:
         self.settings = settings if settings is not None else Settings.from_env()
-        if model is None:
-            from ..models.artifact import load_model
+        if model is None or isinstance(model, (str, os.PathLike)):
+            from ..models.artifact import load_forecaster
 
-            model = load_model(self.settings.model_dir, threads=SESSION_THREADS)
+            ref = self.settings.model_dir if model is None else model if isinstance(model, str) else Path(model)
+            model = load_forecaster(ref, threads=SESSION_THREADS)
+        elif not isinstance(model, Forecaster):
+            raise TypeError(
+                f"model={model!r} is not a Forecaster, a baseline's name or a model folder "
+                "(it is what --model takes, or an atomic_usage.models Forecaster)"
+            )
         self.model = model
         self.context = int(getattr(getattr(model, "spec", None), "context", 288))
         self.history = FleetHistory(max(self.context, 12))
