@@ -291,6 +291,32 @@ def test_a_replacement_that_cannot_start_is_retried_not_lost(monkeypatch: pytest
         assert pool.stats()["workers"]["alive"] == 1
 
 
+def test_a_pool_runs_short_rather_than_fail_records_its_workers_serve(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One more worker that cannot start (3 tries in a row) while another serves: the pool runs
+    on with the one that serves. It gave up instead, failing every record with WorkerCrashed."""
+    real_start = ThreadWorker.start
+    starts: list[int] = []
+
+    def only_the_first_starts(self: Any) -> None:
+        starts.append(self.index)
+        if len(starts) == 1:
+            real_start(self)
+            return
+        first = self._events._workers[0]
+        for _ in range(1000):  # the failures come once the first worker serves
+            if first.ready:
+                break
+            time.sleep(0.01)
+        raise RuntimeError("can't start new thread")
+
+    monkeypatch.setattr(ThreadWorker, "start", only_the_first_starts)
+    with _pool(_runners.doubler, n_workers=2) as pool:
+        assert pool.map(range(6), timeout_s=30) == [0, 2, 4, 6, 8, 10]
+        stats = pool.stats()
+    assert len(starts) == 4  # the first, then three tries for the second, and no more
+    assert stats["workers"]["alive"] == 1
+
+
 def test_workers_that_cannot_be_started_fail_the_records(monkeypatch: pytest.MonkeyPatch) -> None:
     def never(self: Any) -> None:
         raise RuntimeError("can't start new thread")

@@ -334,14 +334,20 @@ class WorkerPool:
             self._retire(worker, reason)
 
     def on_start_failed(self, worker: Worker, reason: str) -> None:
-        """A worker could not build its runner; give up after several in a row."""
+        """A worker could not build its runner; after several in a row, run short while other
+        workers serve, and give up (failing the records) only when none does."""
         with self._cond:
             worker.retired = True
             if worker not in self._workers:  # counted already (replaced, then its runner failed too)
                 return
             self._workers.remove(worker)
             self._start_failures += 1
-            give_up = self._start_failures >= DEFAULT_MAX_START_FAILURES
+            too_many = self._start_failures >= DEFAULT_MAX_START_FAILURES
+            serving = sum(1 for w in self._workers if w.ready and not w.retired)
+            give_up = too_many and not serving
+            if too_many and serving:
+                self._log_short(worker, reason, serving)
+                return
             if give_up:
                 self._broken = (
                     f"The engine workers cannot start: {reason} "
@@ -355,6 +361,20 @@ class WorkerPool:
             self._fail(pending + self.batcher.close(drain=False), WorkerCrashed(self._broken or ""))
         else:
             self._spawn()
+
+    def _log_short(self, worker: Worker, reason: str, serving: int) -> None:
+        """Runs on with the workers that serve (lock held): the failing one is not replaced
+        again, so a runner that cannot be built for one more worker (memory, say) does not
+        fail every record while others serve them."""
+        self._cond.notify_all()
+        _log.error(
+            "worker %s failed to start: %s; %d tries in a row, so the pool runs on with %d of %d workers",
+            worker.index,
+            reason,
+            self._start_failures,
+            serving,
+            self.n_workers,
+        )
 
     # --- supervision (Supervised) -------------------------------------------------
     def live_workers(self) -> list[Worker]:
