@@ -19,6 +19,7 @@ from atomic_usage.models.baselines import PredictLinear  # noqa: E402
 from atomic_usage.report import (  # noqa: E402
     crossings,
     eval_chart,
+    fan_chart,
     figure_png,
     format_seconds,
     not_forecast,
@@ -123,6 +124,25 @@ class TestReport:
         paths = write_fan_charts(tmp_path / "plots", hist, fc.copy(), thresholds=(90,))
         assert [p.name for p in paths] == [f"vm-{i:03d}.png" for i in range(4)]
         assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in paths)
+
+    def test_fan_chart_panels_legend_and_series_not_forecast(self, fleet: tuple[pd.DataFrame, pd.DataFrame]) -> None:
+        """Panels in one order (cpu, memory, storage) whatever the rows' order; one legend for the
+        figure, not one over each panel's data; a series not forecast says why in its panel (it
+        was left blank, with a legend of lines it did not have)."""
+        hist, fc = fleet
+        fc = fc[fc["id"] == "vm-000"].copy()
+        fc = pd.concat([fc[fc["metric"] == m] for m in ("storageUsage", "cpuLoad", "memoryUsage")])
+        cpu = fc["metric"] == "cpuLoad"
+        fc.loc[cpu, ["mean", "p10", "p50", "p90"]] = np.nan
+        fc.loc[cpu, "reason"] = "rejected: cpuLoad is 'abc' at line 7"
+        fig = fan_chart("vm-000", hist, fc, thresholds=(90,))
+        axes = fig.get_axes()
+        assert [ax.get_ylabel() for ax in axes] == ["cpuLoad %", "memoryUsage %", "storageUsage %"]
+        assert all(ax.get_legend() is None for ax in axes) and len(fig.legends) == 1
+        assert [t.get_text() for t in fig.legends[0].get_texts()] == ["history", "p10–p90", "p50", "90%"]
+        notes = [t.get_text().replace("\n", " ") for t in axes[0].texts]
+        assert notes == ["not forecast: rejected: cpuLoad is 'abc' at line 7"]
+        assert not axes[1].texts and not axes[2].texts
 
     def test_eval_chart(self) -> None:
         """The evaluation table as a bar chart."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import re
+import textwrap
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
@@ -15,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Final
 import numpy as np
 import pandas as pd
 
-from .._types import BOUNDED_METRICS
+from .._types import BOUNDED_METRICS, DEFAULT_METRICS
 from ..errors import DataError
 
 if TYPE_CHECKING:
@@ -82,6 +83,8 @@ def fan_chart(
     h = history[history["id"] == machine_id].sort_values("timestamp")
     f = forecast[forecast["id"] == machine_id].sort_values("timestamp")
     metrics = list(dict.fromkeys(f["metric"])) or [c for c in h.columns if c not in ("id", "timestamp")]
+    # cpu, memory, storage, then any other, in every chart whatever order the rows came in
+    metrics.sort(key=lambda m: DEFAULT_METRICS.index(m) if m in DEFAULT_METRICS else len(DEFAULT_METRICS))
     n_fc = int(f.groupby("metric").size().max()) if len(f) else 0
     keep = history_steps if history_steps is not None else max(2 * n_fc, 288)
     height = 0.9 + 2.1 * len(metrics)
@@ -95,9 +98,23 @@ def fan_chart(
         if len(hm):
             ax.plot(hm["timestamp"], hm[m], color=_HISTORY, lw=1.1, label="history")
             ax.axvline(hm["timestamp"].iloc[-1], color="#888888", lw=0.8, ls=":")
-        if len(fm):
+        if len(fm) and fm["p50"].notna().any():
             ax.fill_between(fm["timestamp"], fm["p10"], fm["p90"], color=_FAN, alpha=0.3, lw=0, label="p10–p90")
             ax.plot(fm["timestamp"], fm["p50"], color=_FAN, lw=1.6, label="p50")
+        else:  # said in the panel, not left blank
+            reasons = fm["reason"].dropna().astype(str) if "reason" in fm else pd.Series(dtype=str)
+            why = next((r for r in reasons if r), "")
+            note = f"not forecast: {why}" if why else ("not forecast" if len(hm) else "no data")
+            ax.text(
+                0.5,
+                0.5,
+                textwrap.fill(note, 100),
+                transform=ax.transAxes,
+                ha="center",
+                va="center",
+                fontsize=8,
+                color="#555555",
+            )
         if m in BOUNDED_METRICS:
             for k, level in enumerate(sorted(thresholds)):
                 ax.axhline(level, color=_THRESHOLD_COLORS[k % 3], lw=1.0, ls="--", label=f"{level:g}%")
@@ -106,7 +123,23 @@ def fan_chart(
         else:
             ax.set_ylabel(m)
         ax.grid(alpha=0.25)
-        ax.legend(loc="upper left", fontsize=7, ncol=6, frameon=False)
+    # One legend for the figure, beside the title: in each panel it hid the history near 100 %.
+    shown: dict[str, Any] = {}
+    for ax in axes:
+        for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
+            shown.setdefault(label, handle)
+    first = ("history", "p10–p90", "p50")
+    shown = dict(sorted(shown.items(), key=lambda kv: first.index(kv[0]) if kv[0] in first else len(first)))
+    if shown:
+        fig.legend(
+            list(shown.values()),
+            list(shown),
+            loc="upper right",
+            bbox_to_anchor=(0.98, 1.0),
+            ncol=len(shown),
+            fontsize=8,
+            frameon=False,
+        )
     axes[0].set_title(machine_id, loc="left", fontsize=11)
     axes[-1].tick_params(axis="x", labelsize=8)
     return fig
