@@ -372,7 +372,8 @@ def forecast(
         fallback = firsts[on_fallback(firsts["model"], fc_model)]
         _say_not_forecast(missing["reason"])
         line = (
-            f"{len(panel)} machines ({len(firsts)} series: machine × metric), {len(result)} rows in {dt:.2f}s "
+            f"{len(panel)} machine{'s' if len(panel) != 1 else ''} ({len(firsts)} series: machine × metric), "
+            f"{len(result)} rows in {dt:.2f}s "
             f"-> {output}"
         )
         err.print(_series_notes(line, len(fallback), len(missing)), highlight=False, soft_wrap=True)
@@ -1550,7 +1551,8 @@ def report(
                 model=getattr(fc_model, "name", None),
                 progress=advance,
             )
-        err.print(f"{len(panel)} machines, top {top} -> {output}")
+        shown = min(top, len(panel))
+        err.print(f"{len(panel)} machine{'s' if len(panel) != 1 else ''}, {shown} shown -> {output}")
 
 
 def main() -> None:

@@ -180,7 +180,7 @@ class PayloadError(DataError, ValueError):
         n = len(self.errors)
         super().__init__(
             f"The payload has {n} bad field{'s' if n != 1 else ''}: {head}{more}; "
-            "fix them and send the payload again (nothing from it was applied)."
+            f"fix {'them' if n != 1 else 'it'} and send the payload again (nothing from it was applied)."
         )
 
 

@@ -137,6 +137,13 @@ class TestParsePayload:
         assert tail in text and "storageUsage (and" not in text
         assert text.endswith("; fix them and send the payload again (nothing from it was applied).")
 
+    def test_one_bad_field_is_one(self) -> None:
+        with pytest.raises(PayloadError) as info:
+            parse_payload({"usageData": [{"id": "vm-0", "cpuLoad": "x"}]}, now=0.0)
+        text = str(info.value)
+        assert text.startswith("The payload has 1 bad field: ")
+        assert text.endswith("; fix it and send the payload again (nothing from it was applied).")
+
 
 class TestAdversarialValues:
     """Values found by trying to break the engine: refused up front, never stored."""

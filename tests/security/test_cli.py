@@ -246,6 +246,23 @@ class TestOpen:
         assert result.exit_code == 0, result.output
         assert json.loads(result.stdout) == answer["results"]
 
+    def test_a_plain_answer_says_it_has_nothing_sealed(
+        self, runner: CliRunner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """An answer asked for without ?sealed=true is refused as such (it was told that an
+        envelope has exactly the fields ..., and to check what `seal()` wrote)."""
+        from atomic_usage import Settings, UsagePredictor
+        from atomic_usage.models.baselines import Naive
+
+        monkeypatch.setenv("ATOMIC_DATA_DIR", str(tmp_path / "data"))
+        with UsagePredictor(Settings.from_env(), model=Naive()) as p:
+            answer = p.process({"usageData": [{"id": "web-1", "cpuLoad": 30.0}]})
+        path = tmp_path / "answer.json"
+        path.write_text(json.dumps(answer))
+        result = _run(runner, "open", str(path))
+        _failed_cleanly(result)
+        assert "without sealed results (no 'sealed' field)" in result.stderr and "?sealed=true" in result.stderr
+
     def test_a_missing_keyring_says_where_the_right_one_is(
         self, runner: CliRunner, ring_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     ) -> None:

@@ -112,7 +112,8 @@ class ChunkedJob:
         """One line for a console: machines are ids, series are (id, metric) pairs."""
         how = "sorted by id, streamed" if self.mode == "stream" else "shuffled by id range"
         return (
-            f"{self.n_series} machines ({self.n_metric_series} series: machine × metric), {self.n_rows_out} rows "
+            f"{self.n_series} machine{'s' if self.n_series != 1 else ''} "
+            f"({self.n_metric_series} series: machine × metric), {self.n_rows_out} rows "
             f"in {self.seconds:.2f}s -> {self.output} "
             f"({self.n_chunks} chunks of at most {self.max_rows_per_chunk} input rows, {how})"
         )

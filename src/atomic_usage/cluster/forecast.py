@@ -99,7 +99,8 @@ class ForecastJob:
         """One line for a console: machines are ids, series are (id, metric) pairs."""
         how = ", ids whole in each chunk: not shuffled" if self.mode == "direct" else ""
         return (
-            f"{self.n_series} machines ({self.n_metric_series} series: machine × metric), {self.n_rows_out} rows "
+            f"{self.n_series} machine{'s' if self.n_series != 1 else ''} "
+            f"({self.n_metric_series} series: machine × metric), {self.n_rows_out} rows "
             f"in {self.seconds:.2f}s -> {self.output} ({self.n_parts} parts from {self.n_chunks} input chunks{how})"
         )
 

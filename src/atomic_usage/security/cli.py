@@ -48,7 +48,7 @@ KeyringOption = Annotated[
     typer.Option(
         "--keyring",
         envvar="ATOMIC_KEYRING",
-        help="Keyring file [default: <data_dir>/keyring.json].",
+        help="Keyring file (default: <data_dir>/keyring.json).",
         dir_okay=False,
     ),
 ]
@@ -94,6 +94,11 @@ def read_envelopes(path: Path, *, responses: bool = False) -> tuple[Any, list[En
         raise SecurityError(f"{path} is not JSON; give a file with one envelope or a list of them.") from None
     if responses and isinstance(doc, dict) and isinstance(doc.get("sealed"), list):
         doc = doc["sealed"]
+    elif responses and isinstance(doc, dict) and "results" in doc:
+        raise SecurityError(
+            f"{path} is an answer without sealed results (no 'sealed' field): its 'results' are plain "
+            "JSON already; ask with ?sealed=true (process(sealed=True)) for results to open."
+        )
     items = doc if isinstance(doc, list) else [doc]
     return doc, [Envelope.from_json(x) if isinstance(x, str) else Envelope.from_dict(x) for x in items]
 
