@@ -23,6 +23,24 @@ class TestBaselines:
         # diffs: 2, -1, 2 -> q10 = -0.4, q90 = 2
         assert fc[:, 0].tolist() == pytest.approx([3.6, 4.0, 6.0])
 
+    def test_naive_band_past_the_first_hour_is_each_lags_quantiles_averaged_over_9(self) -> None:
+        """Steps 1-12 are each lag's own 10/90 % quantiles of differences; from step 13 on, the mean
+        of 9 neighbouring lags' (the last lag's repeated past the end): a noisy series' day-ahead
+        band no longer zig-zags from one step to the next."""
+        rng = np.random.default_rng(3)
+        y = 50 + 10 * np.sin(np.arange(576) * 2 * np.pi / 288) + rng.normal(0, 3, 576)
+        H = 288
+        fc = Naive().forecast_arrays([y], H, B)[0]
+        own = np.array([np.nanquantile(y[h:] - y[:-h], [0.1, 0.9]) for h in range(1, H + 1)]).T  # (2, H)
+        np.testing.assert_allclose(fc[0, :12] - y[-1], np.minimum(own[0, :12], 0))
+        np.testing.assert_allclose(fc[2, :12] - y[-1], np.maximum(own[1, :12], 0))
+        padded = np.concatenate([own, np.repeat(own[:, -1:], 4, axis=1)], axis=1)
+        mean9 = np.array([padded[:, h - 4 : h + 5].mean(axis=1) for h in range(12, H)]).T
+        np.testing.assert_allclose(fc[0, 12:] - y[-1], np.minimum(mean9[0], 0))
+        np.testing.assert_allclose(fc[2, 12:] - y[-1], np.maximum(mean9[1], 0))
+        turns = np.sum(np.diff(np.sign(np.diff(fc[0, 12:]))) != 0)
+        assert turns < np.sum(np.diff(np.sign(np.diff(own[0, 12:]))) != 0) / 2
+
     def test_naive_skips_missing_last_value(self) -> None:
         """A missing last value uses the last observed one."""
         fc = Naive().forecast_arrays([np.array([1.0, 5.0, np.nan])], 2, B)[0]
