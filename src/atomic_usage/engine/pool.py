@@ -188,7 +188,7 @@ class WorkerPool:
             self.on_start_failed(worker, f"starting it raised {type(exc).__name__}: {exc}")
             return
         with self._cond:
-            worker.started, worker.started_at = True, time.monotonic()
+            worker.started_at = time.monotonic()
 
     def close(self, timeout_s: float = 10.0) -> None:
         """Stops taking records, lets queued ones finish for up to ``timeout_s``, then stops.
@@ -343,11 +343,10 @@ class WorkerPool:
             self._workers.remove(worker)
             self._start_failures += 1
             too_many = self._start_failures >= DEFAULT_MAX_START_FAILURES
-            serving = sum(1 for w in self._workers if w.ready and not w.retired)
+            # Workers that serve keep serving: the failing one is then not replaced again, so a
+            # runner that cannot be built for one more worker (memory, say) fails no record.
+            serving = sum(1 for w in self._workers if w.ready and not w.retired) if too_many else 0
             give_up = too_many and not serving
-            if too_many and serving:
-                self._log_short(worker, reason, serving)
-                return
             if give_up:
                 self._broken = (
                     f"The engine workers cannot start: {reason} "
@@ -356,31 +355,27 @@ class WorkerPool:
                 pending = [e for job in self._retry for e in job.entries]
                 self._retry.clear()
             self._cond.notify_all()
+        if serving:
+            _log.error(
+                "worker %s failed to start: %s; %d tries in a row, so the pool runs on with %d of %d workers",
+                worker.index,
+                reason,
+                self._start_failures,
+                serving,
+                self.n_workers,
+            )
+            return
         _log.error("worker %s failed to start: %s", worker.index, reason)
         if give_up:
             self._fail(pending + self.batcher.close(drain=False), WorkerCrashed(self._broken or ""))
         else:
             self._spawn()
 
-    def _log_short(self, worker: Worker, reason: str, serving: int) -> None:
-        """Runs on with the workers that serve (lock held): the failing one is not replaced
-        again, so a runner that cannot be built for one more worker (memory, say) does not
-        fail every record while others serve them."""
-        self._cond.notify_all()
-        _log.error(
-            "worker %s failed to start: %s; %d tries in a row, so the pool runs on with %d of %d workers",
-            worker.index,
-            reason,
-            self._start_failures,
-            serving,
-            self.n_workers,
-        )
-
     # --- supervision (Supervised) -------------------------------------------------
     def live_workers(self) -> list[Worker]:
         """The workers currently in service (started, not retired)."""
         with self._cond:
-            return [w for w in self._workers if w.started and not w.retired]
+            return [w for w in self._workers if w.started_at is not None and not w.retired]
 
     def replace_worker(self, worker: Worker, reason: str) -> None:
         """Stops ``worker`` (kill or abandon), starts another, and re-queues its batch.

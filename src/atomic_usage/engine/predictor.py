@@ -150,11 +150,12 @@ class UsagePredictor:
         recover: bool = True,
     ) -> None:
         self.settings = settings if settings is not None else Settings.from_env()
-        if model is None or isinstance(model, (str, os.PathLike)):
+        if isinstance(model, os.PathLike):
+            model = Path(model)
+        if model is None or isinstance(model, (str, Path)):
             from ..models.artifact import load_forecaster
 
-            ref = self.settings.model_dir if model is None else model if isinstance(model, str) else Path(model)
-            model = load_forecaster(ref, threads=SESSION_THREADS)
+            model = load_forecaster(self.settings.model_dir if model is None else model, threads=SESSION_THREADS)
         elif not isinstance(model, Forecaster):
             raise TypeError(
                 f"model={model!r} is not a Forecaster, a baseline's name or a model folder "

@@ -97,9 +97,8 @@ class Worker:
         job_started: monotonic seconds when ``job`` was handed over.
         retired: set once it is replaced or stopped; it then reports nothing more.
         ready: set by the pool once the worker built its runner.
-        started: set by the pool once :meth:`start` returned; until then the worker is neither
-            alive nor dead, and the watchdog leaves it alone.
-        started_at: monotonic seconds when :meth:`start` returned (the watchdog's start timeout).
+        started_at: monotonic seconds when :meth:`start` returned, set by the pool; until then
+            the worker is neither alive nor dead, and the watchdog leaves it alone.
     """
 
     mode: Mode
@@ -110,7 +109,6 @@ class Worker:
         self.job_started: float | None = None
         self.retired = False
         self.ready = False
-        self.started = False
         self.started_at: float | None = None
         self._events = events
 
@@ -201,9 +199,10 @@ class ThreadWorker(Worker):
         return self._thread.is_alive()
 
     def last_beat(self) -> float:
-        """See :meth:`Worker.last_beat`; "now" while it builds its runner or runs a batch (its
-        thread is the one that would beat): only the watchdog's timeouts find it hung then."""
-        return time.monotonic() if self.job is not None or not self.ready else self._beat
+        """See :meth:`Worker.last_beat`; "now" while a batch runs (its thread is the one that
+        would beat): only the batch timeout finds it hung then. (Before it is ready the watchdog
+        judges it by that timeout alone.)"""
+        return time.monotonic() if self.job is not None else self._beat
 
     def stop(self, timeout_s: float = 1.0) -> None:
         """See :meth:`Worker.stop`; a thread that does not exit in time is abandoned."""

@@ -207,8 +207,7 @@ def worker_app(settings: Settings, model: str | None = None) -> FastAPI:
     # Loaded and its sessions opened here, before the process says it is ready: a folder damaged
     # since serve checked it is refused now (one line, exit 3), not at this process's first request.
     forecaster = load_forecaster(model if model is not None else settings.model_dir, threads=SESSION_THREADS)
-    if hasattr(forecaster, "warm_up"):
-        forecaster.warm_up()
+    forecaster.warm_up()
     return create_app(settings, model=forecaster)
 
 
